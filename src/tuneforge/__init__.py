@@ -1,0 +1,22 @@
+"""tuneforge: fine-tune a language model on your own text and see what it learned.
+
+    import tuneforge as tf
+    llm = tf.load("default")
+    run = llm.train("notes.txt", method="lora", epochs=1)
+    print(llm.generate("My notes say "))
+"""
+
+import logging
+import warnings
+
+from tuneforge.api import LLM, load
+from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import TuneforgeError
+
+# bitsandbytes warns on every CPU import that an optional hub-downloaded kernel is missing; it is not needed.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT still calls a transformers API renamed in v5; the warning is about their code, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+__version__ = "0.1.0"
+__all__ = ["LLM", "RunConfig", "TuneforgeError", "__version__", "load", "load_config"]

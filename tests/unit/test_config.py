@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat'.*did you mean 'learning_rate'"):
+        load_config(None, {"learning_rat": 1e-3})
+
+
+def test_out_of_range_value_states_the_allowed_range():
+    with pytest.raises(ConfigError, match=r"rank must be >= 1 and <= 65536; got 0"):
+        RunConfig(rank=0)
+    with pytest.raises(ConfigError, match="lr_scheduler must be one of .*did you mean 'cosine'"):
+        RunConfig(lr_scheduler="cosin")
+
+
+def test_command_line_strings_are_coerced_to_each_key_type():
+    config = load_config(None, {"rank": "16", "learning_rate": "1e-3", "add_eos_token": "false",
+                                "target_modules": "q_proj, k_proj", "max_steps": "none"})
+    assert config.rank == 16 and config.learning_rate == 1e-3 and config.add_eos_token is False
+    assert config.target_modules == ["q_proj", "k_proj"] and config.max_steps is None
+
+
+def test_wrong_type_is_refused_with_the_key_name():
+    with pytest.raises(ConfigError, match="epochs must be a number, got 'many'"):
+        RunConfig(epochs="many")
+
+
+def test_batch_size_must_divide_by_micro_batch_size():
+    with pytest.raises(ConfigError, match="multiple of micro_batch_size"):
+        RunConfig(batch_size=10, micro_batch_size=4)
+    assert RunConfig(batch_size=16, micro_batch_size=4).accumulation_steps == 4
+
+
+def test_overlap_must_be_below_cutoff():
+    with pytest.raises(ConfigError, match="overlap_len"):
+        RunConfig(cutoff_len=64, overlap_len=64)
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    config = RunConfig(rank=8, alpha=16, target_modules=["all-linear"], data="x.txt", sample_prompts=["Hi"])
+    config.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_overrides_win_over_the_yaml_file(tmp_path):
+    (tmp_path / "run.yaml").write_text("epochs: 5\nrank: 4\n")
+    config = load_config(tmp_path / "run.yaml", {"epochs": "1"})
+    assert config.epochs == 1 and config.rank == 4
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    (tmp_path / "bad.yaml").write_text("epochs: 3\nrank: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+ is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_config_loads(path):
+    values = yaml.safe_load(path.read_text())
+    assert isinstance(load_config(path), RunConfig) and values

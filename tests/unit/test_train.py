@@ -1,0 +1,106 @@
+"""The training loop on a tiny random model: it learns, trains only what it should, and saves what it says."""
+
+import json
+
+import pytest
+import torch
+
+from tuneforge.config import RunConfig
+from tuneforge.data.batching import collate
+from tuneforge.data.examples import IGNORE_INDEX, PreparedData
+from tuneforge.models.loading import load_model
+from tuneforge.models.methods import prepare_for_training
+from tuneforge.train.loop import token_loss_sum, train
+
+FAST = dict(learning_rate=3e-2, batch_size=8, micro_batch_size=8, logging_steps=1, lr_scheduler="constant",
+            rank=4, alpha=8, lora_dropout=0.0, target_modules=["all-linear"])
+
+
+def test_lora_lowers_the_loss_and_leaves_every_base_weight_bit_identical(tiny_llm, lines_file, tmp_path):
+    base_before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
+    run = tiny_llm.train(lines_file, method="lora", max_steps=25, output_dir=str(tmp_path / "run"),
+                         show_progress=False, **FAST)
+    assert run.final_loss < run.losses[0] - 0.5
+    state = tiny_llm.model.state_dict()
+    lora_keys = [k for k in state if "lora_" in k]
+    assert lora_keys and all(state[k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)  # B starts at 0
+    base_after = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v
+                  for k, v in state.items() if "lora_" not in k}
+    assert base_after.keys() == base_before.keys()
+    for name, before in base_before.items():
+        assert torch.equal(base_after[name], before), name
+
+
+def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tiny_llm, lines_file, tmp_path):
+    before = tiny_llm.model.model.layers[0].mlp.up_proj.weight.clone()
+    run = tiny_llm.train(lines_file, method="full", max_steps=8, output_dir=str(tmp_path / "run"),
+                         show_progress=False, **dict(FAST, learning_rate=3e-3))
+    assert run.final_loss < run.losses[0]
+    assert not torch.equal(tiny_llm.model.model.layers[0].mlp.up_proj.weight, before)
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file, tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_llm.train(lines_file, max_steps=3, output_dir=str(run_dir), show_progress=False, **FAST)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert RunConfig.__name__ and "rank: 4" in (run_dir / "config.yaml").read_text()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch"} <= set(records[0])
+    assert "final loss" in (run_dir / "report.md").read_text()
+
+
+def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
+    run = tiny_llm.train(lines_file, max_steps=200, stop_at_loss=9.0, output_dir=str(tmp_path / "run"),
+                         show_progress=False, **FAST)
+    assert run.steps < 200 and run.final_loss <= 9.0 and "stop_at_loss" in run.stopped_because
+
+
+def test_masked_tokens_carry_no_loss():
+    logits = torch.randn(1, 4, 10)
+    labels = torch.tensor([[1, 2, IGNORE_INDEX, 3]])
+    changed = logits.clone()
+    changed[0, 1] += 100.0  # position 1 predicts label[2], which is masked
+    assert torch.allclose(token_loss_sum(logits, labels), token_loss_sum(changed, labels))
+
+
+def _one_step(model_dir, examples, tmp_path, **settings):
+    model, tokenizer, _ = load_model(str(model_dir), precision="fp32", device="cpu")
+    config = RunConfig(**dict(FAST, max_steps=1, method="full", learning_rate=1e-3, **settings))
+    torch.manual_seed(0)
+    model = prepare_for_training(model, config)
+    data = PreparedData("lines", examples)
+    model, result = train(model, tokenizer, data, config, tmp_path, precision="fp32", show_progress=False)
+    return result.losses[0], model.model.layers[1].self_attn.q_proj.weight.detach().clone()
+
+
+def test_gradient_accumulation_gives_the_same_loss_and_update_as_one_big_batch(tiny_model_dir, tokenizer, tmp_path):
+    texts = [f"example number {i} " + "with more words " * (i % 4) for i in range(16)]
+    examples = [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]]
+    loss_big, weight_big = _one_step(tiny_model_dir, examples, tmp_path / "a", batch_size=16, micro_batch_size=16)
+    loss_acc, weight_acc = _one_step(tiny_model_dir, examples, tmp_path / "b", batch_size=16, micro_batch_size=2)
+    assert loss_acc == pytest.approx(loss_big, rel=1e-5)
+    assert torch.allclose(weight_acc, weight_big, atol=1e-6)
+
+
+def test_collate_pads_without_attention_or_loss():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+                    pad_token_id=0, pad_to_multiple_of=4)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7, -100], [8, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_saved_adapter_reloads_with_identical_logits(tiny_llm, tiny_model_dir, lines_file, tmp_path):
+    import tuneforge as tf
+
+    tiny_llm.train(lines_file, max_steps=3, output_dir=str(tmp_path / "run"), show_progress=False, **FAST)
+    saved = tiny_llm.save(tmp_path / "adapter")
+    reloaded = tf.load(str(tiny_model_dir), adapter=saved, precision="fp32")
+    inputs = tiny_llm.tokenizer("you can make a", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(tiny_llm.model(**inputs).logits, reloaded.model(**inputs).logits, atol=1e-5)
+    assert tiny_llm.generate("you can", do_sample=False, max_new_tokens=5) == \
+        reloaded.generate("you can", do_sample=False, max_new_tokens=5)
