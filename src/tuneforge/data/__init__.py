@@ -1,5 +1,17 @@
-"""Data preparation: read files, shape them into examples, tokenize, split (see each module's docstring)."""
+"""Data preparation: read files, clean, shape, split, tokenize once (cached), pack, preview.
 
-from tuneforge.data.examples import IGNORE_INDEX, PreparedData, prepare_examples
+    from tuneforge.data import prepare_examples
+    prepared = prepare_examples("../shared/data/tinyshakespeare.txt", tokenizer, config)
 
-__all__ = ["IGNORE_INDEX", "PreparedData", "prepare_examples"]
+Stages live in their own modules: sources (files), formats (format files, input/output, chat), chunking (raw
+text), cleaning (filters, dedup), diversity (k-means), tokenization, packing, cache (Arrow), inspection (preview).
+"""
+
+from tuneforge.data.cache import load_preprocessed_data, save_preprocessed_data
+from tuneforge.data.examples import prepare_examples, split_examples
+from tuneforge.data.packing import pack_examples
+from tuneforge.data.prepared import PreparedData
+from tuneforge.data.tokenization import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "PreparedData", "load_preprocessed_data", "pack_examples", "prepare_examples",
+           "save_preprocessed_data", "split_examples"]

@@ -9,7 +9,7 @@ can pick up at any (epoch, micro batch) position. With several processes each ta
 
 from __future__ import annotations
 
-from tuneforge.data.examples import IGNORE_INDEX
+from tuneforge.data.tokenization import IGNORE_INDEX
 
 
 class MicroBatchOrder:
@@ -39,7 +39,11 @@ class MicroBatchOrder:
 
 
 def collate(examples: list[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
-    """Right-pad to the longest example (rounded up); padding carries no attention and no loss."""
+    """Right-pad to the longest example (rounded up); padding carries no attention and no loss.
+
+    Packed examples (see packing.py) bring `position_ids`, which restart at 0 for every packed example; they are
+    passed through, and padding gets positions 0, 1, 2, ... of its own so it reads as one more (ignored) example.
+    """
     import torch
 
     longest = max(len(e["input_ids"]) for e in examples)
@@ -47,9 +51,17 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int, pad_to_mult
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    packed = "position_ids" in examples[0]
+    position_ids = torch.arange(length).repeat(len(examples), 1) if packed else None  # (batch, seq)
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
         input_ids[row, :n] = torch.tensor(example["input_ids"])
         labels[row, :n] = torch.tensor(example["labels"])
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if packed:
+            position_ids[row, :n] = torch.tensor(example["position_ids"])
+            position_ids[row, n:] = torch.arange(length - n)
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    if packed:
+        batch["position_ids"] = position_ids
+    return batch

@@ -1,37 +1,42 @@
-"""Turn a data file into tokenized training examples: `input_ids` plus `labels` (-100 = carries no loss).
+"""Turn a data file or folder into tokenized training examples: read -> clean -> dedup -> select -> split -> tokenize.
 
     from tuneforge.data.examples import prepare_examples
-    prepared = prepare_examples("cheese.txt", tokenizer, config)
-    print(prepared.describe())
+    prepared = prepare_examples("../shared/data/roleplay_alpaca.json", tokenizer, config)
+    print(prepared.describe())          # shape: formatted; read: 3146, cleaned: 3146, ...
 
-Shapes handled here: `lines` (one example per line, seed 001) and `raw` (one long text cut into overlapping
-chunks, seed 003). `auto` picks `raw` when blank lines separate paragraphs and `lines` otherwise.
+Each stage is a function of its own module (sources, formats, cleaning, diversity, tokenization, packing); this
+one runs them in order, counts what each did, and caches the result (see cache.py) so the second prepare of
+the same data is a memory-mapped load. Raw text is one document, so it is split after chunking (over chunks);
+every other shape is split over records before tokenizing.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass, field
+from pathlib import Path
 
-from tuneforge.data.chunking import chunk_raw_text
-from tuneforge.data.sources import read_text
+from tuneforge.data import cache
+from tuneforge.data.cleaning import clean_records, record_text
+from tuneforge.data.diversity import select_diverse
+from tuneforge.data.formats import (
+    chat_messages,
+    check_formatted,
+    detect_record_shape,
+    input_output_pair,
+    load_format,
+    render_chat,
+    render_formatted,
+)
+from tuneforge.data.packing import pack_dataset
+from tuneforge.data.prepared import ExampleTable, PreparedData
+from tuneforge.data.sources import Source, data_files, read_source
+from tuneforge.data.tokenization import IGNORE_INDEX, tokenize_chunked, tokenize_segments
 from tuneforge.errors import DataError
 
-IGNORE_INDEX = -100  # label value that carries no loss (PyTorch's cross_entropy default)
-
-
-@dataclass
-class PreparedData:
-    """Tokenized examples and the counts of every step that produced them."""
-
-    shape: str
-    train: list[dict[str, list[int]]]
-    validation: list[dict[str, list[int]]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        parts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in self.counts.items())
-        return f"shape: {self.shape}; {parts}"
+__all__ = ["IGNORE_INDEX", "PreparedData", "detect_shape", "prepare_examples", "split_examples"]
+log = logging.getLogger(__name__)
+TEXT_SHAPES = ("raw", "lines")
 
 
 def detect_shape(text: str) -> str:
@@ -43,52 +48,204 @@ def detect_shape(text: str) -> str:
     return "raw" if long_lines > 0.1 * len(lines) else "lines"
 
 
-def line_examples(text: str, tokenizer, cutoff_len: int, add_eos_token: bool) -> tuple[list[list[int]], dict]:
-    """One example per non-empty line, truncated to cutoff_len tokens (counted, never silent)."""
-    lines = text.removesuffix("\n").split("\n")
-    kept = [line.strip() for line in lines if line.strip()]
-    encoded = tokenizer(kept, add_special_tokens=False)["input_ids"]
-    examples, truncated = [], 0
-    eos = tokenizer.eos_token_id
-    for ids in encoded:
-        ids = list(ids) + ([eos] if add_eos_token and eos is not None else [])
-        if len(ids) > cutoff_len:
-            truncated += 1
-            ids = ids[:cutoff_len]
-        examples.append(ids)
-    counts = {"lines_read": len(kept), "blank_lines_skipped": sum(1 for line in lines if not line.strip()),
-              "examples": len(examples), "truncated_to_cutoff_len": truncated}
-    return examples, counts
-
-
-def prepare_examples(path: str, tokenizer, config, encoding: str = "utf-8") -> PreparedData:
-    """Read, shape, tokenize and split one data file according to the run config."""
-    text = read_text(path, encoding)
-    shape = detect_shape(text) if config.format == "auto" else config.format
-    if shape == "lines":
-        sequences, counts = line_examples(text, tokenizer, config.cutoff_len, config.add_eos_token)
-    else:
-        sequences, stats = chunk_raw_text(text, tokenizer, config.cutoff_len, config.overlap_len,
-                                          config.newline_favor_len, config.hard_cut_string, config.add_eos_token)
-        counts = {"sections": stats.sections, "empty_sections_skipped": stats.empty_sections,
-                  "tokens": stats.tokens, "chunks": stats.chunks, "cuts_moved_to_newline": stats.newline_cuts}
-    sequences = [s for s in sequences if len(s) >= 2]  # a 1-token example has no next token to predict
-    if not sequences:
-        raise DataError(f"data file '{path}' gave no training example of 2 or more tokens")
-    examples = [{"input_ids": s, "labels": list(s)} for s in sequences]
-    train, validation = split_examples(examples, config.validation_split, config.seed)
-    counts.update(train_examples=len(train), validation_examples=len(validation),
-                  train_tokens=sum(len(e["input_ids"]) for e in train))
-    return PreparedData(shape, train, validation, counts)
-
-
 def split_examples(examples: list, validation_split: float, seed: int) -> tuple[list, list]:
-    """A deterministic train/validation split: the same seed and ratio always hold out the same examples."""
+    """A deterministic train/validation split: a fraction (< 1) or a count (>= 1) held out, chosen by `seed`."""
     if validation_split <= 0 or len(examples) < 2:
-        return examples, []
+        return list(examples), []
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(examples) * validation_split))
+    n_val = int(validation_split) if validation_split >= 1 else max(1, round(len(examples) * validation_split))
+    if n_val >= len(examples):
+        raise DataError(f"validation_split {validation_split:g} would hold out all {len(examples)} examples; "
+                        "use a smaller count or a fraction such as 0.01")
     held_out = set(order[:n_val])
     return ([e for i, e in enumerate(examples) if i not in held_out],
             [e for i, e in enumerate(examples) if i in held_out])
+
+
+def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None = None,
+                     use_cache: bool = True) -> PreparedData:
+    """Read, clean, shape, split and tokenize `path` as `config` says, from the cache when nothing changed."""
+    if encoding is not None and encoding != config.encoding:
+        config = config.replace(encoding=encoding)
+    validation_files = data_files(config.validation_data) if config.validation_data else []
+    fingerprint = cache.data_fingerprint(data_files(path), validation_files, tokenizer, config)
+    folder = cache.datasets_home() / fingerprint
+    prepared = cache.load_cached(folder) if use_cache else None
+    if prepared is None:
+        prepared, removed = build_examples(path, tokenizer, config, fingerprint)
+        if use_cache:
+            try:
+                cache.save_prepared(prepared, folder, removed)
+                prepared = cache.load_prepared(folder)
+                prepared.cache_hit = False
+            except OSError as error:  # a read-only home must not stop training; it only costs the next run time
+                log.warning("could not cache prepared data in %s: %s", folder, error)
+        elif config.save_removed:
+            raise DataError("save_removed needs the dataset cache; remove use_cache=False")
+    if config.save_removed and prepared.cache_dir is not None:
+        cache.copy_removed(prepared.cache_dir, config.save_removed)
+    return prepared
+
+
+def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[PreparedData, list[dict]]:
+    """The whole pipeline without the cache: (prepared data, removed records with reasons)."""
+    source = read_source(path, config.encoding, config.text_column, config.sql_table, config.sql_column,
+                         config.hard_cut_string)
+    shape, reason = choose_shape(source, config)
+    report: dict = {"files": len(source.files), "shape_reason": reason}
+    records = source_records(source, shape, config, report)
+    counts: dict[str, int] = {"read": len(records)}
+    kept, removed, removed_counts = _clean(records, config)
+    report["unicode_normalized"] = removed_counts.pop("unicode normalized (kept)", 0)
+    report["removed"] = removed_counts
+    filtered = sum(n for name, n in removed_counts.items() if "duplicates" not in name)
+    counts["cleaned"] = len(records) - filtered
+    counts["deduplicated"] = len(kept)
+    if not kept:
+        raise DataError(f"cleaning removed all {len(records)} records of {path}; loosen the filters")
+    if config.diversity_clusters:
+        chosen, clusters = select_diverse([record_text(r) for r in kept], config.diversity_clusters,
+                                          config.diversity_subset, config.max_per_cluster, config.seed)
+        kept = [kept[i] for i in chosen]
+        report["clusters"] = clusters.to_dict()
+        counts["selected"] = len(kept)
+    elif config.diversity_subset or config.max_per_cluster:
+        raise DataError("diversity_subset and max_per_cluster need diversity_clusters (how many clusters to form)")
+
+    if shape == "formatted":
+        report["template_usage"] = check_formatted(kept, load_format(config.format_file))
+    validation_records = None
+    if config.validation_data:
+        report["validation_data"] = str(config.validation_data)
+        validation_source = read_source(config.validation_data, config.encoding, config.text_column,
+                                        config.sql_table, config.sql_column, config.hard_cut_string)
+        validation_records, _, _ = _clean(source_records(validation_source, shape, config, {}), config)
+    elif shape != "raw":
+        kept, validation_records = split_examples(kept, config.validation_split, config.seed)
+    if validation_records:
+        counts["train_records"], counts["validation_records"] = len(kept), len(validation_records)
+
+    train = _tokenize(kept, shape, tokenizer, config, report, f"{fingerprint}-train")
+    validation = _tokenize(validation_records or [], shape, tokenizer, config, {}, f"{fingerprint}-val")
+    train = _drop_unlearnable(train, counts) if train is not None else None
+    validation = _drop_unlearnable(validation, {}) if validation is not None else None
+    if train is None or len(train) == 0:
+        hint = (f"; the prompts of {counts['dropped_without_loss']} examples fill all cutoff_len "
+                f"({config.cutoff_len}) tokens, so raise cutoff_len" if counts.get("dropped_without_loss") else "")
+        raise DataError(f"data '{path}' gave no training example with 2 or more tokens that carry loss{hint}")
+    if shape == "raw" and validation_records is None:
+        order = list(range(len(train)))
+        train_idx, val_idx = split_examples(order, config.validation_split, config.seed)
+        train, validation = train.select(train_idx), train.select(val_idx) if val_idx else None
+    counts["train_examples"] = len(train)
+    counts["validation_examples"] = len(validation) if validation is not None else 0
+    counts["train_tokens"] = sum(ExampleTable(train).lengths)
+    counts["loss_tokens"] = int(sum(train["n_loss"]))
+    if getattr(config, "packing", False):
+        train = pack_dataset(_core(train), config.cutoff_len, config.num_proc, f"{fingerprint}-packed")
+        if validation is not None:
+            validation = pack_dataset(_core(validation), config.cutoff_len, config.num_proc, f"{fingerprint}-vp")
+        counts["packed_blocks"] = len(train)
+    prepared = PreparedData(shape, ExampleTable(_core(train)),
+                            ExampleTable(_core(validation)) if validation is not None else [], counts, report)
+    removed_rows = [{"index": i, "reason": why, "record": r} for i, r, why in removed]
+    return prepared, removed_rows
+
+
+def choose_shape(source: Source, config) -> tuple[str, str]:
+    """(shape, why) — the preview states both."""
+    if config.format != "auto":
+        if source.kind == "text" and config.format not in TEXT_SHAPES:
+            raise DataError(f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but "
+                            f"{source.files[0]} is plain text; use format raw or lines")
+        return config.format, "set by format"
+    if source.kind == "text":
+        shape = detect_shape(source.text)
+        why = "blank lines separate paragraphs" if shape == "raw" else "one short example per line"
+        return shape, f"detected: {why}"
+    shape = detect_record_shape(source.records, config.text_column, config.format_file)
+    return shape, f"detected from the records' keys ({', '.join(sorted(source.records[0])[:6])})"
+
+
+def source_records(source: Source, shape: str, config, report: dict) -> list[dict]:
+    """The unit that cleaning, dedup and splitting work on: a record, a line, or a hard-cut section of text."""
+    if source.kind == "text":
+        if shape == "lines":
+            lines = source.text.split("\n")
+            report["blank_lines_skipped"] = sum(1 for line in lines if not line.strip())
+            return [{"text": line.strip()} for line in lines if line.strip()]
+        cut = config.hard_cut_string or None
+        sections = source.text.split(cut) if cut else [source.text]
+        report["empty_sections_skipped"] = sum(1 for s in sections if not s.strip())
+        return [{"text": s} for s in sections if s.strip()]
+    if shape in ("text", "raw", "lines"):
+        column = config.text_column or "text"
+        missing = [i for i, r in enumerate(source.records) if not isinstance(r.get(column), str)]
+        if missing:
+            keys = ", ".join(sorted(source.records[missing[0]])) or "none"
+            raise DataError(f"{len(missing)} records have no text in '{column}' (first: record {missing[0]}, "
+                            f"keys: {keys}); choose the field with text_column")
+        return [{"text": r[column]} for r in source.records]
+    return source.records
+
+
+def _clean(records: list[dict], config):
+    return clean_records(records, clean=config.clean, filter_patterns=config.filter_patterns,
+                         min_length=config.min_length, max_length=config.max_length,
+                         normalize_unicode=config.normalize_unicode, dedup=config.dedup,
+                         near_dup_threshold=config.near_dup_threshold)
+
+
+def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, fingerprint: str):
+    """An Arrow dataset with input_ids, labels, truncated and n_loss (None for no records)."""
+    if not records:
+        return None
+    if shape in ("raw", "text"):
+        dataset = tokenize_chunked([r["text"] for r in records], tokenizer, cutoff_len=config.cutoff_len,
+                                   overlap_len=config.overlap_len, newline_favor_len=config.newline_favor_len,
+                                   hard_cut_string=config.hard_cut_string, add_eos_token=config.add_eos_token,
+                                   num_proc=config.num_proc, fingerprint=fingerprint)
+        report.update(tokens=sum(dataset["doc_tokens"]), cuts_moved_to_newline=sum(dataset["doc_newline_cuts"]))
+        return dataset.remove_columns(["doc_tokens", "doc_sections", "doc_newline_cuts"])
+    eos = "always" if config.add_eos_token else "never"
+    cutoff = config.cutoff_len
+    if shape == "lines":
+        examples = [[(r["text"], True)] for r in records]
+    elif shape == "formatted":
+        fmt = load_format(config.format_file)
+        report["format_file"] = fmt.describe()
+        usage = check_formatted(records, fmt)
+        report.setdefault("template_usage", usage)  # build_examples counts all records, before the split
+        examples = [render_formatted(r, fmt, config.train_on_source) for r in records]
+    elif shape == "input_output":
+        pairs = [input_output_pair(r, i) for i, r in enumerate(records)]
+        examples = [[(s, config.train_on_source, config.source_max_len), (t, True, config.target_max_len)]
+                    for s, t in pairs]
+        cutoff = None  # QLoRA's recipe: source_max_len and target_max_len bound each part instead
+    elif shape == "chat":
+        examples = [render_chat(chat_messages(r, i), tokenizer, config.train_on_source)
+                    for i, r in enumerate(records)]
+        eos = "if_missing" if config.add_eos_token else "never"
+    else:
+        raise DataError(f"unknown data shape '{shape}'")
+    return tokenize_segments(examples, tokenizer, cutoff_len=cutoff, eos=eos, num_proc=config.num_proc,
+                             fingerprint=fingerprint)
+
+
+def _drop_unlearnable(dataset, counts: dict):
+    """Drop examples under 2 tokens or with no loss token (e.g. a prompt that filled the whole cutoff)."""
+    import numpy as np
+
+    lengths = np.asarray(ExampleTable(dataset).lengths)
+    n_loss = np.asarray(dataset["n_loss"])
+    keep = np.flatnonzero((lengths >= 2) & (n_loss > 0))
+    counts["truncated"] = int(sum(dataset["truncated"]))
+    counts["dropped_without_loss"] = int(len(dataset) - len(keep))
+    return dataset.select(keep) if len(keep) < len(dataset) else dataset
+
+
+def _core(dataset):
+    """Only the columns training reads."""
+    extra = [c for c in dataset.column_names if c not in ("input_ids", "labels", "position_ids")]
+    return dataset.remove_columns(extra) if extra else dataset

@@ -1,33 +1,206 @@
-"""Read training text from files, with errors that name the file, the byte and the fix.
+"""Read training data from files and folders, with errors that name the file, the place and the fix.
 
-    from tuneforge.data.sources import read_text
-    text = read_text("../shared/data/cheese_instructions.txt")
+    from tuneforge.data.sources import read_source
+    source = read_source("../shared/data/roleplay_alpaca.json")
+    print(source.kind, len(source.records), source.records[0].keys())
+
+Plain text (`.txt`, `.md`, unknown suffixes) and HTML (visible text only) give one `text`; everything else gives
+`records` (one dict per JSON object, JSONL line, CSV/TSV/Parquet row, or SQL INSERT row). `.gz` of any of them is
+unpacked first; a folder is read file by file (text files are joined with the hard cut string so text from
+different files never lands in one chunk).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import DataError
 
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".html", ".htm"}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql"}
+# Elements whose content is never shown in a browser, and elements that start a new paragraph.
+_INVISIBLE = ["script", "style", "noscript", "template", "head", "svg", "iframe"]
+_BLOCKS = ["p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "h1", "h2", "h3", "h4",
+           "h5", "h6", "li", "ul", "ol", "table", "tr", "blockquote", "pre", "title", "dd", "dt", "figcaption"]
 
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """The whole file as text (`.gz` is unpacked). Missing, empty or undecodable files raise DataError."""
+
+@dataclass
+class Source:
+    """What was read: one text (kind 'text') or a list of records (kind 'records'), and from which files."""
+
+    kind: str
+    files: list[Path]
+    text: str = ""
+    records: list[dict] = field(default_factory=list)
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The file itself, or every readable file in a folder (recursively, sorted, hidden files skipped)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file '{path}' does not exist; check the path given as data")
-    if path.is_dir():
-        raise DataError(f"data '{path}' is a folder; point data at a text file")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                           p.relative_to(path).parts))
+    files = [p for p in files if _inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES]
+    if not files:
+        raise DataError(f"data folder '{path}' holds no data files (.txt .json .jsonl .csv .tsv .parquet .html "
+                        ".sql or .gz of one)")
+    return files
+
+
+def read_source(path: str | Path, encoding: str = "utf-8", text_column: str | None = None,
+                sql_table: str | None = None, sql_column: str | None = None,
+                hard_cut_string: str = "\n\n\n") -> Source:
+    """Read a file or folder into a Source; mixing text files and record files in one folder is refused."""
+    files = data_files(path)
+    texts: list[str] = []
+    records: list[dict] = []
+    for file in files:
+        suffix = _inner_suffix(file)
+        if suffix in RECORD_SUFFIXES:
+            records.extend(_read_records(file, suffix, encoding, text_column, sql_table, sql_column))
+        else:
+            text = _decode(file, _read_bytes(file), encoding)
+            texts.append(html_text(text) if suffix in (".html", ".htm") else text)
+    if texts and records:
+        raise DataError(f"data folder '{path}' mixes plain-text files and record files (JSON/CSV/...); "
+                        "put them in separate folders")
+    if texts:
+        return Source("text", files, text=(hard_cut_string or "\n\n").join(texts))
+    return Source("records", files, records=records)
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """The whole file (or a folder's files joined) as text; missing, empty or undecodable data raises DataError."""
+    return "\n\n\n".join(_decode(file, _read_bytes(file), encoding) for file in data_files(path))
+
+
+def _inner_suffix(path: Path) -> str:
+    """'.json' for both data.json and data.json.gz."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix == ".gz" else suffix
+
+
+def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+    if path.suffix.lower() == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise DataError(f"{path} is not a valid gzip file ({error})") from None
+    if not raw.strip():
+        raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
+    return raw
+
+
+def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
                         "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)") from None
+    except LookupError:
+        raise DataError(f"unknown encoding '{encoding}'; use a Python codec name such as utf-8 or latin-1") from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")  # BOM and Windows line ends
     if not text.strip():
         raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
     return text
+
+
+def html_text(html: str) -> str:
+    """The visible text of an HTML page: scripts, styles and markup dropped, one paragraph per block element."""
+    from bs4 import BeautifulSoup, Comment
+
+    soup = BeautifulSoup(html, "html.parser")
+    for element in soup(_INVISIBLE):
+        element.decompose()
+    for comment in soup.find_all(string=lambda s: isinstance(s, Comment)):
+        comment.extract()
+    # Markers, not newlines: newlines in HTML source are plain whitespace, while <br> and blocks break lines.
+    for br in soup.find_all("br"):
+        br.replace_with("\x00")
+    for block in soup.find_all(_BLOCKS):
+        block.insert_before("\x01")
+        block.insert_after("\x01")
+    paragraphs = []
+    for paragraph in soup.get_text().split("\x01"):
+        lines = [" ".join(line.split()) for line in paragraph.split("\x00")]
+        lines = [line for line in lines if line]
+        if lines:
+            paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def _read_records(path: Path, suffix: str, encoding: str, text_column: str | None, sql_table: str | None,
+                  sql_column: str | None) -> list[dict]:
+    raw = _read_bytes(path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            records = pq.read_table(io.BytesIO(raw)).to_pylist()
+        except Exception as error:  # pyarrow raises several types for a broken file
+            raise DataError(f"{path} is not a readable Parquet file ({error})") from None
+    elif suffix == ".sql":
+        from tuneforge.data.sql import sql_rows
+
+        return sql_rows(path, _decode(path, raw, encoding), sql_table, sql_column)
+    else:
+        text = _decode(path, raw, encoding)
+        if suffix == ".json":
+            records = _json_records(path, text)
+        elif suffix == ".jsonl":
+            records = [_json_value(path, line, number) for number, line in enumerate(text.split("\n"), 1)
+                       if line.strip()]
+        else:
+            records = _csv_records(path, text, "\t" if suffix == ".tsv" else ",")
+    records = [r if isinstance(r, dict) else {"text": r} if isinstance(r, str) else _not_a_record(path, r)
+               for r in records]
+    if not records:
+        raise DataError(f"data file '{path}' holds no records")
+    if text_column is not None and suffix != ".sql" and not any(text_column in r for r in records):
+        keys = sorted({k for r in records[:100] for k in r})
+        raise DataError(f"column '{text_column}' is not in {path}; its columns are: {', '.join(keys)}")
+    return records
+
+
+def _not_a_record(path: Path, value) -> dict:
+    raise DataError(f"{path} must hold objects (records) or strings, found {type(value).__name__}: "
+                    f"{json.dumps(value)[:60]}")
+
+
+def _json_records(path: Path, text: str) -> list:
+    data = _json_value(path, text, 1)
+    if isinstance(data, dict):  # {"data": [...]} style wrappers: take the one list inside
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path} must be a JSON list of records, e.g. [{{\"instruction\": ..., "
+                            f"\"output\": ...}}]; found an object with keys {', '.join(list(data)[:8])}")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{path} must be a JSON list of records; found {type(data).__name__}")
+    return data
+
+
+def _json_value(path: Path, text: str, first_line: int):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{first_line + error.lineno - 1}:{error.colno}: malformed JSON: {error.msg}") from None
+
+
+def _csv_records(path: Path, text: str, separator: str) -> list[dict]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path} is not valid {'TSV' if separator == chr(9) else 'CSV'}: "
+                        f"{str(error).strip()}") from None
+    return frame.to_dict("records")

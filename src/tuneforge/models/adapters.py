@@ -20,20 +20,30 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str]):
-    """Wrap `model` in a PeftModel whose only trainable weights are the LoRA matrices."""
+def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str], bias: str = "none",
+                modules_to_save: list[str] | None = None, layers_to_transform: list[int] | None = None,
+                layers_pattern: str | None = None):
+    """Wrap `model` in a PeftModel whose only trainable weights are the LoRA matrices (and modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
-    targets: str | list[str] = "all-linear" if target_modules == ["all-linear"] else list(target_modules)
-    if targets != "all-linear":
-        known = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in targets if t not in known]
-        if missing:
-            raise ModelError(f"target_modules {missing} are not in this model; it has linear layers "
-                             f"{', '.join(linear_module_names(model))} (or use all-linear)")
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    known = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    wanted = (targets if isinstance(targets, list) else []) + list(modules_to_save or [])
+    missing = [t for t in wanted if t not in known]
+    if missing:
+        raise ModelError(f"modules {missing} are not in this model; it has linear layers "
+                         f"{', '.join(linear_module_names(model))} (or use all-linear); see tuneforge modules")
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias=bias,
+                      modules_to_save=list(modules_to_save or []) or None,
+                      layers_to_transform=layers_to_transform or None,
+                      layers_pattern=layers_pattern if layers_to_transform else None, task_type="CAUSAL_LM",
+                      # a tied embed_tokens/lm_head in the adapter must stay tied, or merging would untie them
+                      ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False))
+                      and bool({"embed_tokens", "lm_head", "wte"} & set(wanted)))
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:  # e.g. layers_to_transform naming layers the model does not have
+        raise ModelError(f"cannot attach LoRA: {error}") from None
 
 
 def load_adapter(model, path: str | Path, trainable: bool = False):

@@ -94,7 +94,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return write_folder_atomically(target, write)
 
 
-def write_folder_atomically(target: Path, write) -> Path:
+def write_folder_atomically(target: Path, write, marker: str = "config.json") -> Path:
     """Call write(tmp) on a temporary folder beside `target`, then rename it to `target`.
 
     A crash or Ctrl-C inside `write` leaves no `target` at all, never a half-written one. If another
@@ -107,7 +107,7 @@ def write_folder_atomically(target: Path, write) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent winner: a real failure
+            if not (target / marker).is_file():  # not a concurrent winner: a real failure
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -250,8 +250,9 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_o
 
 
 def load_model(spec: str = "default", *, device: str = "auto", precision: str = "auto",
-               trust_remote_code: bool = False):
-    """Load (model, tokenizer, source). `precision` sets the weight dtype ('auto': bf16 where fast)."""
+               trust_remote_code: bool = False, quantization=None):
+    """Load (model, tokenizer, source). `precision` sets the weight dtype ('auto': bf16 where fast);
+    `quantization` (a BitsAndBytesConfig, see quantization.py) loads the weights quantized for QLoRA."""
     from transformers import AutoModelForCausalLM
 
     source = resolve(spec)
@@ -266,8 +267,9 @@ def load_model(spec: str = "default", *, device: str = "auto", precision: str = 
                              "folder, or a .gguf file")
     try:
         tokenizer = load_tokenizer(source, trust_remote_code, local_only)
+        extra = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     local_files_only=local_only)
+                                                     local_files_only=local_only, **extra)
     except OSError as error:
         if Path(source.path).exists():
             raise ModelError(f"could not load model from '{source.path}': {error}") from None
@@ -278,6 +280,7 @@ def load_model(spec: str = "default", *, device: str = "auto", precision: str = 
             raise ModelError(f"'{spec}' runs its own Python code; pass trust_remote_code: true only if you "
                              "trust it") from None
         raise
-    model.to(device)
+    if not quantization:  # quantized weights are placed by device_map and cannot be moved afterwards
+        model.to(device)
     model.eval()
     return model, tokenizer, source

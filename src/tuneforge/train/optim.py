@@ -8,26 +8,51 @@ from __future__ import annotations
 
 import math
 
+from tuneforge.errors import ConfigError
 
-def build_optimizer(model, config):
-    """AdamW (or SGD) over the trainable parameters; biases and norms get no weight decay."""
-    import torch
 
+def _parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Biases and norm weights get no weight decay (the usual AdamW practice)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, config):
+    """The optimizer named by `config.optimizer` over the trainable parameters."""
+    import torch
+
+    groups = _parameter_groups(model, config.weight_decay)
+    betas = (config.adam_beta1, config.adam_beta2)
+    name = config.optimizer
+    if name == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate)
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon, fused=config.optimizer == "adamw_torch_fused" or None)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # with an explicit learning rate, Adafactor's own relative step sizing must be off
+        return Adafactor(groups, lr=config.learning_rate, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    if name in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError(f"optimizer {name} needs bitsandbytes: pip install 'tuneforge[quant]'") from None
+        cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[name]
+        return cls(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
+    fused = name == "adamw_torch_fused"
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon,
+                             fused=fused or None)
 
 
 def warmup_steps(config, total_steps: int) -> int:
-    return config.warmup_steps
+    """warmup_steps when set, else warmup_ratio of all steps."""
+    if config.warmup_steps:
+        return config.warmup_steps
+    return math.ceil(config.warmup_ratio * total_steps)
 
 
 def build_scheduler(optimizer, config, total_steps: int):
@@ -35,6 +60,9 @@ def build_scheduler(optimizer, config, total_steps: int):
     from transformers import get_scheduler
 
     warmup = warmup_steps(config, total_steps)
-    if config.lr_scheduler == "inverse_sqrt" and warmup == 0:
+    name = config.lr_scheduler
+    if name == "inverse_sqrt" and warmup == 0:
         warmup = max(1, math.ceil(0.1 * total_steps))  # inverse_sqrt divides by sqrt(warmup): needs >= 1
-    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    if name == "constant" and warmup:
+        name = "constant_with_warmup"  # transformers' "constant" would silently ignore the warm-up asked for
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

@@ -48,11 +48,11 @@ class TrainingProgress:
             self._bar.update(self._task, completed=step, status=status)
         else:
             self.console.print(f"step {step}/{self.total_steps}  {status}  elapsed {format_duration(elapsed)}  "
-                               f"eta {format_duration(eta)}")
+                               f"eta {format_duration(eta)}", soft_wrap=True)
 
     def message(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)
 
     def close(self) -> None:
         if self._bar is not None:

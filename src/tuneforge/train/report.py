@@ -1,24 +1,41 @@
-"""The run's `report.md`: settings, losses, why it stopped, and generations before and after training."""
+"""The run's `report.md`: settings, losses, fit diagnosis, why it stopped, generations before and after."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tuneforge.train.curves import diagnose_fit, plot_loss_curve
 
-def write_report(run_dir: Path, config, result, data_summary: str,
-                 samples_before: dict[str, str], samples_after: dict[str, str]) -> Path:
+
+def write_report(run_dir: Path, config, result, data_summary: str, samples_before: dict[str, str],
+                 samples_after: dict[str, str], precision: str = "", device: str = "") -> Path:
+    label, reason = diagnose_fit(result.losses, result.validation_losses)
+    plot = plot_loss_curve(result.losses, result.validation_losses, run_dir / "loss_curve.png",
+                           title=f"{run_dir.name}: {label}")
     lines = [f"# tuneforge run: {run_dir.name}", "",
-             f"- model: `{config.model}`, method: `{config.method}`, data: `{config.data}`",
-             f"- data: {data_summary}",
-             f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})",
-             f"- first loss: {result.losses[0]:.4f}, final loss: {result.final_loss:.4f}, "
-             f"best loss: {min(result.losses):.4f}" if result.losses else "- no step ran",
-             f"- {result.train_tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s)"]
+             f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
+             f"- data: `{config.data}` — {data_summary}",
+             f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
+             f"learning_rate {config.learning_rate} ({config.lr_scheduler}), batch_size "
+             f"{config.micro_batch_size * config.accumulation_steps} (micro batch {result.micro_batch_size}), "
+             f"cutoff_len {config.cutoff_len}; full list in config.yaml",
+             f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})"]
+    if result.resumed_from:
+        lines.append(f"- resumed from `{result.resumed_from}`")
+    if result.losses:
+        lines.append(f"- training loss: first {result.losses[0]:.4f}, final {result.final_loss:.4f}, "
+                     f"best {min(result.losses):.4f}")
     if result.validation_losses:
-        step, value = result.validation_losses[-1]
-        lines.append(f"- validation loss at step {step}: {value:.4f}")
+        best_step, best = min(result.validation_losses, key=lambda p: p[1])
+        lines.append(f"- validation loss: final {result.validation_losses[-1][1]:.4f}, best {best:.4f} "
+                     f"(step {best_step})")
+    lines += [f"- fit: **{label}** — {reason}",
+              f"- speed: {result.train_tokens:,} loss-carrying tokens in {result.seconds:.1f} s "
+              f"({result.tokens_per_second:,.0f} tokens/s)"]
     if result.saved_to:
         lines.append(f"- saved to: `{result.saved_to}`")
+    if plot:
+        lines += ["", "![loss curve](loss_curve.png)"]
     if samples_before:
         lines += ["", "## Generations before and after training", "", "| prompt | before | after |", "|---|---|---|"]
         for prompt, before in samples_before.items():

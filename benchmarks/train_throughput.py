@@ -1,0 +1,214 @@
+"""Training throughput: the seeds' Hugging Face recipe and tuneforge side by side, same model/data/settings.
+
+    python benchmarks/train_throughput.py                    # every case, 10 timed steps each (~15 min on 2 CPUs)
+    python benchmarks/train_throughput.py --cases lora-qv-raw --steps 6
+
+Baseline = `transformers.Trainer` + PEFT `get_peft_model` + `DataCollatorForLanguageModeling(mlm=False)`, once with
+`bf16=True` and once in fp32 (the seeds' default). Each run is a fresh subprocess so peak RSS is its own.
+Reported per run: tokens/s over all tokens (padding included) and over useful (loss-carrying) tokens, peak RSS,
+model FLOPs utilisation against a matmul peak measured here, loss of the last step, and held-out loss (fp32,
+same held-out examples and the same evaluation code for every run). Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CASES = {
+    # name: (data file, format, LoRA target modules or None for full fine-tuning, method)
+    "lora-qv-raw": ("tinyshakespeare.txt", "raw", ["q_proj", "v_proj"], "lora"),
+    "lora-all-linear": ("tinyshakespeare.txt", "raw", ["all-linear"], "lora"),
+    "lines": ("cheese_instructions.txt", "lines", ["q_proj", "v_proj"], "lora"),
+    "full": ("tinyshakespeare.txt", "raw", None, "full"),
+    "qlora-4bit": ("tinyshakespeare.txt", "raw", ["q_proj", "v_proj"], "qlora"),
+}
+SEQ, BATCH, RANK, WARMUP, HELD_OUT = 256, 4, 8, 2, 16
+
+
+def examples_for(case: str, tokenizer):
+    """The same tokenized examples for every implementation: tuneforge's data preparation, no packing."""
+    from tuneforge.config import RunConfig
+    from tuneforge.data.examples import prepare_examples
+
+    file, shape, _, _ = CASES[case]
+    config = RunConfig(data=str(SHARED / file), format=shape, cutoff_len=SEQ, overlap_len=32, validation_split=0)
+    examples = list(prepare_examples(config.data, tokenizer, config).train)
+    return examples[HELD_OUT:], examples[:HELD_OUT]
+
+
+def matmul_peak_gflops(dtype_name: str) -> float:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    return 20 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+
+
+def held_out_loss(model, held_out, pad_id) -> float:
+    import torch
+
+    from tuneforge.train.loop import evaluate_loss
+
+    model.float()
+    return evaluate_loss(model, held_out, 4, pad_id, torch.device("cpu"))
+
+
+def worker_hf(case: str, precision: str, steps: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from tuneforge.models.loading import default_checkpoint
+
+    path = default_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train, held_out = examples_for(case, tokenizer)
+    _, _, targets, method = CASES[case]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if method != "full":
+        model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.05,
+                                                 target_modules="all-linear" if targets == ["all-linear"] else targets,
+                                                 task_type="CAUSAL_LM"))
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"]} for e in train])
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
+                                 learning_rate=2e-4, bf16=precision == "bf16", logging_steps=1, save_strategy="no",
+                                 report_to=[], seed=42, use_cpu=True, dataloader_num_workers=0,
+                                 disable_tqdm=True)
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          callbacks=[StepTimer()])
+        # count what each step sees: the same sampler order the Trainer uses
+        batches = list(trainer.get_train_dataloader())[: steps + WARMUP]
+        trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    all_tokens = sum(int(b["input_ids"].numel()) for b in batches[WARMUP:])
+    useful = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches[WARMUP:])
+    seconds = sum(times[WARMUP:])
+    return {"tokens_per_s": all_tokens / seconds, "useful_tokens_per_s": useful / seconds, "final_loss": losses[-1],
+            "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def worker_tuneforge(case: str, precision: str, steps: int, extra: dict) -> dict:
+    import tuneforge as tf
+
+    file, shape, targets, method = CASES[case]
+    llm = tf.load("default", precision=precision)
+    _, held_out = examples_for(case, llm.tokenizer)
+    with tempfile.TemporaryDirectory() as out:
+        settings = dict(method=method, format=shape, cutoff_len=SEQ, overlap_len=32, rank=RANK, alpha=2 * RANK,
+                        lora_dropout=0.05, target_modules=targets or ["q_proj"], learning_rate=2e-4,
+                        batch_size=BATCH, micro_batch_size=BATCH, max_steps=steps + WARMUP, logging_steps=1,
+                        precision=precision, lr_scheduler="linear", seed=42, output_dir=out)
+        settings.update(extra)
+        run = llm.train(str(SHARED / file), show_progress=False, **settings)
+        records = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+    timed = records[WARMUP:]
+    seconds = sum(r["tokens"] / r["tokens_per_second"] for r in timed)
+    useful = sum(r["tokens"] for r in timed)
+    return {"tokens_per_s": useful / seconds, "useful_tokens_per_s": useful / seconds,
+            "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
+                                                                         llm.tokenizer.pad_token_id),
+            "params": sum(p.numel() for p in llm.model.parameters())}
+
+
+def run_worker(args) -> None:
+    if args.impl == "hf":
+        result = worker_hf(args.case, args.precision, args.steps)
+    else:
+        result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def launch(case: str, impl: str, precision: str, steps: int, extra: dict | None = None) -> dict:
+    command = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--precision", precision,
+               "--steps", str(steps), "--extra", json.dumps(extra or {})]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per run (after 2 warm-up)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+
+    peaks = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
+    print(f"machine: {os.cpu_count()} CPUs; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+          f"{peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed steps")
+    rows = []
+    for case in args.cases.split(","):
+        method = CASES[case][3]
+        runs = {} if method == "qlora" else {"hf-fp32": launch(case, "hf", "fp32", args.steps),
+                                              "hf-bf16": launch(case, "hf", "bf16", args.steps)}
+        runs["tuneforge"] = launch(case, "tuneforge", "auto", args.steps)
+        if case == "lines":
+            runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, {"packing": True})
+        for name, result in runs.items():
+            row = {"case": case, "run": name, **result}
+            if "error" not in result:
+                flops_per_token = (6 if method == "full" else 4) * result["params"]  # LoRA: no weight grads
+                peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
+                row["mfu"] = result["tokens_per_s"] * flops_per_token / (peak * 1e9)
+                for base in ("hf-fp32", "hf-bf16"):
+                    if base in runs and "error" not in runs[base] and name.startswith("tuneforge"):
+                        row[f"x_{base}"] = result["useful_tokens_per_s"] / runs[base]["useful_tokens_per_s"]
+            rows.append(row)
+            print(format_row(row), flush=True)
+    print("JSON " + json.dumps({"peaks_gflops": peaks, "steps": args.steps, "rows": rows}))
+
+
+def format_row(row: dict) -> str:
+    if "error" in row:
+        return f"{row['case']:16} {row['run']:17} error: {row['error'][:90]}"
+    ratios = "  ".join(f"{k[2:]} x{v:.2f}" for k, v in row.items() if k.startswith("x_"))
+    return (f"{row['case']:16} {row['run']:17} {row['tokens_per_s']:7.0f} tok/s  useful {row['useful_tokens_per_s']:7.0f}"
+            f"  rss {row['peak_rss_mb']:6.0f} MB  mfu {row['mfu']:5.1%}  loss {row['final_loss']:.3f}  held-out "
+            f"{row['held_out_loss']:.4f}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()

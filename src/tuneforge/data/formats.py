@@ -1,0 +1,199 @@
+"""Shapes of structured data and how a record becomes text segments that do or do not carry loss.
+
+    from tuneforge.data.formats import load_format, render_formatted
+    fmt = load_format("alpaca-format")               # a shipped name or a path to a format file
+    segments = render_formatted({"instruction": "Add 2+2", "output": "4"}, fmt, train_on_source=False)
+    # [("Below is an instruction ...### Response:\\n", False), ("4", True)]
+
+A *format file* (text-generation-webui's, seed 003) maps comma-separated key sets to templates with %key%
+placeholders; a record uses the template whose key set equals the set of its non-empty string keys. The answer
+is the last placeholder's value and everything after it; the rest is the prompt, which carries no loss unless
+`train_on_source`. Chat records are rendered by the tokenizer's own chat template; only assistant turns carry loss.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tuneforge.errors import DataError
+
+PLACEHOLDER = re.compile(r"%([^%\s]+)%")
+SHARE_GPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "model": "assistant", "bot": "assistant"}
+
+Segment = tuple[str, bool]  # (text, carries loss)
+
+
+@dataclass
+class FormatFile:
+    """A loaded format file: templates by key set, and where it came from (for the preview)."""
+
+    name: str
+    templates: dict[frozenset[str], tuple[str, str]]  # key set -> (key set as written, template)
+
+    def describe(self) -> str:
+        return f"{self.name} ({' | '.join(written for written, _ in self.templates.values())})"
+
+
+def shipped_formats() -> list[str]:
+    folder = resources.files("tuneforge") / "resources" / "formats"
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_format(spec: str | None) -> FormatFile:
+    """Read a format file by path or shipped name (default: alpaca-format) and check every placeholder."""
+    spec = spec or "alpaca-format"
+    path = Path(spec).expanduser()
+    if path.is_file():
+        text, name = path.read_text(encoding="utf-8"), str(path)
+    elif spec.removesuffix(".json") in shipped_formats():
+        name = spec.removesuffix(".json")
+        text = (resources.files("tuneforge") / "resources" / "formats" / f"{name}.json").read_text(encoding="utf-8")
+    else:
+        raise DataError(f"format file '{spec}' does not exist; give a path or one of the shipped formats: "
+                        f"{', '.join(shipped_formats())}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{name}:{error.lineno}:{error.colno}: malformed JSON in format file: {error.msg}") from None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, str) for v in data.values()):
+        raise DataError(f"format file {name} must be a JSON object mapping key sets to template strings, e.g. "
+                        '{"instruction,output": "User: %instruction%\\nAssistant: %output%"}')
+    templates = {}
+    for written, template in data.items():
+        keys = frozenset(k.strip() for k in written.split(",") if k.strip())
+        missing = [p for p in PLACEHOLDER.findall(template) if p not in keys]
+        if missing:
+            raise DataError(f"format file {name}: the template for '{written}' uses %{missing[0]}%, which none of "
+                            f"its keys ({', '.join(sorted(keys))}) supplies")
+        if not PLACEHOLDER.search(template):
+            raise DataError(f"format file {name}: the template for '{written}' has no %key% placeholder")
+        templates[keys] = (written, template)
+    return FormatFile(name, templates)
+
+
+def present_keys(record: dict) -> frozenset[str]:
+    """The keys whose values are non-empty strings: what picks a record's template (as in text-generation-webui)."""
+    return frozenset(k for k, v in record.items() if isinstance(v, str) and v.strip())
+
+
+def check_formatted(records: list[dict], fmt: FormatFile, label: str = "records") -> dict[str, int]:
+    """How many records use each template; DataError naming the first records that match none."""
+    usage = {written: 0 for written, _ in fmt.templates.values()}
+    unmatched = []
+    for index, record in enumerate(records):
+        match = fmt.templates.get(present_keys(record))
+        if match is None:
+            unmatched.append(index)
+        else:
+            usage[match[0]] += 1
+    if unmatched:
+        first = unmatched[0]
+        shown = ", ".join(str(i) for i in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        has = ", ".join(sorted(present_keys(records[first]))) or "none"
+        need = " or ".join(written for written, _ in fmt.templates.values())
+        raise DataError(f"{len(unmatched)} of {len(records)} {label} match no template of {fmt.name} (record "
+                        f"indexes {shown}); record {first} has non-empty keys: {has}, but the templates need "
+                        f"exactly {need}")
+    return usage
+
+
+def render_formatted(record: dict, fmt: FormatFile, train_on_source: bool) -> list[Segment]:
+    """The record through its template, split before the last placeholder into (prompt, answer)."""
+    _, template = fmt.templates[present_keys(record)]
+    last = list(PLACEHOLDER.finditer(template))[-1]
+
+    def fill(part: str) -> str:  # one pass, so a value containing '%key%' is never substituted again
+        return PLACEHOLDER.sub(lambda m: str(record[m.group(1)]), part)
+
+    prompt, answer = fill(template[:last.start()]), fill(template[last.start():])
+    return [(prompt, train_on_source), (answer, True)] if prompt else [(answer, True)]
+
+
+def input_output_pair(record: dict, index: int) -> tuple[str, str]:
+    """(input, output) of a QLoRA-style record (seed 002); both must be strings."""
+    source, target = record.get("input"), record.get("output")
+    if not isinstance(source, str) or not isinstance(target, str) or not target.strip():
+        has = ", ".join(sorted(present_keys(record))) or "none"
+        raise DataError(f"record {index} needs string 'input' and non-empty 'output' keys for input_output data; "
+                        f"it has non-empty keys: {has}")
+    return source, target
+
+
+def chat_messages(record: dict, index: int) -> list[dict]:
+    """The record's messages as [{'role', 'content'}], accepting ShareGPT's {'from', 'value'} too."""
+    messages = record.get("messages", record.get("conversations"))
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"record {index} has no 'messages' list; chat data needs "
+                        '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}')
+    out = []
+    for turn, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(f"record {index}, message {turn} is not an object with role and content")
+        role = message.get("role", message.get("from"))
+        content = message.get("content", message.get("value"))
+        role = SHARE_GPT_ROLES.get(str(role).lower(), role)
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise DataError(f"record {index}, message {turn} needs string 'role' and 'content'; it has keys: "
+                            f"{', '.join(sorted(message))}")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"record {index} has no assistant message, so nothing in it would carry loss")
+    return out
+
+
+def render_chat(messages: list[dict], tokenizer, train_on_source: bool) -> list[Segment]:
+    """Segments of the chat-template rendering; each assistant turn (with its end marker) carries loss.
+
+    Each assistant turn is found as the difference between rendering the conversation up to it with a
+    generation prompt and rendering it including the turn, so any template that renders incrementally works.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("this model's tokenizer has no chat template; use format: formatted with a format file "
+                        "such as alpaca-chat-format instead")
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
+    full = render(len(messages), False)
+    segments: list[Segment] = []
+    done = 0  # characters of `full` already in segments
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(i, True), render(i + 1, False)
+        if not (full.startswith(through) and through.startswith(before) and len(before) >= done):
+            raise DataError("this model's chat template does not render conversations turn by turn, so assistant "
+                            "turns cannot be located; use format: formatted with a format file instead")
+        if len(before) > done:
+            segments.append((full[done:len(before)], train_on_source))
+        segments.append((full[len(before):len(through)], True))
+        done = len(through)
+    if done < len(full):
+        segments.append((full[done:], train_on_source))
+    return segments
+
+
+def detect_record_shape(records: list[dict], text_column: str | None, format_file: str | None) -> str:
+    """Pick the shape of structured records from their keys; the preview states the choice."""
+    sample = records[:200]
+    keys = frozenset().union(*(present_keys(r) for r in sample))
+    if format_file:
+        return "formatted"
+    if any(isinstance(r.get("messages", r.get("conversations")), list) for r in sample):
+        return "chat"
+    if text_column:
+        return "text"
+    if {"instruction", "output"} <= keys:
+        return "formatted"
+    if {"input", "output"} <= keys:
+        return "input_output"
+    if "text" in keys:
+        return "text"
+    raise DataError(f"cannot tell the shape of these records (keys: {', '.join(sorted(keys)) or 'none'}); set "
+                    "format (formatted with a format_file, input_output, chat or text with text_column)")

@@ -1,0 +1,226 @@
+"""Merge an adapter into its base and export models: a Hugging Face safetensors folder, or one GGUF file.
+
+    from tuneforge.models.export import merge_adapter, export_gguf, verify_gguf
+    merge_adapter("default", "runs/demo/adapter", "merged/")           # plain transformers loads merged/
+    export_gguf(model, tokenizer, "model.gguf")                          # llama architecture, f16 weights
+    print(verify_gguf(model, tokenizer, "model.gguf").agreement)         # top-1 next tokens, loaded back
+
+The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama models: tensor names from the `gguf`
+package's TensorNameMap, q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or f32) and
+norms in f32, no output.weight when embeddings are tied, and the tokenizer (GPT-2 BPE tokens, types, merges),
+special token ids and chat template in the metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneforge.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Prompts for the GGUF self-check: varied registers, short enough to run in seconds on a CPU.
+VERIFY_PROMPTS = [
+    "To be or not to", "To make a cheese sandwich ", "The capital of France is", "Once upon a time,",
+    "def fibonacci(n):", "The quick brown fox", "1, 2, 3, 4,", "In 1492, Columbus", "Water boils at",
+    "The meaning of life is", "import numpy as", "My favourite colour is", "The sun rises in the",
+    "Shakespeare wrote", "Dear Sir or Madam,", "The theory of relativity", "She opened the door and",
+    "A healthy breakfast includes", "The best way to learn", "Hello, how are",
+]
+
+
+def is_quantized(model) -> bool:
+    """Whether the (base) weights are bitsandbytes 4/8-bit layers."""
+    names = {type(m).__name__ for m in model.modules()}
+    return bool(names & {"Linear4bit", "Linear8bitLt"}) or getattr(model, "is_loaded_in_4bit", False)
+
+
+def save_folder(model, tokenizer, path: str | Path) -> Path:
+    """Write a plain model (no adapter) and its tokenizer as a Hugging Face safetensors folder."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def merged_copy(peft_model, source_path: str, trust_remote_code: bool = False):
+    """The adapter merged into a fresh fp32 base read from `source_path`.
+
+    Used when the in-memory base is 4/8-bit (QLoRA): merging into quantized weights would round the update
+    away, so the base is reloaded in full precision. The adapter was trained against the quantized base, so
+    the merged model's outputs differ slightly from the QLoRA model's.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    warnings.warn("the adapter was trained on a quantized base; merging it into the full-precision base "
+                  "changes outputs slightly (the base weights are no longer rounded)", stacklevel=2)
+    with tempfile.TemporaryDirectory() as folder:
+        peft_model.save_pretrained(folder, selected_adapters=[peft_model.active_adapter])
+        adapter_dir = Path(folder) / peft_model.active_adapter if peft_model.active_adapter != "default" \
+            else Path(folder)
+        base = AutoModelForCausalLM.from_pretrained(source_path, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code)
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
+
+
+def merge_adapter(base: str, adapter: str | Path, output: str | Path, *, device: str = "cpu",
+                  precision: str = "fp32") -> Path:
+    """Load `base` + `adapter`, merge the adapter into the weights and save one plain model folder."""
+    from tuneforge.models.adapters import load_adapter
+    from tuneforge.models.loading import load_model
+
+    model, tokenizer, _ = load_model(base, device=device, precision=precision)
+    merged = load_adapter(model, adapter).merge_and_unload()
+    return save_folder(merged, tokenizer, output)
+
+
+# ---------------------------------------------------------------------------------------------- GGUF
+def _permute(weights, n_head: int, n_head_kv: int | None):
+    """llama.cpp's q/k reordering: HF's rotate-half layout to GGML's interleaved rotary pairs."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _vocab(tokenizer) -> tuple[list[str], list[int]]:
+    """Token strings by id and their GGUF types (special added tokens are CONTROL), as llama.cpp writes them."""
+    import gguf
+
+    vocab = tokenizer.get_vocab()
+    by_id = {i: token for token, i in vocab.items()}
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken
+    size = max(by_id) + 1
+    tokens, types = [], []
+    for i in range(size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in added:
+            tokens.append(added[i].content)
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:
+    """Write a plain llama-architecture model and its GPT-2 BPE tokenizer to one GGUF file."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    if config.model_type != "llama":
+        raise ModelError(f"GGUF export supports llama-architecture models; this one is '{config.model_type}'")
+    if hasattr(model, "peft_config"):
+        raise ModelError("merge the adapter before exporting (tuneforge merge, or LLM.merge())")
+    if is_quantized(model):
+        raise ModelError("the model is loaded in 4/8-bit; load it with precision fp32 (or merge it) to export")
+    if dtype not in ("f16", "f32"):
+        raise ModelError(f"GGUF dtype '{dtype}' is not supported; use f16 or f32")
+    if tokenizer.backend_tokenizer.model.__class__.__name__ != "BPE":
+        raise ModelError("GGUF export needs a GPT-2 style BPE tokenizer")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name or Path(str(getattr(config, "name_or_path", "") or "model")).name)
+    writer.add_block_count(n_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    rope_theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get(
+        "rope_theta", 10000.0)
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+
+    tokens, types = _vocab(tokenizer)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")  # llama.cpp names pre-tokenizers by a hash it keeps; transformers ignores it
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template
+        tokenizer.save_pretrained(folder)
+        gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, n_layers)
+    tied = getattr(config, "tie_word_embeddings", False)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and tied:
+            continue  # llama.cpp (and transformers' GGUF reader) tie the output to token_embd
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ModelError(f"no GGUF name for tensor '{hf_name}'")
+        data = tensor.detach().float().cpu().numpy()
+        if hf_name.endswith("q_proj.weight"):
+            data = _permute(data, n_head, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            data = _permute(data, n_head, n_kv)
+        data = data.astype(np.float16 if dtype == "f16" and data.ndim == 2 else np.float32)
+        writer.add_tensor(gguf_name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@dataclass
+class GgufCheck:
+    """How the GGUF file, loaded back with transformers, agrees with the model it came from."""
+
+    agreement: float  # fraction of prompts with the same top-1 next token
+    max_logit_difference: float
+    mismatches: list[str] = field(default_factory=list)
+    chat_template_kept: bool = False
+    eos_kept: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.agreement == 1.0 and self.chat_template_kept and self.eos_kept
+
+
+def verify_gguf(model, tokenizer, path: str | Path, prompts: list[str] | None = None) -> GgufCheck:
+    """Load `path` back with plain transformers (dequantized) and compare next-token logits on `prompts`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    path = Path(path)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                  quantization_config=GgufConfig(dequantize=True)).eval()
+    device = next(model.parameters()).device
+    same, worst, mismatches = 0, 0.0, []
+    prompts = prompts or VERIFY_PROMPTS
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            if loaded_tokenizer(prompt, return_tensors="pt")["input_ids"].tolist() != ids.tolist():
+                mismatches.append(f"{prompt!r}: tokenized differently")
+                continue
+            expected = model(input_ids=ids.to(device)).logits[0, -1].float().cpu()
+            actual = loaded(input_ids=ids).logits[0, -1].float()
+            worst = max(worst, float((expected - actual).abs().max()))
+            if int(expected.argmax()) == int(actual.argmax()):
+                same += 1
+            else:
+                mismatches.append(f"{prompt!r}: top-1 {tokenizer.decode(int(expected.argmax()))!r} became "
+                                  f"{tokenizer.decode(int(actual.argmax()))!r}")
+    return GgufCheck(same / len(prompts), worst, mismatches,
+                     chat_template_kept=loaded_tokenizer.chat_template == tokenizer.chat_template,
+                     eos_kept=loaded_tokenizer.eos_token == tokenizer.eos_token)

@@ -1,0 +1,86 @@
+"""Every source type read on small hand-written files, and each bad input refused with one clear sentence."""
+
+import gzip
+import json
+
+import pytest
+
+from tuneforge.data.sources import read_source
+from tuneforge.errors import DataError
+
+
+def test_json_list_jsonl_and_gz_give_the_same_records(tmp_path):
+    records = [{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say bye", "output": "bye"}]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress((tmp_path / "a.jsonl").read_bytes()))
+    for name in ("a.json", "a.jsonl", "b.jsonl.gz"):
+        source = read_source(tmp_path / name)
+        assert source.kind == "records" and source.records == records
+
+
+def test_csv_and_tsv_rows_become_records_and_a_missing_column_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text('title,body\nA,"first, with comma"\nB,second\n')
+    (tmp_path / "d.tsv").write_text("title\tbody\nA\tfirst\n")
+    assert read_source(tmp_path / "d.csv", text_column="body").records[0] == {"title": "A", "body": "first, with comma"}
+    assert read_source(tmp_path / "d.tsv").records == [{"title": "A", "body": "first"}]
+    with pytest.raises(DataError, match="column 'text' is not in .*d.csv; its columns are: body, title"):
+        read_source(tmp_path / "d.csv", text_column="text")
+
+
+def test_parquet_rows_become_records(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "d.parquet")
+    assert read_source(tmp_path / "d.parquet").records == [{"text": "one"}, {"text": "two"}]
+
+
+def test_html_keeps_visible_paragraphs_and_drops_scripts_styles_and_markup(tmp_path):
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>T</title><style>p {color: red}</style></head><body><h1>Welcome</h1>"
+        "<script>var x = 1;</script><p>This is   a <b>bold</b>\n paragraph.</p><div><p>Second one.</p></div>"
+        "<!-- hidden --></body></html>")
+    source = read_source(tmp_path / "page.html")
+    assert source.kind == "text"
+    assert source.text == "Welcome\n\nThis is a bold paragraph.\n\nSecond one.\n"
+
+
+def test_sql_dump_gives_the_chosen_columns_strings(tmp_path):
+    (tmp_path / "dump.sql").write_text(
+        "CREATE TABLE `posts` (`id` int NOT NULL, `price` decimal(10,2), `body` text, PRIMARY KEY (`id`));\n"
+        "INSERT INTO `posts` VALUES (1, 1.50, 'It''s a \\'test\\'\\nline two'),(2, -3, 'semi; colon');\n"
+        "INSERT INTO users (id, name) VALUES (1, 'ann');\n")
+    rows = read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="body").records
+    assert rows == [{"text": "It's a 'test'\nline two"}, {"text": "semi; colon"}]
+    with pytest.raises(DataError, match="no INSERT INTO table 'post' in .*; tables inserted into: posts, users"):
+        read_source(tmp_path / "dump.sql", sql_table="post", sql_column="body")
+    with pytest.raises(DataError, match="has no column 'bdy'; its columns are: id, price, body"):
+        read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="bdy")
+
+
+def test_folder_of_text_files_is_joined_with_hard_cuts(tmp_path):
+    (tmp_path / "b.txt").write_text("second file\n")
+    (tmp_path / "a.txt").write_text("first file\n")
+    (tmp_path / ".hidden.txt").write_text("skipped\n")
+    source = read_source(tmp_path, hard_cut_string="\n\n\n")
+    assert source.text == "first file\n\n\n\nsecond file\n" and len(source.files) == 2
+
+
+def test_malformed_json_names_file_line_and_column(tmp_path):
+    (tmp_path / "bad.json").write_text('[\n  {"a": "b"},\n  {"a": "c",}\n]')
+    with pytest.raises(DataError, match=r"bad.json:3:13: malformed JSON"):
+        read_source(tmp_path / "bad.json")
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{"a": 2\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2:8: malformed JSON"):
+        read_source(tmp_path / "bad.jsonl")
+
+
+def test_empty_and_undecodable_files_are_refused(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n \n")
+    with pytest.raises(DataError, match="'.*empty.jsonl' is empty"):
+        read_source(tmp_path / "empty.jsonl")
+    (tmp_path / "latin.csv").write_bytes(b"text\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"byte 0xe9 at offset 8 is not valid utf-8; .*--encoding"):
+        read_source(tmp_path / "latin.csv")
+    assert read_source(tmp_path / "latin.csv", encoding="latin-1").records == [{"text": "café"}]

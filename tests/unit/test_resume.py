@@ -1,0 +1,128 @@
+"""Runs survive interruption: checkpoints are atomic, and a resumed run equals an uninterrupted one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tuneforge as tf
+from tuneforge.errors import TuneforgeError
+from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints
+
+SETTINGS = dict(learning_rate=1e-2, batch_size=4, micro_batch_size=2, lr_scheduler="linear", warmup_steps=2,
+                rank=4, alpha=8, lora_dropout=0.1, target_modules=["all-linear"], precision="fp32",
+                max_steps=10, save_steps=4, seed=3)
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir, method):
+    if method == "full":
+        return load_file(str(run_dir / "model" / "model.safetensors"))
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def simulate_crash_after(run_dir, step):
+    """What `kill -9` right after checkpoint `step` leaves: later checkpoints, final weights and log lines gone."""
+    for checkpoint in list_checkpoints(run_dir):
+        if int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
+    for name in ("adapter", "model", "report.md"):
+        shutil.rmtree(run_dir / name, ignore_errors=True) if (run_dir / name).is_dir() else None
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()[:step]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "checkpoints" / ".step-9.tmp-half").mkdir()  # a half-written checkpoint must be ignored
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_path, method):
+    settings = dict(SETTINGS, method=method, learning_rate=1e-3 if method == "full" else 1e-2)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(whole), show_progress=False,
+                                                         **settings)
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(broken), show_progress=False,
+                                                         **settings)
+    simulate_crash_after(broken, 4)
+    assert find_checkpoint(broken, "latest").name == "step-4"
+    run = tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(broken),
+                                                               show_progress=False, resume_from="latest", **settings)
+    assert run.resumed_from.name == "step-4"
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
+    expected, actual = final_weights(whole, method), final_weights(broken, method)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.allclose(actual[name], expected[name], rtol=1e-5, atol=1e-7), name
+
+
+def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_file, tmp_path):
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **dict(SETTINGS, max_steps=4))
+    with pytest.raises(TuneforgeError, match="rank"):
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            lines_file, output_dir=str(tmp_path / "run"), show_progress=False, resume_from="latest",
+            **dict(SETTINGS, max_steps=4, rank=8))
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp_path):
+    tiny_llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False,
+                   **dict(SETTINGS, max_steps=9, save_steps=2, save_total_limit=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-8", "step-9"]
+    assert (tmp_path / "run" / "checkpoints" / "step-9" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_dir, tokenizer, tmp_path):
+    from tuneforge.config import RunConfig
+    from tuneforge.data.examples import PreparedData
+    from tuneforge.models.loading import load_model
+    from tuneforge.models.methods import prepare_for_training
+    from tuneforge.train.loop import train
+
+    texts = [f"sentence {i} about cheese and bread" for i in range(8)]
+    data = PreparedData("lines", [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]])
+    results = []
+    for failures in (0, 1):
+        model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
+        config = RunConfig(method="full", batch_size=8, micro_batch_size=8, max_steps=2, learning_rate=1e-3)
+        model = prepare_for_training(model, config)
+        model, result = train(model, tokenizer, data, config, tmp_path / str(failures), show_progress=False,
+                              fail_micro_batches=failures)
+        results.append((result, model.model.layers[0].self_attn.q_proj.weight.detach().clone()))
+    (plain, plain_weight), (backed_off, backed_off_weight) = results
+    assert backed_off.micro_batch_size == 4 and plain.micro_batch_size == 8
+    assert backed_off.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert torch.allclose(plain_weight, backed_off_weight, atol=1e-6)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(tiny_model_dir, lines_file, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 100000\nrank: 4\nalpha: 8\n"
+                      f"batch_size: 4\nmicro_batch_size: 4\nprecision: fp32\noutput_dir: {run_dir}\n")
+    process = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "train", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "--resume_from latest" in stdout
+    checkpoint = find_checkpoint(run_dir, "latest")
+    stopped_at = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    assert stopped_at >= 3
+    resumed = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(config), "--resume_from", "latest",
+                              "--max_steps", str(stopped_at + 2)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {checkpoint}" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps[-1] == stopped_at + 2
