@@ -94,12 +94,9 @@ def worker_hf(case: str, precision: str, steps: int) -> dict:
     dataset = Dataset.from_list([{"input_ids": e["input_ids"]} for e in train])
     times: list[float] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
-
+    class StepTimer(TrainerCallback):  # wall clock at each step's end: data loading and logging included
         def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.start)
+            times.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
@@ -115,7 +112,7 @@ def worker_hf(case: str, precision: str, steps: int) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     all_tokens = sum(int(b["input_ids"].numel()) for b in batches[WARMUP:])
     useful = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches[WARMUP:])
-    seconds = sum(times[WARMUP:])
+    seconds = times[-1] - times[WARMUP - 1]  # the same window as tuneforge's: end of warm-up to end of run
     return {"tokens_per_s": all_tokens / seconds, "useful_tokens_per_s": useful / seconds, "final_loss": losses[-1],
             "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
             "params": sum(p.numel() for p in model.parameters())}
@@ -136,7 +133,7 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict) -> dict
         run = llm.train(str(SHARED / file), show_progress=False, **settings)
         records = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     timed = records[WARMUP:]
-    seconds = sum(r["tokens"] / r["tokens_per_second"] for r in timed)
+    seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)
     return {"tokens_per_s": useful / seconds, "useful_tokens_per_s": useful / seconds,
             "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
