@@ -301,16 +301,15 @@ class LLM:
         from tuneforge.models.quantization import is_quantized
 
         dtype = torch_dtype(precision)
-        if next(self.model.parameters()).dtype == dtype and not is_quantized(self.model):
-            return
-        if is_peft(self.model):  # cast the frozen base; adapter weights stay fp32 master weights
-            import torch
-
+        if is_peft(self.model):
             if is_quantized(self.model):  # a QLoRA adapter keeps training on its quantized base
                 return
+            import torch
 
-            for name, param in self.model.named_parameters():
+            for name, param in self.model.named_parameters():  # adapter weights stay fp32 master weights
                 param.data = param.data.to(torch.float32 if "lora_" in name else dtype)
+            return
+        if next(self.model.parameters()).dtype == dtype and not is_quantized(self.model):
             return
         self.model, _, _ = load_model(self.source.path, device=self.device, precision=precision,
                                       trust_remote_code=self.trust_remote_code)

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reject_unknown(parser: argparse.ArgumentParser, unknown: list[str], command: str) -> None:
+def _reject_unknown(unknown: list[str], command: str) -> None:
     flags = [a for a in unknown if a.startswith("-")]
     if not flags:
         raise TuneforgeError(f"unexpected argument '{unknown[0]}'; see tuneforge {command} --help")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     try:
         if unknown:
-            _reject_unknown(parser, unknown, args.command)
+            _reject_unknown(unknown, args.command)
         return COMMANDS[args.command](args)
     except TuneforgeError as error:
         if args.debug:

@@ -16,7 +16,6 @@ As in HappyTransformer, training fine-tunes every weight by default; `method="lo
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,19 +129,18 @@ class HappyGeneration:
     def train(self, input_filepath: str, args: GENTrainArgs | None = None, eval_filepath: str = ""):
         """Fine-tune on a text file; returns tuneforge's TrainResult (HappyTransformer returns None)."""
         args = args or GENTrainArgs()
-        with tempfile.TemporaryDirectory() as scratch:
-            data = self._data_path(input_filepath, args, scratch)
-            settings = dict(epochs=args.num_train_epochs, batch_size=args.batch_size,
-                            micro_batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-                            adam_epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
-                            num_proc=args.preprocessing_processes, precision=self._precision(args.fp16),
-                            method=args.method, rank=args.rank, alpha=args.alpha, lora_dropout=args.lora_dropout,
-                            target_modules=list(args.target_modules), max_steps=args.max_steps,
-                            output_dir=args.output_dir, seed=args.seed)
-            if eval_filepath:
-                settings["validation_data"] = eval_filepath
-            return self.llm.train(data, **settings)
+        data = self._data_path(input_filepath, args)
+        settings = dict(epochs=args.num_train_epochs, batch_size=args.batch_size,
+                        micro_batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+                        adam_epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
+                        num_proc=args.preprocessing_processes, precision=self._precision(args.fp16),
+                        method=args.method, rank=args.rank, alpha=args.alpha, lora_dropout=args.lora_dropout,
+                        target_modules=list(args.target_modules), max_steps=args.max_steps,
+                        output_dir=args.output_dir, seed=args.seed)
+        if eval_filepath:
+            settings["validation_data"] = eval_filepath
+        return self.llm.train(data, **settings)
 
     def eval(self, input_filepath: str, args: GENEvalArgs | None = None) -> EvalResult:
         """Mean per-token loss on a text file (one example per line, or chunks of raw text)."""
@@ -151,9 +149,8 @@ class HappyGeneration:
         from tuneforge.evaluate.perplexity import perplexity
 
         args = args or GENEvalArgs()
-        with tempfile.TemporaryDirectory() as scratch:
-            data = self._data_path(input_filepath, args, scratch)
-            prepared = prepare_examples(data, self.tokenizer, RunConfig(num_proc=args.preprocessing_processes))
+        data = self._data_path(input_filepath, args)
+        prepared = prepare_examples(data, self.tokenizer, RunConfig(num_proc=args.preprocessing_processes))
         result = perplexity(self.model, self.tokenizer, prepared.train, max_length=RunConfig().cutoff_len,
                             stride=RunConfig().cutoff_len)
         return EvalResult(loss=result.loss)
@@ -165,10 +162,10 @@ class HappyGeneration:
         self.tokenizer.save_pretrained(path)
 
     # ------------------------------------------------------------------ preprocessed data
-    def _data_path(self, input_filepath: str, args, scratch: str) -> str:
-        """The text file to train on: `input_filepath`, or one rebuilt from saved preprocessed data."""
+    def _data_path(self, input_filepath: str, args) -> str:
+        """The data to train on: `input_filepath`, or the saved preprocessed data."""
         if args.load_preprocessed_data:
-            return load_preprocessed(args.load_preprocessed_data_path, self.tokenizer, scratch)
+            return load_preprocessed(args.load_preprocessed_data_path)
         if args.save_preprocessed_data:
             save_preprocessed(input_filepath, self.tokenizer, args.save_preprocessed_data_path
                               or "preprocessed-data.json")
@@ -202,19 +199,8 @@ def save_preprocessed(input_filepath: str, tokenizer, path: str) -> Path:
     return save_preprocessed_data(prepare_examples(input_filepath, tokenizer, RunConfig()), target)
 
 
-def load_preprocessed(path: str, tokenizer, scratch: str) -> str:
-    """A text file (one example per line) rebuilt from saved preprocessed data, for the core to train on.
-
-    `LLM.train` reads data files, so the saved examples are decoded back to text: the tokenizer is
-    lossless byte-level BPE, so training sees the same tokens that were saved.
-    """
-    from tuneforge.data import load_preprocessed_data
-
+def load_preprocessed(path: str) -> str:
+    """Saved preprocessed data is trained on as it is: the core reads a save_preprocessed_data folder."""
     if not Path(path).exists():
         raise DataError(f"preprocessed data '{path}' does not exist; set load_preprocessed_data_path")
-    prepared = load_preprocessed_data(path)
-    lines = [tokenizer.decode(prepared.train[i]["input_ids"], skip_special_tokens=True).replace("\n", " ").strip()
-             for i in range(len(prepared.train))]
-    target = Path(scratch) / "preprocessed.txt"
-    target.write_text("\n".join(line for line in lines if line) + "\n")
-    return str(target)
+    return path

@@ -10,7 +10,8 @@ from tuneforge.data.batching import collate
 from tuneforge.data.examples import IGNORE_INDEX, PreparedData
 from tuneforge.models.loading import load_model
 from tuneforge.models.methods import prepare_for_training
-from tuneforge.train.loop import token_loss_sum, train
+from tuneforge.train.loop import train
+from tuneforge.train.loss import token_loss_sum
 
 FAST = dict(learning_rate=3e-2, batch_size=8, micro_batch_size=8, logging_steps=1, lr_scheduler="constant",
             rank=4, alpha=8, lora_dropout=0.0, target_modules=["all-linear"])

@@ -1,41 +1,13 @@
-"""Order examples into micro batches and pad them into tensors.
+"""Pad examples into tensors for the model.
 
-    order = MicroBatchOrder(n_examples=1000, micro_batch_size=4, seed=42)
-    for indices in order.epoch(0): batch = collate([examples[i] for i in indices], pad_id)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}], pad_token_id=0)
 
-Each epoch is a fresh seeded shuffle, so a run's data order is fixed by (seed, epoch) alone and a resumed run
-can pick up at any (epoch, micro batch) position. With several processes each takes every world-th micro batch.
+Which examples form each optimizer step is decided in train/batches.py.
 """
 
 from __future__ import annotations
 
 from tuneforge.data.tokenization import IGNORE_INDEX
-
-
-class MicroBatchOrder:
-    def __init__(self, n_examples: int, micro_batch_size: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
-        self.n_examples = n_examples
-        self.micro_batch_size = micro_batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world_size = world_size
-
-    def epoch(self, epoch: int) -> list[list[int]]:
-        """This process's micro batches (lists of example indices) for one epoch."""
-        import torch
-
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n_examples, generator=generator).tolist()
-        else:
-            order = list(range(self.n_examples))
-        batches = [order[i:i + self.micro_batch_size] for i in range(0, len(order), self.micro_batch_size)]
-        return batches[self.rank::self.world_size]
-
-    def __len__(self) -> int:
-        return len(self.epoch(0))
 
 
 def collate(examples: list[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:

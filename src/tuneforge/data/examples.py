@@ -65,7 +65,12 @@ def split_examples(examples: list, validation_split: float, seed: int) -> tuple[
 
 def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None = None,
                      use_cache: bool = True) -> PreparedData:
-    """Read, clean, shape, split and tokenize `path` as `config` says, from the cache when nothing changed."""
+    """Read, clean, shape, split and tokenize `path` as `config` says, from the cache when nothing changed.
+
+    A folder written by save_preprocessed_data is used as it is (HappyTransformer's load_preprocessed_data).
+    """
+    if (Path(path) / cache.MARKER).is_file():
+        return cache.load_preprocessed_data(path)
     if encoding is not None and encoding != config.encoding:
         config = config.replace(encoding=encoding)
     validation_files = data_files(config.validation_data) if config.validation_data else []

@@ -24,7 +24,7 @@ from tuneforge.data.examples import PreparedData
 from tuneforge.errors import TuneforgeError
 from tuneforge.train.batches import StepOrder, split_micro_batches
 from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from tuneforge.train.loss import batch_loss_sum, count_loss_tokens, forward_logits, token_loss_sum
+from tuneforge.train.loss import batch_loss_sum, count_loss_tokens, example_loss_tokens
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import TrainingProgress
 
@@ -59,8 +59,9 @@ class TrainResult:
         return self.stopped_because.startswith("interrupted")
 
 
-def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, device, autocast=nullcontext) -> float:
-    """Mean per-token loss over `examples` (no gradient)."""
+def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, device, autocast=nullcontext,
+                  direct: bool = True) -> float:
+    """Mean per-token loss over `examples` (no gradient), computed exactly as the training loss is."""
     import torch
 
     was_training = model.training
@@ -72,8 +73,7 @@ def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, dev
                             pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                logits = forward_logits(model, batch)
-            total += float(token_loss_sum(logits, batch["labels"]))
+                total += float(batch_loss_sum(model, batch, direct=direct))
             tokens += count_loss_tokens(batch["labels"])
     model.train(was_training)
     return total / max(tokens, 1)
@@ -234,7 +234,7 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
 
             # Loss is averaged per token over the whole batch (all micro batches, all processes), so
             # batch_size=16/micro_batch_size=2 gives the same loss and update as micro_batch_size=16.
-            local_tokens = count_loss_tokens(collate(examples, pad_id)["labels"])
+            local_tokens = sum(example_loss_tokens(e) for e in examples)
             global_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device),
                                                    reduction="sum"))
             while True:  # retried with half the micro batch after an out-of-memory error
@@ -291,7 +291,7 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
             is_last = step == total_steps
             if data.validation and ((config.eval_steps and step % config.eval_steps == 0) or is_last):
                 validation_loss = evaluate_loss(model, data.validation, micro_batch_size, pad_id,
-                                                accelerator.device, accelerator.autocast)
+                                                accelerator.device, accelerator.autocast, direct=direct_head)
                 result.validation_losses.append((step, validation_loss))
                 best = state["best_validation"]
                 if best is None or validation_loss < best:

@@ -33,6 +33,11 @@ def count_loss_tokens(labels) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def example_loss_tokens(example: dict) -> int:
+    """count_loss_tokens for one uncollated example (the first label is never predicted)."""
+    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+
+
 def model_inputs(batch) -> dict:
     if "position_ids" in batch:
         # Packed: transformers builds a block-diagonal causal mask from position_ids that restart at 0, but only
