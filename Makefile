@@ -1,5 +1,5 @@
-# make check: lint + the whole test suite (what CI runs); make demo: the main job.
-.PHONY: check test lint demo fast
+# make check: lint + the whole test suite (what CI runs); make demo: the main job; make bench: speed vs HF.
+.PHONY: check test lint demo fast bench bench-gpu
 
 check:
 	bash scripts/test.sh -q
@@ -14,3 +14,9 @@ lint:
 
 demo:
 	bash scripts/demo.sh
+
+bench:  ## HF Trainer + PEFT baseline and tuneforge side by side (~25 min on 2 CPUs)
+	bash -c 'source scripts/setup.sh && python benchmarks/train_throughput.py'
+
+bench-gpu:  ## the same on a GPU machine, plus the CUDA-relevant tests
+	bash benchmarks/gpu_check.sh

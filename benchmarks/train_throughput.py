@@ -1,13 +1,16 @@
 """Training throughput: the seeds' Hugging Face recipe and tuneforge side by side, same model/data/settings.
 
-    python benchmarks/train_throughput.py                    # every case, 10 timed steps each (~15 min on 2 CPUs)
+    python benchmarks/train_throughput.py                    # every case (~25 min on 2 CPUs); or: make bench
     python benchmarks/train_throughput.py --cases lora-qv-raw --steps 6
+    python benchmarks/train_throughput.py --device cuda      # on a GPU (benchmarks/gpu_check.sh)
 
 Baseline = `transformers.Trainer` + PEFT `get_peft_model` + `DataCollatorForLanguageModeling(mlm=False)`, once with
-`bf16=True` and once in fp32 (the seeds' default). Each run is a fresh subprocess so peak RSS is its own.
-Reported per run: tokens/s over all tokens (padding included) and over useful (loss-carrying) tokens, peak RSS,
-model FLOPs utilisation against a matmul peak measured here, loss of the last step, and held-out loss (fp32,
-same held-out examples and the same evaluation code for every run). Prints a table, then one JSON line.
+`bf16=True` and once in fp32 (the seeds' default); for QLoRA the base is loaded with a bitsandbytes 4-bit config.
+Every run trains on the same examples in the same order (the Trainer is given tuneforge's seeded step order) and
+each is a fresh subprocess, so its peak memory is its own. Reported per run: tokens/s over all tokens (padding
+included) and over useful (loss-carrying) tokens, peak RSS (and peak GPU memory on CUDA), model FLOPs
+utilisation against a matmul peak measured here, loss of the last step, and held-out loss (fp32, the same 16
+held-out examples and the same evaluation code for every run). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -45,29 +48,55 @@ def examples_for(case: str, tokenizer):
     return examples[HELD_OUT:], examples[:HELD_OUT]
 
 
-def matmul_peak_gflops(dtype_name: str) -> float:
+def step_order(n_examples: int) -> list[int]:
+    """tuneforge's seeded order of training examples (seed 42), which the Trainer is made to follow too."""
+    from tuneforge.train.batches import StepOrder
+
+    return [i for step in StepOrder(n_examples, BATCH, seed=42).epoch(0) for i in step]
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+
+
+def peak_memory_mb() -> dict:
+    import torch
+
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def matmul_peak_gflops(dtype_name: str, device: str) -> float:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    size = 1024 if device == "cpu" else 8192
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(20):
         a @ b
-    return 20 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+    sync()
+    return 20 * 2 * size**3 / (time.perf_counter() - start) / 1e9
 
 
 def held_out_loss(model, held_out, pad_id) -> float:
-    import torch
-
+    from tuneforge.models.quantization import is_quantized
     from tuneforge.train.loop import evaluate_loss
 
-    model.float()
-    return evaluate_loss(model, held_out, 4, pad_id, torch.device("cpu"))
+    if not is_quantized(model):  # a 4-bit base stays 4-bit; its adapters and norms are fp32 already
+        model.float()
+    return evaluate_loss(model, held_out, 4, pad_id, next(model.parameters()).device)
 
 
-def worker_hf(case: str, precision: str, steps: int) -> dict:
+def worker_hf(case: str, precision: str, steps: int, device: str) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -86,25 +115,45 @@ def worker_hf(case: str, precision: str, steps: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     train, held_out = examples_for(case, tokenizer)
     _, _, targets, method = CASES[case]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision == "bf16" else torch.float32
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=compute)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=quantization,
+                                                     device_map={"": device})
+        # the seeds' QLoRA recipe; gradient checkpointing off as in every other run here (it costs ~23%)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if method != "full":
         model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.05,
                                                  target_modules="all-linear" if targets == ["all-linear"] else targets,
                                                  task_type="CAUSAL_LM"))
-    dataset = Dataset.from_list([{"input_ids": e["input_ids"]} for e in train])
+    dataset = Dataset.from_list([{"input_ids": train[i]["input_ids"]} for i in step_order(len(train))])
     times: list[float] = []
 
     class StepTimer(TrainerCallback):  # wall clock at each step's end: data loading and logging included
         def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times.append(time.perf_counter())
+
+    class SameOrderTrainer(Trainer):  # the dataset is already in tuneforge's shuffled order
+        def _get_train_sampler(self, train_dataset=None):
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
                                  learning_rate=2e-4, bf16=precision == "bf16", logging_steps=1, save_strategy="no",
-                                 report_to=[], seed=42, use_cpu=True, dataloader_num_workers=0,
+                                 report_to=[], seed=42, use_cpu=device == "cpu", dataloader_num_workers=0,
                                  disable_tqdm=True)
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+        trainer = SameOrderTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[StepTimer()])
         # count what each step sees: the same sampler order the Trainer uses
         batches = list(trainer.get_train_dataloader())[: steps + WARMUP]
@@ -118,41 +167,47 @@ def worker_hf(case: str, precision: str, steps: int) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def worker_tuneforge(case: str, precision: str, steps: int, extra: dict) -> dict:
+def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device: str) -> dict:
     import tuneforge as tf
+    from tuneforge.data import save_preprocessed_data
+    from tuneforge.data.examples import PreparedData
+    from tuneforge.data.packing import pack_examples
 
     file, shape, targets, method = CASES[case]
-    llm = tf.load("default", precision=precision)
-    _, held_out = examples_for(case, llm.tokenizer)
+    llm = tf.load("default", precision=precision, device=device)
+    train, held_out = examples_for(case, llm.tokenizer)
+    if extra.pop("packing", False):  # pack the same training examples into blocks of SEQ tokens
+        train = pack_examples(train, SEQ)
     with tempfile.TemporaryDirectory() as out:
-        settings = dict(method=method, format=shape, cutoff_len=SEQ, overlap_len=32, rank=RANK, alpha=2 * RANK,
-                        lora_dropout=0.05, target_modules=targets or ["q_proj"], learning_rate=2e-4,
-                        batch_size=BATCH, micro_batch_size=BATCH, max_steps=steps + WARMUP, logging_steps=1,
-                        precision=precision, lr_scheduler="linear", seed=42, output_dir=out)
+        data = save_preprocessed_data(PreparedData(shape, train), Path(out) / "train.prepared")
+        settings = dict(method=method, rank=RANK, alpha=2 * RANK, lora_dropout=0.05,
+                        target_modules=targets or ["q_proj"], learning_rate=2e-4, batch_size=BATCH,
+                        micro_batch_size=BATCH, max_steps=steps + WARMUP, logging_steps=1, precision=precision,
+                        lr_scheduler="linear", seed=42, output_dir=str(Path(out) / "run"))
         settings.update(extra)
-        run = llm.train(str(SHARED / file), show_progress=False, **settings)
-        records = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+        run = llm.train(str(data), show_progress=False, **settings)
+        records = [json.loads(line) for line in Path(out, "run", "metrics.jsonl").read_text().splitlines()]
     timed = records[WARMUP:]
     seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)
     return {"tokens_per_s": useful / seconds, "useful_tokens_per_s": useful / seconds,
             "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
                                                                          llm.tokenizer.pad_token_id),
-            "params": sum(p.numel() for p in llm.model.parameters())}
+            "params": sum(p.numel() for p in llm.model.parameters()), "precision": llm.precision}
 
 
 def run_worker(args) -> None:
     if args.impl == "hf":
-        result = worker_hf(args.case, args.precision, args.steps)
+        result = worker_hf(args.case, args.precision, args.steps, args.device)
     else:
-        result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra), args.device)
+    result.update(peak_memory_mb())
     print("RESULT " + json.dumps(result))
 
 
-def launch(case: str, impl: str, precision: str, steps: int, extra: dict | None = None) -> dict:
+def launch(case: str, impl: str, precision: str, steps: int, device: str, extra: dict | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--precision", precision,
-               "--steps", str(steps), "--extra", json.dumps(extra or {})]
+               "--steps", str(steps), "--device", device, "--extra", json.dumps(extra or {})]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -164,46 +219,66 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per run (after 2 warm-up)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--no-compile", action="store_true", help="skip the compile: true run (saves ~2 min)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.device = device_name(args.device)
     if args.worker:
         return run_worker(args)
 
-    peaks = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
-    print(f"machine: {os.cpu_count()} CPUs; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+    peaks = {p: matmul_peak_gflops(p, args.device) for p in ("fp32", "bf16")}
+    print(f"machine: {machine_name(args.device)}; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
           f"{peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed steps")
     rows = []
     for case in args.cases.split(","):
         method = CASES[case][3]
-        runs = {} if method == "qlora" else {"hf-fp32": launch(case, "hf", "fp32", args.steps),
-                                              "hf-bf16": launch(case, "hf", "bf16", args.steps)}
-        runs["tuneforge"] = launch(case, "tuneforge", "auto", args.steps)
+        runs = {"hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
+                "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device),
+                "tuneforge": launch(case, "tuneforge", "auto", args.steps, args.device)}
+        if case == "lora-qv-raw" and not args.no_compile:
+            runs["tuneforge-compile"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"compile": True})
         if case == "lines":
-            runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, {"packing": True})
+            runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"packing": True})
         for name, result in runs.items():
             row = {"case": case, "run": name, **result}
             if "error" not in result:
                 flops_per_token = (6 if method == "full" else 4) * result["params"]  # LoRA: no weight grads
-                peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
-                row["mfu"] = result["tokens_per_s"] * flops_per_token / (peak * 1e9)
+                peak = peaks["bf16" if result.get("precision", name[-4:]) == "bf16" else "fp32"]
+                # a 4-bit base counts its packed bytes as parameters, so no utilisation for QLoRA
+                row["mfu"] = None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
                 for base in ("hf-fp32", "hf-bf16"):
                     if base in runs and "error" not in runs[base] and name.startswith("tuneforge"):
                         row[f"x_{base}"] = result["useful_tokens_per_s"] / runs[base]["useful_tokens_per_s"]
             rows.append(row)
             print(format_row(row), flush=True)
-    print("JSON " + json.dumps({"peaks_gflops": peaks, "steps": args.steps, "rows": rows}))
+    print("JSON " + json.dumps({"machine": machine_name(args.device), "peaks_gflops": peaks, "steps": args.steps,
+                                "rows": rows}))
+
+
+def machine_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{os.cpu_count()} x {model or platform.machine()} (torch {torch.__version__})"
 
 
 def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['case']:16} {row['run']:17} error: {row['error'][:90]}"
     ratios = "  ".join(f"{k[2:]} x{v:.2f}" for k, v in row.items() if k.startswith("x_"))
+    gpu = f"  gpu {row['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in row else ""
     return (f"{row['case']:16} {row['run']:17} {row['tokens_per_s']:7.0f} tok/s  useful {row['useful_tokens_per_s']:7.0f}"
-            f"  rss {row['peak_rss_mb']:6.0f} MB  mfu {row['mfu']:5.1%}  loss {row['final_loss']:.3f}  held-out "
+            f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}  loss {row['final_loss']:.3f}  held-out "
             f"{row['held_out_loss']:.4f}  {ratios}")
 
 

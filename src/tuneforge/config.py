@@ -168,8 +168,9 @@ class RunConfig:
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
     batch_size: int = setting(128, "Batch size: examples per optimizer step. If it does not fit in memory, lower "
                               "micro_batch_size instead; the batch is then accumulated.", min=1)
-    micro_batch_size: int = setting(4, "Micro batch size: examples per forward/backward pass. Gradient "
-                                    "accumulation steps = batch_size / micro_batch_size.", min=1)
+    micro_batch_size: int | str = setting(4, "Micro batch size: examples per forward/backward pass. Gradient "
+                                          "accumulation steps = batch_size / micro_batch_size. 'auto' picks the "
+                                          "largest that fits this machine's free memory.", min=1)
     gradient_accumulation_steps: int | None = setting(None, "Micro batches per optimizer step; derived from "
                                                       "batch_size / micro_batch_size when not set.", min=1)
     learning_rate: float = setting(3e-4, "Learning rate: step size of each update. 3e-4 = 0.0003.", min=0.0,
@@ -191,6 +192,8 @@ class RunConfig:
     data_seed: int | None = setting(None, "Seed for the data order and split only (default: seed).", min=0)
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: much less memory, "
                                            "~25% slower.")
+    compile: bool = setting(False, "torch.compile the transformer blocks: faster steps after about a minute of "
+                            "compiling, so worth it for runs of hundreds of steps.")
     early_stopping_patience: int | None = setting(None, "Stop when the validation loss has not improved for this "
                                                   "many evaluations.", min=1)
     save_steps: int | None = setting(None, "Write a resumable checkpoint every this many steps.", min=1)
@@ -219,11 +222,24 @@ class RunConfig:
         self.validate()
 
     @property
+    def auto_micro_batch(self) -> bool:
+        return self.micro_batch_size == "auto"
+
+    @property
     def accumulation_steps(self) -> int:
-        """Micro batches per optimizer step."""
+        """Micro batches per optimizer step (with micro_batch_size auto: decided by the loop)."""
         if self.gradient_accumulation_steps is not None:
             return self.gradient_accumulation_steps
+        if self.auto_micro_batch:
+            return 1
         return max(1, self.batch_size // self.micro_batch_size)
+
+    @property
+    def examples_per_step(self) -> int:
+        """The batch: examples per optimizer step."""
+        if self.auto_micro_batch or self.gradient_accumulation_steps is None:
+            return self.batch_size
+        return self.micro_batch_size * self.gradient_accumulation_steps
 
     def validate(self) -> None:
         """Coerce each value to its field's type and check its range; raise ConfigError naming the key."""
@@ -231,10 +247,23 @@ class RunConfig:
             value = _coerce(f.name, getattr(self, f.name), _field_type(f))
             setattr(self, f.name, value)
             _check_range(f, value)
+        if isinstance(self.micro_batch_size, str) and self.micro_batch_size.strip().lower() == "auto":
+            self.micro_batch_size = "auto"
+            if self.gradient_accumulation_steps is not None:
+                raise ConfigError("micro_batch_size auto derives the gradient accumulation from batch_size; remove "
+                                  "gradient_accumulation_steps or give micro_batch_size a number")
+        else:
+            try:
+                self.micro_batch_size = _coerce("micro_batch_size", self.micro_batch_size, int)
+            except ConfigError:
+                raise ConfigError(f"micro_batch_size must be a whole number or 'auto', got "
+                                  f"{self.micro_batch_size!r}") from None
+            _check_range(field_help()["micro_batch_size"], self.micro_batch_size)
         if self.overlap_len >= self.cutoff_len:
             raise ConfigError(f"overlap_len ({self.overlap_len}) must be smaller than cutoff_len "
                               f"({self.cutoff_len}); try overlap_len: {self.cutoff_len // 2}")
-        if self.gradient_accumulation_steps is None and self.batch_size % self.micro_batch_size:
+        if (not self.auto_micro_batch and self.gradient_accumulation_steps is None
+                and self.batch_size % self.micro_batch_size):
             lower = self.batch_size - self.batch_size % self.micro_batch_size
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}")

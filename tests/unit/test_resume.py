@@ -126,3 +126,31 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(t
     assert f"resumed from {checkpoint}" in resumed.stderr
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps[-1] == stopped_at + 2
+
+
+def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(tiny_model_dir, lines_file, tmp_path):
+    """Seed 000's batch of 1024 makes one step last minutes: Ctrl-C must not wait for it to finish."""
+    settings = dict(SETTINGS, batch_size=8, micro_batch_size=2, max_steps=6, save_steps=None)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(whole), show_progress=False,
+                                                         **settings)
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    forwards = []
+
+    def ctrl_c_in_step_3(module, args):  # 4 micro batches a step: forward 10 is step 3's second micro batch
+        forwards.append(1)
+        if len(forwards) == 10:
+            signal.raise_signal(signal.SIGINT)
+
+    llm.model.model.layers[0].register_forward_pre_hook(ctrl_c_in_step_3)
+    run = llm.train(lines_file, output_dir=str(broken), show_progress=False, **settings)
+    assert run.stopped_because == "interrupted by SIGINT during step 3"
+    assert len(forwards) == 10  # step 3 stopped after its second micro batch; its third never ran
+    assert find_checkpoint(broken, "latest").name == "step-2"
+    resumed = tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(broken), show_progress=False, resume_from="latest", **settings)
+    assert resumed.resumed_from.name == "step-2"
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
+    expected, actual = final_weights(whole, "lora"), final_weights(broken, "lora")
+    for name in expected:
+        assert torch.allclose(actual[name], expected[name], rtol=1e-5, atol=1e-7), name

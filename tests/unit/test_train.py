@@ -1,5 +1,6 @@
 """The training loop on a tiny random model: it learns, trains only what it should, and saves what it says."""
 
+import contextlib
 import json
 
 import pytest
@@ -107,13 +108,16 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_llm, tiny_model_dir, l
         reloaded.generate("you can", do_sample=False, max_new_tokens=5)
 
 
-@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["lm_head", "q_proj"]])
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["lm_head", "q_proj"], "full", "modules_to_save"])
 def test_direct_head_loss_equals_the_full_logits_loss_and_gradients(tiny_model_dir, tokenizer, targets):
     from tuneforge.models.adapters import attach_lora
     from tuneforge.train import loss as loss_module
 
     model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
-    model = attach_lora(model, 4, 8, 0.0, targets)
+    if targets == "modules_to_save":  # a trainable copy of the head beside LoRA
+        model = attach_lora(model, 4, 8, 0.0, ["q_proj"], modules_to_save=["lm_head"])
+    elif targets != "full":  # full: every weight trains, the tied head/embedding included
+        model = attach_lora(model, 4, 8, 0.0, targets)
     for name, param in model.named_parameters():  # non-zero B so the adapters matter
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
@@ -121,16 +125,41 @@ def test_direct_head_loss_equals_the_full_logits_loss_and_gradients(tiny_model_d
     batch = collate([{"input_ids": ids, "labels": [-100] * 2 + ids[2:]} for ids in tokenizer(texts)["input_ids"]],
                     tokenizer.pad_token_id)
     results = []
-    for direct, chunk in ((False, 1024), (True, 1024), (True, 3)):  # chunk=3 forces several checkpointed chunks
+    for direct, chunk in ((False, 1024), (True, 1024), (True, 3)):  # chunk=3 forces several chunks
         loss_module.CHUNK_TOKENS = chunk
         model.zero_grad()
         value = loss_module.batch_loss_sum(model, batch, direct=direct)
         value.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         results.append((value.item(), grads))
-    loss_module.CHUNK_TOKENS = 1024
+    loss_module.CHUNK_TOKENS = 256
     reference_value, reference_grads = results[0]
     for value, grads in results[1:]:
         assert value == pytest.approx(reference_value, rel=1e-5)
         for got, want in zip(grads, reference_grads, strict=True):
             assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_lean_mlp_gives_the_same_loss_and_gradients_and_keeps_less(tiny_model_dir, tokenizer):
+    from tuneforge.train.fused import lean_mlp
+    from tuneforge.train.loss import batch_loss_sum
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")  # full: the MLP weights get gradients too
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}], tokenizer.pad_token_id)
+    results = []
+    for lean in (False, True):
+        model.zero_grad()
+        saved = []
+        with lean_mlp(model) if lean else contextlib.nullcontext(), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t,
+                                                         lambda t: t):
+            loss = batch_loss_sum(model, batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()], sum(saved)))
+    (plain_loss, plain_grads, plain_saved), (lean_loss, lean_grads, lean_saved) = results
+    assert lean_loss == pytest.approx(plain_loss, rel=1e-6)
+    for got, want in zip(lean_grads, plain_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert lean_saved < plain_saved
+    assert "forward" not in vars(model.model.layers[0].mlp)  # the class's own forward is back

@@ -154,3 +154,25 @@ def test_gallery_records_each_checkpoint(tiny_model_dir, lines_file, tmp_path):
                    sample_prompts=["you can"], validation_split=0.25)
     gallery = (run.run_dir / "gallery.md").read_text()
     assert "step 2" in gallery and "step 4" in gallery and "you can" in gallery
+
+
+def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_model_dir, tmp_path):
+    import torch._dynamo
+
+    text = tmp_path / "same_length.txt"  # raw text: every chunk is cutoff_len tokens, so shapes never change
+    text.write_text(" ".join(f"cheese number {i} melts on bread." for i in range(400)))
+    settings = dict(format="raw", cutoff_len=64, overlap_len=0, batch_size=4, micro_batch_size=2, max_steps=6,
+                    learning_rate=1e-2, rank=4, alpha=8, lora_dropout=0.0, precision="fp32", validation_split=0)
+    eager = tf.load(str(tiny_model_dir), precision="fp32").train(str(text), output_dir=str(tmp_path / "eager"),
+                                                                 show_progress=False, **settings)
+    torch._dynamo.reset()
+    graphs = []
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    hook = llm.model.model.layers[0].register_forward_pre_hook(
+        lambda module, args: graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+    compiled = llm.train(str(text), output_dir=str(tmp_path / "compiled"), show_progress=False, compile=True,
+                         **settings)
+    hook.remove()
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert graphs[-1] > 0  # it did compile
+    assert graphs[4] == graphs[-1]  # nothing compiled after step 2 (4 micro batches)

