@@ -31,6 +31,8 @@ def test_lora_lowers_the_loss_and_leaves_every_base_weight_bit_identical(tiny_ll
     assert base_after.keys() == base_before.keys()
     for name, before in base_before.items():
         assert torch.equal(base_after[name], before), name
+    frozen = [p for p in tiny_llm.model.parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)  # no frozen weight ever received a gradient
 
 
 def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tiny_llm, lines_file, tmp_path):

@@ -30,10 +30,9 @@ def _silu_mul_class():
         @staticmethod
         def backward(ctx, grad):
             gate, up = ctx.saved_tensors
-            sigmoid = torch.sigmoid(gate)
-            silu = gate * sigmoid
-            grad_up = grad * silu if ctx.needs_input_grad[1] else None
-            grad_gate = grad * up * (sigmoid + silu * (1 - sigmoid)) if ctx.needs_input_grad[0] else None
+            grad_up = grad * torch.nn.functional.silu(gate) if ctx.needs_input_grad[1] else None
+            # aten's fused SiLU derivative: one pass instead of five elementwise ops
+            grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
             return grad_gate, grad_up
 
     return SiluMul
