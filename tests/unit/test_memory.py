@@ -46,3 +46,12 @@ def test_a_run_with_auto_micro_batch_trains_and_says_what_it_chose(tiny_model_di
     assert run.micro_batch_size == 8  # a tiny model: the whole batch fits at once
     assert run.losses[-1] < run.losses[0]
     assert "micro_batch_size auto: 8" in capsys.readouterr().err
+
+
+def test_a_resumed_auto_run_keeps_the_micro_batch_of_its_checkpoint(tiny_model_dir, lines_file, tmp_path):
+    settings = dict(output_dir=str(tmp_path / "run"), micro_batch_size="auto", batch_size=8, learning_rate=1e-2,
+                    precision="fp32", save_steps=1, show_progress=False)
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, max_steps=2, **settings)
+    resumed = tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, max_steps=3, resume_from="latest",
+                                                                   **settings)
+    assert resumed.resumed_from.name == "step-2" and resumed.steps == 3 and resumed.micro_batch_size == 8

@@ -214,7 +214,7 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
 
     progress = TrainingProgress(total_steps, enabled=show_progress and accelerator.is_main_process)
     micro_batch_size = config.micro_batch_size
-    if config.auto_micro_batch:
+    if config.auto_micro_batch and not config.resume_from:  # a resumed run keeps its checkpoint's split
         from tuneforge.train.memory import auto_micro_batch_size
 
         longest = max(len(e["input_ids"]) for e in data.train)
