@@ -240,7 +240,7 @@ def main() -> None:
         runs = {"hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
                 "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device),
                 "tuneforge": launch(case, "tuneforge", "auto", args.steps, args.device)}
-        if case == "lora-qv-raw" and not args.no_compile:
+        if case in ("lora-qv-raw", "lora-all-linear") and not args.no_compile:
             runs["tuneforge-compile"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"compile": True})
         if case == "lines":
             runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"packing": True})
