@@ -8,7 +8,7 @@ those in chunks. So padding and masked prompt tokens never get full-vocabulary l
 whole batch (batch x seq x vocab) are never materialised at once — Liger's "fused linear cross-entropy": each
 chunk's gradients are computed right away in the forward pass, so nothing of the size of the logits is kept for
 the backward pass and nothing is recomputed. Written with plain torch (Liger's kernels are Triton, GPU-only);
-on a 49k vocabulary it saves ~0.5 GB of peak memory per 1k tokens against a plain cross-entropy.
+measured on the default model (49k vocabulary) it lowers peak memory by ~0.4 GB per 1k tokens.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much memory a training run needs, and the largest micro batch that fits the machine it runs on.
 
-    estimate = training_memory(model, seq_len=256, micro_batch_size=4, precision="fp32")
+    estimate = training_memory(model, seq_len=256, micro_batch_size=4, precision="fp32")   # bytes, by part
     micro = auto_micro_batch_size(model, batch_size=1024, seq_len=256, precision="fp32", device="cpu")
 
 Seed 000 asks people to find their micro batch by trial and error ("lower it until it stops running out of
@@ -22,20 +22,11 @@ FRAGMENTATION = 1.5
 
 @dataclass
 class MemoryEstimate:
-    weights: int  # bytes
-    trainable: int  # trainable weights + their gradients + optimizer moments
+    """Bytes a run needs beyond the loaded weights."""
+
+    trainable: int  # trainable weights' gradients + optimizer moments (fp32)
     activations: int  # one micro batch's saved activations
-    head: int  # the chunked output layer's logits and their gradient
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.trainable + self.activations + self.head
-
-    def describe(self) -> str:
-        gib = 1024 ** 3
-        return (f"{self.total / gib:.1f} GiB (weights {self.weights / gib:.2f}, trainable + optimizer "
-                f"{self.trainable / gib:.2f}, activations {self.activations / gib:.2f}, output layer "
-                f"{self.head / gib:.2f})")
+    head: int  # one chunk of the output layer's logits and their gradient
 
 
 def _dims(config) -> tuple[int, int, int, int, int]:
@@ -58,12 +49,10 @@ def training_memory(model, seq_len: int, micro_batch_size: int, precision: str) 
     from tuneforge.train.loss import CHUNK_TOKENS, _causal_lm
 
     config = _causal_lm(model).config
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * 4 * 4 for p in model.parameters() if p.requires_grad)  # fp32 w, grad, m, v
-    tokens = seq_len * micro_batch_size
-    activations = activation_bytes_per_token(config, seq_len, precision) * tokens
-    head = min(tokens, CHUNK_TOKENS) * _dims(config)[4] * 4 * 2
-    return MemoryEstimate(weights, trainable, activations, head)
+    trainable = sum(p.numel() * 4 * 3 for p in model.parameters() if p.requires_grad)  # fp32 grad, m, v
+    activations = activation_bytes_per_token(config, seq_len, precision) * seq_len * micro_batch_size
+    head = CHUNK_TOKENS * _dims(config)[4] * 4 * 2  # the fused loss holds one chunk at a time
+    return MemoryEstimate(trainable, activations, head)
 
 
 def free_memory(device) -> int:
@@ -85,8 +74,7 @@ def auto_micro_batch_size(model, batch_size: int, seq_len: int, precision: str, 
     micro = 1
     while micro * 2 <= batch_size and micro * 2 * per_example.activations * FRAGMENTATION <= budget:
         micro *= 2
-    estimate = training_memory(model, seq_len, micro, precision)
     why = (f"micro_batch_size auto: {micro} (sequences up to {seq_len} tokens; estimated activations "
-           f"{estimate.activations / 1024 ** 3:.2f} GiB of {available / 1024 ** 3:.1f} GiB free; gradient "
+           f"{micro * per_example.activations / 1024 ** 3:.2f} GiB of {available / 1024 ** 3:.1f} GiB free; gradient "
            f"accumulation {-(-batch_size // micro)})")
     return micro, why
