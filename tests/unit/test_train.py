@@ -165,3 +165,75 @@ def test_lean_mlp_gives_the_same_loss_and_gradients_and_keeps_less(tiny_model_di
         assert torch.allclose(got, want, atol=1e-6)
     assert lean_saved < plain_saved
     assert "forward" not in vars(model.model.layers[0].mlp)  # the class's own forward is back
+
+
+def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool):
+    from tuneforge.train.fused import lean_lora
+    from tuneforge.train.loss import batch_loss_sum
+
+    model.zero_grad()
+    torch.manual_seed(7)  # the same dropout masks for PEFT's forward and the lean one
+    saved = {}  # storage address -> bytes: a tensor kept by q, k and v alike is one tensor in memory
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def keep(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with lean_lora(model) if lean else contextlib.nullcontext(), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = batch_loss_sum(model, batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads, sum(saved.values())
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(tiny_model_dir, tokenizer, autocast):
+    from tuneforge.models.adapters import attach_lora
+    from tuneforge.train.fused import lora_linear_layers
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="bf16" if autocast else "fp32")
+    model = attach_lora(model, rank=4, alpha=8, dropout=0.3, target_modules=["all-linear"])
+    for layer in lora_linear_layers(model):  # B starts at zero; give the update a part in the loss
+        for lora_b in layer.lora_B.values():
+            torch.nn.init.normal_(lora_b.weight, std=0.5)
+    model.train()
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
+    peft_loss, peft_grads, peft_saved = _lora_loss_grads_saved(model, batch, lean=False, autocast=autocast)
+    lean_loss, lean_grads, lean_saved = _lora_loss_grads_saved(model, batch, lean=True, autocast=autocast)
+    tolerance = dict(rel=1e-3) if autocast else dict(rel=1e-6)
+    assert lean_loss == pytest.approx(peft_loss, **tolerance)
+    assert peft_grads.keys() == lean_grads.keys() and len(peft_grads) == 2 * 7 * 2  # A and B of 7 modules x 2 layers
+    for name, want in peft_grads.items():
+        got = lean_grads[name]
+        if autocast:  # bf16 matmuls in a different order: close, not the same bits
+            assert (got - want).norm() < 0.01 * want.norm(), name
+        else:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), name
+    print(f"activations saved for backward: PEFT {peft_saved} bytes, lean {lean_saved} bytes")
+    assert lean_saved < 0.75 * peft_saved
+    assert all("forward" not in vars(layer) for layer in lora_linear_layers(model))  # PEFT's forward is back
+
+
+def test_lean_lora_leaves_dora_and_disabled_adapters_to_peft(tiny_model_dir, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.train.fused import lean_lora
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True))
+    ids = torch.tensor([tokenizer("grilled cheese")["input_ids"]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with lean_lora(model) as patched:
+            got = model(input_ids=ids).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+        with model.disable_adapter():
+            want_base = model(input_ids=ids).logits
+    assert patched == 4
+    assert torch.equal(got, want) and torch.equal(base, want_base)

@@ -31,7 +31,7 @@ from tuneforge.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from tuneforge.train.fused import lean_mlp
+from tuneforge.train.fused import lean_lora, lean_mlp
 from tuneforge.train.loss import batch_loss_sum, count_loss_tokens, example_loss_tokens
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import TrainingProgress
@@ -264,7 +264,8 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
             model.train()
         return path
 
-    with graceful_interrupts(stop), lean_mlp(accelerator.unwrap_model(model)), metrics_path.open("a") as metrics:
+    bare_model = accelerator.unwrap_model(model)
+    with graceful_interrupts(stop), lean_mlp(bare_model), lean_lora(bare_model), metrics_path.open("a") as metrics:
         for step in range(start_step + 1, total_steps + 1):
             epoch, index_in_epoch = divmod(step - 1, steps_per_epoch)
             if epoch not in epoch_cache:  # a new seeded shuffle per epoch
