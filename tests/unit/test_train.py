@@ -139,7 +139,8 @@ def test_direct_head_loss_equals_the_full_logits_loss_and_gradients(tiny_model_d
     for value, grads in results[1:]:
         assert value == pytest.approx(reference_value, rel=1e-5)
         for got, want in zip(grads, reference_grads, strict=True):
-            assert torch.allclose(got, want, atol=1e-6)
+            # fp32 sums in another order (chunks): measured up to 5e-6 apart on gradients of size ~1
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 def test_lean_mlp_gives_the_same_loss_and_gradients_and_keeps_less(tiny_model_dir, tokenizer):
