@@ -47,6 +47,8 @@ export TUNEFORGE_HOME="${TUNEFORGE_HOME:-$PWD/.tuneforge-home}" HF_HUB_OFFLINE=1
 # The benchmark: every case, baseline and tuneforge side by side, on the GPU.
 "$PY" benchmarks/train_throughput.py --device cuda --steps 20 2>&1 | tee "$RESULTS/gpu_bench.log"
 
-# Tests that behave differently on CUDA: QLoRA on a real bitsandbytes kernel, precision choice, exact resume.
+# Tests that behave differently on CUDA: QLoRA on a real bitsandbytes kernel, precision choice, exact resume,
+# lean LoRA's dropout masks against PEFT's on the CUDA generator.
 "$PY" -m pytest -q -x -p no:cacheprovider tests/unit/test_resume.py tests/unit/test_training_options.py \
-  tests/e2e/test_methods.py -k "qlora or resume or precision or seed_000" 2>&1 | tee "$RESULTS/gpu_tests.log"
+  tests/unit/test_train.py tests/e2e/test_methods.py -k "qlora or resume or precision or seed_000 or lean_lora" \
+  2>&1 | tee "$RESULTS/gpu_tests.log"

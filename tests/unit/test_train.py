@@ -168,12 +168,12 @@ def test_lean_mlp_gives_the_same_loss_and_gradients_and_keeps_less(tiny_model_di
     assert "forward" not in vars(model.model.layers[0].mlp)  # the class's own forward is back
 
 
-def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool):
+def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool, device: str):
     from tuneforge.train.fused import lean_lora
     from tuneforge.train.loss import batch_loss_sum
 
     model.zero_grad()
-    torch.manual_seed(7)  # the same dropout masks for PEFT's forward and the lean one
+    torch.manual_seed(7)  # the same dropout masks for PEFT's forward and the lean one (CPU and CUDA generators)
     saved = {}  # storage address -> bytes: a tensor kept by q, k and v alike is one tensor in memory
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -183,7 +183,7 @@ def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool):
         return tensor
 
     with lean_lora(model) if lean else contextlib.nullcontext(), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+            torch.autocast(device, dtype=torch.bfloat16, enabled=autocast), \
             torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         loss = batch_loss_sum(model, batch)
     loss.backward()
@@ -191,21 +191,27 @@ def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool):
     return loss.item(), grads, sum(saved.values())
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(tiny_model_dir, tokenizer, autocast):
+def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(tiny_model_dir, tokenizer, autocast,
+                                                                               device):
     from tuneforge.models.adapters import attach_lora
     from tuneforge.train.fused import lora_linear_layers
 
     model, _, _ = load_model(str(tiny_model_dir), precision="bf16" if autocast else "fp32")
-    model = attach_lora(model, rank=4, alpha=8, dropout=0.3, target_modules=["all-linear"])
+    model = attach_lora(model.to(device), rank=4, alpha=8, dropout=0.3, target_modules=["all-linear"])
     for layer in lora_linear_layers(model):  # B starts at zero; give the update a part in the loss
         for lora_b in layer.lora_B.values():
             torch.nn.init.normal_(lora_b.weight, std=0.5)
     model.train()
     ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
-    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
-    peft_loss, peft_grads, peft_saved = _lora_loss_grads_saved(model, batch, lean=False, autocast=autocast)
-    lean_loss, lean_grads, lean_saved = _lora_loss_grads_saved(model, batch, lean=True, autocast=autocast)
+    batch = {key: value.to(device) for key, value in
+             collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id).items()}
+    peft_loss, peft_grads, peft_saved = _lora_loss_grads_saved(model, batch, False, autocast, device)
+    lean_loss, lean_grads, lean_saved = _lora_loss_grads_saved(model, batch, True, autocast, device)
     tolerance = dict(rel=1e-3) if autocast else dict(rel=1e-6)
     assert lean_loss == pytest.approx(peft_loss, **tolerance)
     assert peft_grads.keys() == lean_grads.keys() and len(peft_grads) == 2 * 7 * 2  # A and B of 7 modules x 2 layers
@@ -218,6 +224,30 @@ def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(t
     print(f"activations saved for backward: PEFT {peft_saved} bytes, lean {lean_saved} bytes")
     assert lean_saved < 0.75 * peft_saved
     assert all("forward" not in vars(layer) for layer in lora_linear_layers(model))  # PEFT's forward is back
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_lean_lora_on_a_quantized_base_gives_peft_s_loss_and_gradients(tiny_model_dir, tokenizer, bits):
+    pytest.importorskip("bitsandbytes")
+    from tuneforge.models.adapters import attach_lora
+    from tuneforge.models.quantization import bnb_config
+    from tuneforge.train.fused import lora_linear_layers
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32", quantization=bnb_config(bits))
+    model = attach_lora(model, rank=4, alpha=8, dropout=0.3, target_modules=["q_proj", "v_proj", "down_proj"])
+    layers = lora_linear_layers(model)
+    assert {type(layer).__name__ for layer in layers} == {"Linear4bit" if bits == 4 else "Linear8bitLt"}
+    for layer in layers:
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
+    model.train()
+    ids = tokenizer(["melted cheese on toasted rye with mustard"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
+    peft_loss, peft_grads, peft_saved = _lora_loss_grads_saved(model, batch, False, False, "cpu")
+    lean_loss, lean_grads, lean_saved = _lora_loss_grads_saved(model, batch, True, False, "cpu")
+    assert lean_loss == pytest.approx(peft_loss, rel=1e-6)
+    for name, want in peft_grads.items():
+        assert torch.allclose(lean_grads[name], want, rtol=1e-5, atol=1e-6), name
+    assert lean_saved < peft_saved
 
 
 def test_lean_lora_leaves_dora_and_disabled_adapters_to_peft(tiny_model_dir, tokenizer):
