@@ -211,6 +211,9 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Calling the decoder and head directly skips the wrapper's forward, which DDP/FSDP need for gradient sync.
     direct_head = accelerator.num_processes == 1
+    # Lean LoRA reads lora_A's weight without calling lora_A; DeepSpeed ZeRO-3 and FSDP gather sharded weights in
+    # module hooks, so there PEFT's own forward runs (DDP and one process keep the whole weights).
+    lean_lora_layers = accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP", "MEGATRON_LM")
 
     progress = TrainingProgress(total_steps, enabled=show_progress and accelerator.is_main_process)
     micro_batch_size = config.micro_batch_size
@@ -265,7 +268,8 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
         return path
 
     bare_model = accelerator.unwrap_model(model)
-    with graceful_interrupts(stop), lean_mlp(bare_model), lean_lora(bare_model), metrics_path.open("a") as metrics:
+    with graceful_interrupts(stop), lean_mlp(bare_model), lean_lora(bare_model) if lean_lora_layers else nullcontext(), \
+            metrics_path.open("a") as metrics:
         for step in range(start_step + 1, total_steps + 1):
             epoch, index_in_epoch = divmod(step - 1, steps_per_epoch)
             if epoch not in epoch_cache:  # a new seeded shuffle per epoch
