@@ -60,12 +60,6 @@ def silu_mul(gate, up):
     return _SILU_MUL.apply(gate, up)
 
 
-def _dropout(x, p: float):
-    import torch
-
-    return torch.native_dropout(x, p, True) if p > 0 else (x, None)
-
-
 def _dropout_linear_class():
     import torch
 
@@ -74,7 +68,8 @@ def _dropout_linear_class():
         def forward(ctx, x, weight, p, dtype):
             # as PEFT: x cast to the adapter's dtype, dropout, then the matmul in autocast's dtype if it is on;
             # the casts and the dropped-out copy are temporaries here, not kept
-            dropped, mask = _dropout(x.to(weight.dtype), p)
+            cast = x.to(weight.dtype)
+            dropped, mask = torch.native_dropout(cast, p, True) if p > 0 else (cast, None)
             ctx.p, ctx.dtype = p, dtype
             ctx.save_for_backward(x, mask, weight)
             return torch.nn.functional.linear(dropped.to(dtype), weight.to(dtype))
@@ -127,17 +122,21 @@ def swiglu_mlps(model) -> list:
 
 
 @contextmanager
+def _forward_swapped(modules: list, forward):
+    """Within the block, each of `modules` runs `forward`; the class's own forward comes back afterwards."""
+    _build_functions()
+    for module in modules:
+        module.forward = types.MethodType(forward, module)
+    try:
+        yield len(modules)
+    finally:
+        for module in modules:
+            del module.forward
+
+
 def lean_mlp(model):
     """Within the block, SwiGLU MLPs of `model` use silu_mul; their own forward comes back afterwards."""
-    _build_functions()
-    patched = swiglu_mlps(model)
-    for module in patched:
-        module.forward = types.MethodType(_lean_forward, module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward  # the class's forward again
+    return _forward_swapped(swiglu_mlps(model), _lean_forward)
 
 
 def _plain_lora_adapter(layer) -> str | None:
@@ -179,15 +178,6 @@ def lora_linear_layers(model) -> list:
             and type(module).__name__ in ("Linear", "Linear8bitLt", "Linear4bit") and hasattr(module, "lora_A")]
 
 
-@contextmanager
 def lean_lora(model):
     """Within the block, PEFT LoRA linear layers of `model` use dropout_linear; PEFT's forward comes back after."""
-    _build_functions()
-    patched = lora_linear_layers(model)
-    for module in patched:
-        module.forward = types.MethodType(_lean_lora_forward, module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+    return _forward_swapped(lora_linear_layers(model), _lean_lora_forward)
