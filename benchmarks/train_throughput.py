@@ -88,8 +88,8 @@ def matmul_peak_gflops(dtype_name: str, device: str) -> float:
 
 
 def held_out_loss(model, held_out, pad_id) -> float:
-    from tuneforge.models.quantization import is_quantized
-    from tuneforge.train.loop import evaluate_loss
+    from tuneforge.models.kind import is_quantized
+    from tuneforge.train.loss import evaluate_loss
 
     if not is_quantized(model):  # a 4-bit base stays 4-bit; its adapters and norms are fp32 already
         model.float()

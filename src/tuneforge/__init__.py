@@ -9,6 +9,7 @@
 import logging
 import warnings
 
+# the public door re-exports the LLM face: the one package file allowed to import a face (test_architecture)
 from tuneforge.api import LLM, load
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import TuneforgeError

@@ -18,16 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig, load_config
-from tuneforge.errors import ModelError
 from tuneforge.evaluate.compare import BASE, Comparison, Variant, compare
 from tuneforge.evaluate.perplexity import PerplexityResult, append_history, perplexity
 from tuneforge.evaluate.tasks import TaskScores, read_records, score_task
 from tuneforge.generate import GenerationSettings, generate, next_token_probs, resolve_settings, stream
-from tuneforge.models.adapters import load_adapter
-from tuneforge.models.loading import ModelSource, load_model, pick_device, pick_precision, torch_dtype
-from tuneforge.models.methods import is_peft, required_weight_dtype
+from tuneforge.hardware import pick_device, pick_precision
+from tuneforge.models.adapters import (
+    active_adapter,
+    active_adapter_name,
+    adapter_names,
+    add_adapter,
+    load_adapter,
+    merge_active_adapter,
+    remove_adapter,
+)
+from tuneforge.models.kind import is_peft, is_quantized
+from tuneforge.models.loading import ModelSource, load_model
+from tuneforge.models.methods import required_weight_dtype
+from tuneforge.recipe import run_training
 from tuneforge.train.loop import TrainResult
-from tuneforge.train.run import run_training
 
 log = logging.getLogger(__name__)
 
@@ -153,35 +162,20 @@ class LLM:
                        heldout=heldout, max_length=max_length, stride=stride, shape=shape)
 
     def _label(self) -> str:
-        if not self.adapters:
-            return BASE
-        return self.model.active_adapter
+        return active_adapter_name(self.model)
 
     # ------------------------------------------------------------------ adapters
     @property
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters loaded on this model (an adapter given to `load` is named 'default')."""
-        return list(self.model.peft_config) if is_peft(self.model) else []
+        return adapter_names(self.model)
 
     def load_adapter(self, path: str | Path, name: str | None = None) -> str:
         """Add a saved LoRA adapter beside any already loaded and make it the active one; returns its name.
 
         >>> LLM.load().load_adapter("runs/demo/adapter", name="cheese")
         """
-        path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)")
-        name = name or (path.parent.name if path.name in ("adapter", "") else path.name)
-        if name == BASE or name in self.adapters:
-            raise ModelError(f"an adapter named '{name}' is already loaded (or reserved); pass another name")
-        if is_peft(self.model):
-            self.model.load_adapter(str(path), adapter_name=name)
-        else:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-        self.model.set_adapter(name, inference_mode=True)
-        self.model.eval()
+        self.model, name = add_adapter(self.model, path, name)
         return name
 
     @contextmanager
@@ -190,35 +184,15 @@ class LLM:
 
         >>> with llm.use_adapter("base"): print(llm.generate("To be or not to"))
         """
-        if name in (None, BASE):
-            if is_peft(self.model):
-                with self.model.disable_adapter():
-                    yield self
-            else:
-                yield self
-            return
-        if name not in self.adapters:
-            raise ModelError(f"no adapter named '{name}' is loaded; loaded: {', '.join(self.adapters) or 'none'}")
-        previous = self.model.active_adapter
-        self.model.set_adapter(name, inference_mode=True)
-        try:
+        with active_adapter(self.model, name):
             yield self
-        finally:
-            self.model.set_adapter(previous, inference_mode=True)
 
     def unload_adapter(self, name: str | None = None) -> None:
         """Remove adapter `name`, or every adapter (back to the plain base model) when no name is given.
 
         >>> llm.unload_adapter()
         """
-        if not is_peft(self.model):
-            return
-        if name is not None and len(self.adapters) > 1:
-            if name not in self.adapters:
-                raise ModelError(f"no adapter named '{name}' is loaded")
-            self.model.delete_adapter(name)
-            return
-        self.model = self.model.unload()
+        self.model = remove_adapter(self.model, name)
 
     def merge(self, path: str | Path | None = None) -> LLM:
         """Fold the active adapter into the base weights (the model becomes a plain one); save it to `path` as
@@ -226,15 +200,12 @@ class LLM:
 
         >>> LLM.load("default", adapter="runs/demo/adapter", precision="fp32").merge("merged/")
         """
-        from tuneforge.models.export import is_quantized, merged_copy, save_folder
+        from tuneforge.models.export import save_folder
 
-        if not is_peft(self.model):
-            raise ModelError("there is no adapter to merge; load one with adapter=... or load_adapter()")
-        if is_quantized(self.model):
-            self.model = merged_copy(self.model, self.source.path, self.trust_remote_code).to(self.device)
+        reloaded_in_fp32 = is_quantized(self.model)
+        self.model = merge_active_adapter(self.model, self.source.path, self.trust_remote_code, self.device)
+        if reloaded_in_fp32:
             self.precision = "fp32"
-        else:
-            self.model = self.model.merge_and_unload().eval()
         if path is not None:
             save_folder(self.model, self.tokenizer, path)
         return self
@@ -269,51 +240,16 @@ class LLM:
         else:
             run_config = load_config(config, overrides)
         precision = pick_precision(run_config.precision, self.device)
-        if run_config.method == "qlora":
-            self._ensure_quantized(run_config, precision)
-        elif run_config.method != "scratch":
-            self._ensure_weight_dtype(required_weight_dtype(run_config, precision))
         self.model, result = run_training(self.model, self.tokenizer, run_config, device=self.device,
-                                          precision=precision, show_progress=show_progress,
-                                          log=log.info if not show_progress else print)
+                                          precision=precision, source=self.source,
+                                          trust_remote_code=self.trust_remote_code, show_progress=show_progress,
+                                          log=log.info if not show_progress else print,
+                                          on_prepared=lambda model: setattr(self, "model", model))
+        self.precision = required_weight_dtype(run_config, precision)
         if result.tokenizer is not None:  # scratch with tokenizer: train brings its own
             self.tokenizer = result.tokenizer
         self.last_run = result
         return result
-
-    def _ensure_quantized(self, config: RunConfig, precision: str) -> None:
-        """QLoRA: reload the base quantized by bitsandbytes (bits, quant_type, double_quant) unless it is."""
-        from tuneforge.errors import ConfigError
-        from tuneforge.models.quantization import bnb_config, is_quantized
-
-        if is_quantized(self.model):
-            return
-        if is_peft(self.model):
-            raise ConfigError("method qlora trains a new adapter on a quantized base; unload the current adapter "
-                              "first (llm.unload_adapter()) or use method: lora to keep training it")
-        quantization = bnb_config(config.bits, config.quant_type, config.double_quant, precision)
-        self.model, _, _ = load_model(self.source.path, device=self.device, precision=precision,
-                                      trust_remote_code=self.trust_remote_code, quantization=quantization)
-        self.precision = precision
-
-    def _ensure_weight_dtype(self, precision: str) -> None:
-        """Reload the base weights from disk when a method needs another dtype (full fine-tuning: fp32)."""
-        from tuneforge.models.quantization import is_quantized
-
-        dtype = torch_dtype(precision)
-        if is_peft(self.model):
-            if is_quantized(self.model):  # a QLoRA adapter keeps training on its quantized base
-                return
-            import torch
-
-            for name, param in self.model.named_parameters():  # adapter weights stay fp32 master weights
-                param.data = param.data.to(torch.float32 if "lora_" in name else dtype)
-            return
-        if next(self.model.parameters()).dtype == dtype and not is_quantized(self.model):
-            return
-        self.model, _, _ = load_model(self.source.path, device=self.device, precision=precision,
-                                      trust_remote_code=self.trust_remote_code)
-        self.precision = precision
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:

@@ -5,7 +5,8 @@
     cfg.save("runs/demo/config.yaml")
 
 Every field carries its help text, so the CLI flags (`tuneforge train --rank 16`), the YAML keys and the keyword
-arguments of `LLM.train(...)` are one list of names with one set of docs.
+arguments of `LLM.train(...)` are one list of names with one set of docs. `setting`, `coerce`, `check_range`
+and `validate_fields` serve any settings dataclass (generate.py's GenerationSettings uses them too).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from tuneforge.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full", "scratch")
 DATA_FORMATS = ("auto", "raw", "lines", "text", "formatted", "input_output", "chat")
+# Format names other tools use, as (format, shipped format file or None).
+FORMAT_ALIASES = {"alpaca": ("formatted", "alpaca-format"), "sharegpt": ("chat", None)}
+RAW_TEXT_FORMATS = ("auto", "raw", "text")  # the shapes cut into overlapping chunks ("auto" may become one)
+DEFAULT_BATCH_SIZE = 128  # text-generation-webui's default batch
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -41,9 +46,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-            max: float | None = None, min_exclusive: bool = False, group: str = "training") -> Any:
-    """A config field with its help text and allowed values, read by validation, the CLI and the docs."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "group": group}
+            max: float | None = None, min_exclusive: bool = False, group: str = "training",
+            repeatable: bool = False) -> Any:
+    """A config field with its help text and allowed values, for validation, the CLI, the web UI and docs.
+
+    `repeatable` list settings take one flag per item (`--stop A --stop B`) instead of comma-separated text.
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive,
+            "group": group, "repeatable": repeatable}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -90,8 +100,9 @@ class RunConfig:
     format: str = setting("auto", "Shape of the data: 'raw' (one long text cut into chunks), 'lines' (one "
                           "example per line), 'text' (records with a text field), 'formatted' (JSON records "
                           "rendered by a format file), 'input_output' (prompt/answer pairs), 'chat' (messages "
-                          "with roles) or 'auto' (detected; the preview says which).", choices=DATA_FORMATS,
-                          group="data")
+                          "with roles) or 'auto' (detected; the preview says which). Other tools' names work "
+                          "too: 'alpaca' (formatted with alpaca-format), 'sharegpt' (chat).",
+                          choices=DATA_FORMATS, group="data")
     format_file: str | None = setting(None, "Format file for 'formatted' data: a JSON map from comma-separated "
                                       "key sets to templates with %key% placeholders; a path or a shipped name "
                                       "(alpaca-format, alpaca-chat-format).", group="data")
@@ -102,8 +113,9 @@ class RunConfig:
     encoding: str = setting("utf-8", "Text encoding of the data files.", group="data")
     cutoff_len: int = setting(256, "Cutoff length: the most tokens in one training example. Longer costs memory.",
                               min=8, max=1_048_576, group="data")
-    overlap_len: int = setting(128, "Overlap length (raw text): tokens shared by neighbouring chunks, so the model "
-                               "does not learn mid-sentence cuts. Must be below cutoff_len.", min=0, group="data")
+    overlap_len: int | None = setting(None, "Overlap length (raw text): tokens shared by neighbouring "
+                                      "chunks, so the model does not learn mid-sentence cuts. Must be below "
+                                      "cutoff_len; default: half of cutoff_len.", min=0, group="data")
     newline_favor_len: int = setting(128, "Prefer newline cut length (raw text): how many characters a chunk's cut "
                                      "may move back to land on a newline. 0 turns it off.", min=0, group="data")
     hard_cut_string: str = setting("\n\n\n", "Hard cut string (raw text): text on either side is never joined in "
@@ -141,6 +153,12 @@ class RunConfig:
     num_proc: int = setting(1, "Worker processes for tokenizing.", min=1, group="data")
     packing: bool = setting(False, "Pack short examples into blocks of cutoff_len tokens; positions restart per "
                             "example, so there is no attention or loss across examples.", group="data")
+    placeholders: dict[str, str] | None = setting(None, "Values for LLaMA-Factory {{placeholders}} in the "
+                                                  "records, e.g. name=Ada,author=Forge Labs (YAML: a mapping); "
+                                                  "records holding a placeholder without a value are refused.",
+                                                  group="data")
+    allow_empty_turns: bool = setting(False, "Train chat records that have an empty assistant turn (the model "
+                                      "learns to end its answer at once); refused otherwise.", group="data")
     save_removed: str | None = setting(None, "Write every record the cleaning steps removed to this JSONL file, "
                                        "with the reason.", group="data")
 
@@ -166,13 +184,16 @@ class RunConfig:
     # --- training ---
     epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
-    batch_size: int = setting(128, "Batch size: examples per optimizer step. If it does not fit in memory, lower "
-                              "micro_batch_size instead; the batch is then accumulated.", min=1)
+    batch_size: int | None = setting(None, "Batch size: examples per optimizer step (default: 128, rounded "
+                                     "down to a multiple of micro_batch_size). If it does not fit in memory, "
+                                     "lower micro_batch_size instead; the batch is then accumulated.", min=1)
     micro_batch_size: int | str = setting(4, "Micro batch size: examples per forward/backward pass. Gradient "
                                           "accumulation steps = batch_size / micro_batch_size. 'auto' picks the "
                                           "largest that fits this machine's free memory.", min=1)
-    gradient_accumulation_steps: int | None = setting(None, "Micro batches per optimizer step; derived from "
-                                                      "batch_size / micro_batch_size when not set.", min=1)
+    gradient_accumulation_steps: int | None = setting(None, "Micro batches per optimizer step, instead of "
+                                                      "batch_size (batch = micro_batch_size x this); "
+                                                      "derived from batch_size / micro_batch_size when not "
+                                                      "set.", min=1)
     learning_rate: float = setting(3e-4, "Learning rate: step size of each update. 3e-4 = 0.0003.", min=0.0,
                                    max=10.0, min_exclusive=True)
     lr_scheduler: str = setting("linear", "Learning rate scheduler: how the learning rate changes over the run.",
@@ -194,12 +215,16 @@ class RunConfig:
                                            "~25% slower.")
     compile: bool = setting(False, "torch.compile the transformer blocks: faster steps after about a minute of "
                             "compiling, so worth it for runs of hundreds of steps.")
+    lean_layers: bool = setting(True, "Memory-lean forwards for SwiGLU MLPs and LoRA layers (same losses and "
+                                "gradients as the stock ones, fewer activations kept). Off: the stock "
+                                "transformers/PEFT forwards.")
     early_stopping_patience: int | None = setting(None, "Stop when the validation loss has not improved for this "
                                                   "many evaluations.", min=1)
     save_steps: int | None = setting(None, "Write a resumable checkpoint every this many steps.", min=1)
     save_total_limit: int | None = setting(None, "Keep only the newest this many checkpoints.", min=1)
     resume_from: str | None = setting(None, "Continue a stopped run: 'latest' (its newest checkpoint) or a "
                                       "checkpoint folder.")
+    allow_resume_mismatch: bool = setting(False, "Resume although data-order/optimizer settings changed.")
     copy_parameters_from: str | None = setting(None, "Start from an earlier run folder's settings (its "
                                                "config.yaml); keys given here override them.")
     logging_steps: int = setting(1, "Log loss, learning rate and speed every this many optimizer steps.", min=1)
@@ -232,21 +257,33 @@ class RunConfig:
             return self.gradient_accumulation_steps
         if self.auto_micro_batch:
             return 1
-        return max(1, self.batch_size // self.micro_batch_size)
+        return max(1, self.examples_per_step // self.micro_batch_size)
 
     @property
     def examples_per_step(self) -> int:
-        """The batch: examples per optimizer step."""
-        if self.auto_micro_batch or self.gradient_accumulation_steps is None:
+        """The batch: examples per optimizer step (read this, not batch_size, which is None unless given)."""
+        if self.gradient_accumulation_steps is not None and not self.auto_micro_batch:
+            return self.micro_batch_size * self.gradient_accumulation_steps
+        if self.batch_size is not None:
             return self.batch_size
-        return self.micro_batch_size * self.gradient_accumulation_steps
+        if self.auto_micro_batch:
+            return DEFAULT_BATCH_SIZE
+        # an untouched default never conflicts with the micro batch the user chose
+        return max(self.micro_batch_size, DEFAULT_BATCH_SIZE - DEFAULT_BATCH_SIZE % self.micro_batch_size)
+
+    @property
+    def effective_overlap_len(self) -> int:
+        """overlap_len, or half of cutoff_len when it is not set (text-generation-webui's default)."""
+        return self.cutoff_len // 2 if self.overlap_len is None else self.overlap_len
 
     def validate(self) -> None:
-        """Coerce each value to its field's type and check its range; raise ConfigError naming the key."""
-        for f in dataclasses.fields(self):
-            value = _coerce(f.name, getattr(self, f.name), _field_type(f))
-            setattr(self, f.name, value)
-            _check_range(f, value)
+        """Coerce each value to its field's type and check its range and its neighbours; raise ConfigError."""
+        alias = FORMAT_ALIASES.get(str(self.format).strip().lower())
+        if alias:
+            self.format, shipped_format_file = alias
+            if shipped_format_file and coerce("format_file", self.format_file, str | None) is None:
+                self.format_file = shipped_format_file
+        validate_fields(self)
         if isinstance(self.micro_batch_size, str) and self.micro_batch_size.strip().lower() == "auto":
             self.micro_batch_size = "auto"
             if self.gradient_accumulation_steps is not None:
@@ -254,16 +291,25 @@ class RunConfig:
                                   "gradient_accumulation_steps or give micro_batch_size a number")
         else:
             try:
-                self.micro_batch_size = _coerce("micro_batch_size", self.micro_batch_size, int)
+                self.micro_batch_size = coerce("micro_batch_size", self.micro_batch_size, int)
             except ConfigError:
                 raise ConfigError(f"micro_batch_size must be a whole number or 'auto', got "
                                   f"{self.micro_batch_size!r}") from None
-            _check_range(field_help()["micro_batch_size"], self.micro_batch_size)
-        if self.overlap_len >= self.cutoff_len:
+            check_range(field_help()["micro_batch_size"], self.micro_batch_size)
+        if self.gradient_accumulation_steps is not None and self.batch_size is not None:
+            raise ConfigError(f"batch_size ({self.batch_size}) and gradient_accumulation_steps "
+                              f"({self.gradient_accumulation_steps}) both set the batch; give only one (the "
+                              "batch is micro_batch_size x gradient_accumulation_steps)")
+        # raw-text settings matter only where text is cut into chunks; elsewhere they cannot conflict
+        if (self.format in RAW_TEXT_FORMATS and self.overlap_len is not None
+                and self.overlap_len >= self.cutoff_len):
             raise ConfigError(f"overlap_len ({self.overlap_len}) must be smaller than cutoff_len "
                               f"({self.cutoff_len}); try overlap_len: {self.cutoff_len // 2}")
-        if (not self.auto_micro_batch and self.gradient_accumulation_steps is None
-                and self.batch_size % self.micro_batch_size):
+        if self.method == "scratch" and self.n_positions < self.cutoff_len:
+            raise ConfigError(f"n_positions ({self.n_positions}) must be at least cutoff_len "
+                              f"({self.cutoff_len}); try n_positions: {self.cutoff_len}")
+        if (not self.auto_micro_batch and self.batch_size is not None
+                and self.gradient_accumulation_steps is None and self.batch_size % self.micro_batch_size):
             lower = self.batch_size - self.batch_size % self.micro_batch_size
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}")
@@ -344,17 +390,21 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 # ---------------------------------------------------------------------- coercion
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+TRUE_WORDS = {"true", "yes", "1", "on"}
+FALSE_WORDS = {"false", "no", "0", "off"}
 
 
-def _field_type(f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(RunConfig)
-    return hints[f.name]
+def validate_fields(settings: Any, error: type[Exception] = ConfigError) -> None:
+    """Coerce every field of the dataclass `settings` to its type and check its range, in place."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value = coerce(f.name, getattr(settings, f.name), hints[f.name], error)
+        setattr(settings, f.name, value)
+        check_range(f, value, error)
 
 
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Turn CLI strings and YAML scalars into the field's type, or raise a ConfigError naming the key."""
+def coerce(name: str, value: Any, annotation: Any, error: type[Exception] = ConfigError) -> Any:
+    """Turn CLI strings and YAML scalars into the field's type, or raise `error` naming the key."""
     args = typing.get_args(annotation)
     optional = type(None) in args and (typing.get_origin(annotation) in (typing.Union, types.UnionType))
     if optional:
@@ -363,6 +413,15 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         annotation = next(a for a in args if a is not type(None))
     origin = typing.get_origin(annotation)
     try:
+        if origin is dict:  # YAML mapping, or "name=Ada,author=Forge" on the command line
+            if isinstance(value, str):
+                pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+                if any(len(pair) != 2 for pair in pairs):
+                    raise ValueError
+                value = {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, dict):
+                raise TypeError
+            return {str(k): str(v) for k, v in value.items()}
         if origin is list:
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
@@ -376,9 +435,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if annotation is bool:
             if isinstance(value, bool):
                 return value
-            if str(value).strip().lower() in _TRUE:
+            if str(value).strip().lower() in TRUE_WORDS:
                 return True
-            if str(value).strip().lower() in _FALSE:
+            if str(value).strip().lower() in FALSE_WORDS:
                 return False
             raise TypeError
         if annotation is int:
@@ -397,25 +456,31 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return str(value)
     except (TypeError, ValueError):
         kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-                list[int]: "a comma-separated list of whole numbers"}.get(annotation, "a comma-separated list")
-        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+                list[int]: "a comma-separated list of whole numbers"}.get(
+            annotation, "a mapping (name=value,...)" if origin is dict else "a comma-separated list")
+        raise error(f"{name} must be {kind}, got {value!r}") from None
     return value
 
 
-def _check_range(f: dataclasses.Field, value: Any) -> None:
+def describe_range(meta: typing.Mapping[str, Any]) -> str:
+    """The allowed range in words, e.g. '>= 1 and <= 65536' ('' when unbounded)."""
+    low, high = meta.get("min"), meta.get("max")
+    lower = "" if low is None else f"> {low}" if meta.get("min_exclusive") else f">= {low}"
+    return " and ".join(p for p in (lower, "" if high is None else f"<= {high}") if p)
+
+
+def check_range(f: dataclasses.Field, value: Any, error: type[Exception] = ConfigError) -> None:
+    """Raise `error` naming the key when `value` is not one of its choices or outside its range."""
     meta = f.metadata
     if value is None:
         return
     if meta.get("choices") and value not in meta["choices"]:
         close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got '{value}'{hint}")
+        raise error(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got '{value}'{hint}")
     low, high = meta.get("min"), meta.get("max")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = low is not None and (value <= low if meta.get("min_exclusive") else value < low)
         too_high = high is not None and value > high
         if too_low or too_high:
-            lower = f"> {low}" if meta.get("min_exclusive") else f">= {low}"
-            allowed = " and ".join(p for p in (lower if low is not None else "", f"<= {high}" if high is not None
-                                                else "") if p)
-            raise ConfigError(f"{f.name} must be {allowed}; got {value}")
+            raise error(f"{f.name} must be {describe_range(meta)}; got {value}")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from tuneforge.config import setting, validate_fields
 from tuneforge.errors import TuneforgeError
 
 
@@ -26,45 +27,63 @@ class GenerationError(TuneforgeError, ValueError):
 
 @dataclass
 class GenerationSettings:
-    """Sampling settings, named as in text-generation-webui's Parameters tab and HappyTransformer."""
+    """Sampling settings, named as in text-generation-webui's Parameters tab and HappyTransformer.
 
-    max_new_tokens: int = 40
-    min_new_tokens: int = 0  # EOS is suppressed until this many tokens exist (HappyTransformer's min_length)
-    do_sample: bool = True  # False: greedy (or beam search with num_beams > 1)
-    temperature: float = 0.7
-    top_k: int = 50  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    min_p: float = 0.0  # drop tokens below min_p x the top token's probability; 0 = off
-    typical_p: float = 1.0  # locally typical sampling; 1.0 = off
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text
-    no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size; 0 = off
-    num_beams: int = 1
-    early_stopping: bool = False  # beam search: stop once num_beams finished candidates exist
-    stop: list[str] = field(default_factory=list)  # stop strings; the text ends before the first one
-    bad_words: list[str] = field(default_factory=list)  # words never generated
-    seed: int | None = 0  # None: a different draw each call
-    chat: bool = False  # wrap the prompt in the model's chat template as a user message
+    Each field carries its help text and range (config.setting): the CLI builds its flags and the web UI its
+    sliders from them, and `validate` checks them, so a setting is declared here once.
+    """
+
+    max_new_tokens: int = setting(40, "Most tokens to generate.", min=1, max=32_768, group="generation")
+    min_new_tokens: int = setting(0, "Fewest tokens before the model may stop (the end-of-text token is held "
+                                  "back until then).", min=0, group="generation")
+    do_sample: bool = setting(True, "Sample the next token; off: greedy decoding (or beam search with "
+                              "num_beams > 1).", group="generation")
+    temperature: float = setting(0.7, "Sampling temperature: higher is more random, lower more predictable.",
+                                 min=0.0, max=5.0, group="generation")
+    top_k: int = setting(50, "Sample from the k most likely tokens (0 = off).", min=0, max=1000,
+                         group="generation")
+    top_p: float = setting(1.0, "Sample from the smallest set of tokens whose probability adds up to p "
+                           "(1.0 = off).", min=0.0, max=1.0, min_exclusive=True, group="generation")
+    min_p: float = setting(0.0, "Drop tokens less likely than min_p times the most likely one (0 = off).",
+                           min=0.0, max=0.99, group="generation")
+    typical_p: float = setting(1.0, "Locally typical sampling: the probability mass kept (1.0 = off).",
+                               min=0.0, max=1.0, min_exclusive=True, group="generation")
+    repetition_penalty: float = setting(1.0, "Penalise tokens already in the text (> 1 discourages repeats; "
+                                        "1.0 = off).", min=0.0, max=3.0, min_exclusive=True,
+                                        group="generation")
+    no_repeat_ngram_size: int = setting(0, "Never repeat an n-gram of this many tokens (0 = off).", min=0,
+                                        max=20, group="generation")
+    num_beams: int = setting(1, "Beam search width (1 = no beam search).", min=1, max=20, group="generation")
+    early_stopping: bool = setting(False, "Beam search: stop once num_beams candidates are finished.",
+                                   group="generation")
+    stop: list[str] = setting([], "Stop before this string; repeat for several. Escapes like \\n are "
+                              "understood on the command line.", group="generation", repeatable=True)
+    bad_words: list[str] = setting([], "A word never to generate; repeat for several.", group="generation",
+                                   repeatable=True)
+    seed: int | None = setting(0, "Sampling seed: same seed, same text ('none': a different draw each call).",
+                               min=0, group="generation")
+    chat: bool = setting(False, "Wrap the prompt in the model's chat template as a user message.",
+                         group="generation")
 
     def validate(self) -> None:
-        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-                  (0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and "
-                   "max_new_tokens"),
-                  (self.temperature > 0 or not self.do_sample, "temperature must be above 0 when sampling; "
-                   "use do_sample=False for greedy decoding"),
-                  (self.top_k >= 0, "top_k must be 0 (off) or more"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-                  (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be above 0"),
-                  (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be 0 (off) or more"),
-                  (self.num_beams >= 1, "num_beams must be at least 1")]
-        for ok, message in checks:
-            if not ok:
-                raise GenerationError(message)
-        if isinstance(self.stop, str):  # a single string is a common slip for a one-item list
-            self.stop = [self.stop]
+        """Coerce each setting to its type and check its range; raise GenerationError naming the setting."""
+        for name in ("stop", "bad_words"):  # a single string is a common slip for a one-item list
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+        validate_fields(self, GenerationError)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise GenerationError(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens "
+                                  f"({self.max_new_tokens})")
+        if self.do_sample and self.temperature <= 0:
+            raise GenerationError("temperature must be above 0 when sampling; use do_sample=False for greedy "
+                                  "decoding")
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")
+
+
+def generation_settings_help() -> dict[str, dataclasses.Field]:
+    """Each generation setting's field, whose metadata holds help, min, max and choices (for CLI and UI)."""
+    return {f.name: f for f in dataclasses.fields(GenerationSettings)}
 
 
 def resolve_settings(settings: GenerationSettings | None = None, **overrides) -> GenerationSettings:
@@ -76,7 +95,9 @@ def resolve_settings(settings: GenerationSettings | None = None, **overrides) ->
             hint = f"; did you mean '{close[0]}'?" if close else f"; known settings: {', '.join(names)}"
             raise GenerationError(f"unknown generation setting '{key}'{hint}")
     resolved = dataclasses.replace(settings or GenerationSettings(), **overrides)
-    resolved.stop = list(resolved.stop) if not isinstance(resolved.stop, str) else [resolved.stop]
+    for name in ("stop", "bad_words"):  # copies, never the caller's lists; a lone string is one item
+        items = getattr(resolved, name)
+        setattr(resolved, name, [items] if isinstance(items, str) else list(items))
     resolved.validate()
     return resolved
 

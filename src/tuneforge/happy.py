@@ -1,26 +1,35 @@
-"""HappyTransformer-compatible face: seed 001's script runs with only its import line and model name changed.
+"""HappyTransformer-compatible face (its 3.x API): HappyTransformer scripts run with the import and model name changed.
 
-    from tuneforge.happy import HappyGeneration, GENSettings, GENTrainArgs
+    from tuneforge.happy import HappyGeneration, GENSettings, GENTrainArgs, GENEvalArgs
     happy_gen = HappyGeneration(model_type="GPT-NEO", model_name="default")
+    happy_gen.train("cheese_instructions.txt", args=GENTrainArgs(num_train_epochs=1, eval_ratio=0.1))
+    print(happy_gen.eval("heldout.txt", args=GENEvalArgs()).loss)
     print(happy_gen.generate_text("To make a cheese sandwich ", args=GENSettings(max_length=30)).text)
-    happy_gen.train(input_filepath="cheese_instructions.txt", args=GENTrainArgs(num_train_epochs=1))
-    happy_gen.save("model/")
+    happy_gen.save("model/")      # later: HappyGeneration(model_name="model/")
 
-Everything here translates names and calls the core (`tuneforge.load`, `LLM.generate`, `LLM.train`,
-`tuneforge.evaluate`); no training logic lives in this file. Mapping of HappyTransformer's names:
-num_train_epochs -> epochs, batch_size -> batch_size and micro_batch_size (no accumulation, as in
-HappyTransformer), fp16 -> precision fp16 (on a GPU only; elsewhere fp32), preprocessing_processes -> num_proc,
-GENSettings.max_length/min_length -> max_new_tokens/min_new_tokens (HappyTransformer counts new tokens too).
-As in HappyTransformer, training fine-tunes every weight by default; `method="lora"` trains an adapter instead.
+Everything here translates names and calls the core (`tuneforge.load`, `LLM.train`, `LLM.perplexity`,
+`LLM.save`); no training logic lives in this file. docs/evaluate.md has the table of every GENTrainArgs field
+and the tuneforge key it becomes. As in HappyTransformer 3.x: nothing is written unless asked (`save()`,
+`save_path`, `save_steps`, `report_to`); the run folder is otherwise a temporary one, removed after training.
+HappyTransformer 2.x's names (adam_*, max_grad_norm, save_/load_preprocessed_data*, preprocessing_processes)
+stay accepted; `GENTrainArgsV2`/`GENEvalArgsV2` keep 2.x's defaults (3 epochs, no held-out split).
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
+
+# HappyTransformer 3.x's own messages (happy_transformer.py), so `except ValueError` code keeps working.
+DICT_TRAIN_ARGS = "Dictionary training arguments are no longer supported as of Happy Transformer version 3.0.0"
+DICT_EVAL_ARGS = "Dictionary evaluating arguments are no longer supported as of Happy Transformer version 3.0.0."
+V3_PROJECT_NAME, V3_RUN_NAME = "happy-transformer", "test"
 
 
 @dataclass
@@ -42,12 +51,26 @@ class GENSettings:
 
 @dataclass
 class GENTrainArgs:
-    """HappyTransformer's training arguments (seed 001's table, same defaults) plus tuneforge's LoRA fields."""
+    """HappyTransformer 3.x's GENTrainArgs with its defaults, 2.x's names, and tuneforge's LoRA fields."""
 
+    output_dir: str = "happy_transformer/"  # run folder, kept only when save_steps or report_to write into it
     learning_rate: float = 5e-5
-    num_train_epochs: float = 3
+    num_train_epochs: float = 1.0
     batch_size: int = 1
     weight_decay: float = 0.0
+    fp16: bool = False
+    eval_ratio: float = 0.1  # held out of input_filepath when no eval_filepath is given (0: train on all)
+    save_steps: float = 0.0  # a ratio of all steps when < 1, else a step count; 0: no checkpoints
+    eval_steps: float = 0.1  # likewise; 0: evaluate at the end only
+    logging_steps: float = 0.1  # likewise; 0: log at the end only
+    save_path: str | bool = False  # write the preprocessed data (train + eval split) to this folder
+    load_path: str | bool = False  # train on preprocessed data saved by save_path (input_filepath is ignored)
+    report_to: tuple | list | str = ()
+    deepspeed: str | bool = False  # refused: tuneforge runs DeepSpeed through `accelerate launch`
+    project_name: str = V3_PROJECT_NAME
+    run_name: str = V3_RUN_NAME
+    max_length: int | None = None  # tokens per example (tuneforge's cutoff_len; None: its default, 256)
+    # --- HappyTransformer 2.x names, still accepted ---
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
@@ -57,7 +80,6 @@ class GENTrainArgs:
     load_preprocessed_data: bool = False
     load_preprocessed_data_path: str = ""
     preprocessing_processes: int = 1
-    fp16: bool = False
     # --- tuneforge additions ---
     method: str = "full"  # "full" as in HappyTransformer; "lora" trains a small adapter on a frozen model
     rank: int = 32
@@ -65,20 +87,37 @@ class GENTrainArgs:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     max_steps: int | None = None  # stop after this many steps (overrides num_train_epochs)
-    output_dir: str | None = None  # run folder (default: runs/<method>-<date>-<time>)
     seed: int = 42
 
 
 @dataclass
 class GENEvalArgs:
-    """HappyTransformer's evaluation arguments."""
+    """HappyTransformer 3.x's GENEvalArgs, plus 2.x's names."""
 
     batch_size: int = 1
+    deepspeed: str | bool = False
+    save_path: str | bool = False  # write the preprocessed evaluation data to this folder
+    load_path: str | bool = False  # evaluate on preprocessed data (its eval split when it has one)
+    max_length: int | None = None
+    # --- HappyTransformer 2.x names, still accepted ---
     save_preprocessed_data: bool = False
     save_preprocessed_data_path: str = ""
     load_preprocessed_data: bool = False
     load_preprocessed_data_path: str = ""
     preprocessing_processes: int = 1
+
+
+@dataclass
+class GENTrainArgsV2(GENTrainArgs):
+    """HappyTransformer 2.x's defaults (seed 001's table): 3 epochs, every line trained, nothing held out."""
+
+    num_train_epochs: float = 3
+    eval_ratio: float = 0.0
+
+
+@dataclass
+class GENEvalArgsV2(GENEvalArgs):
+    """HappyTransformer 2.x's evaluation arguments (the same defaults as 3.x's)."""
 
 
 @dataclass
@@ -92,14 +131,15 @@ class EvalResult:
 
 
 class HappyGeneration:
-    """A text-generation model: `model_name="default"` is the embedded SmolLM2-135M-Instruct.
+    """A text-generation model: `model_name="default"` is the embedded SmolLM2-135M-Instruct, or a folder.
 
-    `load_path` loads a folder saved by `save`: a whole model, or a LoRA adapter applied to `model_name`.
-    `model_type` ("GPT-NEO", "GPT2", ...) is accepted for compatibility; the model's own config decides.
+    `load_path` (3.x: deprecated for `model_name`) loads a folder saved by `save`: a whole model, or a LoRA
+    adapter applied to `model_name`. `model_type` ("GPT-NEO", "GPT2", ...) is accepted for compatibility;
+    the model's own config decides.
     """
 
     def __init__(self, model_type: str = "GPT2", model_name: str = "default", load_path: str = "",
-                 use_auth_token: str | None = None, trust_remote_code: bool = False):
+                 use_auth_token: str | bool | None = None, trust_remote_code: bool = False):
         import tuneforge as tf
 
         self.model_type = model_type
@@ -127,32 +167,75 @@ class HappyGeneration:
         return GenerationResult(text=output)
 
     def train(self, input_filepath: str, args: GENTrainArgs | None = None, eval_filepath: str = ""):
-        """Fine-tune on a text file; returns tuneforge's TrainResult (HappyTransformer returns None)."""
+        """Fine-tune on a text or CSV file; returns tuneforge's TrainResult (HappyTransformer returns None).
+
+        Without save_steps or report_to the run folder is temporary: `result.run_dir` is gone afterwards.
+        """
+        from tuneforge.config import load_config
+        from tuneforge.data import prepare_examples
+
+        if isinstance(args, dict):
+            raise ConfigError(f"{DICT_TRAIN_ARGS}; pass GENTrainArgs(learning_rate=..., ...) instead")
         args = args or GENTrainArgs()
+        refuse_deepspeed(args.deepspeed)
+        warn_unmapped_tracker_names(args)
         data = self._data_path(input_filepath, args)
+        if eval_filepath and data != input_filepath:
+            warnings.warn(f"eval data comes from {data} and not {eval_filepath} (as in HappyTransformer)",
+                          stacklevel=2)
         settings = dict(epochs=args.num_train_epochs, batch_size=args.batch_size,
                         micro_batch_size=args.batch_size, learning_rate=args.learning_rate,
                         weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
                         adam_epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
                         num_proc=args.preprocessing_processes, precision=self._precision(args.fp16),
                         method=args.method, rank=args.rank, alpha=args.alpha, lora_dropout=args.lora_dropout,
-                        target_modules=list(args.target_modules), max_steps=args.max_steps,
-                        output_dir=args.output_dir, seed=args.seed)
+                        target_modules=list(args.target_modules), max_steps=args.max_steps, seed=args.seed,
+                        report_to=trackers(args.report_to), data=data, model=self.llm.source.spec)
+        if args.max_length:
+            settings["cutoff_len"] = args.max_length
         if eval_filepath:
             settings["validation_data"] = eval_filepath
-        return self.llm.train(data, **settings)
+        else:
+            settings["validation_split"] = args.eval_ratio
+        config = load_config(None, settings)
+        prepared = prepare_examples(data, self.tokenizer, config)  # cached: the run reads it back, not again
+        save_target = data_save_path(args)
+        if save_target:
+            save_prepared_data(prepared, save_target)
+        total = total_steps(config, len(prepared.train))
+        config = config.replace(save_steps=steps_from_ratio(args.save_steps, total),
+                                eval_steps=steps_from_ratio(args.eval_steps, total),
+                                logging_steps=steps_from_ratio(args.logging_steps, total) or total)
+        if config.save_steps or config.report_to:  # these ask for files, as in HappyTransformer's output_dir
+            return self.llm.train(config=config.replace(output_dir=args.output_dir))
+        folder = tempfile.TemporaryDirectory(prefix="happy-run-", dir=temporary_runs_home())
+        with folder:
+            result = self.llm.train(config=config.replace(output_dir=folder.name))
+        result.saved_to = None  # the model stays in memory; save() keeps it
+        return result
 
     def eval(self, input_filepath: str, args: GENEvalArgs | None = None) -> EvalResult:
-        """Mean per-token loss on a text file (one example per line, or chunks of raw text)."""
-        from tuneforge.config import RunConfig
-        from tuneforge.data.examples import prepare_examples
-        from tuneforge.evaluate.perplexity import perplexity
+        """Mean per-token loss on a text file, tokenized as training does (one example per line, or chunks).
 
+        With `load_path`, preprocessed data is scored: its eval split when `save_path` of train() wrote it.
+        """
+        from tuneforge.config import load_config
+        from tuneforge.data import prepare_examples
+
+        if isinstance(args, dict):
+            raise ConfigError(f"{DICT_EVAL_ARGS} Pass GENEvalArgs(...) instead.")
         args = args or GENEvalArgs()
+        refuse_deepspeed(args.deepspeed)
         data = self._data_path(input_filepath, args)
-        prepared = prepare_examples(data, self.tokenizer, RunConfig(num_proc=args.preprocessing_processes))
-        result = perplexity(self.model, self.tokenizer, prepared.train, max_length=RunConfig().cutoff_len,
-                            stride=RunConfig().cutoff_len)
+        settings = {"num_proc": args.preprocessing_processes, "data": data}
+        if args.max_length:
+            settings["cutoff_len"] = args.max_length
+        config = load_config(None, settings)
+        prepared = prepare_examples(data, self.tokenizer, config)
+        save_target = data_save_path(args)
+        if save_target:
+            save_prepared_data(prepared, save_target)
+        result = self.llm.perplexity(prepared, max_length=config.cutoff_len, stride=config.cutoff_len)
         return EvalResult(loss=result.loss)
 
     def save(self, path: str) -> None:
@@ -163,12 +246,13 @@ class HappyGeneration:
 
     # ------------------------------------------------------------------ preprocessed data
     def _data_path(self, input_filepath: str, args) -> str:
-        """The data to train on: `input_filepath`, or the saved preprocessed data."""
-        if args.load_preprocessed_data:
-            return load_preprocessed(args.load_preprocessed_data_path)
-        if args.save_preprocessed_data:
-            save_preprocessed(input_filepath, self.tokenizer, args.save_preprocessed_data_path
-                              or "preprocessed-data.json")
+        """The data to use: preprocessed data from load_path (2.x: load_preprocessed_data), else the file."""
+        load_from = args.load_path or (args.load_preprocessed_data and args.load_preprocessed_data_path)
+        if args.load_preprocessed_data and not args.load_preprocessed_data_path:
+            raise DataError("load_preprocessed_data is on but load_preprocessed_data_path is empty; set it to "
+                            "the folder save_preprocessed_data wrote")
+        if load_from:
+            return load_preprocessed(str(load_from))
         return input_filepath
 
     def _precision(self, fp16: bool) -> str:
@@ -180,27 +264,81 @@ class HappyGeneration:
         return "fp16"
 
 
-def save_preprocessed(input_filepath: str, tokenizer, path: str) -> Path:
-    """Tokenize `input_filepath` as training does and keep the examples at `path` (tuneforge.data's format).
+def refuse_deepspeed(deepspeed: str | bool) -> None:
+    if deepspeed:
+        raise ConfigError(f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and run the "
+                          "script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` (or choose "
+                          "DeepSpeed in `accelerate config`); tuneforge's loop then trains under DeepSpeed")
 
-    HappyTransformer overwrites an earlier file at the same path; we replace it only when it is itself
+
+def warn_unmapped_tracker_names(args: GENTrainArgs) -> None:
+    if args.project_name != V3_PROJECT_NAME or args.run_name != V3_RUN_NAME:
+        warnings.warn("project_name and run_name have no tuneforge key: trackers name the run after its folder, "
+                      "so set output_dir to name it", stacklevel=3)
+
+
+def trackers(report_to: tuple | list | str) -> list[str]:
+    """report_to as tuneforge's list of trackers ("none", HappyTransformer's Trainer value, means none)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    return [name for name in names if name != "none"]
+
+
+def steps_from_ratio(value: float, total: int) -> int | None:
+    """HappyTransformer's (the HF Trainer's) step settings: 0 < value < 1 is a ratio of all steps."""
+    if value < 0:
+        raise ConfigError(f"save_steps, eval_steps and logging_steps must be 0 or more, got {value}")
+    if value == 0:
+        return None
+    return max(1, math.ceil(total * value)) if value < 1 else int(value)
+
+
+def total_steps(config, n_examples: int) -> int:
+    """Optimizer steps of the run, as the loop counts them (one process)."""
+    from tuneforge.train.batches import StepOrder
+
+    steps_per_epoch = StepOrder(n_examples, config.examples_per_step, config.seed).steps_per_epoch()
+    return config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+
+
+def temporary_runs_home() -> Path:
+    """Temporary run folders sit in tuneforge's cache (same disk as the models), not in a RAM-backed /tmp."""
+    from tuneforge.paths import tuneforge_home
+
+    home = tuneforge_home() / "tmp"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def data_save_path(args) -> str:
+    """Where to keep the preprocessed data: 3.x's save_path, or 2.x's save_preprocessed_data(_path)."""
+    if args.save_path:
+        return str(args.save_path)
+    if args.save_preprocessed_data:
+        return args.save_preprocessed_data_path or "preprocessed-data.json"
+    return ""
+
+
+def save_prepared_data(prepared, path: str) -> Path:
+    """Keep prepared examples (train and eval split) at `path`, in tuneforge.data's format.
+
+    HappyTransformer overwrites an earlier save at the same path; we replace it only when it is itself
     preprocessed data, never another file or folder.
     """
-    import shutil
-
-    from tuneforge.config import RunConfig
-    from tuneforge.data import prepare_examples, save_preprocessed_data
+    from tuneforge.data import save_preprocessed_data
 
     target = Path(path)
     if target.exists():
         if not (target / "meta.json").is_file():
             raise DataError(f"'{path}' exists and is not preprocessed data; choose another save path")
         shutil.rmtree(target)
-    return save_preprocessed_data(prepare_examples(input_filepath, tokenizer, RunConfig()), target)
+    return save_preprocessed_data(prepared, target)
 
 
 def load_preprocessed(path: str) -> str:
-    """Saved preprocessed data is trained on as it is: the core reads a save_preprocessed_data folder."""
+    """Saved preprocessed data is trained on as it is: the core reads a save_path folder directly."""
+    from tuneforge.data import load_preprocessed_data
+
     if not Path(path).exists():
-        raise DataError(f"preprocessed data '{path}' does not exist; set load_preprocessed_data_path")
+        raise DataError(f"preprocessed data '{path}' does not exist; give load_path the folder save_path wrote")
+    load_preprocessed_data(path)  # refuses, by name, a folder that is not tuneforge's preprocessed data
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA
-from tuneforge.cli_eval import main as cli_eval
+from tuneforge.cli import main as cli_eval
 
 pytestmark = pytest.mark.e2e
 CHEESE = SHARED_DATA / "cheese_instructions.txt"

@@ -81,3 +81,45 @@ def test_train_and_generate_from_the_command_line(tiny_model_dir, lines_file, tm
                         "--greedy", "--max-new-tokens", "4", "you can")
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.startswith("you can")
+
+
+def test_line_data_with_a_short_cutoff_trains_without_touching_raw_text_settings(tiny_model_dir, lines_file,
+                                                                                   tmp_path, capsys):
+    code = main(["train", "--data", str(lines_file), "--format", "lines", "--cutoff_len", "64", "--max_steps",
+                 "1", "--model", str(tiny_model_dir), "--precision", "fp32", "--device", "cpu", "--rank", "4",
+                 "--micro_batch_size", "4", "--output_dir", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert "done: 1 steps" in capsys.readouterr().out
+    assert "overlap_len: null" in (tmp_path / "run" / "config.yaml").read_text()  # the user's choice: none
+
+
+def test_gradient_accumulation_with_batch_size_is_one_line_error():
+    refused = run_cli("train", "--data", "x.txt", "--batch_size", "64", "--gradient-accumulation-steps", "4")
+    assert_one_line_error(refused, "batch_size (64) and gradient_accumulation_steps (4) both set the batch")
+
+
+def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(tiny_model_dir, lines_file, tmp_path,
+                                                                  capsys, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    common = ["--model", str(tiny_model_dir), "--format", "lines", "--cutoff_len", "32", "--histogram",
+              str(tmp_path / "lengths.png"), "--examples", "1"]
+    assert main(["data", "inspect", "--data", str(lines_file), *common]) == 0
+    by_flag = capsys.readouterr().out
+    assert main(["data", "inspect", str(lines_file), *common]) == 0
+    by_position = capsys.readouterr().out  # the same data and settings: the second preview hits the cache
+    assert "cache: written" in by_flag and by_position == by_flag.replace("cache: written", "cache: hit")
+    assert main(["data", "inspect", str(lines_file), "--data", str(tmp_path / "other.txt"), *common]) == 2
+    assert "two data files given" in capsys.readouterr().err
+
+
+def test_bad_generation_setting_is_one_line_before_any_model_loads(capsys):
+    assert main(["generate", "--model", "no/such-model", "--temperature", "hot", "hi"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "temperature must be a number, got 'hot'" in error
+
+
+def test_ui_refuses_to_listen_beyond_this_machine_without_auth(capsys):
+    assert main(["ui", "--listen", "0.0.0.0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--auth user:password" in error
+    assert "gradio" not in sys.modules and "tuneforge.ui" not in sys.modules  # refused before anything heavy

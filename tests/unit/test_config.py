@@ -66,3 +66,48 @@ def test_invalid_yaml_names_line_and_column(tmp_path):
 def test_every_shipped_example_config_loads(path):
     values = yaml.safe_load(path.read_text())
     assert isinstance(load_config(path), RunConfig) and values
+
+
+def test_overlap_defaults_to_half_the_cutoff_and_the_saved_config_keeps_it_unset(tmp_path):
+    config = RunConfig(cutoff_len=64)
+    assert config.overlap_len is None and config.effective_overlap_len == 32
+    assert RunConfig(cutoff_len=64, overlap_len=8).effective_overlap_len == 8
+    config.save(tmp_path / "config.yaml")
+    reloaded = load_config(tmp_path / "config.yaml", {"cutoff_len": "512"})
+    assert reloaded.overlap_len is None and reloaded.effective_overlap_len == 256
+
+
+def test_raw_text_settings_are_checked_only_where_text_is_cut_into_chunks():
+    assert RunConfig(format="lines", cutoff_len=64, overlap_len=128).format == "lines"  # never read for lines
+    for chunked in ("raw", "text", "auto"):
+        with pytest.raises(ConfigError, match=r"overlap_len \(64\) must be smaller than cutoff_len \(64\)"):
+            RunConfig(format=chunked, cutoff_len=64, overlap_len=64)
+
+
+def test_gradient_accumulation_with_a_given_batch_size_is_refused_in_one_sentence():
+    with pytest.raises(ConfigError, match=r"batch_size \(64\) and gradient_accumulation_steps \(4\) both "
+                       "set the batch; give only one") as refused:
+        RunConfig(batch_size=64, gradient_accumulation_steps=4)
+    assert str(refused.value).count(". ") == 0
+    config = RunConfig(micro_batch_size=2, gradient_accumulation_steps=4)
+    assert config.examples_per_step == 8 and config.accumulation_steps == 4 and config.batch_size is None
+
+
+def test_an_untouched_batch_size_never_conflicts_with_the_micro_batch_size():
+    assert RunConfig().examples_per_step == 128 and RunConfig().accumulation_steps == 32
+    config = RunConfig(micro_batch_size=3)
+    assert config.examples_per_step == 126 and config.accumulation_steps == 42
+    assert RunConfig(micro_batch_size=256).examples_per_step == 256
+
+
+def test_scratch_model_must_read_at_least_cutoff_len_tokens():
+    with pytest.raises(ConfigError, match=r"n_positions \(128\) must be at least cutoff_len \(256\)"):
+        RunConfig(method="scratch", n_positions=128, cutoff_len=256)
+    assert RunConfig(method="lora", n_positions=128, cutoff_len=256).cutoff_len == 256  # only scratch reads it
+
+
+def test_other_tools_format_names_become_tuneforge_formats():
+    alpaca = RunConfig(format="alpaca")
+    assert (alpaca.format, alpaca.format_file) == ("formatted", "alpaca-format")
+    assert RunConfig(format="alpaca", format_file="alpaca-chat-format").format_file == "alpaca-chat-format"
+    assert (RunConfig(format="sharegpt").format, RunConfig(format="sharegpt").format_file) == ("chat", None)

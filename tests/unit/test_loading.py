@@ -3,7 +3,9 @@ import time
 import pytest
 
 from tuneforge.errors import ModelError
-from tuneforge.models.loading import pick_precision, resolve, write_folder_atomically
+from tuneforge.hardware import pick_precision
+from tuneforge.models.loading import resolve
+from tuneforge.paths import write_folder_atomically
 
 
 def test_missing_local_path_is_named():

@@ -79,23 +79,48 @@ def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp
     assert (tmp_path / "run" / "checkpoints" / "step-9" / "adapter" / "adapter_config.json").is_file()
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_dir, tokenizer, tmp_path):
+def test_trainer_state_json_keeps_the_keys_earlier_checkpoints_were_written_with(tiny_llm, lines_file, tmp_path):
+    from tuneforge.train.state import TrainState
+
+    run = tiny_llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False,
+                         **dict(SETTINGS, max_steps=2, save_steps=2))
+    saved = json.loads((find_checkpoint(tmp_path / "run", "latest") / "trainer_state.json").read_text())
+    assert set(saved) == {"step", "losses", "validation_losses", "train_tokens", "best_validation",
+                          "evaluations_without_improvement", "micro_batch_size", "identity"}
+    state = TrainState.from_json(saved)
+    assert state.step == run.steps == 2 and state.losses == run.losses and state.micro_batch_size == 2
+    assert set(state.identity) == {"model", "method", "rank", "data_fingerprint"}
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_dir, tokenizer, tmp_path,
+                                                                   monkeypatch):
     from tuneforge.config import RunConfig
     from tuneforge.data.examples import PreparedData
     from tuneforge.models.loading import load_model
     from tuneforge.models.methods import prepare_for_training
+    from tuneforge.train import step
     from tuneforge.train.loop import train
 
     texts = [f"sentence {i} about cheese and bread" for i in range(8)]
     data = PreparedData("lines", [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]])
+    real_loss = step.batch_loss_sum
     results = []
     for failures in (0, 1):
+        calls = []
+
+        def out_of_memory_first(model, batch, direct=True, failures=failures, calls=calls):
+            calls.append(len(batch["input_ids"]))
+            if len(calls) <= failures:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+            return real_loss(model, batch, direct=direct)
+
+        monkeypatch.setattr(step, "batch_loss_sum", out_of_memory_first)
         model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
         config = RunConfig(method="full", batch_size=8, micro_batch_size=8, max_steps=2, learning_rate=1e-3)
         model = prepare_for_training(model, config)
-        model, result = train(model, tokenizer, data, config, tmp_path / str(failures), show_progress=False,
-                              fail_micro_batches=failures)
+        model, result = train(model, tokenizer, data, config, tmp_path / str(failures), show_progress=False)
         results.append((result, model.model.layers[0].self_attn.q_proj.weight.detach().clone()))
+        assert calls == ([8, 8] if failures == 0 else [8, 4, 4, 4, 4])  # after the failure: micro batches of 4
     (plain, plain_weight), (backed_off, backed_off_weight) = results
     assert backed_off.micro_batch_size == 4 and plain.micro_batch_size == 8
     assert backed_off.losses == pytest.approx(plain.losses, rel=1e-5)

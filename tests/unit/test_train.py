@@ -226,6 +226,28 @@ def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(t
     assert all("forward" not in vars(layer) for layer in lora_linear_layers(model))  # PEFT's forward is back
 
 
+def test_lean_layers_false_trains_with_the_stock_forwards_and_the_same_losses(tiny_model_dir, lines_file, tmp_path):
+    import tuneforge as tf
+
+    settings = dict(FAST, lora_dropout=0.1, batch_size=4, micro_batch_size=2, max_steps=4, learning_rate=1e-2,
+                    precision="fp32", show_progress=False)
+    runs, forwards = {}, {}
+    for lean in (True, False):
+        llm = tf.load(str(tiny_model_dir), precision="fp32")
+        seen = forwards[lean] = set()
+
+        def which_forward(layer, args, seen=seen):  # PEFT swaps q_proj for its LoRA layer inside this block
+            if layer.training:  # training steps, not the samples or the validation
+                seen.add(("lora", "forward" in vars(layer.self_attn.q_proj)))
+                seen.add(("mlp", "forward" in vars(layer.mlp)))
+
+        llm.model.model.layers[0].register_forward_pre_hook(which_forward)
+        runs[lean] = llm.train(lines_file, output_dir=str(tmp_path / str(lean)), lean_layers=lean, **settings)
+    assert forwards[True] == {("lora", True), ("mlp", True)}  # lean forwards swapped in for training
+    assert forwards[False] == {("lora", False), ("mlp", False)}  # PEFT's and transformers' own forwards
+    assert runs[False].losses == pytest.approx(runs[True].losses, rel=1e-6)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_lean_lora_on_a_quantized_base_gives_peft_s_loss_and_gradients(tiny_model_dir, tokenizer, bits):
     pytest.importorskip("bitsandbytes")

@@ -7,7 +7,7 @@ import torch
 
 import tuneforge as tf
 from tuneforge.config import RunConfig, load_config
-from tuneforge.train.curves import diagnose_fit
+from tuneforge.evaluate.curves import diagnose_fit
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 
 BASE = dict(learning_rate=3e-2, batch_size=8, micro_batch_size=8, rank=4, alpha=8, lora_dropout=0.0,
@@ -133,7 +133,7 @@ def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(tiny_model_dir, lines_file, tmp_path, bits):
-    from tuneforge.models.quantization import is_quantized
+    from tuneforge.models.kind import is_quantized
 
     llm = tf.load(str(tiny_model_dir), precision="fp32")
     run = llm.train(lines_file, method="qlora", bits=bits, output_dir=str(tmp_path / "run"), show_progress=False,

@@ -17,22 +17,26 @@ import logging
 import shutil
 from pathlib import Path
 
+from tuneforge.config import field_help
 from tuneforge.data.prepared import ExampleTable, PreparedData
 from tuneforge.errors import DataError
 
-PIPELINE_VERSION = "1"  # bump when a change to the code changes prepared output for the same inputs
-# Settings that change what comes out (num_proc and save_removed do not; output_dir etc. are not data at all).
-FINGERPRINT_KEYS = ("format", "format_file", "text_column", "sql_table", "sql_column", "encoding", "cutoff_len",
-                    "overlap_len", "newline_favor_len", "hard_cut_string", "add_eos_token", "train_on_source",
-                    "source_max_len", "target_max_len", "clean", "filter_patterns", "dedup", "near_dup_threshold",
-                    "min_length", "max_length", "normalize_unicode", "diversity_clusters", "diversity_subset",
-                    "max_per_cluster", "validation_split", "seed", "packing")
+PIPELINE_VERSION = "2"  # bump when a change to the code changes prepared output for the same inputs
+# Every setting of group "data" enters the fingerprint except these, which cannot change prepared examples:
+NOT_FINGERPRINTED = {
+    "data": "the files are hashed by name and bytes instead of by path",
+    "validation_data": "the same: its files are hashed by name and bytes",
+    "num_proc": "worker processes give the same examples, only faster",
+    "save_removed": "only where removed records are written, not which",
+}
+# Settings of other groups that the data code reads.
+ALSO_FINGERPRINTED = ("seed",)  # the validation split and diversity clustering draw from it
 MARKER = "meta.json"
 log = logging.getLogger(__name__)
 
 
 def datasets_home() -> Path:
-    from tuneforge.models.loading import tuneforge_home
+    from tuneforge.paths import tuneforge_home
 
     return tuneforge_home() / "datasets"
 
@@ -59,8 +63,14 @@ def file_fingerprint(files: list[Path], digest=None):
     return digest
 
 
+def fingerprint_keys() -> list[str]:
+    """The settings that change prepared data: all of group "data" (a new one joins unasked), and seed."""
+    data_keys = [name for name, f in field_help().items() if f.metadata.get("group") == "data"]
+    return [key for key in data_keys if key not in NOT_FINGERPRINTED] + list(ALSO_FINGERPRINTED)
+
+
 def data_fingerprint(files: list[Path], validation_files: list[Path], tokenizer, config) -> str:
-    settings = {key: getattr(config, key, None) for key in FINGERPRINT_KEYS}
+    settings = {key: getattr(config, key, None) for key in fingerprint_keys()}
     digest = hashlib.sha256(f"tuneforge-data-{PIPELINE_VERSION}".encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
@@ -72,7 +82,7 @@ def data_fingerprint(files: list[Path], validation_files: list[Path], tokenizer,
 
 def save_prepared(prepared: PreparedData, target: Path, removed: list[dict] | None = None) -> Path:
     """Write train/validation Arrow datasets, meta.json and removed.jsonl to `target`, atomically."""
-    from tuneforge.models.loading import write_folder_atomically
+    from tuneforge.paths import write_folder_atomically
 
     def write(folder: Path) -> None:
         for name in ("train", "validation"):
@@ -126,7 +136,7 @@ def save_preprocessed_data(prepared: PreparedData, path: str | Path) -> Path:
     if path.exists():
         raise DataError(f"'{path}' already exists; choose a new path for the preprocessed data")
     if prepared.cache_dir is not None and (prepared.cache_dir / MARKER).is_file():
-        from tuneforge.models.loading import write_folder_atomically
+        from tuneforge.paths import write_folder_atomically
 
         return write_folder_atomically(path, lambda tmp: shutil.copytree(prepared.cache_dir, tmp,
                                                                          dirs_exist_ok=True), marker=MARKER)

@@ -17,35 +17,51 @@ import random
 from pathlib import Path
 
 from tuneforge.data import cache
+from tuneforge.data.chat import chat_conversation, render_chat
 from tuneforge.data.cleaning import clean_records, record_text
 from tuneforge.data.diversity import select_diverse
 from tuneforge.data.formats import (
-    chat_messages,
     check_formatted,
     detect_record_shape,
     input_output_pair,
+    labelled_segments,
     load_format,
-    render_chat,
     render_formatted,
 )
 from tuneforge.data.packing import pack_dataset
 from tuneforge.data.prepared import ExampleTable, PreparedData
+from tuneforge.data.screening import (
+    count_empty_turns,
+    count_placeholders,
+    fill_placeholders,
+    refuse_flagged,
+    refuse_untrained_kinds,
+)
 from tuneforge.data.sources import Source, data_files, read_source
 from tuneforge.data.tokenization import IGNORE_INDEX, tokenize_chunked, tokenize_segments
 from tuneforge.errors import DataError
 
-__all__ = ["IGNORE_INDEX", "PreparedData", "detect_shape", "prepare_examples", "split_examples"]
+__all__ = ["IGNORE_INDEX", "PreparedData", "detect_shape", "detect_text_shape", "prepare_examples", "split_examples"]
 log = logging.getLogger(__name__)
 TEXT_SHAPES = ("raw", "lines")
 
 
 def detect_shape(text: str) -> str:
     """'raw' for prose with blank-line paragraphs or very long lines, 'lines' for one example per line."""
+    return detect_text_shape(text)[0]
+
+
+def detect_text_shape(text: str) -> tuple[str, str]:
+    """(shape, the reason that decided it), as the preview states it."""
     lines = [line for line in text.split("\n") if line.strip()]
-    if len(lines) < 2 or "\n\n" in text.strip("\n"):
-        return "raw"
+    if len(lines) < 2:
+        return "raw", "the text is a single line, so it is cut into chunks"
+    if "\n\n" in text.strip("\n"):
+        return "raw", "blank lines separate paragraphs"
     long_lines = sum(len(line) > 2000 for line in lines)
-    return "raw" if long_lines > 0.1 * len(lines) else "lines"
+    if long_lines > 0.1 * len(lines):
+        return "raw", f"{long_lines} of {len(lines)} lines are longer than 2000 characters"
+    return "lines", "one short example per line, no blank lines"
 
 
 def split_examples(examples: list, validation_split: float, seed: int) -> tuple[list, list]:
@@ -64,10 +80,12 @@ def split_examples(examples: list, validation_split: float, seed: int) -> tuple[
 
 
 def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None = None,
-                     use_cache: bool = True) -> PreparedData:
+                     use_cache: bool = True, strict: bool = True) -> PreparedData:
     """Read, clean, shape, split and tokenize `path` as `config` says, from the cache when nothing changed.
 
     A folder written by save_preprocessed_data is used as it is (HappyTransformer's load_preprocessed_data).
+    `strict` refuses placeholders and empty assistant turns the config does not allow; the preview passes
+    False, to count and show them instead.
     """
     if (Path(path) / cache.MARKER).is_file():
         return cache.load_preprocessed_data(path)
@@ -88,6 +106,8 @@ def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None =
                 log.warning("could not cache prepared data in %s: %s", folder, error)
         elif config.save_removed:
             raise DataError("save_removed needs the dataset cache; remove use_cache=False")
+    if strict:
+        refuse_flagged(prepared.report, config)  # on cache hits too: the counts are kept in the report
     if config.save_removed and prepared.cache_dir is not None:
         cache.copy_removed(prepared.cache_dir, config.save_removed)
     return prepared
@@ -97,9 +117,11 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     """The whole pipeline without the cache: (prepared data, removed records with reasons)."""
     source = read_source(path, config.encoding, config.text_column, config.sql_table, config.sql_column,
                          config.hard_cut_string)
+    refuse_untrained_kinds(source.records, str(path))
     shape, reason = choose_shape(source, config)
     report: dict = {"files": len(source.files), "shape_reason": reason}
     records = source_records(source, shape, config, report)
+    records = flag_records(records, shape, config, report)
     counts: dict[str, int] = {"read": len(records)}
     kept, removed, removed_counts = _clean(records, config)
     report["unicode_normalized"] = removed_counts.pop("unicode normalized (kept)", 0)
@@ -125,7 +147,9 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
         report["validation_data"] = str(config.validation_data)
         validation_source = read_source(config.validation_data, config.encoding, config.text_column,
                                         config.sql_table, config.sql_column, config.hard_cut_string)
-        validation_records, _, _ = _clean(source_records(validation_source, shape, config, {}), config)
+        refuse_untrained_kinds(validation_source.records, str(config.validation_data))
+        validation_records = flag_records(source_records(validation_source, shape, config, {}), shape, config, {})
+        validation_records, _, _ = _clean(validation_records, config)
     elif shape != "raw":
         kept, validation_records = split_examples(kept, config.validation_split, config.seed)
     if validation_records:
@@ -166,8 +190,7 @@ def choose_shape(source: Source, config) -> tuple[str, str]:
                             f"{source.files[0]} is plain text; use format raw or lines")
         return config.format, "set by format"
     if source.kind == "text":
-        shape = detect_shape(source.text)
-        why = "blank lines separate paragraphs" if shape == "raw" else "one short example per line"
+        shape, why = detect_text_shape(source.text)
         return shape, f"detected: {why}"
     shape = detect_record_shape(source.records, config.text_column, config.format_file)
     return shape, f"detected from the records' keys ({', '.join(sorted(source.records[0])[:6])})"
@@ -195,6 +218,18 @@ def source_records(source: Source, shape: str, config, report: dict) -> list[dic
     return source.records
 
 
+def flag_records(records: list[dict], shape: str, config, report: dict) -> list[dict]:
+    """Fill the config's placeholder values, and count what is left unfilled and the empty assistant turns."""
+    if shape not in ("formatted", "input_output", "chat"):
+        return records  # {{ }} in raw text is text (code, wiki markup), not LLaMA-Factory's placeholders
+    values = getattr(config, "placeholders", None)
+    records = fill_placeholders(records, values)
+    report["placeholders"] = count_placeholders(records, values)
+    if shape == "chat":
+        report["empty_turns"] = count_empty_turns(records)
+    return records
+
+
 def _clean(records: list[dict], config):
     return clean_records(records, clean=config.clean, filter_patterns=config.filter_patterns,
                          min_length=config.min_length, max_length=config.max_length,
@@ -208,7 +243,8 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
         return None
     if shape in ("raw", "text"):
         dataset = tokenize_chunked([r["text"] for r in records], tokenizer, cutoff_len=config.cutoff_len,
-                                   overlap_len=config.overlap_len, newline_favor_len=config.newline_favor_len,
+                                   overlap_len=config.effective_overlap_len,
+                                   newline_favor_len=config.newline_favor_len,
                                    hard_cut_string=config.hard_cut_string, add_eos_token=config.add_eos_token,
                                    num_proc=config.num_proc, fingerprint=fingerprint)
         report.update(tokens=sum(dataset["doc_tokens"]), cuts_moved_to_newline=sum(dataset["doc_newline_cuts"]))
@@ -224,13 +260,18 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
         report.setdefault("template_usage", usage)  # build_examples counts all records, before the split
         examples = [render_formatted(r, fmt, config.train_on_source) for r in records]
     elif shape == "input_output":
-        pairs = [input_output_pair(r, i) for i, r in enumerate(records)]
-        examples = [[(s, config.train_on_source, config.source_max_len), (t, True, config.target_max_len)]
-                    for s, t in pairs]
-        cutoff = None  # QLoRA's recipe: source_max_len and target_max_len bound each part instead
+        if all(isinstance(r.get("segments"), list) for r in records):  # axolotl: labelled segments, cutoff_len
+            examples = [labelled_segments(r, i) for i, r in enumerate(records)]
+        else:
+            pairs = [input_output_pair(r, i) for i, r in enumerate(records)]
+            examples = [[(s, config.train_on_source, config.source_max_len), (t, True, config.target_max_len)]
+                        for s, t in pairs]
+            cutoff = None  # QLoRA's recipe: source_max_len and target_max_len bound each part instead
     elif shape == "chat":
-        examples = [render_chat(chat_messages(r, i), tokenizer, config.train_on_source)
-                    for i, r in enumerate(records)]
+        conversations = [chat_conversation(r, i) for i, r in enumerate(records)]
+        examples = [render_chat(messages, tokenizer, config.train_on_source, tools=tools)
+                    for messages, tools in conversations]
+        report["tool_records"] = sum(bool(tools) for _, tools in conversations)
         eos = "if_missing" if config.add_eos_token else "never"
     else:
         raise DataError(f"unknown data shape '{shape}'")

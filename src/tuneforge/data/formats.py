@@ -8,7 +8,8 @@
 A *format file* (text-generation-webui's, seed 003) maps comma-separated key sets to templates with %key%
 placeholders; a record uses the template whose key set equals the set of its non-empty string keys. The answer
 is the last placeholder's value and everything after it; the rest is the prompt, which carries no loss unless
-`train_on_source`. Chat records are rendered by the tokenizer's own chat template; only assistant turns carry loss.
+`train_on_source`. Chat records (chat.py) are rendered by the tokenizer's own chat template; only assistant turns
+carry loss.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tuneforge.data.chat import Segment, chat_messages, render_chat  # chat records live in chat.py
 from tuneforge.errors import DataError
 
 PLACEHOLDER = re.compile(r"%([^%\s]+)%")
-SHARE_GPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "model": "assistant", "bot": "assistant"}
-
-Segment = tuple[str, bool]  # (text, carries loss)
+__all__ = ["FormatFile", "check_formatted", "chat_messages", "detect_record_shape", "input_output_pair",
+           "labelled_segments", "load_format", "render_chat", "render_formatted", "shipped_formats"]
 
 
 @dataclass
@@ -115,68 +115,29 @@ def render_formatted(record: dict, fmt: FormatFile, train_on_source: bool) -> li
 
 
 def input_output_pair(record: dict, index: int) -> tuple[str, str]:
-    """(input, output) of a QLoRA-style record (seed 002); both must be strings."""
-    source, target = record.get("input"), record.get("output")
+    """(input, output) of a QLoRA-style record (seed 002); both must be strings.
+
+    An `instruction` is joined before the input with a newline, as LLaMA-Factory joins Alpaca's two fields;
+    either may then be missing.
+    """
+    instruction, source, target = record.get("instruction"), record.get("input"), record.get("output")
+    if isinstance(instruction, str) and instruction.strip():
+        source = "\n".join(part for part in (instruction, source) if isinstance(part, str) and part)
     if not isinstance(source, str) or not isinstance(target, str) or not target.strip():
         has = ", ".join(sorted(present_keys(record))) or "none"
-        raise DataError(f"record {index} needs string 'input' and non-empty 'output' keys for input_output data; "
-                        f"it has non-empty keys: {has}")
+        raise DataError(f"record {index} needs string 'input' (or 'instruction') and non-empty 'output' keys for "
+                        f"input_output data; it has non-empty keys: {has}")
     return source, target
 
 
-def chat_messages(record: dict, index: int) -> list[dict]:
-    """The record's messages as [{'role', 'content'}], accepting ShareGPT's {'from', 'value'} too."""
-    messages = record.get("messages", record.get("conversations"))
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"record {index} has no 'messages' list; chat data needs "
-                        '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}')
-    out = []
-    for turn, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise DataError(f"record {index}, message {turn} is not an object with role and content")
-        role = message.get("role", message.get("from"))
-        content = message.get("content", message.get("value"))
-        role = SHARE_GPT_ROLES.get(str(role).lower(), role)
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise DataError(f"record {index}, message {turn} needs string 'role' and 'content'; it has keys: "
-                            f"{', '.join(sorted(message))}")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError(f"record {index} has no assistant message, so nothing in it would carry loss")
-    return out
-
-
-def render_chat(messages: list[dict], tokenizer, train_on_source: bool) -> list[Segment]:
-    """Segments of the chat-template rendering; each assistant turn (with its end marker) carries loss.
-
-    Each assistant turn is found as the difference between rendering the conversation up to it with a
-    generation prompt and rendering it including the turn, so any template that renders incrementally works.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("this model's tokenizer has no chat template; use format: formatted with a format file "
-                        "such as alpaca-chat-format instead")
-
-    def render(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
-                                             add_generation_prompt=generation_prompt)
-
-    full = render(len(messages), False)
-    segments: list[Segment] = []
-    done = 0  # characters of `full` already in segments
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before, through = render(i, True), render(i + 1, False)
-        if not (full.startswith(through) and through.startswith(before) and len(before) >= done):
-            raise DataError("this model's chat template does not render conversations turn by turn, so assistant "
-                            "turns cannot be located; use format: formatted with a format file instead")
-        if len(before) > done:
-            segments.append((full[done:len(before)], train_on_source))
-        segments.append((full[len(before):len(through)], True))
-        done = len(through)
-    if done < len(full):
-        segments.append((full[done:], train_on_source))
-    return segments
+def labelled_segments(record: dict, index: int) -> list[Segment]:
+    """axolotl's input_output records: {"segments": [{"text": ..., "label": true/false}]}, label = carries loss."""
+    segments = record["segments"]
+    if not segments or not all(isinstance(s, dict) and isinstance(s.get("text"), str)
+                               and isinstance(s.get("label", True), bool) for s in segments):
+        raise DataError(f"record {index}: each of its segments needs a string 'text' and a true/false 'label' "
+                        '(whether it carries loss), e.g. {"text": "Hi", "label": false}')
+    return [(s["text"], s.get("label", True)) for s in segments]
 
 
 def detect_record_shape(records: list[dict], text_column: str | None, format_file: str | None) -> str:
@@ -189,6 +150,8 @@ def detect_record_shape(records: list[dict], text_column: str | None, format_fil
         return "chat"
     if text_column:
         return "text"
+    if any(isinstance(r.get("segments"), list) for r in sample):
+        return "input_output"
     if {"instruction", "output"} <= keys:
         return "formatted"
     if {"input", "output"} <= keys:

@@ -37,19 +37,40 @@ class Inspection:
 
 
 def inspect_data(path: str | Path, tokenizer, config, n_examples: int = 3,
-                 histogram: str | Path | None = None) -> Inspection:
-    """Prepare `path` (from the cache when possible) and gather what the preview shows."""
-    prepared = prepare_examples(path, tokenizer, config)
+                 histogram: str | Path | bool | None = None) -> Inspection:
+    """Prepare `path` (from the cache when possible) and gather what the preview shows.
+
+    The histogram PNG goes to `histogram`, or with None to a place of its own (histogram_home), or nowhere
+    with False. Placeholders and empty assistant turns are counted and shown here, not refused.
+    """
+    prepared = prepare_examples(path, tokenizer, config, strict=False)
     lengths = ExampleTable(getattr(prepared.train, "rows", prepared.train)).lengths
     count = len(prepared.train)
     picks = sorted({round(i * (count - 1) / max(n_examples - 1, 1)) for i in range(n_examples)}) if count else []
     examples = [(i, mark_no_loss(prepared.train[i]["input_ids"], prepared.train[i]["labels"], tokenizer))
                 for i in picks[:n_examples]]
     inspection = Inspection(str(path), prepared, config.cutoff_len, lengths, examples)
-    if histogram:
-        inspection.histogram_path = write_histogram_png(lengths, histogram, config.cutoff_len,
+    if histogram is not False:
+        target = Path(histogram) if histogram else histogram_home(path, prepared)
+        inspection.histogram_path = write_histogram_png(lengths, target, config.cutoff_len,
                                                         f"{Path(path).name}: {prepared.shape}")
     return inspection
+
+
+def histogram_home(path: str | Path, prepared: PreparedData) -> Path:
+    """Where a histogram goes unasked: beside the prepared data in the cache (its folder is named by the data's
+    fingerprint, so two files of the same name never share it), else under $TUNEFORGE_HOME/histograms."""
+    from tuneforge.data.cache import datasets_home
+
+    if prepared.cache_dir is not None and Path(prepared.cache_dir).parent == datasets_home():
+        return Path(prepared.cache_dir) / "token-lengths.png"
+    import hashlib
+
+    from tuneforge.paths import tuneforge_home
+
+    name = Path(str(path).rstrip("/")).name.split(".")[0] or "data"
+    unique = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    return tuneforge_home() / "histograms" / f"{name}-{unique}-token-lengths.png"
 
 
 def mark_no_loss(input_ids: list[int], labels: list[int], tokenizer) -> str:
@@ -99,6 +120,26 @@ def write_histogram_png(lengths: list[int], path: str | Path, cutoff_len: int, t
     return path
 
 
+def flagged_lines(report: dict) -> list[str]:
+    """Tool-call records, placeholders left unfilled and empty assistant turns, as the preview states them."""
+    lines = []
+    if report.get("tool_records"):
+        lines.append(f"tools: {report['tool_records']} records define tools; tool calls carry loss, tool results do "
+                     "not")
+    placeholders = report.get("placeholders") or {}
+    if placeholders.get("records"):
+        names = ", ".join(f"{{{{{name}}}}} ({n})" for name, n in placeholders["names"].items())
+        lines.append(f"placeholders: {placeholders['records']} records hold {names}, first records "
+                     f"{', '.join(map(str, placeholders['first']))}; training refuses them until placeholders "
+                     "gives their values")
+    empty = report.get("empty_turns") or {}
+    if empty.get("records"):
+        first = ", ".join(f"record {i} message {t}" for i, t in empty["first"])
+        lines.append(f"empty assistant turns: {empty['records']} records ({first}); training refuses them unless "
+                     "allow_empty_turns is set")
+    return lines
+
+
 def render_report(inspection: Inspection) -> str:
     prepared, counts, report = inspection.prepared, inspection.prepared.counts, inspection.prepared.report
     lines = [f"data: {inspection.path} ({report.get('files', 1)} file(s))",
@@ -116,6 +157,7 @@ def render_report(inspection: Inspection) -> str:
     if prepared.shape == "raw" and "train_records" not in counts:
         stages[-1] += " (raw text is split over chunks)"
     lines.append("stages: " + " -> ".join(stages))
+    lines += flagged_lines(report)
     removed = {k: v for k, v in report.get("removed", {}).items() if v}
     lines.append("removed: " + (", ".join(f"{k}: {v}" for k, v in removed.items()) or "none"))
     if report.get("unicode_normalized"):

@@ -5,9 +5,10 @@
     print(source.kind, len(source.records), source.records[0].keys())
 
 Plain text (`.txt`, `.md`, unknown suffixes) and HTML (visible text only) give one `text`; everything else gives
-`records` (one dict per JSON object, JSONL line, CSV/TSV/Parquet row, or SQL INSERT row). `.gz` of any of them is
-unpacked first; a folder is read file by file (text files are joined with the hard cut string so text from
-different files never lands in one chunk).
+`records` (one dict per JSON object, JSONL line, CSV/TSV/Parquet row, or SQL INSERT row; a JSON file holding
+one object is one record). `.gz` of any of them is unpacked first; a folder is read file by file (text files
+are joined with the hard cut string so text from different files never lands in one chunk). Binary content is
+refused whatever the encoding (see check_printable).
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import DataError
 
+# Control characters other than tab, newline, vertical tab, form feed and carriage return.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql"}
+# Keys that make a JSON object a record of its own rather than a {"data": [...]} wrapper around records.
+RECORD_KEYS = {"messages", "conversations", "instruction", "input", "output", "text", "prompt", "completion",
+               "question", "answer", "response", "chosen", "rejected", "system", "tools"}
 # Elements whose content is never shown in a browser, and elements that start a new paragraph.
 _INVISIBLE = ["script", "style", "noscript", "template", "head", "svg", "iframe"]
 _BLOCKS = ["p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "h1", "h2", "h3", "h4",
@@ -47,7 +54,7 @@ def data_files(path: str | Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
                                                                            p.relative_to(path).parts))
-    files = [p for p in files if _inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES]
+    files = [p for p in files if inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES]
     if not files:
         raise DataError(f"data folder '{path}' holds no data files (.txt .json .jsonl .csv .tsv .parquet .html "
                         ".sql or .gz of one)")
@@ -62,7 +69,7 @@ def read_source(path: str | Path, encoding: str = "utf-8", text_column: str | No
     texts: list[str] = []
     records: list[dict] = []
     for file in files:
-        suffix = _inner_suffix(file)
+        suffix = inner_suffix(file)
         if suffix in RECORD_SUFFIXES:
             records.extend(_read_records(file, suffix, encoding, text_column, sql_table, sql_column))
         else:
@@ -81,7 +88,7 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     return "\n\n\n".join(_decode(file, _read_bytes(file), encoding) for file in data_files(path))
 
 
-def _inner_suffix(path: Path) -> str:
+def inner_suffix(path: Path) -> str:
     """'.json' for both data.json and data.json.gz."""
     suffix = path.suffix.lower()
     return Path(path.stem).suffix.lower() if suffix == ".gz" else suffix
@@ -110,7 +117,17 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")  # BOM and Windows line ends
     if not text.strip():
         raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
+    check_printable(path, text)
     return text
+
+
+def check_printable(path: Path, text: str) -> None:
+    """DataError for binary content: NUL bytes, or over 1% control characters (what any 8-bit codec gives)."""
+    controls = len(_CONTROL.findall(text, 0, 1 << 20))  # the first million characters tell
+    sample = min(len(text), 1 << 20)
+    if "\x00" in text[:sample] or controls > 0.01 * sample:
+        raise DataError(f"data file '{path}' holds binary data, not text ({controls:,} of its first {sample:,} "
+                        "characters are control characters); give a text, JSON, CSV or Parquet file")
 
 
 def html_text(html: str) -> str:
@@ -177,6 +194,8 @@ def _not_a_record(path: Path, value) -> dict:
 
 def _json_records(path: Path, text: str) -> list:
     data = _json_value(path, text, 1)
+    if isinstance(data, dict) and RECORD_KEYS & set(data):  # one record (a conversation, say), not a wrapper
+        return [data]
     if isinstance(data, dict):  # {"data": [...]} style wrappers: take the one list inside
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:

@@ -15,7 +15,9 @@ from __future__ import annotations
 from tuneforge.data.chunking import chunk_raw_text
 
 IGNORE_INDEX = -100  # label value that carries no loss (PyTorch's cross_entropy default)
-EOS_MODES = ("always", "if_missing", "never")  # if_missing: chat templates often end a turn with EOS already
+# always: unless the example's text already ends with the EOS token; if_missing: also unless the last answer
+# holds it (chat templates end each turn with it, often followed by a newline)
+EOS_MODES = ("always", "if_missing", "never")
 
 
 def _map(columns: dict[str, list], function, num_proc: int, fingerprint: str, desc: str):
@@ -46,7 +48,7 @@ def encode_batch(batch: dict, tokenizer, cutoff_len: int | None, eos: str) -> di
     """The datasets.map function of tokenize_segments: segments -> input_ids, labels, truncated, n_loss."""
     flat = [text for texts in batch["texts"] for text in texts]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
-    eos_id = tokenizer.eos_token_id
+    eos_id, eos_token = tokenizer.eos_token_id, tokenizer.eos_token
     out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": [], "n_loss": []}
     for texts, losses, caps in zip(batch["texts"], batch["loss"], batch["caps"], strict=True):
         ids: list[int] = []
@@ -61,7 +63,9 @@ def encode_batch(batch: dict, tokenizer, cutoff_len: int | None, eos: str) -> di
             labels += segment if carries_loss else [IGNORE_INDEX] * len(segment)
             if carries_loss:
                 last_answer = segment
-        wants_eos = eos == "always" or (eos == "if_missing" and eos_id not in last_answer)
+        # A format file or template may end the answer with the EOS already (ChatML's <|im_end|>): never twice.
+        ends_with_eos = bool(eos_token) and "".join(texts).rstrip().endswith(eos_token)
+        wants_eos = not ends_with_eos and (eos == "always" or (eos == "if_missing" and eos_id not in last_answer))
         if wants_eos and eos_id is not None:
             ids.append(eos_id)
             labels.append(eos_id)  # the model must learn to stop: EOS carries loss

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from tuneforge.evaluate.perplexity import PerplexityResult, perplexity
 from tuneforge.generate import GenerationSettings, generate, resolve_settings
+from tuneforge.models.adapters import BASE  # the label of the model with no adapter active
 
-BASE = "base"  # the label of the model with no adapter active
+__all__ = ["BASE", "Comparison", "Variant", "compare", "record_gallery"]
 
 
 @dataclass

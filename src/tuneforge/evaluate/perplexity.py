@@ -184,6 +184,6 @@ def read_history(path: str | Path) -> list[dict]:
 
 
 def default_history_path() -> Path:
-    from tuneforge.models.loading import tuneforge_home
+    from tuneforge.paths import tuneforge_home
 
     return tuneforge_home() / "perplexity-history.jsonl"

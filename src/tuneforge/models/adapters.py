@@ -1,15 +1,26 @@
-"""LoRA adapters through PEFT: attach to a model, save in PEFT's own format, load onto a base.
+"""LoRA adapters through PEFT: attach, load one or several side by side, switch, remove, merge.
 
-    from tuneforge.models.adapters import attach_lora
+    from tuneforge.models.adapters import active_adapter, add_adapter, attach_lora
     model = attach_lora(model, rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"])
     model.save_pretrained("runs/x/adapter")   # adapter_config.json + adapter_model.safetensors
+    model, name = add_adapter(base, "runs/x/adapter", name="cheese")
+    with active_adapter(model, "base"):        # no adapter at all inside the block
+        ...
+
+Every function takes the model and returns the model it leaves (PEFT wraps and unwraps), so a face such as
+`LLM` only keeps the returned object; none of them touches a weight's values except `merge_active_adapter`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.models.kind import is_peft, is_quantized
+
+BASE = "base"  # the name that means "no adapter active"; never the name of a loaded adapter
 
 
 def linear_module_names(model) -> list[str]:
@@ -62,3 +73,86 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------- several adapters
+def adapter_names(model) -> list[str]:
+    """Names of the adapters loaded on `model` (one given to `load_adapter` is named 'default')."""
+    return list(model.peft_config) if is_peft(model) else []
+
+
+def active_adapter_name(model) -> str:
+    """The adapter whose weights act now, or "base" when none is loaded."""
+    return model.active_adapter if is_peft(model) else BASE
+
+
+def add_adapter(model, path: str | Path, name: str | None = None):
+    """Load the adapter saved at `path` beside any already on `model` and make it the active one.
+
+    Returns (model, name); `name` defaults to the run folder's name for <run>/adapter, else the folder's.
+    """
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)")
+    name = name or (path.parent.name if path.name in ("adapter", "") else path.name)
+    if name == BASE or name in adapter_names(model):
+        raise ModelError(f"an adapter named '{name}' is already loaded (or reserved); pass another name")
+    if is_peft(model):
+        model.load_adapter(str(path), adapter_name=name)
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    model.set_adapter(name, inference_mode=True)
+    model.eval()
+    return model, name
+
+
+@contextmanager
+def active_adapter(model, name: str | None) -> Iterator[None]:
+    """Within the block only adapter `name` acts ("base" or None: no adapter at all); then as before."""
+    if name in (None, BASE):
+        if is_peft(model):
+            with model.disable_adapter():
+                yield
+        else:
+            yield
+        return
+    loaded = adapter_names(model)
+    if name not in loaded:
+        raise ModelError(f"no adapter named '{name}' is loaded; loaded: {', '.join(loaded) or 'none'}")
+    previous = model.active_adapter
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous, inference_mode=True)
+
+
+def remove_adapter(model, name: str | None = None):
+    """Remove adapter `name`, or every adapter when no name is given (or it is the last one); returns the
+    model left: still PEFT-wrapped while adapters remain, else the plain base."""
+    if not is_peft(model):
+        return model
+    loaded = adapter_names(model)
+    if name is not None and len(loaded) > 1:
+        if name not in loaded:
+            raise ModelError(f"no adapter named '{name}' is loaded")
+        model.delete_adapter(name)
+        return model
+    return model.unload()
+
+
+def merge_active_adapter(model, source_path: str, trust_remote_code: bool = False, device: str = "cpu"):
+    """Fold the active adapter into the base weights; returns the plain merged model, in eval mode.
+
+    A 4/8-bit base (QLoRA) is not merged in place, which would round the update away: the base is reloaded in
+    fp32 from `source_path` and the adapter merged into that (with a warning; see export.merged_copy).
+    """
+    from tuneforge.models.export import merged_copy
+
+    if not is_peft(model):
+        raise ModelError("there is no adapter to merge; load one with adapter=... or load_adapter()")
+    if is_quantized(model):
+        return merged_copy(model, source_path, trust_remote_code).to(device)
+    return model.merge_and_unload().eval()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.models.kind import is_peft, is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,6 @@ VERIFY_PROMPTS = [
     "Shakespeare wrote", "Dear Sir or Madam,", "The theory of relativity", "She opened the door and",
     "A healthy breakfast includes", "The best way to learn", "Hello, how are",
 ]
-
-
-def is_quantized(model) -> bool:
-    """Whether the (base) weights are bitsandbytes 4/8-bit layers."""
-    names = {type(m).__name__ for m in model.modules()}
-    return bool(names & {"Linear4bit", "Linear8bitLt"}) or getattr(model, "is_loaded_in_4bit", False)
 
 
 def save_folder(model, tokenizer, path: str | Path) -> Path:
@@ -119,7 +114,7 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     config = model.config
     if config.model_type != "llama":
         raise ModelError(f"GGUF export supports llama-architecture models; this one is '{config.model_type}'")
-    if hasattr(model, "peft_config"):
+    if is_peft(model):
         raise ModelError("merge the adapter before exporting (tuneforge merge, or LLM.merge())")
     if is_quantized(model):
         raise ModelError("the model is loaded in 4/8-bit; load it with precision fp32 (or merge it) to export")

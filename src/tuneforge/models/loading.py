@@ -10,18 +10,16 @@ under $TUNEFORGE_HOME (default ~/.cache/tuneforge); later loads read that folder
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.hardware import pick_device, pick_precision, torch_dtype
+from tuneforge.paths import tuneforge_home, write_folder_atomically
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +35,6 @@ class ModelSource:
 
     spec: str  # what the user wrote: "default", a path, or a hub id
     path: str  # a local Hugging Face folder or a hub id, loadable by from_pretrained
-
-
-def tuneforge_home() -> Path:
-    """The cache folder for converted models and prepared datasets."""
-    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge")).expanduser()
 
 
 def default_gguf_path() -> Path:
@@ -94,26 +87,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return write_folder_atomically(target, write)
 
 
-def write_folder_atomically(target: Path, write, marker: str = "config.json") -> Path:
-    """Call write(tmp) on a temporary folder beside `target`, then rename it to `target`.
-
-    A crash or Ctrl-C inside `write` leaves no `target` at all, never a half-written one. If another
-    process finished the same folder first, its copy is kept.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / marker).is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def default_checkpoint() -> Path:
     """The converted default model's folder, converting it on first use."""
     target = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
@@ -142,77 +115,6 @@ def resolve(spec: str) -> ModelSource:
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise ModelError(f"model path '{spec}' does not exist")
     return ModelSource(spec, spec)  # a hub id
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ModelError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether bf16 compute is supported and fast here: CUDA Ampere+, or a CPU where bf16 matmuls win."""
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device == "cpu":
-        try:
-            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                return False
-        except (AttributeError, RuntimeError):
-            return False
-        return cpu_bf16_speedup() >= 1.3
-    return False
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup() -> float:
-    """How much faster a bf16 matmul is than fp32 on this CPU, measured once (~0.1 s).
-
-    CPU flags do not settle it: with AMX, bf16 is ~5x faster; with AVX512-BF16 alone (no AMX, as on some
-    cloud VMs) oneDNN's bf16 kernels can be 2x *slower* than MKL's fp32 ones. So we time both.
-    """
-    import torch
-
-    def seconds(dtype) -> float:
-        a = torch.randn(512, 576, dtype=dtype)
-        b = torch.randn(1536, 576, dtype=dtype)
-        torch.nn.functional.linear(a, b)  # warm-up: kernel selection
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(5):
-                torch.nn.functional.linear(a, b)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    return seconds(torch.float32) / seconds(torch.bfloat16)
-
-
-def pick_precision(precision: str, device: str) -> str:
-    """Resolve 'auto' to bf16 where the hardware computes it fast, fp16 on older GPUs, else fp32."""
-    if precision != "auto":
-        if precision == "bf16" and device == "cuda" and not bf16_supported(device):
-            raise ModelError("this GPU has no bf16 support; use precision: fp16 or auto")
-        return precision
-    if bf16_supported(device):
-        return "bf16"
-    return "fp16" if device == "cuda" else "fp32"
-
-
-def torch_dtype(precision: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -1,17 +1,17 @@
-"""Prepare a loaded model for a training method; the training loop itself is the same for every method.
+"""Which weights each training method trains; the training loop itself is the same for every method.
 
+    from tuneforge.models.methods import prepare_for_training
     model = prepare_for_training(model, config)   # lora: PEFT-wrapped, only adapters trainable
+
+A run calls `tuneforge.models.preparation.prepare_base`, which readies the base (reload, cast, scratch)
+and ends here.
 """
 
 from __future__ import annotations
 
 from tuneforge.errors import ConfigError
 from tuneforge.models.adapters import attach_lora
-from tuneforge.models.quantization import is_quantized
-
-
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
+from tuneforge.models.kind import is_peft, is_quantized
 
 
 def prepare_for_training(model, config):

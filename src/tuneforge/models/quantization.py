@@ -21,7 +21,7 @@ def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True, co
         raise ConfigError("method qlora needs bitsandbytes: pip install 'tuneforge[quant]'") from None
     from transformers import BitsAndBytesConfig
 
-    from tuneforge.models.loading import torch_dtype
+    from tuneforge.hardware import torch_dtype
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -30,7 +30,3 @@ def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True, co
                                   bnb_4bit_use_double_quant=double_quant,
                                   bnb_4bit_compute_dtype=torch_dtype(compute_precision))
     raise ConfigError(f"bits must be 4 or 8 for qlora; got {bits} (use method: lora for 16-bit)")
-
-
-def is_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))

@@ -1,25 +1,33 @@
 """Checkpoints that a run can resume from exactly: weights, optimizer, scheduler, RNG states, data position.
 
-    save_checkpoint(run_dir, step, model, optimizer, scheduler, state)   # -> run_dir/checkpoints/step-N
+    save_checkpoint(run_dir, model, optimizer, scheduler, state)   # -> run_dir/checkpoints/step-<state.step>
     path = find_checkpoint(run_dir, "latest")
+    state = load_checkpoint(path, model, optimizer, scheduler)     # the TrainState it was saved with
 
 Each checkpoint is written to a temporary folder and renamed when complete, so a crash or `kill -9` while
 saving never leaves a checkpoint that `latest` would pick up. Optimizer/RNG tensors use torch.save and are read
-back with `weights_only=True` (no arbitrary pickle); weights are safetensors.
+back with `weights_only=True` (no arbitrary pickle); weights are safetensors. A resume reads and checks every
+file before it changes anything; with `latest` a damaged checkpoint is skipped, saying so, for the one before.
+A save refuses NaN/inf weights and turns a full disk into one message naming the folder. docs/reliability.md
+lists the tests that prove each of these.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
 import shutil
 from pathlib import Path
 
-from tuneforge.errors import ConfigError
-from tuneforge.models.loading import write_folder_atomically
+from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.models.kind import is_peft
+from tuneforge.paths import write_folder_atomically
+from tuneforge.train.state import TrainState
 
 STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "run_config.json"  # the RunConfig the checkpoint was trained with
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -47,22 +55,31 @@ def restore_rng_state(state: dict) -> None:
 
 def _trainable_state(model) -> dict:
     """Only what training changes: the adapter for LoRA, every weight for full fine-tuning."""
-    if hasattr(model, "peft_config"):
+    if is_peft(model):
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(model)
     return {k: v for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int | None = None
-                    ) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int | None = None,
+                    config=None) -> Path:
+    """Write run_dir/checkpoints/step-<state.step> atomically; refuse weights that are not finite.
+
+    `config` (the RunConfig) is saved beside the state as run_config.json, so a resume can list what changed.
+    """
     import torch
     from safetensors.torch import save_file
 
-    target = run_dir / "checkpoints" / f"step-{step}"
+    target = run_dir / "checkpoints" / f"step-{state.step}"
+    weights = {k: v.detach().contiguous().cpu() for k, v in _trainable_state(model).items()}
+    broken = next((name for name, tensor in weights.items()
+                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if broken:  # never leave a checkpoint that a resume (or `latest`) would pick up and train on
+        raise TuneforgeError(f"weight {broken} holds NaN or inf after step {state.step}, so no checkpoint was "
+                             f"written; lower learning_rate or use precision: fp32")
 
     def write(folder: Path) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in _trainable_state(model).items()}
         # tied weights (embed_tokens / lm_head) share storage; safetensors wants each stored once
         seen, unique = {}, {}
         for name, tensor in weights.items():
@@ -74,14 +91,47 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
         torch.save(_jsonable_rng(rng_state()), folder / "rng.pt")
-        (folder / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
-        if hasattr(model, "peft_config"):  # a checkpoint's adapter is usable on its own, in PEFT's format
+        if config is not None:
+            (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=str))
+        (folder / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1))
+        if is_peft(model):  # a checkpoint's adapter is usable on its own, in PEFT's format
             model.save_pretrained(folder / "adapter")
 
-    write_folder_atomically(target, write, marker=STATE_FILE)
+    remove_unfinished(run_dir)
+    try:
+        write_folder_atomically(target, write, marker=STATE_FILE)
+    except Exception as error:
+        if not _is_disk_full(error):
+            raise
+        earlier = list_checkpoints(run_dir)
+        kept = f"; the last complete checkpoint is {earlier[-1]}" if earlier else ""
+        free = shutil.disk_usage(target.parent).free
+        raise TuneforgeError(f"no space left on the disk of {target.parent} ({free / 2**20:.1f} MiB free) while "
+                             f"writing checkpoint {target.name}; free some space or set save_total_limit, then "
+                             f"resume with resume_from: latest{kept}") from None
     if keep:
         prune_checkpoints(run_dir, keep)
     return target
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when torch or safetensors wrap it in their own error types."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left" in text or "file write failed" in text or "Disk quota" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """Remove what a killed save or prune left (.step-N.tmp-*, .step-N.deleting); one process writes a run."""
+    folder = run_dir / "checkpoints"
+    if folder.is_dir():
+        for leftover in folder.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _jsonable_rng(state: dict) -> dict:
@@ -94,38 +144,152 @@ def _jsonable_rng(state: dict) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state."""
+class DamagedCheckpointError(ConfigError):
+    """A checkpoint file is missing, truncated, corrupted, or holds more than plain tensors."""
+
+
+def _read(path: Path, name: str, loader):
+    file = path / name
+    if not file.is_file():
+        raise DamagedCheckpointError(f"checkpoint file {file} is missing; resume from another checkpoint of "
+                                     f"{path.parent} or start a new run without resume_from")
+    try:
+        return loader(file)
+    except Exception as error:
+        import pickle
+
+        reason = ("it holds pickled Python objects, not only tensors, and loading them could run code"
+                  if isinstance(error, pickle.UnpicklingError) else
+                  (str(error).strip().splitlines() or [type(error).__name__])[0][:160])
+        raise DamagedCheckpointError(f"checkpoint file {file} cannot be read ({reason}); it is damaged or was not "
+                                     "written by tuneforge, so resume from another checkpoint or start a new "
+                                     "run") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Every file of the checkpoint at `path`, read and checked, before anything of the run is changed."""
     import numpy as np
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "trainable.safetensors"))
-    if hasattr(model, "peft_config"):
+    def state(file: Path) -> TrainState:
+        saved = json.loads(file.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise ValueError("not a trainer state (no integer 'step')")
+        return TrainState.from_json(saved)
+
+    def tensors(file: Path):
+        return torch.load(file, weights_only=True)  # never arbitrary pickle (CVE-2025-32434)
+
+    files = {"state": _read(path, STATE_FILE, state),
+             "weights": _read(path, "trainable.safetensors", lambda f: load_file(str(f))),
+             "optimizer": _read(path, "optimizer.pt", tensors),
+             "scheduler": _read(path, "scheduler.pt", tensors),
+             "rng": _read(path, "rng.pt", tensors),
+             "config": _read(path, CONFIG_FILE, lambda f: json.loads(f.read_text()))
+             if (path / CONFIG_FILE).exists() else None}
+    try:
+        kind, keys, pos, has_gauss, cached = files["rng"]["numpy"]
+        files["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+        if not (isinstance(files["rng"]["torch"], torch.Tensor) and files["rng"]["torch"].dtype == torch.uint8):
+            raise TypeError("torch RNG state is not a byte tensor")
+    except Exception:
+        raise DamagedCheckpointError(f"checkpoint file {path / 'rng.pt'} is not a tuneforge RNG state; resume "
+                                     "from another checkpoint or start a new run") from None
+    return files
+
+
+def apply_checkpoint(path: Path, files: dict, model, optimizer, scheduler) -> TrainState:
+    """Put the read checkpoint into the model, optimizer, scheduler and RNG; return its trainer state."""
+    if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, weights)
+        set_peft_model_state_dict(model, files["weights"])
     else:
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        missing = model.load_state_dict(files["weights"], strict=False).missing_keys
         tied = {n for n in missing if n.endswith("lm_head.weight")}
         if set(missing) - tied:
             raise ConfigError(f"checkpoint {path} lacks weights {sorted(set(missing) - tied)[:3]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    kind, keys, pos, has_gauss, cached = rng["numpy"]
-    rng["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-    restore_rng_state(rng)
-    return json.loads((path / STATE_FILE).read_text())
+    try:
+        optimizer.load_state_dict(files["optimizer"])
+        scheduler.load_state_dict(files["scheduler"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"checkpoint {path}'s optimizer state does not fit this run's optimizer ({error}); "
+                          "resume with the optimizer settings it was saved with") from None
+    restore_rng_state(files["rng"])
+    return files["state"]
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state."""
+    return apply_checkpoint(path, read_checkpoint(path), model, optimizer, scheduler)
+
+
+def run_identity(config, data) -> dict:
+    """What a checkpoint must match to be resumed: model, method, rank and the data's fingerprint."""
+    cache_dir = getattr(data, "cache_dir", None)  # the prepared-data cache is keyed by the data's fingerprint
+    fingerprint = cache_dir.name if cache_dir else f"{len(data.train)} examples, {data.counts.get('train_tokens')} tokens"
+    return {"model": config.model, "method": config.method, "rank": config.rank, "data_fingerprint": fingerprint}
+
+
+def check_identity(checkpoint: Path, current: dict) -> None:
+    """Refuse to resume from a checkpoint of another model, method or rank (the weights would not fit)."""
+    saved = json.loads((checkpoint / STATE_FILE).read_text()).get("identity", {})
+    for key, value in current.items():
+        if key != "data_fingerprint" and saved.get(key) != value:
+            raise ConfigError(f"cannot resume from {checkpoint}: it was trained with {key} {saved.get(key)!r} but "
+                              f"this run has {value!r}; use the same {key} or start a new run without resume_from")
+
+
+# Settings a resumed run may change: they decide when to stop, log or save, and how a step is split, but not
+# which examples each step trains on nor how the optimizer moves. Every other change refuses to resume.
+RESUMABLE_CHANGES = {"output_dir", "resume_from", "allow_resume_mismatch", "copy_parameters_from", "data",
+                     "max_steps", "epochs", "micro_batch_size", "gradient_checkpointing", "compile", "lean_layers",
+                     "early_stopping_patience", "stop_at_loss", "save_steps", "save_total_limit", "logging_steps",
+                     "eval_steps", "report_to", "num_threads", "sample_prompts", "compare_at_save", "device",
+                     "num_proc", "save_removed", "trust_remote_code"}
+
+
+def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, object, object, bool]]:
+    """(key, checkpoint's value, this run's value, refuses) for every setting and the data that changed."""
+    differences = []
+    saved_fingerprint = files["state"].identity.get("data_fingerprint")
+    if saved_fingerprint != identity.get("data_fingerprint"):
+        differences.append(("data (its content or preparation)", saved_fingerprint,
+                            identity.get("data_fingerprint"), True))
+    saved = files.get("config") or {}
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    for key in sorted(set(saved) & set(current)):
+        if saved[key] != current[key]:
+            differences.append((key, saved[key], current[key], key not in RESUMABLE_CHANGES))
+    return differences
+
+
+def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, log) -> None:
+    """List every change since the checkpoint; refuse those that alter data order or the optimizer unless
+    allow_resume_mismatch is set."""
+    differences = resume_differences(files, config, identity)
+    if not differences:
+        return
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new, _ in differences)
+    refusing = [key for key, _, _, refuses in differences if refuses]
+    if refusing and not config.allow_resume_mismatch:
+        raise ConfigError(f"cannot resume from {checkpoint}: changed since it was saved: {listed}; "
+                          f"{', '.join(refusing)} change the data order or the optimizer, so put them back, "
+                          "or pass --allow_resume_mismatch true to resume anyway")
+    log(f"resuming from {checkpoint} with changed settings: {listed}")
+
+
+def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a folder without its state file is not complete)."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in _step_folders(run_dir) if (p / STATE_FILE).is_file()]
 
 
 def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
@@ -143,7 +307,31 @@ def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
     return path
 
 
+def open_resume_checkpoint(run_dir: Path, resume_from: str, log) -> tuple[Path, dict]:
+    """The checkpoint to resume from and its files, read and checked.
+
+    With `latest`, a damaged newest checkpoint is skipped — and `log` says so — for the one before it; a
+    checkpoint named by its folder is used or refused, never swapped for another.
+    """
+    if resume_from != "latest":
+        path = find_checkpoint(run_dir, resume_from)
+        return path, read_checkpoint(path)
+    for _, path in reversed(_step_folders(run_dir)):
+        try:
+            if not (path / STATE_FILE).is_file():
+                raise DamagedCheckpointError(f"checkpoint file {path / STATE_FILE} is missing")
+            return path, read_checkpoint(path)
+        except DamagedCheckpointError as error:
+            log(f"skipping checkpoint {path.name}: {error}; falling back to the checkpoint before it")
+    find_checkpoint(run_dir, "latest")  # raises: no complete checkpoint
+    raise DamagedCheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; start a new run "
+                                 "without resume_from")
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints (save_total_limit)."""
+    """Keep the newest `keep` checkpoints (save_total_limit); each is renamed away first, so one half-deleted
+    by a crash is never listed as complete."""
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(f".{old.name}.deleting")
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)

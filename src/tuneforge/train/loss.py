@@ -1,6 +1,7 @@
 """The training loss of a batch: summed next-token cross-entropy over positions that carry a label.
 
     loss_sum = batch_loss_sum(model, batch)          # divide by the batch's loss-token count for the mean
+    mean = evaluate_loss(model, examples, micro_batch_size=4, pad_token_id=0, device="cpu")   # no gradient
 
 Where the model's output layer is a plain linear head (llama, mistral, qwen, gpt2, ...), we run the decoder,
 keep only the hidden states of positions whose next token carries loss, and apply the head + cross-entropy to
@@ -13,6 +14,9 @@ measured on the default model (49k vocabulary) it lowers peak memory by ~0.4 GB 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
+from tuneforge.data.batching import collate
 from tuneforge.data.tokenization import IGNORE_INDEX
 
 # Model types whose logits are exactly lm_head(last hidden state): no softcapping or logit scaling.
@@ -164,3 +168,23 @@ def batch_loss_sum(model, batch, direct: bool = True):
         piece = slice(start, start + CHUNK_TOKENS)
         total = total + checkpoint(_head_loss, lm_head, selected[piece], targets[piece], use_reentrant=False)
     return total
+
+
+def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, device, autocast=nullcontext,
+                  direct: bool = True) -> float:
+    """Mean per-token loss over `examples` (no gradient), computed exactly as the training loss is."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), micro_batch_size):
+            batch = collate([examples[i] for i in range(start, min(start + micro_batch_size, len(examples)))],
+                            pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast():
+                total += float(batch_loss_sum(model, batch, direct=direct))
+            tokens += count_loss_tokens(batch["labels"])
+    model.train(was_training)
+    return total / max(tokens, 1)

@@ -2,6 +2,7 @@
 
     estimate = training_memory(model, seq_len=256, micro_batch_size=4, precision="fp32")   # bytes, by part
     micro = auto_micro_batch_size(model, batch_size=1024, seq_len=256, precision="fp32", device="cpu")
+    enable_gradient_checkpointing(model)   # config key gradient_checkpointing: true
 
 Seed 000 asks people to find their micro batch by trial and error ("lower it until it stops running out of
 memory"); `micro_batch_size: auto` does it from an estimate, and the loop's out-of-memory back-off stays the
@@ -30,10 +31,11 @@ class MemoryEstimate:
 
 
 def _dims(config) -> tuple[int, int, int, int, int]:
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
-    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    # 0 (not None) when absent: falls through `or` alike, and keeps the type an int
+    layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 1)
+    hidden = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 1)
+    heads = getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1)
+    inner = getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * hidden
     vocab = getattr(config, "vocab_size", 32000)
     return layers, hidden, heads, inner, vocab
 
@@ -78,3 +80,17 @@ def auto_micro_batch_size(model, batch_size: int, seq_len: int, precision: str, 
            f"{micro * per_example.activations / 1024 ** 3:.2f} GiB of {available / 1024 ** 3:.1f} GiB free; gradient "
            f"accumulation {-(-batch_size // micro)})")
     return micro, why
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (~25% slower)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+
+
+def disable_gradient_checkpointing(model) -> None:
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()

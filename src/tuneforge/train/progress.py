@@ -1,12 +1,19 @@
-"""Console progress for training: step/total, loss, learning rate, tokens/s and ETA.
+"""Where a run's numbers go: the console (step/total, loss, learning rate, tokens/s, ETA), metrics.jsonl and
+the trackers of report_to.
+
+    progress = TrainingProgress(total_steps=100)
+    metrics = MetricsLog(Path("runs/demo/metrics.jsonl"), accelerator, progress, config, steps_per_epoch=25)
+    metrics.record(step=1, loss=2.31, tokens=812, learning_rate=2e-4, grad_norm=0.9)
 
 On a terminal a live bar redraws in place; elsewhere (CI, log files) one plain line is printed per log step.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 
 def format_duration(seconds: float) -> str:
@@ -58,3 +65,69 @@ class TrainingProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def keep_records_until(path: Path, step: int) -> None:
+    """Drop the records after `step` (and a line cut short): a run killed after logging a step but before its
+    checkpoint replays that step on resume, which must not log it twice."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+class MetricsLog:
+    """Every logging_steps steps (and at each evaluation and the last step): one metrics.jsonl record (main
+    process), the same numbers to the report_to trackers, and the progress line."""
+
+    def __init__(self, path: Path, accelerator, progress: TrainingProgress, config, steps_per_epoch: int,
+                 total_steps: int, fresh: bool = True, resumed_at: int = 0):
+        self.accelerator, self.progress, self.config = accelerator, progress, config
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.file = None
+        if accelerator.is_main_process:
+            if fresh and path.exists():
+                path.unlink()  # a fresh run in a reused folder starts a fresh log
+            elif path.exists():
+                keep_records_until(path, resumed_at)
+            self.file = path.open("a")
+        self.start = self.window_start = time.perf_counter()
+        self.window_tokens = 0  # tokens trained since the last record, for its tokens/s
+
+    def record(self, step: int, loss: float, tokens: int, learning_rate: float, grad_norm,
+               validation_loss: float | None = None) -> None:
+        self.window_tokens += tokens
+        if step % self.config.logging_steps and step != self.total_steps and validation_loss is None:
+            return
+        now = time.perf_counter()
+        tokens_per_second = self.window_tokens / max(now - self.window_start, 1e-9)
+        record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": round(loss, 6),
+                  "learning_rate": learning_rate, "grad_norm": round(float(grad_norm), 6),
+                  "tokens": self.window_tokens, "tokens_per_second": round(tokens_per_second, 1),
+                  "elapsed_s": round(now - self.start, 2)}
+        self.window_tokens, self.window_start = 0, now
+        if validation_loss is not None:
+            record["validation_loss"] = round(validation_loss, 6)
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.config.report_to:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        self.progress.update(step, loss, learning_rate, tokens_per_second, validation_loss)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.progress.close()
+        if self.config.report_to:
+            self.accelerator.end_training()

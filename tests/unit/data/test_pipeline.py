@@ -131,17 +131,18 @@ def test_preprocessed_data_saves_and_loads(tokenizer, config, alpaca_file, tmp_p
 
 
 def test_cli_inspect_prints_the_report(tokenizer, alpaca_file, tmp_path, capsys, monkeypatch):
-    from tuneforge import cli_data
+    from tuneforge.cli import data as cli_data
+    from tuneforge.cli import dispatch
 
     monkeypatch.setattr(cli_data, "_tokenizer", lambda config: tokenizer)
     parser = argparse.ArgumentParser(allow_abbrev=False)
     cli_data.add_data_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["data", "inspect", str(alpaca_file), "--cutoff_len", "64", "--overlap_len", "8",
                               "--histogram", str(tmp_path / "h.png"), "--examples", "1"])
-    assert cli_data.cmd_data(args) == 0
+    assert dispatch(args) == 0
     assert "records per template" in capsys.readouterr().out
     with pytest.raises(DataError, match="format file 'nope' does not exist"):
-        cli_data.cmd_data(parser.parse_args(["data", "prepare", str(alpaca_file), "--format_file", "nope"]))
+        dispatch(parser.parse_args(["data", "prepare", str(alpaca_file), "--format_file", "nope"]))
 
 
 def test_chat_records_train_only_on_assistant_turns(tokenizer, config, tmp_path):

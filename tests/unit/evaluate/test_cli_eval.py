@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from tuneforge.cli_eval import EVAL_COMMANDS, add_eval_commands, main
+from tuneforge.cli import COMMANDS, command_of, main
+from tuneforge.cli.evaluate import add_eval_commands
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -17,7 +18,7 @@ def test_every_verb_registers_on_a_parser_without_abbreviations():
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_eval_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["generate", "hi", "--max_new_tokens", "3", "--min-p", "0.1", "--stop", "x"])
-    assert args.func is EVAL_COMMANDS["generate"] and args.max_new_tokens == 3 and args.min_p == 0.1
+    assert COMMANDS[command_of(args)] is COMMANDS["generate"] and args.max_new_tokens == 3 and args.min_p == 0.1
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "hi", "--max-new", "3"])  # no prefix matching
 

@@ -1,10 +1,15 @@
-"""The HappyTransformer-compatible face: seed 001's names and defaults, calling the core."""
+"""The HappyTransformer-compatible face: seed 001's (2.x) names and defaults, calling the core.
+
+    python -m pytest tests/unit/evaluate/test_happy.py -q
+
+3.x's documented examples are in test_happy_v3.py.
+"""
 
 import dataclasses
 
 import pytest
 
-from tuneforge.happy import GENSettings, GENTrainArgs, HappyGeneration
+from tuneforge.happy import GENSettings, GENTrainArgs, GENTrainArgsV2, HappyGeneration
 
 SEED_001_TABLE = {"learning_rate": 5e-5, "num_train_epochs": 3, "batch_size": 1, "weight_decay": 0,
                   "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
@@ -14,11 +19,12 @@ SEED_001_TABLE = {"learning_rate": 5e-5, "num_train_epochs": 3, "batch_size": 1,
 
 
 def test_train_args_have_every_field_of_seed_001s_table_with_its_default():
-    defaults = GENTrainArgs()
+    defaults = GENTrainArgsV2()  # 2.x's defaults; GENTrainArgs has 3.x's (test_happy_v3.py)
     for name, value in SEED_001_TABLE.items():
         assert getattr(defaults, name) == value, name
     assert {"method", "rank", "alpha", "lora_dropout", "target_modules"} <= {f.name for f in
                                                                            dataclasses.fields(GENTrainArgs)}
+    assert set(SEED_001_TABLE) <= {f.name for f in dataclasses.fields(GENTrainArgs)}  # 2.x names accepted
 
 
 def test_generation_settings_keep_happytransformers_defaults():

@@ -1,7 +1,7 @@
 """Learning curves: the loss plot of a run and seed 002's under/over/well-fit diagnosis.
 
     label, reason = diagnose_fit(train_losses, [(step, validation_loss), ...])
-    plot_loss_curve(metrics, "runs/x/loss_curve.png", title=label)
+    plot_loss_curve(train_losses, [(step, validation_loss), ...], Path("runs/x/loss_curve.png"), title=label)
 """
 
 from __future__ import annotations

@@ -1,14 +1,23 @@
-"""The run's `report.md`: settings, losses, fit diagnosis, why it stopped, generations before and after."""
+"""The run's `report.md`: settings, losses, fit diagnosis, why it stopped, generations before and after.
+
+    from tuneforge.evaluate.report import write_report
+    write_report(run_dir, config, result, prepared.describe(), samples_before, samples_after, "bf16", "cpu")
+
+A run (tuneforge.recipe.run_training) writes it at the end, beside loss_curve.png.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.train.curves import diagnose_fit, plot_loss_curve
+from tuneforge.evaluate.curves import diagnose_fit, plot_loss_curve
 
 
 def write_report(run_dir: Path, config, result, data_summary: str, samples_before: dict[str, str],
-                 samples_after: dict[str, str], precision: str = "", device: str = "") -> Path:
+                 samples_after: dict[str, str], precision: str = "", device: str = "", launch=None) -> Path:
+    """`launch` (tuneforge.train.launch.Launch): the processes the run got, and how many were asked for."""
+    batch = (launch.describe_batch(config.examples_per_step, result.micro_batch_size) if launch is not None
+             else f"batch_size {config.examples_per_step} (micro batch {result.micro_batch_size})")
     label, reason = diagnose_fit(result.losses, result.validation_losses)
     plot = plot_loss_curve(result.losses, result.validation_losses, run_dir / "loss_curve.png",
                            title=f"{run_dir.name}: {label}")
@@ -16,11 +25,13 @@ def write_report(run_dir: Path, config, result, data_summary: str, samples_befor
              f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
              f"- data: `{config.data}` — {data_summary}",
              f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
-             f"learning_rate {config.learning_rate} ({config.lr_scheduler}), batch_size "
-             f"{config.examples_per_step} (micro batch {result.micro_batch_size}), "
+             f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
+             f"{batch}, "
              f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
              f"{'on' if config.compile else 'off'}; full list in config.yaml",
              f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})"]
+    if launch is not None:
+        lines.append(f"- {launch.describe()}" + (f" — **{launch.shortfall()}**" if launch.shortfall() else ""))
     if result.resumed_from:
         lines.append(f"- resumed from `{result.resumed_from}`")
     if result.losses:

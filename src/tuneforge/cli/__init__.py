@@ -1,0 +1,99 @@
+"""The `tuneforge` command: a thin face over the core, one table from verb to function.
+
+    tuneforge demo                                     # fine-tune the default model on bundled data
+    tuneforge train examples/cheese_lora.yaml --epochs 1 --learning_rate 1e-3
+    tuneforge generate --adapter runs/demo/adapter "To make a cheese sandwich "
+    tuneforge logits "To be or not to"
+    tuneforge perplexity --adapter runs/demo/adapter held_out.txt
+    tuneforge compare --adapter runs/demo/adapter "To make a cheese sandwich "
+    tuneforge data inspect data.json --format alpaca
+    tuneforge modules default
+    tuneforge ui
+
+Errors in the user's input print one line and exit with code 2 (`--debug` shows the traceback). Also runs as
+`python -m tuneforge ...` and `accelerate launch -m tuneforge.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tuneforge.cli import data, evaluate, train, ui
+from tuneforge.cli.flags import CommandParser, unknown_option_hint
+from tuneforge.errors import TuneforgeError
+
+# Every verb and sub-verb, as typed after `tuneforge`, to the function that runs it.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": train.cmd_train,
+    "modules": train.cmd_modules,
+    "demo": train.cmd_demo,
+    "data inspect": data.cmd_data_inspect,
+    "data prepare": data.cmd_data_prepare,
+    "data formats": data.cmd_data_formats,
+    "generate": evaluate.cmd_generate,
+    "logits": evaluate.cmd_logits,
+    "perplexity": evaluate.cmd_perplexity,
+    "compare": evaluate.cmd_compare,
+    "merge": evaluate.cmd_merge,
+    "export": evaluate.cmd_export,
+    "ui": ui.cmd_ui,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog="tuneforge", description="Fine-tune a language model on your own text and see what it learned."
+    )
+    parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors.")
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train.add_train_commands(verbs)
+    data.add_data_commands(verbs)
+    evaluate.add_eval_commands(verbs)
+    ui.add_ui_commands(verbs)
+    return parser
+
+
+def command_of(args: argparse.Namespace) -> str:
+    """The COMMANDS key of a parsed command line, e.g. 'data inspect'."""
+    return " ".join(word for word in (args.command, getattr(args, "data_command", None)) if word)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the function of the parsed verb."""
+    return COMMANDS[command_of(args)](args)
+
+
+def _verb_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for word in command.split():
+        verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = verbs.choices[word]
+    return parser
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, unknown: list[str], command: str) -> None:
+    flags = [a for a in unknown if a.startswith("-")]
+    if not flags:
+        raise TuneforgeError(f"unexpected argument '{unknown[0]}'; see tuneforge {command} --help")
+    raise TuneforgeError(
+        f"unknown option '{flags[0]}'{unknown_option_hint(_verb_parser(parser, command), flags[0])}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    try:
+        if unknown:
+            _reject_unknown(parser, unknown, command_of(args))
+        return dispatch(args)
+    except TuneforgeError as error:
+        if args.debug:
+            raise
+        print(f"tuneforge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuneforge: interrupted", file=sys.stderr)
+        return 130

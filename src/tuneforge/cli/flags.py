@@ -1,0 +1,167 @@
+"""The one flag builder: a --flag per typed setting (RunConfig, GenerationSettings), with help and range.
+
+    from tuneforge.cli.flags import MODEL_KEYS, CommandParser, add_setting_flags, given_settings
+    from tuneforge.config import RunConfig
+    parser = CommandParser(prog="tuneforge example")
+    add_setting_flags(parser, RunConfig, MODEL_KEYS)
+    args = parser.parse_args(["--precision", "fp32", "--trust-remote-code"])
+    given_settings(args, RunConfig)        # {'precision': 'fp32', 'trust_remote_code': True}
+
+Only flags actually given become values (the rest keep the settings' own defaults), and the settings classes
+validate them, so every verb names, documents and checks a key the same way. Each key answers to --some_key
+and --some-key; a true/false key given alone (`--chat`) means true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import sys
+import typing
+from typing import Any
+
+from tuneforge.config import FALSE_WORDS, TRUE_WORDS, RunConfig, coerce, describe_range, load_config
+from tuneforge.errors import ConfigError
+
+# The run-config keys every model-loading verb takes (train, data, generate, logits, perplexity, ...).
+MODEL_KEYS = ("model", "precision", "device", "trust_remote_code")
+GROUP_TITLES = {
+    "model": "model",
+    "data": "data",
+    "lora": "LoRA",
+    "scratch": "from scratch",
+    "training": "training",
+    "output": "output",
+    "generation": "generation",
+}
+
+
+class BoolFlag(argparse.Action):
+    """A true/false setting: `--flag` alone is true; `--flag false`, `--flag=no` and the like also work."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", const=True, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser without prefix matching (a mistyped --learning_rat gets a hint, not --learning_rate),
+    where a true/false flag never swallows the positional argument after it (`generate --chat "Hi"`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        bool_flags = {
+            s for action in self._actions if isinstance(action, BoolFlag) for s in action.option_strings
+        }
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            following = args[i + 1].lower() if i + 1 < len(args) else None
+            if arg in bool_flags and following not in TRUE_WORDS | FALSE_WORDS:
+                args[i] = f"{arg}=true"
+        return super().parse_known_args(args, namespace)
+
+
+def flag_names(name: str) -> list[str]:
+    """--some_key and --some-key for one setting."""
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser,
+    settings_class: type,
+    names: typing.Iterable[str] | None = None,
+    *,
+    aliases: dict[str, list[str]] | None = None,
+) -> None:
+    """Add a flag for each setting in `names` (default: all) of the dataclass `settings_class`, grouped by the
+    settings' group; `aliases` adds extra option strings (e.g. {"format": ["--shape"]})."""
+    fields = {f.name: f for f in dataclasses.fields(settings_class)}
+    hints = typing.get_type_hints(settings_class)
+    defaults = settings_class()
+    groups: dict[str, Any] = {}
+    for name in names or fields:
+        f = fields[name]
+        group_name = f.metadata.get("group", "training")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(
+                f"{GROUP_TITLES.get(group_name, group_name)} settings"
+            )
+        kwargs: dict[str, Any] = {"metavar": "VALUE", "type": functools.partial(_typed, name, hints[name])}
+        if hints[name] is bool:
+            kwargs.update(action=BoolFlag, metavar="true|false")
+        elif f.metadata.get("repeatable"):
+            kwargs = {"action": "append", "metavar": "TEXT"}
+        groups[group_name].add_argument(
+            *flag_names(name),
+            *(aliases or {}).get(name, []),
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=describe(f, getattr(defaults, name)),
+            **kwargs,
+        )
+
+
+def _typed(name: str, annotation: Any, text: str) -> Any:
+    """The typed value of a flag; what does not convert is kept as typed, for the settings' one-line error."""
+    try:
+        return coerce(name, text, annotation)
+    except ConfigError:
+        return text
+
+
+def describe(f: dataclasses.Field, default: Any) -> str:
+    """A setting's help line: its text, choices, range and default (escaped for argparse's % formatting)."""
+    meta = f.metadata
+    parts = [meta["help"]]
+    if meta.get("choices"):
+        parts.append(f"Choices: {', '.join(map(str, meta['choices']))}.")
+    notes = []
+    if describe_range(meta):
+        notes.append(describe_range(meta))
+    if default is not None and default != []:
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        notes.append(f"default: {shown!r}" if isinstance(shown, str) else f"default: {shown}")
+    text = " ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
+    return text.replace("%", "%%")
+
+
+def given_settings(args: argparse.Namespace, settings_class: type) -> dict[str, Any]:
+    """The settings of `settings_class` given on the command line (the settings class validates them)."""
+    return {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class) if hasattr(args, f.name)
+    }
+
+
+def run_config_from(args: argparse.Namespace, config_file: str | None = None) -> RunConfig:
+    """The RunConfig keys given as flags over the YAML `config_file`; a positional data file is --data."""
+    overrides = given_settings(args, RunConfig)
+    positional = getattr(args, "data_file", None)
+    if positional:
+        if overrides.get("data", positional) != positional:
+            raise ConfigError(
+                f"two data files given ('{positional}' and --data '{overrides['data']}'); give one"
+            )
+        overrides["data"] = positional
+    return load_config(config_file, overrides)
+
+
+def unknown_option_hint(parser: argparse.ArgumentParser, option: str) -> str:
+    """'; did you mean --learning_rate?' for the closest flag `parser` knows, else a pointer to --help."""
+    known = {s.lstrip("-").replace("-", "_") for action in parser._actions for s in action.option_strings}
+    name = option.lstrip("-").split("=")[0].replace("-", "_")
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
+    return f"; did you mean --{close[0]}?" if close else f"; see {parser.prog} --help"
+
+
+def add_verb(subparsers, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A verb's parser on `subparsers`, without prefix matching whatever the parent's parser class."""
+    return subparsers.add_parser(name, allow_abbrev=False, **kwargs)

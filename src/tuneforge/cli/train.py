@@ -1,0 +1,109 @@
+"""The training verbs: train (a YAML config and/or --key value settings), modules, demo.
+
+    tuneforge train examples/cheese_lora.yaml --epochs 1 --learning_rate 1e-3
+    tuneforge train --data notes.txt --format lines --cutoff_len 64 --max_steps 1
+    tuneforge modules default
+    tuneforge demo
+
+Every RunConfig key is a flag of `train` (cli/flags.py), and RunConfig.validate checks them all before the
+model loads; the handler then calls `tuneforge.load(...).train(config=...)` and prints where the run went.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tuneforge.cli.flags import add_setting_flags, add_verb, run_config_from
+from tuneforge.config import RunConfig
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import tuneforge as tf
+    from tuneforge.data import preflight
+
+    config = run_config_from(args, args.config)
+    preflight(config)  # every data argument checked now, not after loading the model
+    print(f"loading model '{config.model}' ...", flush=True)
+    llm = tf.load(
+        config.model,
+        device=config.device,
+        precision=config.precision,
+        trust_remote_code=config.trust_remote_code,
+    )
+    result = llm.train(config=config)
+    if result.saved_to is None:  # not the main process of a multi-process run: rank 0 reports
+        return 0
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.steps}/{result.total_steps}; a checkpoint is saved. Resume with:\n"
+            f"  tuneforge train {result.run_dir / 'config.yaml'} --resume_from latest"
+        )
+        return 0
+    print(
+        f"done: {result.steps} steps ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
+        f"{result.final_loss:.4f}; saved to {result.saved_to}; report: {result.run_dir / 'report.md'}"
+    )
+    return 0
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    import tuneforge as tf
+    from tuneforge.models.adapters import linear_module_names
+
+    llm = tf.load(args.model, precision="fp32")
+    config = llm.model.config
+    print(
+        f"model: {args.model} ({config.model_type}), hidden size: {config.hidden_size}, "
+        f"layers: {getattr(config, 'num_hidden_layers', '?')}"
+    )
+    print("linear modules (usable as target_modules): " + ", ".join(linear_module_names(llm.model)))
+    print(
+        "embedding/output modules: "
+        + ", ".join(name for name, _ in llm.model.named_children() if name)
+        + " (e.g. embed_tokens, lm_head)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tuneforge.demo import run_demo
+
+    run_demo(output_dir=args.output_dir, max_steps=args.max_steps)
+    return 0
+
+
+def add_train_commands(subparsers) -> None:
+    """Register train, modules and demo on the main parser's sub-parsers."""
+    train = add_verb(
+        subparsers,
+        "train",
+        help="Fine-tune a model from a YAML config and/or --key value settings.",
+        description="Fine-tune a model. Every config key can be given as --key value and overrides "
+        "the YAML file.",
+    )
+    train.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
+    add_setting_flags(train, RunConfig)
+
+    modules = add_verb(
+        subparsers, "modules", help="List a model's module names (for target_modules) and hidden size."
+    )
+    modules.add_argument("model", nargs="?", default="default", help="Model (default: default).")
+
+    demo = add_verb(
+        subparsers, "demo", help="Fine-tune the default model on bundled sample data; show before/after."
+    )
+    demo.add_argument(
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        default="runs/demo",
+        help="Run folder (default: runs/demo).",
+    )
+    demo.add_argument(
+        "--max-steps",
+        "--max_steps",
+        dest="max_steps",
+        type=int,
+        default=None,
+        help="Training steps (default: the demo's own).",
+    )

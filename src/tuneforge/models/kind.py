@@ -1,0 +1,23 @@
+"""What kind of model object this is: wrapped by PEFT (carries adapters), quantized by bitsandbytes.
+
+    from tuneforge.models.kind import is_peft, is_quantized
+    if is_peft(model) and is_quantized(model): ...   # a QLoRA adapter on a 4/8-bit base
+
+The one place these questions are answered, so every layer asks them the same way.
+"""
+
+from __future__ import annotations
+
+QUANTIZED_LAYERS = {"Linear4bit", "Linear8bitLt"}
+
+
+def is_peft(model) -> bool:
+    """Whether `model` is a PEFT model (has LoRA adapters attached, active or not)."""
+    return hasattr(model, "peft_config")
+
+
+def is_quantized(model) -> bool:
+    """Whether the (base) weights are bitsandbytes 4/8-bit layers, on a plain or a PEFT-wrapped model."""
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return True
+    return any(type(m).__name__ in QUANTIZED_LAYERS for m in model.modules())

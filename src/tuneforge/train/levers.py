@@ -1,0 +1,86 @@
+"""Whether a run should pack its examples and torch.compile its blocks: pure decisions from the run's numbers.
+
+    from tuneforge.train.levers import should_compile, should_pack
+    pack, why = should_pack([len(e["input_ids"]) for e in examples], cutoff_len=256, micro_batch_size=4)
+    compile_now, why = should_compile(total_steps=2000, device="cuda", seconds_per_step=0.4)
+
+Packing is exact per example (positions restart, no attention or loss across examples:
+tests/unit/test_packed_attention.py), and it wins when unpacked micro batches would be mostly padding: it is
+chosen when it computes at most PACK_WORK_RATIO of the padded tokens. torch.compile pays for itself when the
+time it saves over the run beats its compile time; on CPUs it was measured at 1.00x (2 cores, no AMX) and
+1.05x (AMX) the eager step time, so there it is never chosen for speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+
+PACK_WORK_RATIO = 2 / 3  # pack when packed micro batches hold at most this share of the unpacked padded tokens
+MIN_EXAMPLES_TO_PACK = 8
+# eager step time / compiled step time, and seconds to compile the blocks once, by device (measured/typical)
+COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.0}
+COMPILE_SECONDS = {"cuda": 60.0, "cpu": 60.0}
+COMPILE_MARGIN = 2.0  # the saving must be this many times the compile time: estimates are rough
+
+
+def padded_tokens(lengths: Sequence[int], micro_batch_size: int) -> int:
+    """Tokens computed for `lengths` in micro batches of `micro_batch_size`, each padded to its longest."""
+    return sum(max(lengths[i:i + micro_batch_size]) * len(lengths[i:i + micro_batch_size])
+               for i in range(0, len(lengths), micro_batch_size))
+
+
+def packed_lengths(lengths: Sequence[int], cutoff_len: int) -> list[int]:
+    """Block lengths of data.packing.pack_examples (greedy, in order, an example never split)."""
+    blocks: list[int] = []
+    current = 0
+    for length in lengths:
+        if current and current + length > cutoff_len:
+            blocks.append(current)
+            current = 0
+        current += length
+    return blocks + ([current] if current else [])
+
+
+def should_pack(lengths: Sequence[int], cutoff_len: int, micro_batch_size: int = 4) -> tuple[bool, str]:
+    """Whether packing the examples of `lengths` (tokens each, in training order) into blocks of
+    `cutoff_len` saves enough computation, and why."""
+    lengths = [int(n) for n in lengths if n > 0]
+    if len(lengths) < MIN_EXAMPLES_TO_PACK:
+        return False, f"not packed: {len(lengths)} examples are too few to gain from packing"
+    unpacked = padded_tokens(lengths, micro_batch_size)
+    packed = padded_tokens(packed_lengths(lengths, cutoff_len), micro_batch_size)
+    ratio = packed / unpacked
+    mean = sum(lengths) / len(lengths)
+    if ratio > PACK_WORK_RATIO:
+        return False, (f"not packed: examples average {mean:.0f} of {cutoff_len} tokens, packing would compute "
+                       f"{ratio:.0%} of the padded tokens")
+    return True, (f"packed: examples average {mean:.0f} of {cutoff_len} tokens, so blocks of {cutoff_len} "
+                  f"compute {ratio:.0%} of the tokens padded micro batches would (set packing: false to keep "
+                  f"one example per row)")
+
+
+def should_compile(total_steps: int, device: str, seconds_per_step: float | None = None,
+                   speedup: float | None = None, compile_seconds: float | None = None) -> tuple[bool, str]:
+    """Whether torch.compile of the transformer blocks repays its compile time over `total_steps`, and why.
+
+    `seconds_per_step` is the eager step time when known (e.g. measured over the first steps); `speedup` and
+    `compile_seconds` default to COMPILE_SPEEDUP / COMPILE_SECONDS for the device.
+    """
+    if device not in COMPILE_SPEEDUP:
+        return False, f"not compiled: torch.compile is not used on {device}"
+    if device == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return False, "not compiled: torch.compile on a CPU needs a C++ compiler (none found)"
+    speedup = COMPILE_SPEEDUP[device] if speedup is None else speedup
+    compile_seconds = COMPILE_SECONDS[device] if compile_seconds is None else compile_seconds
+    if speedup <= 1.0:
+        return False, f"not compiled: on {device} compiled steps are measured no faster than eager ones"
+    if seconds_per_step is None:
+        # unknown step time: assume a 0.5 s step, the order of a small model's step on a GPU
+        seconds_per_step = 0.5
+    saved = total_steps * seconds_per_step * (1 - 1 / speedup)
+    if saved < COMPILE_MARGIN * compile_seconds:
+        return False, (f"not compiled: {total_steps} steps would save ~{saved:.0f} s, less than "
+                       f"{COMPILE_MARGIN:.0f}x the ~{compile_seconds:.0f} s compile")
+    return True, (f"compiled: {total_steps} steps of ~{seconds_per_step:.2f} s save ~{saved:.0f} s against a "
+                  f"~{compile_seconds:.0f} s compile (set compile: false to skip)")

@@ -1,0 +1,102 @@
+"""The Train LoRA form, built from the run config's own field metadata (help text, choices, min/max).
+
+    widgets = {name: config_widget(name) for name in MAIN_FIELDS}     # inside a gr.Blocks
+    values = form_values(dict(zip(FORM_FIELDS, raw_values)))           # -> RunConfig keyword values
+
+One list of names drives the CLI flags, the YAML keys and this form, so a setting's help reads the same
+everywhere. Only the fields listed here can be set from the browser: paths (data, model, output folder,
+removed-records file) are chosen from the project's folders by the training tab, never typed.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from tuneforge.config import RunConfig, field_help
+
+# Labels in the seeds' words (text-generation-webui's Training tab); other fields get their name in words.
+LABELS = {"rank": "LoRA Rank", "alpha": "LoRA Alpha", "lora_dropout": "LoRA Dropout", "batch_size": "Batch Size",
+          "micro_batch_size": "Micro Batch Size", "epochs": "Epochs", "learning_rate": "Learning Rate",
+          "lr_scheduler": "LR Scheduler", "cutoff_len": "Cutoff Length", "overlap_len": "Overlap Length",
+          "newline_favor_len": "Prefer Newline Cut Length", "hard_cut_string": "Hard Cut String",
+          "save_steps": "Save every n steps", "stop_at_loss": "Stop at loss", "eval_steps": "Evaluate every n steps",
+          "warmup_steps": "Warmup Steps", "target_modules": "Target modules", "max_steps": "Max steps"}
+MAIN_FIELDS = ("method", "rank", "alpha", "lora_dropout", "target_modules", "batch_size", "micro_batch_size",
+               "epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_steps", "cutoff_len", "save_steps",
+               "stop_at_loss")
+QLORA_FIELDS = ("bits", "quant_type", "double_quant")
+SCRATCH_FIELDS = ("architecture", "n_layer", "n_head", "n_embd", "n_positions", "tokenizer", "vocab_size")
+RAW_FIELDS = ("overlap_len", "newline_favor_len", "hard_cut_string", "add_eos_token")
+FORMATTED_FIELDS = ("train_on_source",)
+VALIDATION_FIELDS = ("validation_split", "eval_steps", "early_stopping_patience")
+ADVANCED_FIELDS = ("optimizer", "precision", "device", "gradient_checkpointing", "seed", "packing", "compile",
+                   "weight_decay", "max_grad_norm", "warmup_ratio", "lean_layers", "save_total_limit", "logging_steps",
+                   "clean", "dedup", "min_length", "sample_prompts", "compare_at_save")
+FORM_FIELDS = (MAIN_FIELDS + QLORA_FIELDS + SCRATCH_FIELDS + RAW_FIELDS + FORMATTED_FIELDS + VALIDATION_FIELDS
+               + ADVANCED_FIELDS)
+ESCAPED = ("hard_cut_string",)  # shown with \n escapes: a text box cannot show three bare newlines
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def _kind(name: str) -> tuple[type, bool]:
+    """(base type, optional) of a config field."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if name == "micro_batch_size":  # int or 'auto'
+        return str, False
+    base = typing.get_origin(hint) or (args[0] if optional else hint)
+    return (typing.get_origin(args[0]) or args[0] if optional else base), optional
+
+
+def shown_value(name: str, value):
+    """A config value as its widget shows it."""
+    kind, _ = _kind(name)
+    if kind is list:
+        return ",".join(map(str, value or []))
+    if name in ESCAPED:
+        return value.encode("unicode_escape").decode("ascii")
+    if name == "micro_batch_size":
+        return str(value)
+    return value
+
+
+def config_widget(name: str, value=None):
+    """The Gradio component for one config field: dropdown for choices, checkbox, number with limits, or text."""
+    import gradio as gr
+
+    f = field_help()[name]
+    meta = f.metadata
+    default = getattr(RunConfig(), name) if value is None else value
+    kind, optional = _kind(name)
+    common = dict(label=label(name), info=meta["help"], elem_id=f"field-{name}")
+    if meta.get("choices"):
+        return gr.Dropdown(choices=list(meta["choices"]), value=default, **common)
+    if kind is bool:
+        return gr.Checkbox(value=default, **common)
+    if kind in (int, float):
+        return gr.Number(value=default, minimum=meta.get("min") if not meta.get("min_exclusive") else None,
+                         maximum=meta.get("max"), precision=0 if kind is int else None, **common)
+    return gr.Textbox(value=shown_value(name, default) if default is not None else "", **common)
+
+
+def form_values(raw: dict) -> dict:
+    """Widget values -> config keyword values (empty optional fields become None)."""
+    values = {}
+    for name, value in raw.items():
+        if name not in FORM_FIELDS:
+            continue  # only the form's own fields; anything else a request carries is ignored
+        kind, optional = _kind(name)
+        if isinstance(value, str):
+            value = value.strip() if name not in ESCAPED else value
+            if name in ESCAPED:
+                value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        if optional and value in (None, ""):
+            value = None
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        values[name] = value
+    return values

@@ -1,0 +1,285 @@
+"""Training → Train LoRA: the form, the data preview and estimate, Start / Interrupt / Resume, live progress.
+
+    with gr.Blocks() as demo:
+        training_tab(workspace)        # inside a gr.Tab
+
+The run itself is a `tuneforge.jobs` job: its own process, writing runs/NAME/metrics.jsonl and train.log. A
+gr.Timer polls those files, so a reloaded page, a second browser or a restarted UI shows the same job.
+"""
+
+from __future__ import annotations
+
+import math
+
+import yaml
+
+from tuneforge import jobs
+from tuneforge.config import DATA_FORMATS, field_help, from_dict
+from tuneforge.errors import ConfigError
+from tuneforge.ui.form import (ADVANCED_FIELDS, FORM_FIELDS, FORMATTED_FIELDS, MAIN_FIELDS, QLORA_FIELDS,
+                               RAW_FIELDS, SCRATCH_FIELDS, VALIDATION_FIELDS, config_widget, form_values, shown_value)
+from tuneforge.ui.handlers import shows_errors
+from tuneforge.ui.workspace import Workspace
+
+DATASET_MODES = ("Raw text file", "Formatted dataset", "Other data")
+OTHER_FORMATS = tuple(f for f in DATA_FORMATS if f not in ("raw", "formatted"))
+POLL_SECONDS = 1.0
+
+
+class TrainingForm:
+    """The choices that say which data to train on, plus the config widgets, in one fixed input order."""
+
+    DATA_INPUTS = ("run_name", "dataset_mode", "raw_file", "formatted_file", "format_file", "other_file",
+                   "other_format", "validation_file")
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.project = workspace.project
+
+    def config(self, values: tuple) -> tuple[str, dict]:
+        """(run name, config values) from the inputs in DATA_INPUTS + FORM_FIELDS order; paths checked here."""
+        data = dict(zip(self.DATA_INPUTS, values[:len(self.DATA_INPUTS)], strict=True))
+        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS):], strict=True)))
+        mode = data["dataset_mode"]
+        if mode == "Formatted dataset":
+            settings.update(data=str(self.project.dataset(data["formatted_file"] or "")), format="formatted",
+                            format_file=self.project.format_file(data["format_file"] or ""))
+        elif mode == "Other data":
+            if data["other_format"] not in OTHER_FORMATS:
+                raise ConfigError(f"data format must be one of {', '.join(OTHER_FORMATS)}")
+            settings.update(data=str(self.project.dataset(data["other_file"] or "")), format=data["other_format"])
+        elif mode == "Raw text file":
+            settings.update(data=str(self.project.dataset(data["raw_file"] or "")), format="raw")
+        else:
+            raise ConfigError(f"dataset kind must be one of {', '.join(DATASET_MODES)}")
+        if data["validation_file"]:
+            settings["validation_data"] = str(self.project.dataset(data["validation_file"]))
+        if self.workspace.model_name is None:
+            raise ConfigError("load the model to train in the Model tab first; the run trains that model")
+        settings["model"] = self.project.model(self.workspace.model_name)
+        from_dict(settings)  # a wrong value is named now, not in the job's log
+        return data["run_name"], settings
+
+
+def _plot_frame(metrics: list[dict]):
+    import pandas as pd
+
+    rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if "loss" in m]
+    rows += [{"step": m["step"], "loss": m["validation_loss"], "series": "validation"}
+             for m in metrics if "validation_loss" in m]
+    return pd.DataFrame(rows or [{"step": 0, "loss": None, "series": "train"}][:0], columns=["step", "loss", "series"])
+
+
+def _status_markdown(status: jobs.JobStatus) -> str:
+    name = status.run_dir.name
+    lines = [f"**Run `{name}`: {status.state}**"]
+    if status.step:
+        numbers = [f"step **{status.step}/{status.total_steps or '?'}**"]
+        if status.loss is not None:
+            numbers.append(f"loss **{status.loss:.4f}**")
+        if status.validation_loss is not None:
+            numbers.append(f"validation loss {status.validation_loss:.4f}")
+        if status.tokens_per_second:
+            numbers.append(f"{status.tokens_per_second:,.0f} tokens/s")
+        if status.running and status.eta:
+            numbers.append(f"ETA {status.eta}")
+        lines.append(" · ".join(numbers))
+    lines.append(status.message)
+    return "\n\n".join(lines)
+
+
+def _report(status: jobs.JobStatus) -> str:
+    path = status.run_dir / "report.md"
+    if status.running or not path.is_file():
+        return ""
+    text = path.read_text()
+    return "\n".join(line for line in text.splitlines() if not line.startswith("![")) + "\n"
+
+
+def training_tab(workspace: Workspace):
+    """Build the Train LoRA sub-tab inside the current gr.Blocks context."""
+    import gradio as gr
+
+    project = workspace.project
+    form = TrainingForm(workspace)
+    widgets: dict = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                run_name = gr.Textbox(label="Name", info="The run folder runs/NAME; its adapter appears in the "
+                                      "LoRA list when it finishes.", value="my-lora", elem_id="run-name")
+                copy_from = gr.Dropdown(label="Copy parameters from", choices=[""] + project.runs(), value="",
+                                        info="Fill the form with an earlier run's settings.", elem_id="copy-from")
+            with gr.Row():
+                for name in MAIN_FIELDS:
+                    widgets[name] = config_widget(name)
+            with gr.Accordion("QLoRA settings", open=False):
+                with gr.Row():
+                    for name in QLORA_FIELDS:
+                        widgets[name] = config_widget(name)
+            with gr.Accordion("From scratch: model size", open=False):
+                with gr.Row():
+                    for name in SCRATCH_FIELDS:
+                        widgets[name] = config_widget(name)
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    for name in ADVANCED_FIELDS:
+                        widgets[name] = config_widget(name)
+        with gr.Column(scale=2):
+            # which dataset tab is chosen; a hidden radio (not a State) so scripts can choose it too
+            mode = gr.Radio(list(DATASET_MODES), value=DATASET_MODES[0], label="Dataset kind", visible=False)
+            with gr.Tabs():
+                with gr.Tab(DATASET_MODES[0], elem_id="raw-tab") as raw_tab:
+                    with gr.Row():
+                        raw_file = gr.Dropdown(label="Text file", choices=project.datasets(), value=None,
+                                               elem_id="raw-file", scale=4)
+                        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh-datasets")
+                    for name in RAW_FIELDS:
+                        widgets[name] = config_widget(name)
+                with gr.Tab(DATASET_MODES[1], elem_id="formatted-tab") as formatted_tab:
+                    formatted_file = gr.Dropdown(label="Dataset", choices=project.datasets(), value=None)
+                    format_file = gr.Dropdown(label="Data format", choices=project.format_files(),
+                                              value=project.format_files()[0])
+                    for name in FORMATTED_FIELDS:
+                        widgets[name] = config_widget(name)
+                with gr.Tab(DATASET_MODES[2], elem_id="other-tab") as other_tab:
+                    other_file = gr.Dropdown(label="Data file", choices=project.datasets(), value=None)
+                    other_format = gr.Dropdown(label="Shape", choices=list(OTHER_FORMATS), value="auto",
+                                               info=field_help()["format"].metadata["help"])
+            with gr.Accordion("Validation", open=False):
+                validation_file = gr.Dropdown(label="Validation data", choices=[""] + project.datasets(), value="")
+                for name in VALIDATION_FIELDS:
+                    widgets[name] = config_widget(name)
+            upload = gr.File(label="Add a data file to datasets/", file_types=[".txt", ".json", ".jsonl", ".csv"],
+                             type="filepath")
+            with gr.Row():
+                preview_button = gr.Button("Preview data and estimate", elem_id="preview")
+            preview = gr.Markdown(elem_id="preview-text")
+    for tab, name in ((raw_tab, DATASET_MODES[0]), (formatted_tab, DATASET_MODES[1]), (other_tab, DATASET_MODES[2])):
+        tab.select(lambda n=name: n, None, mode, show_progress="hidden")
+
+    with gr.Row():
+        start = gr.Button("Start LoRA Training", variant="primary", elem_id="start")
+        interrupt = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
+        resume = gr.Button("Resume", elem_id="resume")
+        resume_until = gr.Number(label="Resume until step", value=None, precision=0, minimum=1, elem_id="resume-until",
+                                 info="Empty: the run's own end (its epochs or max steps).")
+    status = gr.Markdown("No run yet.", elem_id="train-status")
+    chart = gr.LinePlot(_plot_frame([]), x="step", y="loss", color="series", title="Loss", height=300,
+                        elem_id="loss-chart")
+    report = gr.Markdown(elem_id="train-report")
+    current = gr.State("")  # this page's run name
+    shown = gr.State("")  # what the chart shows now, so an unchanged chart is not resent
+    timer = gr.Timer(POLL_SECONDS)
+
+    inputs = [run_name, mode, raw_file, formatted_file, format_file, other_file, other_format, validation_file]
+    inputs += [widgets[name] for name in FORM_FIELDS]
+    outputs = [current, status, chart, report, shown]
+
+    def poll(name: str, last: str):
+        if not name:
+            attached = jobs.attach(project.root)
+            if attached is None:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            name = attached.name
+        job = jobs.status(project.run_dir(name))
+        signature = f"{name}:{len(job.metrics)}:{job.state}"
+        if signature == last:
+            return name, _status_markdown(job), gr.skip(), gr.skip(), last
+        return name, _status_markdown(job), _plot_frame(job.metrics), _report(job), signature
+
+    @shows_errors
+    def start_training(*values):
+        name, settings = form.config(values)
+        run_dir = project.run_dir(name, must_exist=False)
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"a run named '{name}' already exists; choose another name, or Resume it")
+        jobs.start(settings, run_dir, cwd=project.root)
+        gr.Info(f"training started in runs/{name}")
+        return (name, *poll(name, "")[1:])
+
+    @shows_errors
+    def interrupt_training(name: str):
+        if not name:
+            raise ConfigError("no run is shown here to interrupt")
+        jobs.stop(project.run_dir(name), wait=60)
+        return (name, *poll(name, "")[1:])
+
+    @shows_errors
+    def resume_training(name: str, until: float | None):
+        if not name:
+            raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
+        if jobs.running_jobs(project.root):
+            raise ConfigError("another training job is running; interrupt it first")
+        overrides = {"max_steps": int(until)} if until else None
+        jobs.resume(project.run_dir(name), overrides, cwd=project.root)
+        return (name, *poll(name, "")[1:])
+
+    @shows_errors
+    def preview_data(*values):
+        from tuneforge.data.inspection import inspect_data
+
+        _, settings = form.config(values)
+        config = from_dict(settings)
+        inspection = inspect_data(config.data, workspace.tokenizer(), config, n_examples=2)
+        return inspection.render() + "\n\n" + _estimate(workspace, config, len(inspection.prepared.train))
+
+    @shows_errors
+    def copy_parameters(name: str):
+        if not name:
+            return [gr.skip()] * len(FORM_FIELDS)
+        saved = yaml.safe_load((project.run_dir(name) / "config.yaml").read_text()) or {}
+        return [shown_value(field, saved[field]) if field in saved else gr.skip() for field in FORM_FIELDS]
+
+    @shows_errors
+    def add_dataset(path: str | None):
+        from pathlib import Path
+
+        if not path:
+            return [gr.skip()] * 4
+        source = Path(path)
+        target = project.folder("datasets") / jobs_safe_name(source.name)
+        target.write_bytes(source.read_bytes())
+        gr.Info(f"added datasets/{target.name}")
+        return refresh_datasets()
+
+    def refresh_datasets():
+        names = project.datasets()
+        return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=names),
+                gr.update(choices=[""] + names))
+
+    start.click(start_training, inputs, outputs, api_name="start_training")
+    interrupt.click(interrupt_training, current, outputs, api_name="interrupt_training")
+    resume.click(resume_training, [current, resume_until], outputs, api_name="resume_training")
+    preview_button.click(preview_data, inputs, preview, api_name="preview_data")
+    copy_from.change(copy_parameters, copy_from, [widgets[name] for name in FORM_FIELDS], api_name="copy_parameters")
+    dataset_lists = [raw_file, formatted_file, other_file, validation_file]
+    refresh.click(refresh_datasets, None, dataset_lists, api_name="refresh_datasets")
+    upload.upload(add_dataset, upload, dataset_lists, api_name="add_dataset")
+    copy_from.focus(lambda: gr.update(choices=[""] + project.runs()), None, copy_from, show_progress="hidden")
+    timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)
+    return current
+
+
+def jobs_safe_name(name: str) -> str:
+    """An uploaded file's name reduced to letters, digits, '-', '_' and '.' (no folders, no leading dot)."""
+    import re
+
+    cleaned = re.sub(r"[^\w.-]", "_", name).lstrip(".") or "upload.txt"
+    return cleaned[:100]
+
+
+def _estimate(workspace: Workspace, config, examples: int) -> str:
+    """Steps and the activation memory of one micro batch (the part that grows with the settings)."""
+    from tuneforge.train.memory import activation_bytes_per_token
+
+    llm = workspace.require()
+    batch = config.examples_per_step
+    steps = config.max_steps or max(1, math.ceil(config.epochs * math.ceil(examples / batch)))
+    micro = config.micro_batch_size if isinstance(config.micro_batch_size, int) else 1
+    precision = llm.precision if config.precision == "auto" else config.precision
+    per_token = activation_bytes_per_token(llm.model.config, config.cutoff_len, precision)
+    activations = per_token * config.cutoff_len * micro
+    return (f"**Estimate:** {examples} training examples, batch {batch} → **{steps} optimizer steps**; "
+            f"one micro batch of {micro} × {config.cutoff_len} tokens keeps about "
+            f"**{activations / 1024 ** 2:,.0f} MiB** of activations for the backward pass ({precision}).")

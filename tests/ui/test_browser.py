@@ -1,0 +1,183 @@
+"""Seed 000's journey in a real browser (Playwright driving Debian's chromium-headless-shell), on the tiny model.
+
+Load the model, start a LoRA run on a raw text file from datasets/, watch the chart gain points, reload the
+page mid-run and find the same job, Interrupt and Resume to the end, apply the LoRA, generate (streamed),
+chat, read the Logits table, evaluate perplexity, compare. Writes a screenshot of each tab to docs/images/.
+Runs, never skips, wherever the browser is installed (scripts/setup.sh installs it as root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("playwright", reason="the browser tests need playwright: pip install -e '.[test]'")
+
+CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM") or shutil.which("chromium-headless-shell") \
+    or "/usr/lib/chromium/chromium-headless-shell"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+SLOW = 240_000  # ms: a training process imports torch first; on 2 busy cores that takes a while
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no browser at {CHROMIUM}: install Debian's "
+                                "chromium-headless-shell (apt-get install -y chromium-headless-shell)")
+
+
+@pytest.fixture()
+def page(ui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(ui.url)
+        yield page
+        browser.close()
+
+
+def choose(page, selector: str, option: str) -> None:
+    page.locator(f"{selector} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def fill(page, field: str, value: str) -> None:
+    page.locator(f"#field-{field} input, #field-{field} textarea").first.fill(value)
+    page.keyboard.press("Tab")
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def shot(page, name: str) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / f"{name}.png"), full_page=True)
+
+
+def status_step(page) -> int:
+    match = re.search(r"step (\d+)/", page.locator("#train-status").inner_text())
+    return int(match.group(1)) if match else 0
+
+
+def chart_points(page) -> int:
+    """Training-loss points drawn in the Vega chart (its x axis names how many steps it shows)."""
+    label = page.locator("#loss-chart [aria-roledescription='axis']").first
+    if not label.count():
+        return 0
+    match = re.search(r"(\d+) values?", label.get_attribute("aria-label") or "")
+    return int(match.group(1)) if match else 0
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_seed_000_journey_in_the_browser(page, project):
+    page.wait_for_selector("#load-model")
+    choose(page, "#model-choice", "models/tiny")
+    page.locator("#load-model").click()
+    page.wait_for_function("document.querySelector('#model-info').innerText.includes('models/tiny')")
+
+    tab(page, "Training")
+    page.locator("#run-name textarea, #run-name input").first.fill("ui-lora")
+    choose(page, "#raw-file", "data.txt")
+    for field, value in {"max_steps": "1000", "batch_size": "4", "micro_batch_size": "2", "cutoff_len": "32",
+                         "overlap_len": "8", "save_steps": "5", "rank": "4", "alpha": "8",
+                         "learning_rate": "0.01"}.items():
+        fill(page, field, value)
+    page.locator("#preview").click()
+    page.wait_for_function("document.querySelector('#preview-text').innerText.includes('optimizer steps')")
+    assert "shape: raw" in page.locator("#preview-text").inner_text()
+
+    page.locator("#start").click()
+    wait_until(lambda: chart_points(page) >= 2, SLOW / 1000, "the chart's first points")
+    first = chart_points(page)
+    wait_until(lambda: chart_points(page) > first, 60, "the chart to gain points")
+    shot(page, "training")
+
+    before_reload = status_step(page)
+    page.reload()
+    tab(page, "Training")
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('ui-lora')")
+    assert "running" in page.locator("#train-status").inner_text()
+    assert status_step(page) >= before_reload
+    wait_until(lambda: status_step(page) > before_reload + 1, 60, "the re-attached job to keep progressing")
+
+    page.locator("#interrupt").click()
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('interrupted')",
+                           timeout=SLOW)
+    stopped_at = status_step(page)
+    assert 0 < stopped_at < 1000
+    page.locator("#resume-until input").fill(str(stopped_at + 3))
+    page.keyboard.press("Tab")
+    page.locator("#resume").click()
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('finished')", timeout=SLOW)
+    assert status_step(page) == stopped_at + 3
+    page.wait_for_function("document.querySelector('#train-report').innerText.includes('fit:')")
+    assert (project / "runs" / "ui-lora" / "adapter" / "adapter_model.safetensors").is_file()
+
+    tab(page, "Model")
+    page.locator("#refresh-loras").click()
+    time.sleep(0.5)
+    choose(page, "#lora-choice", "runs/ui-lora")
+    page.locator("#apply-loras").click()
+    page.wait_for_function("document.querySelector('#model-info').innerText.includes('runs/ui-lora')")
+    shot(page, "model")
+
+    tab(page, "Parameters")
+    page.locator("#param-max_new_tokens input[type=number]").fill("120")
+    page.keyboard.press("Tab")
+    shot(page, "parameters")
+
+    tab(page, "Notebook")
+    box = page.locator("#notebook-text textarea")
+    box.fill("To be or not to")
+    page.locator("#notebook-generate").click()
+    lengths = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lengths.add(len(box.input_value()))
+        if "generating" not in (page.locator("#notebook-text").get_attribute("class") or "") and len(lengths) > 3:
+            break
+        time.sleep(0.05)
+    assert len(lengths - {len("To be or not to")}) >= 2, f"no streamed pieces seen: {lengths}"
+    assert box.input_value().startswith("To be or not to") and len(box.input_value()) > len("To be or not to")
+    shot(page, "notebook")
+
+    tab(page, "Chat")
+    page.locator("#chat-message textarea").fill("Hello")
+    page.locator("#chat-send").click()
+    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length > 0")
+    shot(page, "chat")
+
+    tab(page, "Logits")
+    page.locator("#logits-run").click()
+    page.wait_for_function("document.querySelector('#logits-table').innerText.includes('ui-lora probability')")
+    assert "base probability" in page.locator("#logits-table").inner_text()
+    shot(page, "logits")
+
+    tab(page, "Training")
+    tab(page, "Perplexity evaluation")
+    choose(page, "#ppl-files", "data.txt")
+    page.locator("#ppl-run").click()
+    page.wait_for_function("document.querySelector('#ppl-table').innerText.includes('data.txt')")
+    shot(page, "perplexity")
+
+    tab(page, "Compare")
+    choose(page, "#compare-variants", "runs/ui-lora")
+    page.locator("#compare-run").click()
+    page.wait_for_function("document.querySelector('#compare-result').innerText.includes('ui-lora')")
+    shot(page, "compare")

@@ -1,0 +1,82 @@
+"""Every verb and sub-verb answers --help (exit 0, no traceback) and shares the run config's flags."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tuneforge.cli import COMMANDS, build_parser, main
+from tuneforge.config import field_names
+from tuneforge.generate import GenerationSettings
+
+VERBS = sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_and_sub_verb_prints_its_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*verb.split(), "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: tuneforge {verb}" in capsys.readouterr().out
+
+
+def test_python_dash_m_tuneforge_runs_the_command():
+    for module in ("tuneforge", "tuneforge.cli"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "data", "inspect", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0 and "Traceback" not in result.stderr
+        assert "--format_file" in result.stdout and "%key%" in result.stdout
+
+
+def test_verbs_that_load_a_model_share_the_run_config_keys(capsys):
+    for verb in ("train", "data inspect", "data prepare", "generate", "logits", "perplexity", "compare"):
+        with pytest.raises(SystemExit):
+            main([*verb.split(), "--help"])
+        help_text = capsys.readouterr().out
+        for key in ("model", "precision", "device", "trust_remote_code"):
+            assert f"--{key}" in help_text, (verb, key)
+        assert "Number format for compute" in help_text  # RunConfig's own help text, not a copy
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(f"--{key}" in help_text for key in ("data", "format", "cutoff_len", "overlap_len"))
+
+
+def test_generation_flags_come_from_generation_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    for name in (f for f in GenerationSettings.__dataclass_fields__):
+        assert f"--{name}" in help_text and f"--{name.replace('_', '-')}" in help_text
+    assert "(> 0.0 and <= 1.0; default: 1.0)" in help_text  # top_p's range from its metadata
+
+
+def test_both_spellings_and_lone_true_false_flags_parse_alike():
+    parser = build_parser()
+    dashed = parser.parse_args(["generate", "--max-new-tokens", "3", "--chat", "Hi"])
+    underscored = parser.parse_args(["generate", "--max_new_tokens=3", "--chat", "true", "Hi"])
+    assert dashed.max_new_tokens == underscored.max_new_tokens == 3
+    assert dashed.chat is underscored.chat is True and dashed.prompt == underscored.prompt == "Hi"
+    assert parser.parse_args(["train", "--packing", "false"]).packing is False
+    assert parser.parse_args(["train", "--trust-remote-code"]).trust_remote_code is True
+    assert set(field_names()) <= set(vars(parser.parse_args(["train", *[f"--{n}=1" for n in field_names()]])))
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["train", "--learning_rat", "1e-3"], "--learning_rate"),
+        (["data", "inspect", "x.txt", "--cutof-len", "64"], "--cutoff_len"),
+        (["generate", "--temprature", "0.5", "hi"], "--temperature"),
+        (["perplexity", "x.txt", "--strid", "8"], "--stride"),
+        (["ui", "--prot", "80"], "--port"),
+    ],
+)
+def test_unknown_flags_name_the_closest_flag_of_their_verb(argv, hint, capsys):
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"did you mean {hint}?" in error
