@@ -52,3 +52,30 @@ export TUNEFORGE_HOME="${TUNEFORGE_HOME:-$PWD/.tuneforge-home}" HF_HUB_OFFLINE=1
 "$PY" -m pytest -q -x -p no:cacheprovider tests/unit/test_resume.py tests/unit/test_training_options.py \
   tests/unit/test_train.py tests/e2e/test_methods.py -k "qlora or resume or precision or seed_000 or lean_lora" \
   2>&1 | tee "$RESULTS/gpu_tests.log"
+
+# Scale smoke test where more than one GPU exists: 2-GPU DDP (torchrun, LoRA) and FSDP with CPU offload
+# (examples/distributed/fsdp_offload.yaml, full fine-tune), 5 steps each on the default model; prints each run's
+# world size line, its last metrics line (tokens/s) and the peak GPU memory sampled by nvidia-smi.
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+if (( GPUS > 1 )); then
+  SMOKE="$RESULTS/scale"
+  rm -rf "$SMOKE" && mkdir -p "$SMOKE"
+  smoke() {  # name, launcher words...
+    local name=$1; shift
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$SMOKE/$name.mem" &
+    local sampler=$!
+    timeout 200 "$@" -m tuneforge train examples/cheese_lora.yaml --max_steps 5 --batch_size 8 \
+      --micro_batch_size 2 --output_dir "$SMOKE/$name" "${EXTRA[@]}" > "$SMOKE/$name.log" 2>&1 || true
+    kill "$sampler" 2>/dev/null || true
+    echo "$name: $(grep -h 'world size' "$SMOKE/$name/report.md" 2>/dev/null || tail -n 3 "$SMOKE/$name.log")"
+    tail -n 1 "$SMOKE/$name/metrics.jsonl" 2>/dev/null || true
+    echo "$name peak GPU memory: $(sort -n "$SMOKE/$name.mem" | tail -n 1) MiB"
+  }
+  {
+    EXTRA=(); smoke ddp "$PY" -m torch.distributed.run --standalone --nproc_per_node 2
+    EXTRA=(--method full); smoke fsdp "$PY" -m accelerate.commands.launch \
+      --config_file examples/distributed/fsdp_offload.yaml --num_processes 2
+  } 2>&1 | tee "$RESULTS/gpu_scale.log"
+else
+  echo "scale smoke test skipped: $GPUS GPU (needs 2)" | tee "$RESULTS/gpu_scale.log"
+fi

@@ -3,14 +3,19 @@
     python benchmarks/train_throughput.py                    # every case (~25 min on 2 CPUs); or: make bench
     python benchmarks/train_throughput.py --cases lora-qv-raw --steps 6
     python benchmarks/train_throughput.py --device cuda      # on a GPU (benchmarks/gpu_check.sh)
+    python benchmarks/train_throughput.py --cases busy --steps 4   # step time idle vs a second process busy
 
 Baseline = `transformers.Trainer` + PEFT `get_peft_model` + `DataCollatorForLanguageModeling(mlm=False)`, once with
-`bf16=True` and once in fp32 (the seeds' default); for QLoRA the base is loaded with a bitsandbytes 4-bit config.
+`bf16=True` and once in fp32 (the seeds' default), and for full fine-tuning also with `optim="adamw_torch_fused"`;
+each tuneforge run is compared with the FASTEST of these on this machine (on a CPU without AMX that is fp32).
+For QLoRA the base is loaded with a bitsandbytes 4-bit config.
 Every run trains on the same examples in the same order (the Trainer is given tuneforge's seeded step order) and
 each is a fresh subprocess, so its peak memory is its own. Reported per run: tokens/s over all tokens (padding
 included) and over useful (loss-carrying) tokens, peak RSS (and peak GPU memory on CUDA), model FLOPs
-utilisation against a matmul peak measured here, loss of the last step, and held-out loss (fp32, the same 16
-held-out examples and the same evaluation code for every run). Prints a table, then one JSON line.
+utilisation against the matmul peak (measured here) of the precision the run computed in, loss of the last step,
+and held-out loss (fp32, the same 16 held-out examples and the same evaluation code for every run). The `busy`
+case times tuneforge's step with a second process burning every core: torch's default threads, then the thread
+count hardware.choose_threads() picks with OpenMP's passive wait policy. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ CASES = {
     "lines": ("cheese_instructions.txt", "lines", ["q_proj", "v_proj"], "lora"),
     "full": ("tinyshakespeare.txt", "raw", None, "full"),
     "qlora-4bit": ("tinyshakespeare.txt", "raw", ["q_proj", "v_proj"], "qlora"),
+    "full-lines": ("cheese_instructions.txt", "lines", None, "full"),  # short rows: fixed per-step costs dominate
+    "busy": ("cheese_instructions.txt", "lines", ["q_proj", "v_proj"], "lora"),  # timed idle, then beside a burner
 }
+BURNER = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"  # another torch job on every core
 SEQ, BATCH, RANK, WARMUP, HELD_OUT = 256, 4, 8, 2, 16
 
 
@@ -96,7 +104,7 @@ def held_out_loss(model, held_out, pad_id) -> float:
     return evaluate_loss(model, held_out, 4, pad_id, next(model.parameters()).device)
 
 
-def worker_hf(case: str, precision: str, steps: int, device: str) -> dict:
+def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "adamw_torch") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -151,7 +159,7 @@ def worker_hf(case: str, precision: str, steps: int, device: str) -> dict:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
                                  learning_rate=2e-4, bf16=precision == "bf16", logging_steps=1, save_strategy="no",
                                  report_to=[], seed=42, use_cpu=device == "cpu", dataloader_num_workers=0,
-                                 disable_tqdm=True)
+                                 disable_tqdm=True, optim=optim)
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
         trainer = SameOrderTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[StepTimer()])
@@ -163,11 +171,14 @@ def worker_hf(case: str, precision: str, steps: int, device: str) -> dict:
     useful = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches[WARMUP:])
     seconds = times[-1] - times[WARMUP - 1]  # the same window as tuneforge's: end of warm-up to end of run
     return {"tokens_per_s": all_tokens / seconds, "useful_tokens_per_s": useful / seconds, "final_loss": losses[-1],
+            "step_s": seconds / steps, "precision": precision,
             "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
             "params": sum(p.numel() for p in model.parameters())}
 
 
 def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device: str) -> dict:
+    import torch
+
     import tuneforge as tf
     from tuneforge.data import save_preprocessed_data
     from tuneforge.data.examples import PreparedData
@@ -191,24 +202,26 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
     seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)
     return {"tokens_per_s": useful / seconds, "useful_tokens_per_s": useful / seconds,
-            "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
+            "step_s": seconds / steps, "threads": torch.get_num_threads(), "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
                                                                          llm.tokenizer.pad_token_id),
             "params": sum(p.numel() for p in llm.model.parameters()), "precision": llm.precision}
 
 
 def run_worker(args) -> None:
     if args.impl == "hf":
-        result = worker_hf(args.case, args.precision, args.steps, args.device)
+        result = worker_hf(args.case, args.precision, args.steps, args.device, **json.loads(args.extra))
     else:
         result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra), args.device)
     result.update(peak_memory_mb())
     print("RESULT " + json.dumps(result))
 
 
-def launch(case: str, impl: str, precision: str, steps: int, device: str, extra: dict | None = None) -> dict:
+def launch(case: str, impl: str, precision: str, steps: int, device: str, extra: dict | None = None,
+           env: dict | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--precision", precision,
                "--steps", str(steps), "--device", device, "--extra", json.dumps(extra or {})]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -232,32 +245,76 @@ def main() -> None:
         return run_worker(args)
 
     peaks = {p: matmul_peak_gflops(p, args.device) for p in ("fp32", "bf16")}
-    print(f"machine: {machine_name(args.device)}; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
-          f"{peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed steps")
+    print(f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
+          f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
+          f"steps; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time)")
     rows = []
     for case in args.cases.split(","):
-        method = CASES[case][3]
-        runs = {"hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
-                "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device),
-                "tuneforge": launch(case, "tuneforge", "auto", args.steps, args.device)}
-        if case in ("lora-qv-raw", "lora-all-linear") and not args.no_compile:
-            runs["tuneforge-compile"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"compile": True})
-        if case == "lines":
-            runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"packing": True})
+        runs = busy_runs(args) if case == "busy" else case_runs(case, args)
+        fastest = max((r for n, r in runs.items() if n.startswith("hf") and "error" not in r),
+                      key=lambda r: r["useful_tokens_per_s"], default=None)
         for name, result in runs.items():
             row = {"case": case, "run": name, **result}
             if "error" not in result:
+                method = CASES[case][3]
                 flops_per_token = (6 if method == "full" else 4) * result["params"]  # LoRA: no weight grads
-                peak = peaks["bf16" if result.get("precision", name[-4:]) == "bf16" else "fp32"]
+                peak = peaks["bf16" if result.get("precision") == "bf16" else "fp32"]
                 # a 4-bit base counts its packed bytes as parameters, so no utilisation for QLoRA
                 row["mfu"] = None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
-                for base in ("hf-fp32", "hf-bf16"):
-                    if base in runs and "error" not in runs[base] and name.startswith("tuneforge"):
-                        row[f"x_{base}"] = result["useful_tokens_per_s"] / runs[base]["useful_tokens_per_s"]
+                if fastest is not None and name.startswith("tuneforge"):
+                    row["x_fastest_hf"] = result["useful_tokens_per_s"] / fastest["useful_tokens_per_s"]
+                if case == "busy" and "error" not in runs["tuneforge-idle"]:
+                    row["x_idle_step"] = result["step_s"] / runs["tuneforge-idle"]["step_s"]
             rows.append(row)
             print(format_row(row), flush=True)
-    print("JSON " + json.dumps({"machine": machine_name(args.device), "peaks_gflops": peaks, "steps": args.steps,
-                                "rows": rows}))
+    print("JSON " + json.dumps({"machine": machine_name(args.device), "cpu_flags": cpu_flags(), "peaks_gflops": peaks,
+                                "steps": args.steps, "rows": rows}))
+
+
+def case_runs(case: str, args) -> dict:
+    """The HF recipes (fp32, bf16, and fused AdamW for full fine-tuning) and tuneforge's runs of one case."""
+    runs = {"hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
+            "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device)}
+    if CASES[case][3] == "full":
+        runs["hf-fp32-fused-adamw"] = launch(case, "hf", "fp32", args.steps, args.device, {"optim": "adamw_torch_fused"})
+    runs["tuneforge"] = launch(case, "tuneforge", "auto", args.steps, args.device)
+    if case in ("lora-qv-raw", "lora-all-linear") and not args.no_compile:
+        runs["tuneforge-compile"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"compile": True})
+    if case in ("lines", "full-lines"):
+        runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"packing": True})
+    return runs
+
+
+def busy_runs(args) -> dict:
+    """tuneforge's step idle, then beside a process burning every core: default threads, then the chosen ones."""
+    from tuneforge.hardware import choose_threads
+
+    runs = {"tuneforge-idle": launch("busy", "tuneforge", "auto", args.steps, args.device)}
+    burner = subprocess.Popen([sys.executable, "-c", BURNER])
+    try:
+        time.sleep(3)  # let it take the cores
+        threads, why = choose_threads()
+        print(f"busy: {why}", flush=True)
+        runs["tuneforge-busy"] = launch("busy", "tuneforge", "auto", args.steps, args.device)
+        passive = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+        runs["tuneforge-busy-passive"] = launch("busy", "tuneforge", "auto", args.steps, args.device, env=passive)
+        runs["tuneforge-busy-chosen"] = launch("busy", "tuneforge", "auto", args.steps, args.device,
+                                               {"num_threads": threads}, env=passive)
+    finally:
+        burner.kill()
+        burner.wait()
+    return runs
+
+
+def cpu_flags() -> str:
+    """The CPU features that decide bf16 speed: AMX (fast bf16 matmuls), AVX512-BF16, AVX512."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    shown = [flag for flag in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if flag in flags]
+    return " ".join(shown) + ("" if "amx_bf16" in flags else " (no AMX)")
 
 
 def machine_name(device: str) -> str:
@@ -275,9 +332,10 @@ def machine_name(device: str) -> str:
 def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['case']:16} {row['run']:17} error: {row['error'][:90]}"
-    ratios = "  ".join(f"{k[2:]} x{v:.2f}" for k, v in row.items() if k.startswith("x_"))
+    ratios = "  ".join(f"{k[2:]} {v:.2f}x" for k, v in row.items() if k.startswith("x_"))
     gpu = f"  gpu {row['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in row else ""
-    return (f"{row['case']:16} {row['run']:17} {row['tokens_per_s']:7.0f} tok/s  useful {row['useful_tokens_per_s']:7.0f}"
+    return (f"{row['case']:11} {row['run']:22} {row['step_s']:6.2f} s/step  {row['tokens_per_s']:6.0f} tok/s  "
+            f"useful {row['useful_tokens_per_s']:6.0f} {row['precision']}"
             f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}  loss {row['final_loss']:.3f}  held-out "
             f"{row['held_out_loss']:.4f}  {ratios}")
 

@@ -5,8 +5,9 @@
     python examples/happy_cheese.py path/to/cheese_instructions.txt 0.02
 
 It reads ../shared/data/cheese_instructions.txt relative to the repository (or TUNEFORGE_CHEESE / argv[1])
-and writes preprocessed-data.json, runs/ and model/ into the current folder. The lines between the two
-"---" comments are the seed's script; `num_train_epochs` and `input_filepath` read the two settings above.
+and writes preprocessed-data.json and model/ into the current folder (the run folder is temporary). The
+lines between the two "---" comments are the seed's script; `num_train_epochs` and `input_filepath` read the
+two settings above.
 """
 
 import os

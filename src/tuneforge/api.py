@@ -251,6 +251,19 @@ class LLM:
         self.last_run = result
         return result
 
+    def prepared_for(self, config: RunConfig):
+        """This model prepared for `config`'s method as a run would train it (quantized, cast, LoRA attached);
+        used to measure a run before it starts (`tuneforge estimate --measure`).
+
+        >>> LLM.load().prepared_for(load_config(None, {"method": "lora"}))
+        """
+        from tuneforge.models.preparation import prepare_base
+
+        self.model = prepare_base(self.model, self.tokenizer, config, device=self.device,
+                                  precision=pick_precision(config.precision, self.device), source=self.source,
+                                  trust_remote_code=self.trust_remote_code)
+        return self.model
+
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
         """Save the adapter (PEFT format) if one is attached, else the whole model and tokenizer."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ DATA_FORMATS = ("auto", "raw", "lines", "text", "formatted", "input_output", "ch
 FORMAT_ALIASES = {"alpaca": ("formatted", "alpaca-format"), "sharegpt": ("chat", None)}
 RAW_TEXT_FORMATS = ("auto", "raw", "text")  # the shapes cut into overlapping chunks ("auto" may become one)
 DEFAULT_BATCH_SIZE = 128  # text-generation-webui's default batch
+RECIPES = ("textgen", "seed000", "auto")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -182,6 +184,11 @@ class RunConfig:
                                          "'h') when PEFT cannot guess it.", group="lora")
 
     # --- training ---
+    recipe: str = setting("textgen", "Where unset keys get their values: 'textgen' (text-generation-webui's "
+                          "Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
+                          "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same), or 'auto' (chosen from the "
+                          "data and the machine, each value printed with its reason). Keys you give always win.",
+                          choices=RECIPES)
     epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
     batch_size: int | None = setting(None, "Batch size: examples per optimizer step (default: 128, rounded "
@@ -245,6 +252,8 @@ class RunConfig:
     # ------------------------------------------------------------------
     def __post_init__(self) -> None:
         self.validate()
+        self.given_keys: frozenset[str] = frozenset()  # the keys the caller gave (set by __init__, below)
+        self.chosen: list[str] = []  # "key value: reason" for each value a recipe chose (recipe auto)
 
     @property
     def auto_micro_batch(self) -> bool:
@@ -330,12 +339,30 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the resolved config as YAML (every key, defaults included)."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        """Write the resolved config as YAML (every key, defaults included; chosen values say why)."""
+        notes = "".join(f"# chosen: {line}\n" for line in self.chosen)
+        Path(path).write_text(notes + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
     def replace(self, **overrides: Any) -> RunConfig:
-        """A copy with some keys changed, validated like any other config."""
-        return from_dict({**self.to_dict(), **overrides})
+        """A copy with some keys changed, validated like any other config; the changed keys count as given."""
+        copy = from_dict({**self.to_dict(), **overrides})
+        copy.given_keys = self.given_keys | frozenset(overrides)
+        copy.chosen = list(self.chosen)
+        return copy
+
+
+_dataclass_init = RunConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_recording_given_keys(self, *args: Any, **kwargs: Any) -> None:
+    # A key given at its default value still counts as given (recipe auto must not change it), which the
+    # values alone cannot tell: the generated __init__ is wrapped to record the names it was called with.
+    _dataclass_init(self, *args, **kwargs)
+    self.given_keys = frozenset([*field_names()[:len(args)], *kwargs])
+
+
+RunConfig.__init__ = _init_recording_given_keys  # type: ignore[method-assign]
 
 
 def field_names() -> list[str]:

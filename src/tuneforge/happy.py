@@ -1,4 +1,4 @@
-"""HappyTransformer-compatible face (its 3.x API): HappyTransformer scripts run with the import and model name changed.
+"""HappyTransformer-compatible face (its 3.x API): its scripts run with the import and model name changed.
 
     from tuneforge.happy import HappyGeneration, GENSettings, GENTrainArgs, GENEvalArgs
     happy_gen = HappyGeneration(model_type="GPT-NEO", model_name="default")
@@ -10,7 +10,7 @@
 Everything here translates names and calls the core (`tuneforge.load`, `LLM.train`, `LLM.perplexity`,
 `LLM.save`); no training logic lives in this file. docs/evaluate.md has the table of every GENTrainArgs field
 and the tuneforge key it becomes. As in HappyTransformer 3.x: nothing is written unless asked (`save()`,
-`save_path`, `save_steps`, `report_to`); the run folder is otherwise a temporary one, removed after training.
+`save_path`, `save_steps`, `report_to`, an `output_dir` of your own); else the run folder is temporary.
 HappyTransformer 2.x's names (adam_*, max_grad_norm, save_/load_preprocessed_data*, preprocessing_processes)
 stay accepted; `GENTrainArgsV2`/`GENEvalArgsV2` keep 2.x's defaults (3 epochs, no held-out split).
 """
@@ -27,9 +27,11 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, DataError
 
 # HappyTransformer 3.x's own messages (happy_transformer.py), so `except ValueError` code keeps working.
-DICT_TRAIN_ARGS = "Dictionary training arguments are no longer supported as of Happy Transformer version 3.0.0"
-DICT_EVAL_ARGS = "Dictionary evaluating arguments are no longer supported as of Happy Transformer version 3.0.0."
-V3_PROJECT_NAME, V3_RUN_NAME = "happy-transformer", "test"
+DICT_TRAIN_ARGS = ("Dictionary training arguments are no longer supported as of Happy Transformer version "
+                   "3.0.0")
+DICT_EVAL_ARGS = ("Dictionary evaluating arguments are no longer supported as of Happy Transformer version "
+                  "3.0.0.")
+V3_PROJECT_NAME, V3_RUN_NAME, V3_OUTPUT_DIR = "happy-transformer", "test", "happy_transformer/"
 
 
 @dataclass
@@ -53,7 +55,7 @@ class GENSettings:
 class GENTrainArgs:
     """HappyTransformer 3.x's GENTrainArgs with its defaults, 2.x's names, and tuneforge's LoRA fields."""
 
-    output_dir: str = "happy_transformer/"  # run folder, kept only when save_steps or report_to write into it
+    output_dir: str = V3_OUTPUT_DIR  # run folder, kept when chosen or when save_steps/report_to write to it
     learning_rate: float = 5e-5
     num_train_epochs: float = 1.0
     batch_size: int = 1
@@ -169,7 +171,8 @@ class HappyGeneration:
     def train(self, input_filepath: str, args: GENTrainArgs | None = None, eval_filepath: str = ""):
         """Fine-tune on a text or CSV file; returns tuneforge's TrainResult (HappyTransformer returns None).
 
-        Without save_steps or report_to the run folder is temporary: `result.run_dir` is gone afterwards.
+        Unless output_dir is chosen or save_steps/report_to write files, the run folder is temporary:
+        `result.run_dir` is gone afterwards and the trained model lives on in memory (`save()` keeps it).
         """
         from tuneforge.config import load_config
         from tuneforge.data import prepare_examples
@@ -185,8 +188,9 @@ class HappyGeneration:
                           stacklevel=2)
         settings = dict(epochs=args.num_train_epochs, batch_size=args.batch_size,
                         micro_batch_size=args.batch_size, learning_rate=args.learning_rate,
-                        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-                        adam_epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
+                        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
+                        adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon,
+                        max_grad_norm=args.max_grad_norm,
                         num_proc=args.preprocessing_processes, precision=self._precision(args.fp16),
                         method=args.method, rank=args.rank, alpha=args.alpha, lora_dropout=args.lora_dropout,
                         target_modules=list(args.target_modules), max_steps=args.max_steps, seed=args.seed,
@@ -206,7 +210,7 @@ class HappyGeneration:
         config = config.replace(save_steps=steps_from_ratio(args.save_steps, total),
                                 eval_steps=steps_from_ratio(args.eval_steps, total),
                                 logging_steps=steps_from_ratio(args.logging_steps, total) or total)
-        if config.save_steps or config.report_to:  # these ask for files, as in HappyTransformer's output_dir
+        if config.save_steps or config.report_to or args.output_dir != V3_OUTPUT_DIR:  # files asked for
             return self.llm.train(config=config.replace(output_dir=args.output_dir))
         folder = tempfile.TemporaryDirectory(prefix="happy-run-", dir=temporary_runs_home())
         with folder:
@@ -249,8 +253,8 @@ class HappyGeneration:
         """The data to use: preprocessed data from load_path (2.x: load_preprocessed_data), else the file."""
         load_from = args.load_path or (args.load_preprocessed_data and args.load_preprocessed_data_path)
         if args.load_preprocessed_data and not args.load_preprocessed_data_path:
-            raise DataError("load_preprocessed_data is on but load_preprocessed_data_path is empty; set it to "
-                            "the folder save_preprocessed_data wrote")
+            raise DataError("load_preprocessed_data is on but load_preprocessed_data_path is empty; set it "
+                            "to the folder save_preprocessed_data wrote")
         if load_from:
             return load_preprocessed(str(load_from))
         return input_filepath
@@ -266,15 +270,15 @@ class HappyGeneration:
 
 def refuse_deepspeed(deepspeed: str | bool) -> None:
     if deepspeed:
-        raise ConfigError(f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and run the "
-                          "script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` (or choose "
-                          "DeepSpeed in `accelerate config`); tuneforge's loop then trains under DeepSpeed")
+        raise ConfigError(f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and "
+                          "run the script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` "
+                          "(or choose DeepSpeed in `accelerate config`); the loop then trains under DeepSpeed")
 
 
 def warn_unmapped_tracker_names(args: GENTrainArgs) -> None:
     if args.project_name != V3_PROJECT_NAME or args.run_name != V3_RUN_NAME:
-        warnings.warn("project_name and run_name have no tuneforge key: trackers name the run after its folder, "
-                      "so set output_dir to name it", stacklevel=3)
+        warnings.warn("project_name and run_name have no tuneforge key: trackers name the run after its "
+                      "folder, so set output_dir to name it", stacklevel=3)
 
 
 def trackers(report_to: tuple | list | str) -> list[str]:
@@ -339,6 +343,7 @@ def load_preprocessed(path: str) -> str:
     from tuneforge.data import load_preprocessed_data
 
     if not Path(path).exists():
-        raise DataError(f"preprocessed data '{path}' does not exist; give load_path the folder save_path wrote")
+        raise DataError(f"preprocessed data '{path}' does not exist; give load_path the folder save_path "
+                        "wrote")
     load_preprocessed_data(path)  # refuses, by name, a folder that is not tuneforge's preprocessed data
     return path

@@ -11,6 +11,7 @@ the losses, the fit diagnosis and generations before and after.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.data.examples import prepare_examples
+from tuneforge.defaults import apply_defaults
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.report import write_report
 from tuneforge.generate import GenerationSettings, generate
@@ -25,6 +27,7 @@ from tuneforge.models.adapters import count_parameters
 from tuneforge.models.loading import ModelSource
 from tuneforge.models.preparation import prepare_base
 from tuneforge.models.scratch import train_bpe_tokenizer
+from tuneforge.train.estimate import estimate_run
 from tuneforge.train.launch import detect_launch
 from tuneforge.train.loop import TrainResult, save_trained, train
 
@@ -63,6 +66,8 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
         tokenizer = scratch_tokenizer(config)
         log(f"trained a byte-level BPE tokenizer with {len(tokenizer):,} tokens on the data")
     prepared = prepare_examples(config.data, tokenizer, config)  # bad data fails before anything slow
+    prepared = drop_examples_without_loss(prepared, config, log)
+    config, prepared = apply_defaults(config, prepared, device, log)  # recipe auto/seed000: chosen, printed
     log(f"data: {prepared.describe()}")
 
     from accelerate import PartialState
@@ -98,6 +103,10 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
     trainable, total = count_parameters(model)
     log(f"method: {config.method}, precision: {precision}, device: {device}, trainable parameters: "
         f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%), run folder: {run_dir}")
+    if main_process:  # the estimate before step 1: memory by part, and whether it fits
+        log("estimate: " + estimate_run(config, model, world_size=launch.world_size, device=device,
+                                        sharding="ddp" if launch.world_size > 1 else "none").describe()
+            .replace("\n", "; "))
 
     on_checkpoint = None
     if config.compare_at_save and main_process:
@@ -121,6 +130,30 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
     write_report(run_dir, config, result, prepared.describe(), samples_before, samples_after, precision, device,
                  launch=launch)
     return model, result
+
+
+def drop_examples_without_loss(prepared, config, log=print):
+    """Drop (and name) prepared examples with no label to train on; none left refuses to start, naming the
+    settings to change, instead of training at loss 0.0."""
+    from tuneforge.data.prepared import ExampleTable
+    from tuneforge.train.loss import examples_without_loss
+
+    empty = examples_without_loss(prepared.train)
+    if not empty:
+        return prepared
+    shown = ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else "")
+    if len(empty) == len(prepared.train):
+        raise ConfigError(f"none of the {len(empty)} training examples has a token left to learn from (the prompt "
+                          f"fills all cutoff_len {config.cutoff_len} tokens, or train_on_source is off for data "
+                          "with no target); raise cutoff_len, shorten the prompts, or set train_on_source: true")
+    keep = sorted(set(range(len(prepared.train))) - set(empty))
+    rows = getattr(prepared.train, "rows", None)
+    train = ExampleTable(rows.select(keep)) if hasattr(rows, "select") else [prepared.train[i] for i in keep]
+    log(f"dropped {len(empty)} training examples with no token to learn from (prepared example ids {shown}); "
+        f"raise cutoff_len (now {config.cutoff_len}) to keep them")
+    counts = {**prepared.counts, "dropped_without_loss": prepared.counts.get("dropped_without_loss", 0) + len(empty),
+              "train_examples": len(train)}
+    return dataclasses.replace(prepared, train=train, counts=counts)
 
 
 @contextmanager

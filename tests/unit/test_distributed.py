@@ -174,3 +174,14 @@ def test_kill_minus_nine_then_resume_with_two_processes_ends_as_the_uninterrupte
     assert final["step"] == STEPS
     assert final["losses"] == pytest.approx(expected["losses"], rel=1e-4)
     assert max_difference(adapter(run / "adapter"), adapter(uninterrupted / "adapter")) <= 1e-4
+
+
+@needs_launchers
+def test_nproc_flag_starts_torchrun_and_matches_the_single_process_run(config_file, one_process):
+    run = config_file.parent / "nproc"
+    command = [str(BIN / "tuneforge"), "train", str(config_file), "--nproc", "2", "--output_dir", str(run)]
+    done = launch(command, config_file.parent, config_file.parent / "nproc-seen")
+    assert "starting 2 processes" in done.stdout
+    assert "world size: 2 processes (torchrun" in (run / "report.md").read_text()
+    assert losses(run) == pytest.approx(losses(one_process["run"]), rel=1e-5)
+    assert sorted(steps_seen(config_file.parent / "nproc-seen")) == [0, 1]

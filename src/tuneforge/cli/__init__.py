@@ -27,6 +27,7 @@ from tuneforge.errors import TuneforgeError
 # Every verb and sub-verb, as typed after `tuneforge`, to the function that runs it.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": train.cmd_train,
+    "estimate": train.cmd_estimate,
     "modules": train.cmd_modules,
     "demo": train.cmd_demo,
     "data inspect": data.cmd_data_inspect,
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    args.argv = list(argv)  # `train --nproc N` hands the same command line to every process
     try:
         if unknown:
             _reject_unknown(parser, unknown, command_of(args))

@@ -2,6 +2,8 @@
 
     tuneforge train examples/cheese_lora.yaml --epochs 1 --learning_rate 1e-3
     tuneforge train --data notes.txt --format lines --cutoff_len 64 --max_steps 1
+    tuneforge train examples/cheese_lora.yaml --nproc 2            # the same run on 2 processes (torchrun)
+    tuneforge estimate examples/cheese_lora.yaml                   # memory and time before the run
     tuneforge modules default
     tuneforge demo
 
@@ -12,12 +14,17 @@ model loads; the handler then calls `tuneforge.load(...).train(config=...)` and 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 from tuneforge.cli.flags import add_setting_flags, add_verb, run_config_from
 from tuneforge.config import RunConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet inside a launcher: become one
+        return launch_processes(args.nproc, args.argv)
     import tuneforge as tf
     from tuneforge.data import preflight
 
@@ -43,6 +50,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"done: {result.steps} steps ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
         f"{result.final_loss:.4f}; saved to {result.saved_to}; report: {result.run_dir / 'report.md'}"
     )
+    return 0
+
+
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """`train ... --nproc N`: run the same command under torchrun with N processes on this machine."""
+    rest, skip = [], False
+    for word in argv:  # drop --nproc N / --nproc=N; everything else goes to every process unchanged
+        if skip:
+            skip = False
+        elif word in ("--nproc", "--nproc-per-node"):
+            skip = True
+        elif not word.startswith(("--nproc=", "--nproc-per-node=")):
+            rest.append(word)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "tuneforge", *rest]
+    from tuneforge.train.launch import ASKED_ENV
+
+    print(f"starting {nproc} processes: torchrun --standalone --nproc_per_node {nproc} -m tuneforge "
+          f"{' '.join(rest)}", flush=True)
+    # torchrun forwards Ctrl-C/SIGTERM to every process, which checkpoint and stop together
+    return subprocess.call(command, env={**os.environ, ASKED_ENV: str(nproc)})
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from tuneforge.train.estimate import estimate_run
+
+    config = run_config_from(args, args.config)
+    model = n_examples = None
+    if args.measure:  # a short measured warm-up needs the model, prepared for its method, and the data
+        import tuneforge as tf
+        from tuneforge.data import preflight, prepare_examples
+
+        preflight(config)
+        llm = tf.load(config.model, device=config.device, precision=config.precision,
+                      trust_remote_code=config.trust_remote_code)
+        n_examples = len(prepare_examples(config.data, llm.tokenizer, config).train)
+        model = llm.prepared_for(config)
+    estimate = estimate_run(config, model, world_size=args.world_size, sharding=args.sharding,
+                            device=config.device, measure=args.measure, n_examples=n_examples)
+    print(estimate.describe())
     return 0
 
 
@@ -82,7 +129,28 @@ def add_train_commands(subparsers) -> None:
         "the YAML file.",
     )
     train.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
+    train.add_argument("--nproc", "--nproc-per-node", dest="nproc", type=int, default=1, metavar="N",
+                       help="Train on N processes of this machine (starts torchrun; DDP over gloo on CPUs, NCCL "
+                       "on GPUs). The effective batch stays batch_size. Default: 1.")
     add_setting_flags(train, RunConfig)
+
+    estimate = add_verb(
+        subparsers,
+        "estimate",
+        help="Memory (weights, gradients, optimizer, activations) and time of a run, before it starts.",
+        description="Estimate a run's memory and, with --measure, its time per step and epoch. Takes the "
+        "same keys as train.",
+    )
+    estimate.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
+    estimate.add_argument("--measure", action="store_true", help="Load the model and time a few steps "
+                          "(needs data).")
+    estimate.add_argument("--world_size", "--world-size", dest="world_size", type=int, default=1,
+                          help="Processes the run will use (default: 1).")
+    from tuneforge.train.estimate import SHARDING
+
+    estimate.add_argument("--sharding", default="none", choices=list(SHARDING),
+                          help="Sharding strategy of a multi-process run (default: none).")
+    add_setting_flags(estimate, RunConfig)
 
     modules = add_verb(
         subparsers, "modules", help="List a model's module names (for target_modules) and hidden size."

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+import statistics
+from collections import Counter
 from pathlib import Path
 
 from tuneforge.data import cache
@@ -47,13 +50,26 @@ TEXT_SHAPES = ("raw", "lines")
 
 
 def detect_shape(text: str) -> str:
-    """'raw' for prose with blank-line paragraphs or very long lines, 'lines' for one example per line."""
+    """'raw' for continuous text (prose, wrapped or one sentence per line), 'lines' for one example per line."""
     return detect_text_shape(text)[0]
 
 
+# Words a sentence rarely ends on: a line ending on one was cut mid-phrase (hard-wrapped text).
+PHRASE_WORDS = frozenset({"a", "an", "and", "as", "at", "but", "by", "for", "from", "if", "in", "into", "is", "of",
+                          "on", "or", "so", "than", "that", "the", "their", "then", "this", "to", "was", "were",
+                          "which", "who", "with"})
+SENTENCE_ENDS = tuple(".!?:;\"')]\u201d\u2019\u2026")
+
+
 def detect_text_shape(text: str) -> tuple[str, str]:
-    """(shape, the reason that decided it), as the preview states it."""
-    lines = [line for line in text.split("\n") if line.strip()]
+    """(shape, the evidence that decided it), as the preview states it.
+
+    Prose one sentence per line (lines end a sentence, the next starts a new one in capitals) and hard-wrapped
+    prose (lines end mid-phrase) are one text: 'raw', trained across line ends. Lines that repeat a template
+    (many share an opening), or that neither end a sentence nor break one, are examples: 'lines'. Anything
+    else is unsure and read as 'raw', the shape that does not cut the context at every line.
+    """
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
     if len(lines) < 2:
         return "raw", "the text is a single line, so it is cut into chunks"
     if "\n\n" in text.strip("\n"):
@@ -61,7 +77,43 @@ def detect_text_shape(text: str) -> tuple[str, str]:
     long_lines = sum(len(line) > 2000 for line in lines)
     if long_lines > 0.1 * len(lines):
         return "raw", f"{long_lines} of {len(lines)} lines are longer than 2000 characters"
-    return "lines", "one short example per line, no blank lines"
+    n, pairs = len(lines), list(zip(lines, lines[1:], strict=False))
+    ended = sum(line.endswith(SENTENCE_ENDS) for line in lines)
+    after_end = [b for a, b in pairs if a.endswith(SENTENCE_ENDS)]
+    capital_after_end = sum(not b[0].islower() for b in after_end)  # a new sentence: capital, digit or quote
+    mid_phrase = sum(line.endswith((",", "-")) or line.split()[-1].lower() in PHRASE_WORDS for line in lines)
+    mid_phrase = mid_phrase if n >= 3 else 0  # the last word of one of two lines is no evidence of wrapping
+    continued = sum(b[0].islower() and not a.endswith(SENTENCE_ENDS) for a, b in pairs)
+    openings = Counter(_opening(line) for line in lines)
+    templated = sum(c for c in openings.values() if c >= max(3, 0.05 * n))  # lines sharing a common opening
+    lengths = [len(line) for line in lines]
+    spread = statistics.pstdev(lengths) / statistics.mean(lengths)
+    evidence = [f"{ended} of {n} lines end a sentence"]
+    if after_end:
+        evidence.append(f"{capital_after_end} of {len(after_end)} after one start a new sentence")
+    evidence += [f"{mid_phrase} end mid-phrase", f"{continued} continue the line before in lowercase",
+                 f"{templated} share a common opening", f"line length spread {spread:.2f}"]
+    evidence = ", ".join(evidence) if n >= 3 else ""  # two lines are too few to count evidence over
+    if templated >= 0.5 * n:
+        return "lines", _stated("one example per line: most lines repeat a template", evidence)
+    if ended >= 0.6 * n and capital_after_end >= 0.6 * len(after_end):
+        return "raw", _stated("prose one sentence per line: the lines run on as one text", evidence)
+    if mid_phrase >= 0.15 * n:
+        return "raw", _stated("wrapped prose: lines break mid-phrase", evidence)
+    if ended < 0.2 * n and mid_phrase < 0.05 * n or ended >= 0.6 * n and capital_after_end < 0.3 * len(after_end):
+        return "lines", _stated("one short example per line, no blank lines", evidence)
+    return "raw", _stated("unsure whether lines are examples or one text, so read as one text (raw keeps "
+                          "the context; set format lines to train each line alone)", evidence)
+
+
+def _opening(line: str) -> str:
+    """A line's first two words, or its label alone ('Question:', 'User:'), lowercased, numbers as '#'."""
+    words = re.sub(r"\d+", "#", line.lower()).split()
+    return words[0] if words[0].endswith(":") else " ".join(words[:2])
+
+
+def _stated(verdict: str, evidence: str) -> str:
+    return f"{verdict} ({evidence})" if evidence else verdict
 
 
 def split_examples(examples: list, validation_split: float, seed: int) -> tuple[list, list]:

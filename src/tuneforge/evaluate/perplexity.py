@@ -101,7 +101,8 @@ def perplexity(model, tokenizer, data, *, max_length: int | None = None, stride:
 
     `shape` says how a text is read: 'raw' as one long text, 'lines' as one example per line (how data of
     that shape is trained, so a line-trained model is not judged on line joins it never saw), 'auto' picks
-    like training does (tuneforge.data's detect_shape).
+    like training does (tuneforge.data's detect_shape): prose, one sentence per line or not, is measured as
+    written; only lines that look like independent examples are scored one by one.
     """
     if shape not in SHAPES:
         raise EvaluationError(f"shape '{shape}' is not one of {', '.join(SHAPES)}")

@@ -57,6 +57,15 @@ def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: 
         raise ModelError(f"cannot attach LoRA: {error}") from None
 
 
+def require_safetensors_adapter(path: Path) -> None:
+    """Adapters load only from adapter_model.safetensors: a .bin adapter is a pickle, which can run code."""
+    if not (path / "adapter_model.safetensors").is_file():
+        found = " (it holds adapter_model.bin, a pickle, which could run code when loaded)" if (
+            path / "adapter_model.bin").exists() else ""
+        raise ModelError(f"'{path}' has no adapter_model.safetensors{found}; tuneforge loads adapters only as "
+                         "safetensors: re-save a trusted adapter with save_pretrained(safe_serialization=True)")
+
+
 def load_adapter(model, path: str | Path, trainable: bool = False):
     """Put a saved PEFT adapter on `model` (a plain transformers model)."""
     from peft import PeftModel
@@ -65,6 +74,7 @@ def load_adapter(model, path: str | Path, trainable: bool = False):
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json); pass the folder a "
                          "training run saved as <run>/adapter")
+    require_safetensors_adapter(path)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
@@ -94,6 +104,7 @@ def add_adapter(model, path: str | Path, name: str | None = None):
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)")
+    require_safetensors_adapter(path)
     name = name or (path.parent.name if path.name in ("adapter", "") else path.name)
     if name == BASE or name in adapter_names(model):
         raise ModelError(f"an adapter named '{name}' is already loaded (or reserved); pass another name")

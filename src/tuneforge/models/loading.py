@@ -151,6 +151,22 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_o
     return tokenizer
 
 
+def refuse_remote_code(source: ModelSource, spec: str) -> None:
+    """A local folder whose config asks for its own Python code (auto_map) is refused without trust_remote_code;
+    transformers would otherwise quietly use its built-in class for a known model_type."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        file = Path(source.path) / name
+        try:
+            asks = file.is_file() and "auto_map" in json.loads(file.read_text())
+        except (OSError, ValueError):
+            asks = False  # unreadable: from_pretrained reports it
+        if asks:
+            raise ModelError(f"'{spec}' asks to run its own Python code ({file} has auto_map); pass "
+                             "trust_remote_code: true only if you trust it")
+
+
 def load_model(spec: str = "default", *, device: str = "auto", precision: str = "auto",
                trust_remote_code: bool = False, quantization=None):
     """Load (model, tokenizer, source). `precision` sets the weight dtype ('auto': bf16 where fast);
@@ -167,6 +183,8 @@ def load_model(spec: str = "default", *, device: str = "auto", precision: str = 
             raise ModelError(f"'{spec}' is not a local folder or file and the Hugging Face hub cannot be reached; "
                              "offline, use model: default (the embedded SmolLM2-135M-Instruct), a local model "
                              "folder, or a .gguf file")
+    if not trust_remote_code:
+        refuse_remote_code(source, spec)
     try:
         tokenizer = load_tokenizer(source, trust_remote_code, local_only)
         extra = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}

@@ -243,7 +243,8 @@ def check_identity(checkpoint: Path, current: dict) -> None:
 
 # Settings a resumed run may change: they decide when to stop, log or save, and how a step is split, but not
 # which examples each step trains on nor how the optimizer moves. Every other change refuses to resume.
-RESUMABLE_CHANGES = {"output_dir", "resume_from", "allow_resume_mismatch", "copy_parameters_from", "data",
+NOT_COMPARED = {"output_dir", "resume_from", "allow_resume_mismatch", "copy_parameters_from"}  # per run
+RESUMABLE_CHANGES = {"data",
                      "max_steps", "epochs", "micro_batch_size", "gradient_checkpointing", "compile", "lean_layers",
                      "early_stopping_patience", "stop_at_loss", "save_steps", "save_total_limit", "logging_steps",
                      "eval_steps", "report_to", "num_threads", "sample_prompts", "compare_at_save", "device",
@@ -259,7 +260,7 @@ def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, o
                             identity.get("data_fingerprint"), True))
     saved = files.get("config") or {}
     current = json.loads(json.dumps(config.to_dict(), default=str))
-    for key in sorted(set(saved) & set(current)):
+    for key in sorted(set(saved) & set(current) - NOT_COMPARED):
         if saved[key] != current[key]:
             differences.append((key, saved[key], current[key], key not in RESUMABLE_CHANGES))
     return differences
@@ -302,7 +303,8 @@ def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
         return checkpoints[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"resume_from '{resume_from}' is not a complete checkpoint folder (no {STATE_FILE}); "
+        raise ConfigError(f"resume_from '{resume_from}' is not a complete checkpoint folder ({path / STATE_FILE} "
+                          "is missing); "
                           f"use 'latest' or a folder like {run_dir}/checkpoints/step-100")
     return path
 
@@ -322,7 +324,11 @@ def open_resume_checkpoint(run_dir: Path, resume_from: str, log) -> tuple[Path, 
                 raise DamagedCheckpointError(f"checkpoint file {path / STATE_FILE} is missing")
             return path, read_checkpoint(path)
         except DamagedCheckpointError as error:
-            log(f"skipping checkpoint {path.name}: {error}; falling back to the checkpoint before it")
+            aside = path.with_name(f"{path.name}.damaged")  # kept for a look, never picked or skipped over again
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            log(f"skipping checkpoint {path.name} (moved to {aside.name}): {error}; falling back to the "
+                "checkpoint before it")
     find_checkpoint(run_dir, "latest")  # raises: no complete checkpoint
     raise DamagedCheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; start a new run "
                                  "without resume_from")

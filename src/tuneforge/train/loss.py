@@ -188,3 +188,18 @@ def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, dev
             tokens += count_loss_tokens(batch["labels"])
     model.train(was_training)
     return total / max(tokens, 1)
+
+
+def examples_without_loss(examples) -> list[int]:
+    """Indices of the examples in which no position carries a label (e.g. a prompt that filled the whole
+    cutoff_len): each would add nothing to the loss but still take a place in its batch."""
+    rows = getattr(examples, "rows", examples)
+    if hasattr(rows, "with_format") and len(rows):  # a datasets.Dataset: count from Arrow, no row decoding
+        import numpy as np
+
+        labels = rows.with_format("arrow")["labels"].combine_chunks()
+        offsets = np.asarray(labels.offsets)
+        trained = np.concatenate([[0], np.cumsum(np.asarray(labels.flatten()) != IGNORE_INDEX)])
+        first = np.minimum(offsets[:-1] + 1, offsets[1:])  # the first label is never predicted
+        return np.flatnonzero(trained[offsets[1:]] - trained[first] == 0).tolist()
+    return [i for i in range(len(examples)) if example_loss_tokens(examples[i]) == 0]

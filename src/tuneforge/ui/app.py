@@ -38,12 +38,11 @@ def build_app(project_dir: str | Path = ".", *, trust_remote_code: bool = False,
         with gr.Tabs():
             with gr.Tab("Model", id="model"):
                 model_tab(workspace)
-            with gr.Tab("Training", id="training"):
-                with gr.Tabs():
-                    with gr.Tab("Train LoRA", id="train-lora"):
-                        training_tab(workspace)
-                    with gr.Tab("Perplexity evaluation", id="perplexity"):
-                        perplexity_tab(workspace)
+            with gr.Tab("Training", id="training"), gr.Tabs():
+                with gr.Tab("Train LoRA", id="train-lora"):
+                    training_tab(workspace)
+                with gr.Tab("Perplexity evaluation", id="perplexity"):
+                    perplexity_tab(workspace)
             with gr.Tab("Parameters", id="parameters", render=False) as parameters:
                 settings = parameters_tab()
             with gr.Tab("Notebook", id="notebook"):

@@ -84,7 +84,7 @@ def compare_tab(workspace: Workspace):
         variants = gr.Dropdown(label="Base and adapters", choices=["base"] + project.loras(), value=["base"],
                                multiselect=True, elem_id="compare-variants")
         run_choice = gr.Dropdown(label="Add a run's checkpoints", choices=[""] + project.runs(), value="")
-        refresh = gr.Button("🔄", scale=0, min_width=40)
+        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="compare-refresh")
     with gr.Row():
         seeds = gr.Textbox(label="Seeds", value="0,1")
         heldout = gr.Dropdown(label="Held-out text for perplexity (optional)", choices=[""] + project.datasets(),

@@ -16,8 +16,19 @@ import yaml
 from tuneforge import jobs
 from tuneforge.config import DATA_FORMATS, field_help, from_dict
 from tuneforge.errors import ConfigError
-from tuneforge.ui.form import (ADVANCED_FIELDS, FORM_FIELDS, FORMATTED_FIELDS, MAIN_FIELDS, QLORA_FIELDS,
-                               RAW_FIELDS, SCRATCH_FIELDS, VALIDATION_FIELDS, config_widget, form_values, shown_value)
+from tuneforge.ui.form import (
+    ADVANCED_FIELDS,
+    FORM_FIELDS,
+    FORMATTED_FIELDS,
+    MAIN_FIELDS,
+    QLORA_FIELDS,
+    RAW_FIELDS,
+    SCRATCH_FIELDS,
+    VALIDATION_FIELDS,
+    config_widget,
+    form_values,
+    shown_value,
+)
 from tuneforge.ui.handlers import shows_errors
 from tuneforge.ui.workspace import Workspace
 
@@ -113,18 +124,15 @@ def training_tab(workspace: Workspace):
             with gr.Row():
                 for name in MAIN_FIELDS:
                     widgets[name] = config_widget(name)
-            with gr.Accordion("QLoRA settings", open=False):
-                with gr.Row():
-                    for name in QLORA_FIELDS:
-                        widgets[name] = config_widget(name)
-            with gr.Accordion("From scratch: model size", open=False):
-                with gr.Row():
-                    for name in SCRATCH_FIELDS:
-                        widgets[name] = config_widget(name)
-            with gr.Accordion("Advanced", open=False):
-                with gr.Row():
-                    for name in ADVANCED_FIELDS:
-                        widgets[name] = config_widget(name)
+            with gr.Accordion("QLoRA settings", open=False), gr.Row():
+                for name in QLORA_FIELDS:
+                    widgets[name] = config_widget(name)
+            with gr.Accordion("From scratch: model size", open=False), gr.Row():
+                for name in SCRATCH_FIELDS:
+                    widgets[name] = config_widget(name)
+            with gr.Accordion("Advanced", open=False), gr.Row():
+                for name in ADVANCED_FIELDS:
+                    widgets[name] = config_widget(name)
         with gr.Column(scale=2):
             # which dataset tab is chosen; a hidden radio (not a State) so scripts can choose it too
             mode = gr.Radio(list(DATASET_MODES), value=DATASET_MODES[0], label="Dataset kind", visible=False)

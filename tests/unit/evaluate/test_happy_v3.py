@@ -6,7 +6,7 @@ The lines under "# HappyTransformer:" are short snippets from HappyTransformer v
 (github.com/EricFillion/happy-transformer, Apache-2.0): docs/docs/text-generation/finetuning.md (Examples
 1.3, 1.4), docs/docs/save-load-data.md (Example 7.0), docs/docs/save-load-model.md (Examples 8.0, 8.1),
 docs/docs/deepspeed.md, and its tests/test_gen.py, tests/test_eval_data.py, tests/run_save_load.py. Only
-the import line, the model name (the tiny model folder) and the data file (24 short lines) are changed;
+the import line, the model name (the tiny model folder) and the data file (12 short lines) are changed;
 where tuneforge's `train` returns a result (HappyTransformer returns None) we keep it to assert on.
 """
 
@@ -45,8 +45,11 @@ def MODEL(tiny_model_dir):
 
 
 @pytest.fixture()
-def DATA_PATH(lines_file):
-    return str(lines_file)
+def DATA_PATH(lines_file, tmp_path):
+    """HappyTransformer's data/gen/train-eval.txt, in tiny: 12 lines, so 1 held out and 11 steps an epoch."""
+    path = tmp_path / "train-eval.txt"
+    path.write_text("\n".join(lines_file.read_text().splitlines()[:12]) + "\n")
+    return str(path)
 
 
 @pytest.fixture()
@@ -71,9 +74,10 @@ def test_example_1_3_holds_out_eval_ratio_evaluates_by_ratio_and_writes_nothing(
     # HappyTransformer: finetuning.md, Example 1.3
     args = GENTrainArgs(num_train_epochs=1)
     run = happy_gen.train(DATA_PATH, args=args)
-    # eval_ratio 0.1 holds out 2 of 24 lines: 22 steps of batch 1; eval_steps 0.1 = every ceil(2.2) = 3 steps
-    assert run.steps == 22
-    assert [step for step, _ in run.validation_losses] == [3, 6, 9, 12, 15, 18, 21, 22]
+    # eval_ratio 0.1 holds out 1 of 12 lines: 11 steps of batch 1; eval_steps 0.1 = every ceil(1.1) = 2 steps,
+    # and the last
+    assert run.steps == 11
+    assert [step for step, _ in run.validation_losses] == [2, 4, 6, 8, 10, 11]
     assert all(math.isfinite(loss) for _, loss in run.validation_losses)
     assert list(work.iterdir()) == [] and not (work / "runs").exists()
     assert temporary_runs() == runs_before and not run.run_dir.exists() and run.saved_to is None
@@ -86,7 +90,7 @@ def test_training_lowers_the_eval_loss_and_example_1_4_evaluates(work, MODEL, DA
     happy.train(DATA_PATH, args=GENTrainArgs(learning_rate=5e-4, num_train_epochs=3))
     after_result = happy.eval(DATA_PATH)
     assert after_result.loss < before_result.loss
-    # HappyTransformer: finetuning.md, Example 1.4 (preprocessing_processes is a 2.x name tuneforge still takes)
+    # HappyTransformer: finetuning.md, Example 1.4 (preprocessing_processes: a 2.x name tuneforge still takes)
     args = GENEvalArgs(preprocessing_processes=2)
     result = happy.eval(DATA_PATH, args=args)
     assert math.isfinite(result.loss) and result.loss == pytest.approx(after_result.loss, rel=1e-5)
@@ -99,16 +103,17 @@ def test_saved_data_is_trained_again_from_load_path(work, happy_gen, DATA_PATH):
     args_save = GENTrainArgs(eval_ratio=0.1, num_train_epochs=1, save_path=save_path)
     saved = happy_gen.train(DATA_PATH, args=args_save)
     args_load = GENTrainArgs(num_train_epochs=1, load_path=save_path)
-    loaded = happy_gen.train(DATA_PATH, args=args_load)
     # Should still work even if eval_filepath is provided
     with pytest.warns(UserWarning, match="eval data comes from data/test/"):
         with_eval_file = happy_gen.train(DATA_PATH, eval_filepath=DATA_PATH, args=args_load)
     # HappyTransformer: save-load-data.md, Example 7.0 -- "if you're loading data, then you can set
     # input_filepath to anything"
     anything = happy_gen.train(input_filepath="", args=args_load)
-    for run in (loaded, with_eval_file, anything):
-        assert (run.steps, run.train_tokens) == (saved.steps, saved.train_tokens) == (22, saved.train_tokens)
-        assert len(run.validation_losses) == len(saved.validation_losses)
+    assert saved.steps == 11 and saved.validation_losses
+    assert math.isfinite(happy_gen.eval("", args=GENEvalArgs(load_path=save_path)).loss)  # its eval split
+    for run in (with_eval_file, anything):  # the saved split, not eval_filepath nor a new one
+        assert (run.steps, run.train_tokens) == (saved.steps, saved.train_tokens)
+        assert [step for step, _ in run.validation_losses] == [step for step, _ in saved.validation_losses]
     assert [p.name for p in work.iterdir()] == ["data"] and (work / "data" / "test" / "meta.json").is_file()
 
 
@@ -129,7 +134,7 @@ def test_saved_eval_data_scores_the_same_from_load_path(work, happy_gen, DATA_PA
 def test_saved_model_loads_back_from_model_name_and_load_path_with_the_same_greedy_text(work, happy_gen,
                                                                                          MODEL, DATA_PATH):
     happy_gen.train(DATA_PATH, args=GENTrainArgs(learning_rate=5e-4, num_train_epochs=1))
-    # HappyTransformer: save-load-model.md, Examples 8.0 and 8.1, as tests/test_gen.py's test_gen_save runs them
+    # HappyTransformer: save-load-model.md, Examples 8.0 and 8.1, as tests/test_gen.py's test_gen_save runs
     happy_gen.save("model/")
     result_before = happy_gen.generate_text("Natural language processing is")
     happy = HappyGeneration(model_name="model/")
@@ -166,6 +171,8 @@ def test_deepspeed_is_refused_naming_accelerate_launch(work, happy_gen, DATA_PAT
 def test_save_steps_keep_checkpoints_in_output_dir_as_happytransformer_does(work, happy_gen, DATA_PATH):
     run = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, save_steps=0.5, logging_steps=5))
     checkpoints = work / "happy_transformer" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-11", "step-22"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-11", "step-6"]  # every ceil(5.5) steps
     assert run.run_dir.resolve() == (work / "happy_transformer").resolve()
-    assert [p.name for p in work.iterdir()] == ["happy_transformer"] and os.listdir(checkpoints / "step-22")
+    assert [p.name for p in work.iterdir()] == ["happy_transformer"] and os.listdir(checkpoints / "step-11")
+    chosen = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=1, output_dir="mine"))
+    assert chosen.saved_to == work / "mine" / "model"  # an output_dir of your own keeps the run

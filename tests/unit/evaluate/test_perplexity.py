@@ -68,6 +68,22 @@ def test_line_shaped_text_is_scored_line_by_line_like_training_reads_it(tiny_llm
     assert raw.tokens == len(tiny_llm.tokenizer(TEXT)["input_ids"]) - 1
 
 
+PROSE = ("The first thing to know about bread is that it is alive.\nYeast eats the sugars in the flour.\n"
+         "A cold kitchen slows this down.\nSalt tightens the gluten, so the dough holds its shape.\n"
+         "Most of the flavour comes from time.\n")
+
+
+def test_prose_one_sentence_per_line_is_measured_as_written(tiny_llm):
+    ids = tiny_llm.tokenizer(PROSE)["input_ids"]
+    auto = perplexity(tiny_llm.model, tiny_llm.tokenizer, PROSE, max_length=512, stride=512)
+    raw = perplexity(tiny_llm.model, tiny_llm.tokenizer, PROSE, max_length=512, stride=512, shape="raw")
+    assert not auto.data.endswith("(per line)") and auto.tokens == raw.tokens == len(ids) - 1
+    assert auto.perplexity == pytest.approx(raw.perplexity, rel=1e-12)
+    assert auto.perplexity == pytest.approx(direct_perplexity(tiny_llm.model, ids, 512), rel=1e-3)
+    lines = perplexity(tiny_llm.model, tiny_llm.tokenizer, PROSE, max_length=512, stride=512, shape="lines")
+    assert lines.tokens < auto.tokens  # per line, each sentence loses the text before it
+
+
 def test_prepared_examples_score_only_tokens_with_labels(tiny_llm):
     ids = tiny_llm.tokenizer("you can make a tasty cheese sandwich")["input_ids"]
     masked = [-100] * 4 + ids[4:]

@@ -1,0 +1,210 @@
+"""Defaults chosen from the data and the machine, each with its reason, for the keys the user did not give.
+
+    from tuneforge.config import RunConfig
+    from tuneforge.defaults import DataStats, Machine, choose_defaults
+    config, choices = choose_defaults(RunConfig(recipe="auto"), DataStats("raw", 140, 35_840), Machine("cpu", 2))
+    print("\\n".join(c.describe() for c in choices))   # ... batch_size 8: 126 examples → 48 steps over 3 epochs
+
+`recipe: textgen` (the default; `seed000` is the same) keeps text-generation-webui's Training-tab numbers,
+so a user following seed 000 gets them exactly. `recipe: auto` sizes the run to the data: a batch that gives
+enough steps to learn from a small file, fewer epochs for a large one, LoRA on all linear layers (the default
+of text-generation-webui, unsloth and the QLoRA paper today), a short warm-up, packing for short examples and
+a held-out validation split. `choose_defaults` is pure; `apply_defaults` is the one call the recipe makes
+right after the data is prepared (it also carves the validation split and packs the prepared examples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+# text-generation-webui's Training tab, as seed 000 trains
+TEXTGEN_RECIPE = {"batch_size": 128, "micro_batch_size": 4, "rank": 32, "alpha": 64,
+                  "target_modules": ["q_proj", "v_proj"], "epochs": 3.0, "learning_rate": 3e-4}
+LORA_METHODS = ("lora", "qlora")
+STEPS_PER_EPOCH = 16  # enough optimizer steps per pass for a small file to be learned, not just seen
+LARGE_DATA_EXAMPLES = 2_000  # beyond this many examples one or two passes are enough
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    value: object
+    reason: str
+
+    def describe(self) -> str:
+        shown = ",".join(map(str, self.value)) if isinstance(self.value, list) else \
+            f"{self.value:g}" if isinstance(self.value, float) else self.value
+        return f"{self.key} {shown}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the choice rules read of the prepared data."""
+
+    shape: str
+    examples: int  # training examples (raw text: chunks)
+    tokens: int  # tokens in them
+    has_validation: bool = False
+
+    @property
+    def mean_tokens(self) -> float:
+        return self.tokens / max(1, self.examples)
+
+    @classmethod
+    def of(cls, prepared) -> DataStats:
+        lengths = getattr(prepared.train, "lengths", None)
+        tokens = sum(lengths) if lengths is not None else sum(len(e["input_ids"]) for e in prepared.train)
+        return cls(prepared.shape, len(prepared.train), int(tokens), bool(len(prepared.validation)))
+
+
+@dataclass(frozen=True)
+class Machine:
+    device: str  # cpu, cuda, mps
+    cores: int = 1
+
+    @classmethod
+    def detect(cls, device: str) -> Machine:
+        return cls(device, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
+def choose_defaults(config, data: DataStats, machine: Machine):
+    """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen."""
+    given = config.given_keys
+    choices: list[Choice] = []
+
+    def choose(key: str, value, reason: str) -> None:
+        if key not in given:
+            choices.append(Choice(key, value, reason))
+
+    lora = config.method in LORA_METHODS
+    if config.recipe in ("textgen", "seed000"):
+        recipe = dict(TEXTGEN_RECIPE)
+        if "gradient_accumulation_steps" in given or "micro_batch_size" in given:
+            recipe.pop("micro_batch_size")
+            if "gradient_accumulation_steps" in given:
+                recipe.pop("batch_size")  # the batch is micro x accumulation then
+            elif isinstance(config.micro_batch_size, int):  # the recipe's batch, rounded to the given micro
+                recipe["batch_size"] = max(config.micro_batch_size, 128 - 128 % config.micro_batch_size)
+        for key, value in recipe.items():
+            if lora or key not in ("rank", "alpha", "target_modules"):
+                choose(key, value, f"recipe {config.recipe} (text-generation-webui's Training tab)")
+        return _applied(config, choices)
+
+    examples = data.examples
+    validation_split = 0.0
+    if ("validation_split" not in given and "validation_data" not in given and not data.has_validation
+            and examples >= 20):
+        validation_split = 0.1 if examples < 1_000 else max(1, min(200, round(0.05 * examples)))
+        held = max(1, round(examples * validation_split)) if validation_split < 1 else int(validation_split)
+        choose("validation_split", validation_split, f"no validation data given: {held} of {examples} examples "
+               "held out to measure the fit")
+        examples -= held
+    packing = False
+    if data.shape != "raw" and "packing" not in given and data.mean_tokens < config.cutoff_len / 4:
+        packing = True
+        per_block = max(1, int(config.cutoff_len // data.mean_tokens))
+        choose("packing", True, f"examples average {data.mean_tokens:.0f} tokens, so about {per_block} fit in "
+               f"one cutoff_len ({config.cutoff_len}) block")
+        examples = max(1, math.ceil(data.tokens * (1 - _held_fraction(validation_split, data.examples))
+                                    / config.cutoff_len))
+
+    unit = "packed blocks" if packing else "examples"
+    epochs = config.epochs
+    if "epochs" not in given and "max_steps" not in given:
+        epochs = 3.0 if examples < LARGE_DATA_EXAMPLES else 1.0 if examples >= 10 * LARGE_DATA_EXAMPLES else 2.0
+        size = "small" if epochs == 3 else "large" if epochs == 1 else "medium-sized"
+        choose("epochs", epochs, f"{examples} training {unit} is {size} data")
+    micro = config.micro_batch_size
+    if "micro_batch_size" not in given and "gradient_accumulation_steps" not in given and machine.device == "cuda":
+        micro = "auto"
+        choose("micro_batch_size", "auto", "the largest micro batch that fits this GPU's free memory")
+    if "batch_size" not in given and "gradient_accumulation_steps" not in given:
+        batch = 2 ** max(0, min(6, round(math.log2(max(1, examples / STEPS_PER_EPOCH)))))  # 1 .. 64
+        if isinstance(micro, int) and batch % micro:
+            batch = max(micro, batch - batch % micro)
+        steps = math.ceil(examples / batch) * (epochs if "max_steps" not in given else 1)
+        over = f"over {epochs:g} epochs" if "max_steps" not in given else "per epoch"
+        choose("batch_size", batch, f"{examples} {unit} → {math.ceil(steps)} steps {over}")
+        if micro == config.micro_batch_size and "micro_batch_size" not in given and isinstance(micro, int):
+            micro = min(batch, 8 if machine.device != "cpu" else 4)
+            if micro != config.micro_batch_size:
+                choose("micro_batch_size", micro, f"the whole batch in one forward pass on {machine.cores} "
+                       f"{machine.device} cores")
+    if config.method == "full":
+        choose("learning_rate", 5e-5, "full fine-tuning moves every weight: seed 004's 5e-5")
+    elif lora:
+        choose("learning_rate", 2e-4, "LoRA on all linear layers: the QLoRA paper's 2e-4")
+    if lora:
+        rank = 16 if data.tokens < 200_000 else 32
+        choose("rank", rank, f"{data.tokens:,} tokens of data: rank {rank} has room enough")
+        choose("alpha", 2 * (rank if "rank" not in given else config.rank), "2 x rank (scale 2)")
+        choose("target_modules", ["all-linear"], "every linear layer, as text-generation-webui, unsloth and "
+               "the QLoRA paper default to")
+    if "warmup_steps" not in given and "warmup_ratio" not in given:
+        choose("warmup_ratio", 0.05, "the first 5% of steps warm the learning rate up from 0")
+    return _applied(config, choices)
+
+
+def _held_fraction(validation_split: float, examples: int) -> float:
+    return validation_split if validation_split < 1 else validation_split / max(1, examples)
+
+
+def _applied(config, choices: list[Choice]):
+    if not choices:
+        return config, choices
+    chosen = config.replace(**{c.key: c.value for c in choices})
+    chosen.given_keys = config.given_keys  # what the user gave, not what was chosen for them
+    chosen.chosen = [c.describe() for c in choices]
+    return chosen, choices
+
+
+def apply_defaults(config, prepared, device: str, log=print):
+    """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data."""
+    if "recipe" not in config.given_keys:
+        return config, prepared  # the untouched default recipe: the config's own defaults, as before
+    config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device))
+    for choice in choices:
+        log(f"default chosen: {choice.describe()}")
+    keys = {c.key for c in choices}
+    if "validation_split" in keys:
+        prepared = _carve_validation(prepared, config)
+    if "packing" in keys:
+        from tuneforge.data.packing import pack_dataset
+        from tuneforge.data.prepared import ExampleTable
+
+        def pack(table, name):
+            rows = getattr(table, "rows", None)
+            if rows is None or not len(table):
+                return table
+            core = rows.remove_columns([c for c in rows.column_names if c not in ("input_ids", "labels")])
+            return ExampleTable(pack_dataset(core, config.cutoff_len, config.num_proc, name))
+
+        prepared = dataclasses.replace(prepared, train=pack(prepared.train, "defaults-packed"),
+                                       validation=pack(prepared.validation, "defaults-packed-val"))
+    return config, prepared
+
+
+def _carve_validation(prepared, config):
+    """Hold out examples for validation: raw text's last chunks (one chunk dropped between, so the overlap of
+    neighbouring chunks does not leak), other shapes a seeded random choice."""
+    from tuneforge.data.examples import split_examples
+    from tuneforge.data.prepared import ExampleTable
+
+    n = len(prepared.train)
+    order = list(range(n))
+    if prepared.shape == "raw":
+        held = max(1, round(n * config.validation_split)) if config.validation_split < 1 else \
+            int(config.validation_split)
+        train_idx, val_idx = order[:n - held - 1], order[n - held:]
+    else:
+        train_idx, val_idx = split_examples(order, config.validation_split, config.seed)
+    rows = getattr(prepared.train, "rows", None)
+    if hasattr(rows, "select"):
+        train, validation = ExampleTable(rows.select(train_idx)), ExampleTable(rows.select(val_idx))
+    else:
+        train, validation = [prepared.train[i] for i in train_idx], [prepared.train[i] for i in val_idx]
+    counts = {**prepared.counts, "train_examples": len(train), "validation_examples": len(validation)}
+    return dataclasses.replace(prepared, train=train, validation=validation, counts=counts)

@@ -1,0 +1,160 @@
+"""Defaults chosen from the data and the machine: the choice rules, user keys winning, the seeds' recipes exact.
+
+    python -m pytest tests/unit/test_defaults.py -q
+"""
+
+import pytest
+import yaml
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.defaults import TEXTGEN_RECIPE, DataStats, Machine, apply_defaults, choose_defaults
+
+CPU = Machine("cpu", 2)
+SMALL_PROSE = DataStats("raw", examples=140, tokens=140 * 256)
+LARGE_PROSE = DataStats("raw", examples=40_000, tokens=40_000 * 256)
+SHORT_LINES = DataStats("lines", examples=1_000, tokens=20_000)  # 20 tokens an example
+LONG_RECORDS = DataStats("formatted", examples=1_000, tokens=200_000)  # 200 tokens an example
+
+
+def chosen(config, data=SMALL_PROSE, machine=CPU):
+    new, choices = choose_defaults(config, data, machine)
+    return new, {c.key: c for c in choices}
+
+
+def assert_every_change_is_reported(before, after, choices):
+    changed = {k for k, v in after.to_dict().items() if v != before.to_dict()[k]}
+    assert changed <= set(choices)
+    for key, choice in choices.items():
+        assert getattr(after, key) == choice.value, key
+        assert choice.describe().startswith(f"{key} ") and len(choice.reason) > 10
+    assert after.chosen == [c.describe() for c in choices.values()]
+
+
+def test_small_data_gets_a_small_batch_enough_steps_three_epochs_and_a_held_out_split():
+    config = RunConfig(recipe="auto")
+    new, choices = chosen(config)
+    assert new.validation_split == 0.1 and "14 of 140 examples held out" in choices["validation_split"].reason
+    assert new.epochs == 3 and new.examples_per_step == 8
+    assert choices["batch_size"].describe() == "batch_size 8: 126 examples → 48 steps over 3 epochs"
+    assert new.target_modules == ["all-linear"] and new.rank == 16 and new.alpha == 32
+    assert new.learning_rate == 2e-4 and new.warmup_ratio == 0.05
+    assert not new.packing  # raw text is cut into full chunks already
+    assert_every_change_is_reported(config, new, choices)
+
+
+def test_large_data_gets_one_epoch_a_larger_batch_and_rank():
+    config = RunConfig(recipe="auto")
+    new, choices = chosen(config, LARGE_PROSE)
+    assert new.epochs == 1 and new.examples_per_step == 64 and new.rank == 32 and new.alpha == 64
+    assert new.validation_split == 200  # a count: 5% of 40,000 would be slow to evaluate
+    assert_every_change_is_reported(config, new, choices)
+
+
+def test_short_examples_are_packed_and_long_ones_are_not():
+    config = RunConfig(recipe="auto")
+    short, short_choices = chosen(config, SHORT_LINES)
+    assert short.packing and "average 20 tokens" in short_choices["packing"].reason
+    assert "packed blocks" in short_choices["batch_size"].reason
+    long, long_choices = chosen(config, LONG_RECORDS)
+    assert not long.packing and "packing" not in long_choices
+    assert long.examples_per_step > short.examples_per_step  # 950 examples against ~75 packed blocks
+
+
+def test_full_fine_tuning_gets_a_lower_learning_rate_and_no_lora_settings():
+    new, choices = chosen(RunConfig(recipe="auto", method="full"))
+    assert new.learning_rate == 5e-5
+    assert not {"rank", "alpha", "target_modules"} & set(choices)
+
+
+def test_a_gpu_gets_an_automatic_micro_batch():
+    new, choices = chosen(RunConfig(recipe="auto"), machine=Machine("cuda", 16))
+    assert new.micro_batch_size == "auto" and "micro_batch_size" in choices
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: RunConfig(recipe="auto", **kw),
+    lambda **kw: load_config(None, {"recipe": "auto", **kw}),
+], ids=["keywords", "load_config"])
+def test_keys_the_user_gave_always_win(make):
+    config = make(batch_size=16, learning_rate=1e-3, rank=8, target_modules=["q_proj"], packing=False,
+                  validation_split=0.0)
+    new, choices = chosen(config, SHORT_LINES)
+    assert not {"batch_size", "learning_rate", "rank", "target_modules", "packing", "validation_split"} & set(
+        choices)
+    assert (new.examples_per_step, new.learning_rate, new.rank, new.target_modules) == (16, 1e-3, 8, ["q_proj"])
+    assert new.alpha == 16 and not new.packing and new.validation_split == 0  # alpha follows the given rank
+    assert_every_change_is_reported(config, new, choices)
+
+
+def test_a_key_given_at_its_default_value_still_wins():
+    config = load_config(None, {"recipe": "auto", "epochs": 3, "warmup_ratio": 0.0})
+    new, choices = chosen(config, LARGE_PROSE)
+    assert new.epochs == 3 and new.warmup_ratio == 0 and not {"epochs", "warmup_ratio"} & set(choices)
+
+
+def test_max_steps_given_leaves_epochs_alone():
+    new, choices = chosen(RunConfig(recipe="auto", max_steps=3), SHORT_LINES)
+    assert "epochs" not in choices and new.max_steps == 3
+
+
+@pytest.mark.parametrize("recipe", ["seed000", "textgen"])
+@pytest.mark.parametrize("data", [SMALL_PROSE, LARGE_PROSE, SHORT_LINES], ids=["small", "large", "short"])
+def test_the_seed_recipes_give_text_generation_webuis_numbers_exactly(recipe, data):
+    config = load_config(None, {"recipe": recipe})
+    new, choices = chosen(config, data, Machine("cuda", 16))
+    assert set(choices) == set(TEXTGEN_RECIPE)
+    assert (new.examples_per_step, new.micro_batch_size, new.rank, new.alpha, new.target_modules, new.epochs,
+            new.learning_rate) == (128, 4, 32, 64, ["q_proj", "v_proj"], 3, 3e-4)
+    assert (new.packing, new.validation_split, new.warmup_ratio) == (False, 0, 0)
+    assert_every_change_is_reported(config, new, choices)
+
+
+def test_a_seed_recipe_keeps_a_given_micro_batch_and_rounds_its_batch_to_it():
+    new, choices = chosen(load_config(None, {"recipe": "textgen", "micro_batch_size": 6}))
+    assert new.micro_batch_size == 6 and new.examples_per_step == 126 and "micro_batch_size" not in choices
+
+
+def test_chosen_values_are_saved_with_their_reasons_in_config_yaml(tmp_path):
+    new, choices = chosen(RunConfig(recipe="auto"))
+    new.replace(output_dir=str(tmp_path)).save(tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    for choice in choices.values():
+        assert f"# chosen: {choice.describe()}\n" in text
+    assert yaml.safe_load(text)["batch_size"] == 8
+
+
+def test_without_a_recipe_given_the_prepared_data_and_config_are_untouched(tokenizer, tmp_path):
+    from tuneforge.data.examples import prepare_examples
+
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
+    config = RunConfig(cutoff_len=128)
+    prepared = prepare_examples(path, tokenizer, config, use_cache=False)
+    assert apply_defaults(config, prepared, "cpu", log=lambda line: None) == (config, prepared)
+
+    printed = []
+    auto = load_config(None, {"recipe": "auto", "cutoff_len": 128})
+    new, carved = apply_defaults(auto, prepared, "cpu", log=printed.append)
+    assert printed == [f"default chosen: {line}" for line in new.chosen]
+    assert any(line.startswith("default chosen: packing True: examples average") for line in printed)
+    assert len(prepared.train) == 60 and len(carved.validation) > 0  # 6 held-out lines, packed into a block
+    assert new.packing and len(carved.train) < 60  # the 54 short lines packed into a few blocks
+    held_out = {tuple(e["input_ids"]) for e in carved.validation}
+    assert not held_out & {tuple(e["input_ids"]) for e in carved.train}
+
+
+def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves_it(tiny_llm, tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
+    run_dir = tmp_path / "run"
+    tiny_llm.train(path, recipe="auto", max_steps=2, cutoff_len=128, output_dir=str(run_dir))
+    out = capsys.readouterr().out
+    config_text = (run_dir / "config.yaml").read_text()
+    chosen_lines = [line.removeprefix("# chosen: ") for line in config_text.splitlines() if line.startswith("#")]
+    assert {line.split()[0] for line in chosen_lines} >= {"validation_split", "packing", "batch_size", "rank"}
+    for line in chosen_lines:
+        assert f"default chosen: {line}" in out
+    assert out.index("default chosen: ") < out.index("method: lora")  # before the model is readied, and step 1
+    saved = yaml.safe_load(config_text)
+    assert saved["recipe"] == "auto" and saved["packing"] and saved["target_modules"] == ["all-linear"]
+    assert saved["max_steps"] == 2 and saved["cutoff_len"] == 128  # given, so kept

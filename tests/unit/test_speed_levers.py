@@ -1,0 +1,150 @@
+"""Speed levers equal their references on the tiny model: fused AdamW, fused projections; and the decisions
+(threads on a busy machine, packing, torch.compile) from fake readings."""
+
+import pytest
+import torch
+
+from tuneforge.config import RunConfig
+from tuneforge.data.batching import collate
+from tuneforge.hardware import choose_threads, usable_cores
+from tuneforge.models.loading import load_model
+from tuneforge.train.levers import should_compile, should_pack
+from tuneforge.train.optim import build_optimizer, fused_adamw_supported
+
+
+def _adamw_weights_after_steps(model_dir, fused: bool) -> list[torch.Tensor]:
+    model, _, _ = load_model(str(model_dir), precision="fp32")  # full fine-tuning: every tensor updated
+    config = RunConfig(learning_rate=1e-3, weight_decay=0.01)
+    if fused:
+        optimizer = build_optimizer(model, config)
+    else:  # torch's single-tensor path, the reference
+        from tuneforge.train.optim import _parameter_groups
+
+        optimizer = torch.optim.AdamW(_parameter_groups(model, 0.01), lr=1e-3, foreach=False, fused=False)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        for param in model.parameters():
+            param.grad = torch.randn(param.shape, generator=generator)
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer
+
+
+def test_adamw_runs_the_fused_kernel_and_gives_the_single_tensor_update(tiny_model_dir):
+    fused_weights, optimizer = _adamw_weights_after_steps(tiny_model_dir, fused=True)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    reference, _ = _adamw_weights_after_steps(tiny_model_dir, fused=False)
+    for got, want in zip(fused_weights, reference, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_falls_back_when_a_parameter_has_no_fused_kernel():
+    integer = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    assert fused_adamw_supported([{"params": [torch.nn.Parameter(torch.ones(2, 2))]}])
+    assert not fused_adamw_supported([{"params": [integer]}])
+    assert not fused_adamw_supported([{"params": []}])
+
+
+def _lora_model(model_dir, targets):
+    from tuneforge.models.adapters import attach_lora
+    from tuneforge.train.fused import lora_linear_layers
+
+    model, _, _ = load_model(str(model_dir), precision="fp32")
+    model = attach_lora(model, rank=4, alpha=8, dropout=0.3, target_modules=targets)
+    for layer in lora_linear_layers(model):  # B starts at zero; give the update a part in the loss
+        for lora_b in layer.lora_B.values():
+            torch.nn.init.normal_(lora_b.weight, std=0.5)
+    return model.train()
+
+
+def _loss_and_grads(model, batch, fused: bool):
+    from tuneforge.train.fused import lean_forwards
+    from tuneforge.train.loss import batch_loss_sum
+
+    model.zero_grad()
+    torch.manual_seed(7)  # the same dropout masks for both
+    with lean_forwards(model, lora=True, fused=fused):
+        loss = batch_loss_sum(model, batch)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["all-linear"]])
+def test_fused_projections_give_the_same_loss_and_gradients(tiny_model_dir, tokenizer, targets):
+    from tuneforge.train.fused import fused_projections
+
+    model = _lora_model(tiny_model_dir, targets)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
+    separate_loss, separate_grads = _loss_and_grads(model, batch, fused=False)
+    fused_loss, fused_grads = _loss_and_grads(model, batch, fused=True)
+    assert fused_loss == pytest.approx(separate_loss, rel=1e-6)
+    assert fused_grads.keys() == separate_grads.keys()
+    for name, want in separate_grads.items():
+        # the input's gradient is one matmul over q, k and v's instead of a sum of three: fp32 sums in another
+        # order, so the chunked-head test's tolerance (test_train.py)
+        assert torch.allclose(fused_grads[name], want, rtol=1e-5, atol=1e-5 * want.abs().max().item()), name
+    with fused_projections(model) as groups:
+        assert groups == 2 * 2  # q/k/v and gate/up in each of 2 layers
+        attention = model.base_model.model.model.layers[0].self_attn
+        assert "forward" in vars(attention.k_proj)
+    for name, param in model.named_parameters():  # own memory again, unchanged values, own forwards back
+        assert torch.equal(param, weights[name]), name
+    layer = model.base_model.model.model.layers[0]
+    assert layer.self_attn.q_proj.base_layer.weight.data_ptr() != layer.self_attn.k_proj.weight.data_ptr()
+    assert "forward" not in vars(layer.self_attn.k_proj) and "forward" not in vars(layer.mlp.up_proj)
+
+
+def test_fused_projections_leave_trainable_and_disabled_layers_alone(tiny_model_dir, tokenizer):
+    from tuneforge.train.fused import fused_projections
+
+    full, _, _ = load_model(str(tiny_model_dir), precision="fp32")  # full fine-tuning: nothing is frozen
+    with fused_projections(full) as groups:
+        assert groups == 0
+    model = _lora_model(tiny_model_dir, ["q_proj", "v_proj"]).eval()
+    ids = torch.tensor([tokenizer("grilled cheese on rye")["input_ids"]])
+    with torch.no_grad():
+        with model.disable_adapter():
+            want_base = model(input_ids=ids).logits
+        want = model(input_ids=ids).logits
+        with fused_projections(model):
+            got = model(input_ids=ids).logits
+            with model.disable_adapter():  # adapters off: the fused path steps aside
+                base = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5) and torch.equal(base, want_base)
+
+
+@pytest.mark.parametrize(("load", "cores", "want"), [(0.0, 2, 2), (0.3, 2, 2), (1.0, 2, 1), (1.7, 2, 1),
+                                                     (6.0, 2, 1), (2.2, 8, 6), (0.0, 8, 8)])
+def test_threads_follow_the_free_cores(monkeypatch, load, cores, want):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    threads, reason = choose_threads(load=load)
+    assert threads == want
+    assert str(threads) in reason and (("busy" in reason) == (threads < cores))
+
+
+def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range():
+    assert choose_threads(requested=3, load=5.0)[0] == 3
+    threads, _ = choose_threads()  # a real /proc/stat sample
+    assert 1 <= threads <= len(usable_cores())
+
+
+def test_packing_is_chosen_for_short_lines_only():
+    short = [20, 35, 12, 50, 18, 40, 25, 30] * 8
+    pack, reason = should_pack(short, cutoff_len=256, micro_batch_size=4)
+    assert pack and "packed" in reason
+    long = [250, 240, 256, 230] * 8
+    assert not should_pack(long, cutoff_len=256, micro_batch_size=4)[0]
+    assert not should_pack([20, 30], cutoff_len=256)[0]  # too few examples to gain
+
+
+def test_compile_is_chosen_when_the_run_repays_it(monkeypatch):
+    assert not should_compile(100, "cuda", seconds_per_step=0.5)[0]  # saves ~10 s for a ~60 s compile
+    assert should_compile(5000, "cuda", seconds_per_step=0.5)[0]
+    assert not should_compile(10**6, "mps")[0]
+    monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: f"/usr/bin/{name}")
+    assert not should_compile(100_000, "cpu", seconds_per_step=2.0)[0]  # measured no faster on CPUs
+    assert should_compile(1000, "cpu", seconds_per_step=2.0, speedup=1.3, compile_seconds=60)[0]
+    monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: None)
+    compile_now, reason = should_compile(1000, "cpu", seconds_per_step=2.0, speedup=1.3, compile_seconds=60)
+    assert not compile_now and "C++ compiler" in reason
