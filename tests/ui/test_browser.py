@@ -67,12 +67,13 @@ def status_step(page) -> int:
 
 
 def chart_points(page) -> int:
-    """Training-loss points drawn in the Vega chart (its x axis names how many steps it shows)."""
-    label = page.locator("#loss-chart [aria-roledescription='axis']").first
-    if not label.count():
+    """The last step drawn in the Vega chart, read from its x axis' description ('... values from 1 to 7')."""
+    axis = page.locator("#loss-chart [aria-roledescription='axis']").first
+    if not axis.count():
         return 0
-    match = re.search(r"(\d+) values?", label.get_attribute("aria-label") or "")
-    return int(match.group(1)) if match else 0
+    label = axis.get_attribute("aria-label") or ""
+    match = re.search(r"from [\d.]+ to ([\d.]+)", label) or re.search(r"(\d+) values?", label)
+    return int(float(match.group(1))) if match else 0
 
 
 def wait_until(predicate, timeout: float, what: str):

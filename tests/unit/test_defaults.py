@@ -150,7 +150,8 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     tiny_llm.train(path, recipe="auto", max_steps=2, cutoff_len=128, output_dir=str(run_dir))
     out = capsys.readouterr().out
     config_text = (run_dir / "config.yaml").read_text()
-    chosen_lines = [line.removeprefix("# chosen: ") for line in config_text.splitlines() if line.startswith("#")]
+    chosen_lines = [line.removeprefix("# chosen: ") for line in config_text.splitlines()
+                    if line.startswith("# chosen: ")]
     assert {line.split()[0] for line in chosen_lines} >= {"validation_split", "packing", "batch_size", "rank"}
     for line in chosen_lines:
         assert f"default chosen: {line}" in out

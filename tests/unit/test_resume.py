@@ -43,6 +43,7 @@ def simulate_crash_after(run_dir, step):
     (run_dir / "checkpoints" / ".step-9.tmp-half").mkdir()  # a half-written checkpoint must be ignored
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_path, method):
     settings = dict(SETTINGS, method=method, learning_rate=1e-3 if method == "full" else 1e-2)
@@ -63,6 +64,7 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_p
         assert torch.allclose(actual[name], expected[name], rtol=1e-5, atol=1e-7), name
 
 
+@pytest.mark.gpu
 def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_file, tmp_path):
     llm = tf.load(str(tiny_model_dir), precision="fp32")
     llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **dict(SETTINGS, max_steps=4))
@@ -127,6 +129,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_di
     assert torch.allclose(plain_weight, backed_off_weight, atol=1e-6)
 
 
+@pytest.mark.gpu
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(tiny_model_dir, lines_file, tmp_path):
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
@@ -153,6 +156,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(t
     assert steps[-1] == stopped_at + 2
 
 
+@pytest.mark.gpu
 def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(tiny_model_dir, lines_file, tmp_path):
     """Seed 000's batch of 1024 makes one step last minutes: Ctrl-C must not wait for it to finish."""
     settings = dict(SETTINGS, batch_size=8, micro_batch_size=2, max_steps=6, save_steps=None)

@@ -194,6 +194,7 @@ def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool, device: str
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(tiny_model_dir, tokenizer, autocast,
@@ -248,6 +249,7 @@ def test_lean_layers_false_trains_with_the_stock_forwards_and_the_same_losses(ti
     assert runs[False].losses == pytest.approx(runs[True].losses, rel=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_lean_lora_on_a_quantized_base_gives_peft_s_loss_and_gradients(tiny_model_dir, tokenizer, bits):
     pytest.importorskip("bitsandbytes")
@@ -272,6 +274,7 @@ def test_lean_lora_on_a_quantized_base_gives_peft_s_loss_and_gradients(tiny_mode
     assert lean_saved < peft_saved
 
 
+@pytest.mark.gpu
 def test_lean_lora_leaves_dora_and_disabled_adapters_to_peft(tiny_model_dir, tokenizer):
     from peft import LoraConfig, get_peft_model
 

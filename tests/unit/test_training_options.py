@@ -131,6 +131,7 @@ def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(tiny_model_dir, lines_file, tmp_path, bits):
     from tuneforge.models.kind import is_quantized

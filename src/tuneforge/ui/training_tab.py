@@ -78,7 +78,9 @@ def _plot_frame(metrics: list[dict]):
     rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if "loss" in m]
     rows += [{"step": m["step"], "loss": m["validation_loss"], "series": "validation"}
              for m in metrics if "validation_loss" in m]
-    return pd.DataFrame(rows or [{"step": 0, "loss": None, "series": "train"}][:0], columns=["step", "loss", "series"])
+    # explicit dtypes: an empty first frame must not make the step axis categorical
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64",
+                                                                          "series": "str"})
 
 
 def _status_markdown(status: jobs.JobStatus) -> str:
@@ -170,8 +172,8 @@ def training_tab(workspace: Workspace):
         start = gr.Button("Start LoRA Training", variant="primary", elem_id="start")
         interrupt = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
         resume = gr.Button("Resume", elem_id="resume")
-        resume_until = gr.Number(label="Resume until step", value=None, precision=0, minimum=1, elem_id="resume-until",
-                                 info="Empty: the run's own end (its epochs or max steps).")
+        resume_until = gr.Number(label="Resume until step", value=0, precision=0, minimum=0, elem_id="resume-until",
+                                 info="0: the run's own end (its epochs or max steps).")
     status = gr.Markdown("No run yet.", elem_id="train-status")
     chart = gr.LinePlot(_plot_frame([]), x="step", y="loss", color="series", title="Loss", height=300,
                         elem_id="loss-chart")
@@ -219,7 +221,7 @@ def training_tab(workspace: Workspace):
             raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
         if jobs.running_jobs(project.root):
             raise ConfigError("another training job is running; interrupt it first")
-        overrides = {"max_steps": int(until)} if until else None
+        overrides = {"max_steps": int(until)} if until and until > 0 else None
         jobs.resume(project.run_dir(name), overrides, cwd=project.root)
         return (name, *poll(name, "")[1:])
 
@@ -230,7 +232,8 @@ def training_tab(workspace: Workspace):
         _, settings = form.config(values)
         config = from_dict(settings)
         inspection = inspect_data(config.data, workspace.tokenizer(), config, n_examples=2)
-        return inspection.render() + "\n\n" + _estimate(workspace, config, len(inspection.prepared.train))
+        estimate = _estimate(workspace, config, len(inspection.prepared.train))
+        return f"```text\n{inspection.render()}\n```\n\n{estimate}"
 
     @shows_errors
     def copy_parameters(name: str):
@@ -290,4 +293,4 @@ def _estimate(workspace: Workspace, config, examples: int) -> str:
     activations = per_token * config.cutoff_len * micro
     return (f"**Estimate:** {examples} training examples, batch {batch} → **{steps} optimizer steps**; "
             f"one micro batch of {micro} × {config.cutoff_len} tokens keeps about "
-            f"**{activations / 1024 ** 2:,.0f} MiB** of activations for the backward pass ({precision}).")
+            f"**{activations / 1024 ** 2:,.1f} MiB** of activations for the backward pass ({precision}).")

@@ -175,4 +175,4 @@ def test_save_steps_keep_checkpoints_in_output_dir_as_happytransformer_does(work
     assert run.run_dir.resolve() == (work / "happy_transformer").resolve()
     assert [p.name for p in work.iterdir()] == ["happy_transformer"] and os.listdir(checkpoints / "step-11")
     chosen = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=1, output_dir="mine"))
-    assert chosen.saved_to == work / "mine" / "model"  # an output_dir of your own keeps the run
+    assert chosen.saved_to.resolve() == work / "mine" / "model"  # an output_dir of your own keeps the run
