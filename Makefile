@@ -1,5 +1,5 @@
-# make check: lint + the whole test suite (what CI runs); make demo: the main job; make bench: speed vs HF.
-.PHONY: check test lint demo fast bench bench-gpu
+# make check: lint, format check, type check + the whole test suite (what CI runs); make demo: the main job.
+.PHONY: check test lint types format demo fast bench bench-gpu
 
 check:
 	bash scripts/test.sh -q
@@ -11,6 +11,13 @@ fast:  ## unit tests only
 
 lint:
 	.venv/bin/ruff check src tests benchmarks examples
+	.venv/bin/ruff format --check src tests benchmarks examples
+
+types:
+	.venv/bin/mypy src/tuneforge
+
+format:
+	.venv/bin/ruff format src tests benchmarks examples
 
 demo:
 	bash scripts/demo.sh

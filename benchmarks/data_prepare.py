@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio = prepare_s / plain_s
     print(f"data: {args.data.name} ({len(text):,} characters), {prepared.describe()}")
     print(f"plain datasets.map(batched=True) tokenization: {plain_s:.3f} s")
-    print(f"tuneforge prepare (raw, cutoff 256, overlap 32): {prepare_s:.3f} s  ({ratio:.2f}x plain; target <= 1.5x)")
+    print(
+        f"tuneforge prepare (raw, cutoff 256, overlap 32): {prepare_s:.3f} s  ({ratio:.2f}x plain; target <= 1.5x)"
+    )
     print(f"tuneforge cache hit:                              {hit_s:.3f} s  (target < 1 s)")
     ok = ratio <= 1.5 and hit_s < 1.0
     print("PASS" if ok else "FAIL")

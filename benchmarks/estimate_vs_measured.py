@@ -31,9 +31,21 @@ print("PEAK", peak)
 
 
 def settings(method: str, micro: int, device: str, output: Path) -> dict:
-    return dict(data=str(DATA), format="raw", cutoff_len=256, overlap_len=0, method=method, micro_batch_size=micro,
-                batch_size=micro, max_steps=2, precision="fp32", device=device, num_threads=None,
-                output_dir=str(output / f"{method}-{micro}"), sample_prompts=[])
+    return dict(
+        data=str(DATA),
+        format="raw",
+        cutoff_len=256,
+        overlap_len=0,
+        method=method,
+        micro_batch_size=micro,
+        batch_size=micro,
+        max_steps=2,
+        precision="fp32",
+        device=device,
+        num_threads=None,
+        output_dir=str(output / f"{method}-{micro}"),
+        sample_prompts=[],
+    )
 
 
 def main() -> None:
@@ -46,24 +58,39 @@ def main() -> None:
     from tuneforge.train.estimate import GIB, estimate_run
 
     rows = []
-    print(f"{'method':6} {'micro':>5} {'estimate GiB':>12} {'measured GiB':>12} {'ratio':>6}  (weights/grad/optim/act)")
+    print(
+        f"{'method':6} {'micro':>5} {'estimate GiB':>12} {'measured GiB':>12} {'ratio':>6}  (weights/grad/optim/act)"
+    )
     for method in ("lora", "qlora", "full"):
         for micro in args.micro:
             case = settings(method, micro, args.device, Path(args.output))
             config = RunConfig(model="default", **{k: v for k, v in case.items() if k != "data"})
             estimate = estimate_run(config, device=args.device)
-            done = subprocess.run([sys.executable, "-c", CASE, json.dumps(case)], capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-c", CASE, json.dumps(case)], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 print(f"{method:6} {micro:>5} failed: {done.stderr[-400:]}")
                 continue
             peak = int(done.stdout.split("PEAK")[-1])
             ratio = estimate.total / peak
-            parts = "/".join(f"{getattr(estimate, p) / GIB:.2f}"
-                             for p in ("weights", "gradients", "optimizer", "activations"))
-            print(f"{method:6} {micro:>5} {estimate.total / GIB:>12.2f} {peak / GIB:>12.2f} {ratio:>6.2f}  ({parts})",
-                  flush=True)
-            rows.append({"method": method, "micro_batch_size": micro, "estimate": estimate.total, "peak": peak,
-                         "within_25_percent": abs(ratio - 1) <= 0.25})
+            parts = "/".join(
+                f"{getattr(estimate, p) / GIB:.2f}"
+                for p in ("weights", "gradients", "optimizer", "activations")
+            )
+            print(
+                f"{method:6} {micro:>5} {estimate.total / GIB:>12.2f} {peak / GIB:>12.2f} {ratio:>6.2f}  ({parts})",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "micro_batch_size": micro,
+                    "estimate": estimate.total,
+                    "peak": peak,
+                    "within_25_percent": abs(ratio - 1) <= 0.25,
+                }
+            )
     print(json.dumps(rows))
 
 

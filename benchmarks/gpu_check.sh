@@ -49,8 +49,8 @@ export TUNEFORGE_HOME="${TUNEFORGE_HOME:-$PWD/.tuneforge-home}" HF_HUB_OFFLINE=1
 
 # Tests that behave differently on CUDA: QLoRA on a real bitsandbytes kernel, precision choice, exact resume,
 # lean LoRA's dropout masks against PEFT's on the CUDA generator.
-"$PY" -m pytest -q -x -p no:cacheprovider tests/unit/test_resume.py tests/unit/test_training_options.py \
-  tests/unit/test_train.py tests/e2e/test_methods.py -m gpu \
+"$PY" -m pytest -q -x -p no:cacheprovider tests/unit/train/test_resume.py tests/unit/train/test_training_options.py \
+  tests/unit/train/test_train.py tests/e2e/test_methods.py -m gpu \
   2>&1 | tee "$RESULTS/gpu_tests.log"
 
 # Scale smoke test where more than one GPU exists: 2-GPU DDP (torchrun, LoRA) and FSDP with CPU offload

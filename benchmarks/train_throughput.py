@@ -38,10 +38,22 @@ CASES = {
     "lines": ("cheese_instructions.txt", "lines", ["q_proj", "v_proj"], "lora"),
     "full": ("tinyshakespeare.txt", "raw", None, "full"),
     "qlora-4bit": ("tinyshakespeare.txt", "raw", ["q_proj", "v_proj"], "qlora"),
-    "full-lines": ("cheese_instructions.txt", "lines", None, "full"),  # short rows: fixed per-step costs dominate
-    "busy": ("cheese_instructions.txt", "lines", ["q_proj", "v_proj"], "lora"),  # timed idle, then beside a burner
+    "full-lines": (
+        "cheese_instructions.txt",
+        "lines",
+        None,
+        "full",
+    ),  # short rows: fixed per-step costs dominate
+    "busy": (
+        "cheese_instructions.txt",
+        "lines",
+        ["q_proj", "v_proj"],
+        "lora",
+    ),  # timed idle, then beside a burner
 }
-BURNER = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"  # another torch job on every core
+BURNER = (
+    "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"  # another torch job on every core
+)
 SEQ, BATCH, RANK, WARMUP, HELD_OUT = 256, 4, 8, 2, 16
 
 
@@ -51,7 +63,9 @@ def examples_for(case: str, tokenizer):
     from tuneforge.data.examples import prepare_examples
 
     file, shape, _, _ = CASES[case]
-    config = RunConfig(data=str(SHARED / file), format=shape, cutoff_len=SEQ, overlap_len=32, validation_split=0)
+    config = RunConfig(
+        data=str(SHARED / file), format=shape, cutoff_len=SEQ, overlap_len=32, validation_split=0
+    )
     examples = list(prepare_examples(config.data, tokenizer, config).train)
     return examples[HELD_OUT:], examples[:HELD_OUT]
 
@@ -66,7 +80,9 @@ def step_order(n_examples: int) -> list[int]:
 def device_name(device: str) -> str:
     import torch
 
-    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    return (
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
 
 
 def peak_memory_mb() -> dict:
@@ -128,18 +144,30 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if precision == "bf16" else torch.float32
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=compute)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=quantization,
-                                                     device_map={"": device})
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, quantization_config=quantization, device_map={"": device}
+        )
         # the seeds' QLoRA recipe; gradient checkpointing off as in every other run here (it costs ~23%)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if method != "full":
-        model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.05,
-                                                 target_modules="all-linear" if targets == ["all-linear"] else targets,
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=RANK,
+                lora_alpha=2 * RANK,
+                lora_dropout=0.05,
+                target_modules="all-linear" if targets == ["all-linear"] else targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     dataset = Dataset.from_list([{"input_ids": train[i]["input_ids"]} for i in step_order(len(train))])
     times: list[float] = []
 
@@ -156,13 +184,25 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
             return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
-                                 learning_rate=2e-4, bf16=precision == "bf16", logging_steps=1, save_strategy="no",
-                                 report_to=[], seed=42, use_cpu=device == "cpu", dataloader_num_workers=0,
-                                 disable_tqdm=True, optim=optim)
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            max_steps=steps + WARMUP,
+            learning_rate=2e-4,
+            bf16=precision == "bf16",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=42,
+            use_cpu=device == "cpu",
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            optim=optim,
+        )
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        trainer = SameOrderTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[StepTimer()])
+        trainer = SameOrderTrainer(
+            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[StepTimer()]
+        )
         # count what each step sees: the same sampler order the Trainer uses
         batches = list(trainer.get_train_dataloader())[: steps + WARMUP]
         trainer.train()
@@ -170,10 +210,15 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
     all_tokens = sum(int(b["input_ids"].numel()) for b in batches[WARMUP:])
     useful = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches[WARMUP:])
     seconds = times[-1] - times[WARMUP - 1]  # the same window as tuneforge's: end of warm-up to end of run
-    return {"tokens_per_s": all_tokens / seconds, "useful_tokens_per_s": useful / seconds, "final_loss": losses[-1],
-            "step_s": seconds / steps, "precision": precision,
-            "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "tokens_per_s": all_tokens / seconds,
+        "useful_tokens_per_s": useful / seconds,
+        "final_loss": losses[-1],
+        "step_s": seconds / steps,
+        "precision": precision,
+        "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device: str) -> dict:
@@ -191,20 +236,38 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         train = pack_examples(train, SEQ)
     with tempfile.TemporaryDirectory() as out:
         data = save_preprocessed_data(PreparedData(shape, train), Path(out) / "train.prepared")
-        settings = dict(method=method, rank=RANK, alpha=2 * RANK, lora_dropout=0.05,
-                        target_modules=targets or ["q_proj"], learning_rate=2e-4, batch_size=BATCH,
-                        micro_batch_size=BATCH, max_steps=steps + WARMUP, logging_steps=1, precision=precision,
-                        lr_scheduler="linear", seed=42, output_dir=str(Path(out) / "run"))
+        settings = dict(
+            method=method,
+            rank=RANK,
+            alpha=2 * RANK,
+            lora_dropout=0.05,
+            target_modules=targets or ["q_proj"],
+            learning_rate=2e-4,
+            batch_size=BATCH,
+            micro_batch_size=BATCH,
+            max_steps=steps + WARMUP,
+            logging_steps=1,
+            precision=precision,
+            lr_scheduler="linear",
+            seed=42,
+            output_dir=str(Path(out) / "run"),
+        )
         settings.update(extra)
         run = llm.train(str(data), show_progress=False, **settings)
         records = [json.loads(line) for line in Path(out, "run", "metrics.jsonl").read_text().splitlines()]
     timed = records[WARMUP:]
     seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)
-    return {"tokens_per_s": useful / seconds, "useful_tokens_per_s": useful / seconds,
-            "step_s": seconds / steps, "threads": torch.get_num_threads(), "final_loss": run.final_loss, "held_out_loss": held_out_loss(llm.model, held_out,
-                                                                         llm.tokenizer.pad_token_id),
-            "params": sum(p.numel() for p in llm.model.parameters()), "precision": llm.precision}
+    return {
+        "tokens_per_s": useful / seconds,
+        "useful_tokens_per_s": useful / seconds,
+        "step_s": seconds / steps,
+        "threads": torch.get_num_threads(),
+        "final_loss": run.final_loss,
+        "held_out_loss": held_out_loss(llm.model, held_out, llm.tokenizer.pad_token_id),
+        "params": sum(p.numel() for p in llm.model.parameters()),
+        "precision": llm.precision,
+    }
 
 
 def run_worker(args) -> None:
@@ -216,22 +279,47 @@ def run_worker(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def launch(case: str, impl: str, precision: str, steps: int, device: str, extra: dict | None = None,
-           env: dict | None = None) -> dict:
-    command = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--precision", precision,
-               "--steps", str(steps), "--device", device, "--extra", json.dumps(extra or {})]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+def launch(
+    case: str,
+    impl: str,
+    precision: str,
+    steps: int,
+    device: str,
+    extra: dict | None = None,
+    env: dict | None = None,
+) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--case",
+        case,
+        "--impl",
+        impl,
+        "--precision",
+        precision,
+        "--steps",
+        str(steps),
+        "--device",
+        device,
+        "--extra",
+        json.dumps(extra or {}),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per run (after 2 warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed optimizer steps per run (after 2 warm-up)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-compile", action="store_true", help="skip the compile: true run (saves ~2 min)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -245,14 +333,19 @@ def main() -> None:
         return run_worker(args)
 
     peaks = {p: matmul_peak_gflops(p, args.device) for p in ("fp32", "bf16")}
-    print(f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
-          f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
-          f"steps; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time)")
+    print(
+        f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
+        f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
+        f"steps; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time)"
+    )
     rows = []
     for case in args.cases.split(","):
         runs = busy_runs(args) if case == "busy" else case_runs(case, args)
-        fastest = max((r for n, r in runs.items() if n.startswith("hf") and "error" not in r),
-                      key=lambda r: r["useful_tokens_per_s"], default=None)
+        fastest = max(
+            (r for n, r in runs.items() if n.startswith("hf") and "error" not in r),
+            key=lambda r: r["useful_tokens_per_s"],
+            default=None,
+        )
         for name, result in runs.items():
             row = {"case": case, "run": name, **result}
             if "error" not in result:
@@ -260,28 +353,48 @@ def main() -> None:
                 flops_per_token = (6 if method == "full" else 4) * result["params"]  # LoRA: no weight grads
                 peak = peaks["bf16" if result.get("precision") == "bf16" else "fp32"]
                 # a 4-bit base counts its packed bytes as parameters, so no utilisation for QLoRA
-                row["mfu"] = None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
+                row["mfu"] = (
+                    None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
+                )
                 if fastest is not None and name.startswith("tuneforge"):
                     row["x_fastest_hf"] = result["useful_tokens_per_s"] / fastest["useful_tokens_per_s"]
                 if case == "busy" and "error" not in runs["tuneforge-idle"]:
                     row["x_idle_step"] = result["step_s"] / runs["tuneforge-idle"]["step_s"]
             rows.append(row)
             print(format_row(row), flush=True)
-    print("JSON " + json.dumps({"machine": machine_name(args.device), "cpu_flags": cpu_flags(), "peaks_gflops": peaks,
-                                "steps": args.steps, "rows": rows}))
+    print(
+        "JSON "
+        + json.dumps(
+            {
+                "machine": machine_name(args.device),
+                "cpu_flags": cpu_flags(),
+                "peaks_gflops": peaks,
+                "steps": args.steps,
+                "rows": rows,
+            }
+        )
+    )
 
 
 def case_runs(case: str, args) -> dict:
     """The HF recipes (fp32, bf16, and fused AdamW for full fine-tuning) and tuneforge's runs of one case."""
-    runs = {"hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
-            "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device)}
+    runs = {
+        "hf-fp32": launch(case, "hf", "fp32", args.steps, args.device),
+        "hf-bf16": launch(case, "hf", "bf16", args.steps, args.device),
+    }
     if CASES[case][3] == "full":
-        runs["hf-fp32-fused-adamw"] = launch(case, "hf", "fp32", args.steps, args.device, {"optim": "adamw_torch_fused"})
+        runs["hf-fp32-fused-adamw"] = launch(
+            case, "hf", "fp32", args.steps, args.device, {"optim": "adamw_torch_fused"}
+        )
     runs["tuneforge"] = launch(case, "tuneforge", "auto", args.steps, args.device)
     if case in ("lora-qv-raw", "lora-all-linear") and not args.no_compile:
-        runs["tuneforge-compile"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"compile": True})
+        runs["tuneforge-compile"] = launch(
+            case, "tuneforge", "auto", args.steps, args.device, {"compile": True}
+        )
     if case in ("lines", "full-lines"):
-        runs["tuneforge-packed"] = launch(case, "tuneforge", "auto", args.steps, args.device, {"packing": True})
+        runs["tuneforge-packed"] = launch(
+            case, "tuneforge", "auto", args.steps, args.device, {"packing": True}
+        )
     return runs
 
 
@@ -297,9 +410,12 @@ def busy_runs(args) -> dict:
         print(f"busy: {why}", flush=True)
         runs["tuneforge-busy"] = launch("busy", "tuneforge", "auto", args.steps, args.device)
         passive = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-        runs["tuneforge-busy-passive"] = launch("busy", "tuneforge", "auto", args.steps, args.device, env=passive)
-        runs["tuneforge-busy-chosen"] = launch("busy", "tuneforge", "auto", args.steps, args.device,
-                                               {"num_threads": threads}, env=passive)
+        runs["tuneforge-busy-passive"] = launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, env=passive
+        )
+        runs["tuneforge-busy-chosen"] = launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, {"num_threads": threads}, env=passive
+        )
     finally:
         burner.kill()
         burner.wait()
@@ -309,8 +425,14 @@ def busy_runs(args) -> dict:
 def cpu_flags() -> str:
     """The CPU features that decide bf16 speed: AMX (fast bf16 matmuls), AVX512-BF16, AVX512."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
     except OSError:
         return "unknown"
     shown = [flag for flag in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if flag in flags]
@@ -324,8 +446,18 @@ def machine_name(device: str) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     return f"{os.cpu_count()} x {model or platform.machine()} (torch {torch.__version__})"
 
 
@@ -334,10 +466,12 @@ def format_row(row: dict) -> str:
         return f"{row['case']:16} {row['run']:17} error: {row['error'][:90]}"
     ratios = "  ".join(f"{k[2:]} {v:.2f}x" for k, v in row.items() if k.startswith("x_"))
     gpu = f"  gpu {row['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in row else ""
-    return (f"{row['case']:11} {row['run']:22} {row['step_s']:6.2f} s/step  {row['tokens_per_s']:6.0f} tok/s  "
-            f"useful {row['useful_tokens_per_s']:6.0f} {row['precision']}"
-            f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}  loss {row['final_loss']:.3f}  held-out "
-            f"{row['held_out_loss']:.4f}  {ratios}")
+    return (
+        f"{row['case']:11} {row['run']:22} {row['step_s']:6.2f} s/step  {row['tokens_per_s']:6.0f} tok/s  "
+        f"useful {row['useful_tokens_per_s']:6.0f} {row['precision']}"
+        f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}  loss {row['final_loss']:.3f}  held-out "
+        f"{row['held_out_loss']:.4f}  {ratios}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,20 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, initializer_range=0.1,  # large enough for LoRA to move it
-                         bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.1,  # large enough for LoRA to move it
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
@@ -52,8 +61,17 @@ def lines_file(tmp_path) -> Path:
     from tuneforge.data.spintax import expand
 
     path = tmp_path / "lines.txt"
-    path.write_text("\n".join(expand("{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
-                                     "{quickly|slowly|today}", 24, seed=1)) + "\n")
+    path.write_text(
+        "\n".join(
+            expand(
+                "{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
+                "{quickly|slowly|today}",
+                24,
+                seed=1,
+            )
+        )
+        + "\n"
+    )
     return path
 
 

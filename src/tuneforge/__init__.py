@@ -1,9 +1,9 @@
 """tuneforge: fine-tune a language model on your own text and see what it learned.
 
-    import tuneforge as tf
-    llm = tf.load("default")
-    run = llm.train("notes.txt", method="lora", epochs=1)
-    print(llm.generate("My notes say "))
+import tuneforge as tf
+llm = tf.load("default")
+run = llm.train("notes.txt", method="lora", epochs=1)
+print(llm.generate("My notes say "))
 """
 
 import logging

@@ -1,12 +1,12 @@
 """The Python API: load a model, generate, look at next-token probabilities, train, evaluate, save, merge.
 
-    import tuneforge as tf
-    llm = tf.load("default")
-    print(llm.generate("To make a cheese sandwich "))
-    run = llm.train("cheese.txt", method="lora", epochs=1, learning_rate=1e-3)
-    llm.save("my-adapter")
-    llm2 = tf.load("default", adapter="my-adapter")
-    print(llm2.perplexity("heldout.txt", adapters=["base", "default"]))   # before/after, side by side
+import tuneforge as tf
+llm = tf.load("default")
+print(llm.generate("To make a cheese sandwich "))
+run = llm.train("cheese.txt", method="lora", epochs=1, learning_rate=1e-3)
+llm.save("my-adapter")
+llm2 = tf.load("default", adapter="my-adapter")
+print(llm2.perplexity("heldout.txt", adapters=["base", "default"]))   # before/after, side by side
 """
 
 from __future__ import annotations
@@ -44,8 +44,15 @@ log = logging.getLogger(__name__)
 class LLM:
     """A causal language model with its tokenizer, optionally carrying a LoRA adapter."""
 
-    def __init__(self, model, tokenizer, source: ModelSource, device: str, precision: str,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        source: ModelSource,
+        device: str,
+        precision: str,
+        trust_remote_code: bool = False,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
@@ -55,23 +62,32 @@ class LLM:
         self.last_run: TrainResult | None = None
 
     @classmethod
-    def load(cls, model: str = "default", adapter: str | Path | None = None, *, device: str = "auto",
-             precision: str = "auto", trust_remote_code: bool = False) -> LLM:
+    def load(
+        cls,
+        model: str = "default",
+        adapter: str | Path | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> LLM:
         """Load `model` ('default', a folder, a .gguf file or a hub id), with an optional LoRA adapter folder.
 
         >>> llm = LLM.load("default", precision="fp32")
         """
         device = pick_device(device)
         precision = pick_precision(precision, device)
-        base, tokenizer, source = load_model(model, device=device, precision=precision,
-                                             trust_remote_code=trust_remote_code)
+        base, tokenizer, source = load_model(
+            model, device=device, precision=precision, trust_remote_code=trust_remote_code
+        )
         if adapter is not None:
             base = load_adapter(base, adapter)
         return cls(base, tokenizer, source, device, precision, trust_remote_code)
 
     # ------------------------------------------------------------------ inference
-    def generate(self, prompt: str | list[dict], settings: GenerationSettings | None = None,
-                 **overrides: Any) -> str:
+    def generate(
+        self, prompt: str | list[dict], settings: GenerationSettings | None = None, **overrides: Any
+    ) -> str:
         """Continue `prompt`; settings: max_new_tokens, do_sample, temperature, top_k, top_p, min_p, typical_p,
         repetition_penalty, no_repeat_ngram_size, num_beams, early_stopping, stop, seed, chat, ...
 
@@ -79,8 +95,9 @@ class LLM:
         """
         return generate(self.model, self.tokenizer, prompt, settings, **overrides)
 
-    def stream(self, prompt: str | list[dict], settings: GenerationSettings | None = None,
-               **overrides: Any) -> Iterator[str]:
+    def stream(
+        self, prompt: str | list[dict], settings: GenerationSettings | None = None, **overrides: Any
+    ) -> Iterator[str]:
         """Yield the continuation piece by piece as it is generated (same text as `generate`).
 
         >>> for piece in LLM.load().stream("To be or not to", max_new_tokens=10): print(piece, end="")
@@ -102,16 +119,32 @@ class LLM:
         return result
 
     # ------------------------------------------------------------------ evaluation
-    def perplexity(self, data: Any, *, max_length: int | None = None, stride: int | None = None,
-                   adapters: list[str] | None = None, history: str | Path | None = None, shape: str = "auto"):
+    def perplexity(
+        self,
+        data: Any,
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+        adapters: list[str] | None = None,
+        history: str | Path | None = None,
+        shape: str = "auto",
+    ):
         """Sliding-window perplexity on a text file, string, list of strings or prepared examples; with
         `adapters`, a list with one result per adapter ("base" for none). `history` appends to a JSONL file.
 
         >>> LLM.load().perplexity("To be or not to be, that is the question.", max_length=8, stride=4).perplexity
         """
+
         def one(label: str) -> PerplexityResult:
-            return perplexity(self.model, self.tokenizer, data, max_length=max_length, stride=stride,
-                              label=label, shape=shape)
+            return perplexity(
+                self.model,
+                self.tokenizer,
+                data,
+                max_length=max_length,
+                stride=stride,
+                label=label,
+                shape=shape,
+            )
 
         if adapters is None:
             results = [one(self._label())]
@@ -124,10 +157,18 @@ class LLM:
             append_history(history, results)
         return results if adapters is not None else results[0]
 
-    def evaluate(self, data: str | Path | list[tuple[str, str]], *, metrics: tuple = ("exact_match", "rouge_l",
-                 "numeric"), template: str = "{input}\n", input_key: str | None = None,
-                 output_key: str | None = None, adapters: list[str] | None = None,
-                 settings: GenerationSettings | None = None, **overrides: Any):
+    def evaluate(
+        self,
+        data: str | Path | list[tuple[str, str]],
+        *,
+        metrics: tuple = ("exact_match", "rouge_l", "numeric"),
+        template: str = "{input}\n",
+        input_key: str | None = None,
+        output_key: str | None = None,
+        adapters: list[str] | None = None,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
+    ):
         """Task scores: generate an output per input of a JSON/JSONL file (or (input, reference) pairs) and
         score it (exact match, ROUGE-L, numeric answer). Greedy, one line, unless settings say otherwise.
 
@@ -137,8 +178,13 @@ class LLM:
         overrides = {"do_sample": False, "stop": ["\n"], **overrides}
 
         def one(label: str) -> TaskScores:
-            return score_task(lambda prompt: self.generate(prompt, settings, **overrides), records,
-                              label=label, metrics=metrics, template=template)
+            return score_task(
+                lambda prompt: self.generate(prompt, settings, **overrides),
+                records,
+                label=label,
+                metrics=metrics,
+                template=template,
+            )
 
         if adapters is None:
             return one(self._label())
@@ -148,9 +194,19 @@ class LLM:
                 scores[name] = one(name)
         return scores
 
-    def compare(self, prompts: list[str], *, adapters: list[str] | None = None, seeds: list[int] | tuple = (0,),
-                heldout: Any = None, settings: GenerationSettings | None = None, max_length: int | None = None,
-                stride: int | None = None, shape: str = "auto", **overrides: Any) -> Comparison:
+    def compare(
+        self,
+        prompts: list[str],
+        *,
+        adapters: list[str] | None = None,
+        seeds: list[int] | tuple = (0,),
+        heldout: Any = None,
+        settings: GenerationSettings | None = None,
+        max_length: int | None = None,
+        stride: int | None = None,
+        shape: str = "auto",
+        **overrides: Any,
+    ) -> Comparison:
         """Base vs each loaded adapter on the same prompts, seeds and settings, plus held-out perplexity.
 
         >>> llm = LLM.load(); llm.load_adapter("runs/demo/adapter", name="cheese")
@@ -158,8 +214,16 @@ class LLM:
         """
         names = adapters if adapters is not None else [BASE, *self.adapters]
         variants = [Variant(name, self, name) for name in names]
-        return compare(variants, prompts, seeds=seeds, settings=resolve_settings(settings, **overrides),
-                       heldout=heldout, max_length=max_length, stride=stride, shape=shape)
+        return compare(
+            variants,
+            prompts,
+            seeds=seeds,
+            settings=resolve_settings(settings, **overrides),
+            heldout=heldout,
+            max_length=max_length,
+            stride=stride,
+            shape=shape,
+        )
 
     def _label(self) -> str:
         return active_adapter_name(self.model)
@@ -224,8 +288,14 @@ class LLM:
         return verify_gguf(self.model, self.tokenizer, written) if verify else written
 
     # ------------------------------------------------------------------ training
-    def train(self, data: str | Path | None = None, *, config: str | Path | RunConfig | None = None,
-              show_progress: bool = True, **settings: Any) -> TrainResult:
+    def train(
+        self,
+        data: str | Path | None = None,
+        *,
+        config: str | Path | RunConfig | None = None,
+        show_progress: bool = True,
+        **settings: Any,
+    ) -> TrainResult:
         """Fine-tune this model in place; keyword arguments are the run config keys (rank, epochs, ...).
 
         >>> run = llm.train("cheese.txt", method="lora", epochs=1, learning_rate=1e-3)
@@ -240,11 +310,18 @@ class LLM:
         else:
             run_config = load_config(config, overrides)
         precision = pick_precision(run_config.precision, self.device)
-        self.model, result = run_training(self.model, self.tokenizer, run_config, device=self.device,
-                                          precision=precision, source=self.source,
-                                          trust_remote_code=self.trust_remote_code, show_progress=show_progress,
-                                          log=log.info if not show_progress else print,
-                                          on_prepared=lambda model: setattr(self, "model", model))
+        self.model, result = run_training(
+            self.model,
+            self.tokenizer,
+            run_config,
+            device=self.device,
+            precision=precision,
+            source=self.source,
+            trust_remote_code=self.trust_remote_code,
+            show_progress=show_progress,
+            log=log.info if not show_progress else print,
+            on_prepared=lambda model: setattr(self, "model", model),
+        )
         self.precision = required_weight_dtype(run_config, precision)
         if result.tokenizer is not None:  # scratch with tokenizer: train brings its own
             self.tokenizer = result.tokenizer
@@ -259,9 +336,15 @@ class LLM:
         """
         from tuneforge.models.preparation import prepare_base
 
-        self.model = prepare_base(self.model, self.tokenizer, config, device=self.device,
-                                  precision=pick_precision(config.precision, self.device), source=self.source,
-                                  trust_remote_code=self.trust_remote_code)
+        self.model = prepare_base(
+            self.model,
+            self.tokenizer,
+            config,
+            device=self.device,
+            precision=pick_precision(config.precision, self.device),
+            source=self.source,
+            trust_remote_code=self.trust_remote_code,
+        )
         return self.model
 
     # ------------------------------------------------------------------ saving

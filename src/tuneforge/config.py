@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -40,22 +40,44 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd",
-              "adafactor")
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "sgd",
+    "adafactor",
+)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def setting(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-            max: float | None = None, min_exclusive: bool = False, group: str = "training",
-            repeatable: bool = False) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    group: str = "training",
+    repeatable: bool = False,
+) -> Any:
     """A config field with its help text and allowed values, for validation, the CLI, the web UI and docs.
 
     `repeatable` list settings take one flag per item (`--stop A --stop B`) instead of comma-separated text.
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive,
-            "group": group, "repeatable": repeatable}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "group": group,
+        "repeatable": repeatable,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,188 +88,378 @@ class RunConfig:
     """Everything that describes one fine-tuning run. Defaults follow text-generation-webui's Training tab."""
 
     # --- model ---
-    model: str = setting("default", "Base model: 'default' (the embedded SmolLM2-135M-Instruct), a local "
-                         "Hugging Face folder, a .gguf file, or a hub id.", group="model")
-    method: str = setting("lora", "How to train: 'lora' trains small low-rank adapter matrices on a frozen model; "
-                          "'qlora' does the same on a base quantized to 4 or 8 bits (less memory); 'full' trains "
-                          "every weight.", choices=METHODS, group="model")
-    architecture: str = setting("gpt2", "scratch: the model family to build.", choices=("gpt2", "llama"),
-                                group="scratch")
+    model: str = setting(
+        "default",
+        "Base model: 'default' (the embedded SmolLM2-135M-Instruct), a local "
+        "Hugging Face folder, a .gguf file, or a hub id.",
+        group="model",
+    )
+    method: str = setting(
+        "lora",
+        "How to train: 'lora' trains small low-rank adapter matrices on a frozen model; "
+        "'qlora' does the same on a base quantized to 4 or 8 bits (less memory); 'full' trains "
+        "every weight.",
+        choices=METHODS,
+        group="model",
+    )
+    architecture: str = setting(
+        "gpt2", "scratch: the model family to build.", choices=("gpt2", "llama"), group="scratch"
+    )
     n_layer: int = setting(6, "scratch: transformer blocks.", min=1, group="scratch")
     n_head: int = setting(6, "scratch: attention heads (n_embd must divide by it).", min=1, group="scratch")
     n_embd: int = setting(384, "scratch: hidden size.", min=8, group="scratch")
-    n_positions: int = setting(512, "scratch: the longest sequence the model can read (>= cutoff_len).", min=8,
-                               group="scratch")
-    tokenizer: str = setting("default", "scratch: 'default' (the base model's tokenizer) or 'train' (a byte-level "
-                             "BPE tokenizer trained on the data, as seed 002 describes).", choices=("default", "train"),
-                             group="scratch")
-    vocab_size: int = setting(8192, "scratch with tokenizer: train — the trained tokenizer's vocabulary size.",
-                              min=260, group="scratch")
+    n_positions: int = setting(
+        512, "scratch: the longest sequence the model can read (>= cutoff_len).", min=8, group="scratch"
+    )
+    tokenizer: str = setting(
+        "default",
+        "scratch: 'default' (the base model's tokenizer) or 'train' (a byte-level "
+        "BPE tokenizer trained on the data, as seed 002 describes).",
+        choices=("default", "train"),
+        group="scratch",
+    )
+    vocab_size: int = setting(
+        8192,
+        "scratch with tokenizer: train — the trained tokenizer's vocabulary size.",
+        min=260,
+        group="scratch",
+    )
     bits: int = setting(4, "QLoRA: bits of the quantized base (4 or 8).", choices=(4, 8), group="model")
-    quant_type: str = setting("nf4", "QLoRA 4-bit: nf4 (NormalFloat, best for normally distributed weights) or "
-                              "fp4.", choices=("nf4", "fp4"), group="model")
-    double_quant: bool = setting(True, "QLoRA 4-bit: also quantize the quantization constants (saves ~0.4 "
-                                 "bits/weight).", group="model")
-    precision: str = setting("auto", "Number format for compute: 'auto' picks bf16 where the hardware has it "
-                             "(this is ~5x faster on CPUs with AVX512-BF16), else fp32.", choices=PRECISIONS,
-                             group="model")
-    device: str = setting("auto", "Where to train: 'auto' uses CUDA when present, else the CPU.", choices=DEVICES,
-                          group="model")
-    trust_remote_code: bool = setting(False, "Run Python code shipped with a hub model. Off unless you trust it.",
-                                      group="model")
+    quant_type: str = setting(
+        "nf4",
+        "QLoRA 4-bit: nf4 (NormalFloat, best for normally distributed weights) or fp4.",
+        choices=("nf4", "fp4"),
+        group="model",
+    )
+    double_quant: bool = setting(
+        True, "QLoRA 4-bit: also quantize the quantization constants (saves ~0.4 bits/weight).", group="model"
+    )
+    precision: str = setting(
+        "auto",
+        "Number format for compute: 'auto' picks bf16 where the hardware has it "
+        "(this is ~5x faster on CPUs with AVX512-BF16), else fp32.",
+        choices=PRECISIONS,
+        group="model",
+    )
+    device: str = setting(
+        "auto", "Where to train: 'auto' uses CUDA when present, else the CPU.", choices=DEVICES, group="model"
+    )
+    trust_remote_code: bool = setting(
+        False, "Run Python code shipped with a hub model. Off unless you trust it.", group="model"
+    )
 
     # --- data ---
-    data: str | None = setting(None, "Training data: a file (.txt .json .jsonl .csv .tsv .parquet .html .sql, or "
-                               ".gz of one) or a folder of them.", group="data")
-    format: str = setting("auto", "Shape of the data: 'raw' (one long text cut into chunks), 'lines' (one "
-                          "example per line), 'text' (records with a text field), 'formatted' (JSON records "
-                          "rendered by a format file), 'input_output' (prompt/answer pairs), 'chat' (messages "
-                          "with roles) or 'auto' (detected; the preview says which). Other tools' names work "
-                          "too: 'alpaca' (formatted with alpaca-format), 'sharegpt' (chat).",
-                          choices=DATA_FORMATS, group="data")
-    format_file: str | None = setting(None, "Format file for 'formatted' data: a JSON map from comma-separated "
-                                      "key sets to templates with %key% placeholders; a path or a shipped name "
-                                      "(alpaca-format, alpaca-chat-format).", group="data")
-    text_column: str | None = setting(None, "Column or key holding the text (CSV/TSV/Parquet/JSON); default: "
-                                      "'text' when present.", group="data")
+    data: str | None = setting(
+        None,
+        "Training data: a file (.txt .json .jsonl .csv .tsv .parquet .html .sql, or "
+        ".gz of one) or a folder of them.",
+        group="data",
+    )
+    format: str = setting(
+        "auto",
+        "Shape of the data: 'raw' (one long text cut into chunks), 'lines' (one "
+        "example per line), 'text' (records with a text field), 'formatted' (JSON records "
+        "rendered by a format file), 'input_output' (prompt/answer pairs), 'chat' (messages "
+        "with roles) or 'auto' (detected; the preview says which). Other tools' names work "
+        "too: 'alpaca' (formatted with alpaca-format), 'sharegpt' (chat).",
+        choices=DATA_FORMATS,
+        group="data",
+    )
+    format_file: str | None = setting(
+        None,
+        "Format file for 'formatted' data: a JSON map from comma-separated "
+        "key sets to templates with %key% placeholders; a path or a shipped name "
+        "(alpaca-format, alpaca-chat-format).",
+        group="data",
+    )
+    text_column: str | None = setting(
+        None,
+        "Column or key holding the text (CSV/TSV/Parquet/JSON); default: 'text' when present.",
+        group="data",
+    )
     sql_table: str | None = setting(None, "SQL dumps: the table whose INSERT values to read.", group="data")
     sql_column: str | None = setting(None, "SQL dumps: the column of sql_table to read.", group="data")
     encoding: str = setting("utf-8", "Text encoding of the data files.", group="data")
-    cutoff_len: int = setting(256, "Cutoff length: the most tokens in one training example. Longer costs memory.",
-                              min=8, max=1_048_576, group="data")
-    overlap_len: int | None = setting(None, "Overlap length (raw text): tokens shared by neighbouring "
-                                      "chunks, so the model does not learn mid-sentence cuts. Must be below "
-                                      "cutoff_len; default: half of cutoff_len.", min=0, group="data")
-    newline_favor_len: int = setting(128, "Prefer newline cut length (raw text): how many characters a chunk's cut "
-                                     "may move back to land on a newline. 0 turns it off.", min=0, group="data")
-    hard_cut_string: str = setting("\n\n\n", "Hard cut string (raw text): text on either side is never joined in "
-                                   "one chunk. Default: three newlines.", group="data")
-    add_eos_token: bool = setting(True, "Append the end-of-sequence token to each example so the model learns to "
-                                  "stop (lines; for raw text, to each hard-cut section).", group="data")
-    train_on_source: bool = setting(False, "input_output/chat/formatted data: also train on the prompt tokens. "
-                                    "Off: only the answer carries loss.", group="data")
-    source_max_len: int = setting(1024, "input_output data: the most tokens kept from the input (prompt).", min=1,
-                                  group="data")
-    target_max_len: int = setting(256, "input_output data: the most tokens kept from the output (answer).", min=1,
-                                  group="data")
-    clean: bool = setting(False, "Drop records containing stock refusal phrases ('As an AI language model', "
-                          "'I cannot fulfill', ...; seed 002's noise).", group="data")
-    filter_patterns: list[str] = setting([], "Extra regular expressions; records matching any are dropped.",
-                                         group="data")
-    dedup: str = setting("none", "Remove duplicate records: 'exact', 'near' (MinHash/LSH) or 'none'.",
-                         choices=("none", "exact", "near"), group="data")
-    near_dup_threshold: float = setting(0.85, "Jaccard similarity above which two records count as near "
-                                        "duplicates.", min=0.0, max=1.0, group="data")
+    cutoff_len: int = setting(
+        256,
+        "Cutoff length: the most tokens in one training example. Longer costs memory.",
+        min=8,
+        max=1_048_576,
+        group="data",
+    )
+    overlap_len: int | None = setting(
+        None,
+        "Overlap length (raw text): tokens shared by neighbouring "
+        "chunks, so the model does not learn mid-sentence cuts. Must be below "
+        "cutoff_len; default: half of cutoff_len.",
+        min=0,
+        group="data",
+    )
+    newline_favor_len: int = setting(
+        128,
+        "Prefer newline cut length (raw text): how many characters a chunk's cut "
+        "may move back to land on a newline. 0 turns it off.",
+        min=0,
+        group="data",
+    )
+    hard_cut_string: str = setting(
+        "\n\n\n",
+        "Hard cut string (raw text): text on either side is never joined in "
+        "one chunk. Default: three newlines.",
+        group="data",
+    )
+    add_eos_token: bool = setting(
+        True,
+        "Append the end-of-sequence token to each example so the model learns to "
+        "stop (lines; for raw text, to each hard-cut section).",
+        group="data",
+    )
+    train_on_source: bool = setting(
+        False,
+        "input_output/chat/formatted data: also train on the prompt tokens. "
+        "Off: only the answer carries loss.",
+        group="data",
+    )
+    source_max_len: int = setting(
+        1024, "input_output data: the most tokens kept from the input (prompt).", min=1, group="data"
+    )
+    target_max_len: int = setting(
+        256, "input_output data: the most tokens kept from the output (answer).", min=1, group="data"
+    )
+    clean: bool = setting(
+        False,
+        "Drop records containing stock refusal phrases ('As an AI language model', "
+        "'I cannot fulfill', ...; seed 002's noise).",
+        group="data",
+    )
+    filter_patterns: list[str] = setting(
+        [], "Extra regular expressions; records matching any are dropped.", group="data"
+    )
+    dedup: str = setting(
+        "none",
+        "Remove duplicate records: 'exact', 'near' (MinHash/LSH) or 'none'.",
+        choices=("none", "exact", "near"),
+        group="data",
+    )
+    near_dup_threshold: float = setting(
+        0.85,
+        "Jaccard similarity above which two records count as near duplicates.",
+        min=0.0,
+        max=1.0,
+        group="data",
+    )
     min_length: int = setting(0, "Drop records shorter than this many characters.", min=0, group="data")
-    max_length: int | None = setting(None, "Drop records longer than this many characters.", min=1, group="data")
-    normalize_unicode: bool = setting(True, "Normalise Unicode to NFC (one code point per accented letter).",
-                                      group="data")
-    diversity_clusters: int | None = setting(None, "Cluster records by k-means over text features into this many "
-                                             "clusters (seed 002's clustering).", min=2, group="data")
-    diversity_subset: int | None = setting(None, "With clustering: keep this many records, spread evenly over "
-                                           "the clusters.", min=1, group="data")
-    max_per_cluster: int | None = setting(None, "With clustering: keep at most this many records per cluster.",
-                                          min=1, group="data")
-    validation_split: float = setting(0.0, "Held-out validation data: a fraction (0.01 = 1%) or, when >= 1, a "
-                                      "count of examples (0 = none).", min=0.0, group="data")
-    validation_data: str | None = setting(None, "A separate validation file (instead of validation_split).",
-                                          group="data")
+    max_length: int | None = setting(
+        None, "Drop records longer than this many characters.", min=1, group="data"
+    )
+    normalize_unicode: bool = setting(
+        True, "Normalise Unicode to NFC (one code point per accented letter).", group="data"
+    )
+    diversity_clusters: int | None = setting(
+        None,
+        "Cluster records by k-means over text features into this many clusters (seed 002's clustering).",
+        min=2,
+        group="data",
+    )
+    diversity_subset: int | None = setting(
+        None, "With clustering: keep this many records, spread evenly over the clusters.", min=1, group="data"
+    )
+    max_per_cluster: int | None = setting(
+        None, "With clustering: keep at most this many records per cluster.", min=1, group="data"
+    )
+    validation_split: float = setting(
+        0.0,
+        "Held-out validation data: a fraction (0.01 = 1%) or, when >= 1, a count of examples (0 = none).",
+        min=0.0,
+        group="data",
+    )
+    validation_data: str | None = setting(
+        None, "A separate validation file (instead of validation_split).", group="data"
+    )
     num_proc: int = setting(1, "Worker processes for tokenizing.", min=1, group="data")
-    packing: bool = setting(False, "Pack short examples into blocks of cutoff_len tokens; positions restart per "
-                            "example, so there is no attention or loss across examples.", group="data")
-    placeholders: dict[str, str] | None = setting(None, "Values for LLaMA-Factory {{placeholders}} in the "
-                                                  "records, e.g. name=Ada,author=Forge Labs (YAML: a mapping); "
-                                                  "records holding a placeholder without a value are refused.",
-                                                  group="data")
-    allow_empty_turns: bool = setting(False, "Train chat records that have an empty assistant turn (the model "
-                                      "learns to end its answer at once); refused otherwise.", group="data")
-    save_removed: str | None = setting(None, "Write every record the cleaning steps removed to this JSONL file, "
-                                       "with the reason.", group="data")
+    packing: bool = setting(
+        False,
+        "Pack short examples into blocks of cutoff_len tokens; positions restart per "
+        "example, so there is no attention or loss across examples.",
+        group="data",
+    )
+    placeholders: dict[str, str] | None = setting(
+        None,
+        "Values for LLaMA-Factory {{placeholders}} in the "
+        "records, e.g. name=Ada,author=Forge Labs (YAML: a mapping); "
+        "records holding a placeholder without a value are refused.",
+        group="data",
+    )
+    allow_empty_turns: bool = setting(
+        False,
+        "Train chat records that have an empty assistant turn (the model "
+        "learns to end its answer at once); refused otherwise.",
+        group="data",
+    )
+    save_removed: str | None = setting(
+        None,
+        "Write every record the cleaning steps removed to this JSONL file, with the reason.",
+        group="data",
+    )
 
     # --- LoRA ---
-    rank: int = setting(32, "LoRA rank: the rank of the update matrices. Higher learns more and uses more memory.",
-                        min=1, max=65_536, group="lora")
-    alpha: float = setting(64, "LoRA alpha: scales the update (scale = alpha / rank). Usually 2 x rank.",
-                           min=0.0, min_exclusive=True, group="lora")
-    lora_dropout: float = setting(0.05, "Dropout on the LoRA input, a mild regulariser.", min=0.0, max=0.99,
-                                  group="lora")
-    target_modules: list[str] = setting(["q_proj", "v_proj"], "Modules that get LoRA matrices: names "
-                                        "(comma-separated) or 'all-linear'. See `tuneforge modules MODEL`.",
-                                        group="lora")
+    rank: int = setting(
+        32,
+        "LoRA rank: the rank of the update matrices. Higher learns more and uses more memory.",
+        min=1,
+        max=65_536,
+        group="lora",
+    )
+    alpha: float = setting(
+        64,
+        "LoRA alpha: scales the update (scale = alpha / rank). Usually 2 x rank.",
+        min=0.0,
+        min_exclusive=True,
+        group="lora",
+    )
+    lora_dropout: float = setting(
+        0.05, "Dropout on the LoRA input, a mild regulariser.", min=0.0, max=0.99, group="lora"
+    )
+    target_modules: list[str] = setting(
+        ["q_proj", "v_proj"],
+        "Modules that get LoRA matrices: names "
+        "(comma-separated) or 'all-linear'. See `tuneforge modules MODEL`.",
+        group="lora",
+    )
 
-    bias: str = setting("none", "Which biases train with LoRA: none, all, or lora_only.",
-                        choices=("none", "all", "lora_only"), group="lora")
-    modules_to_save: list[str] = setting([], "Modules trained in full and saved with the adapter (e.g. a new "
-                                         "head, or embed_tokens,lm_head for custom syntax).", group="lora")
-    layers_to_transform: list[int] = setting([], "Only these layer numbers get LoRA (default: all).", group="lora")
-    layers_pattern: str | None = setting(None, "Name of the layer list for layers_to_transform (e.g. 'layers', "
-                                         "'h') when PEFT cannot guess it.", group="lora")
+    bias: str = setting(
+        "none",
+        "Which biases train with LoRA: none, all, or lora_only.",
+        choices=("none", "all", "lora_only"),
+        group="lora",
+    )
+    modules_to_save: list[str] = setting(
+        [],
+        "Modules trained in full and saved with the adapter (e.g. a new "
+        "head, or embed_tokens,lm_head for custom syntax).",
+        group="lora",
+    )
+    layers_to_transform: list[int] = setting(
+        [], "Only these layer numbers get LoRA (default: all).", group="lora"
+    )
+    layers_pattern: str | None = setting(
+        None,
+        "Name of the layer list for layers_to_transform (e.g. 'layers', 'h') when PEFT cannot guess it.",
+        group="lora",
+    )
 
     # --- training ---
-    recipe: str = setting("textgen", "Where unset keys get their values: 'textgen' (text-generation-webui's "
-                          "Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
-                          "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same), or 'auto' (chosen from the "
-                          "data and the machine, each value printed with its reason). Keys you give always win.",
-                          choices=RECIPES)
+    recipe: str = setting(
+        "textgen",
+        "Where unset keys get their values: 'textgen' (text-generation-webui's "
+        "Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
+        "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same), or 'auto' (chosen from the "
+        "data and the machine, each value printed with its reason). Keys you give always win.",
+        choices=RECIPES,
+    )
     epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
-    batch_size: int | None = setting(None, "Batch size: examples per optimizer step (default: 128, rounded "
-                                     "down to a multiple of micro_batch_size). If it does not fit in memory, "
-                                     "lower micro_batch_size instead; the batch is then accumulated.", min=1)
-    micro_batch_size: int | str = setting(4, "Micro batch size: examples per forward/backward pass. Gradient "
-                                          "accumulation steps = batch_size / micro_batch_size. 'auto' picks the "
-                                          "largest that fits this machine's free memory.", min=1)
-    gradient_accumulation_steps: int | None = setting(None, "Micro batches per optimizer step, instead of "
-                                                      "batch_size (batch = micro_batch_size x this); "
-                                                      "derived from batch_size / micro_batch_size when not "
-                                                      "set.", min=1)
-    learning_rate: float = setting(3e-4, "Learning rate: step size of each update. 3e-4 = 0.0003.", min=0.0,
-                                   max=10.0, min_exclusive=True)
-    lr_scheduler: str = setting("linear", "Learning rate scheduler: how the learning rate changes over the run.",
-                                choices=LR_SCHEDULERS)
+    batch_size: int | None = setting(
+        None,
+        "Batch size: examples per optimizer step (default: 128, rounded "
+        "down to a multiple of micro_batch_size). If it does not fit in memory, "
+        "lower micro_batch_size instead; the batch is then accumulated.",
+        min=1,
+    )
+    micro_batch_size: int | str = setting(
+        4,
+        "Micro batch size: examples per forward/backward pass. Gradient "
+        "accumulation steps = batch_size / micro_batch_size. 'auto' picks the "
+        "largest that fits this machine's free memory.",
+        min=1,
+    )
+    gradient_accumulation_steps: int | None = setting(
+        None,
+        "Micro batches per optimizer step, instead of "
+        "batch_size (batch = micro_batch_size x this); "
+        "derived from batch_size / micro_batch_size when not "
+        "set.",
+        min=1,
+    )
+    learning_rate: float = setting(
+        3e-4, "Learning rate: step size of each update. 3e-4 = 0.0003.", min=0.0, max=10.0, min_exclusive=True
+    )
+    lr_scheduler: str = setting(
+        "linear",
+        "Learning rate scheduler: how the learning rate changes over the run.",
+        choices=LR_SCHEDULERS,
+    )
     warmup_steps: int = setting(0, "Steps over which the learning rate rises from 0 at the start.", min=0)
-    warmup_ratio: float = setting(0.0, "Warm-up as a fraction of all steps (used when warmup_steps is 0).",
-                                  min=0.0, max=1.0)
+    warmup_ratio: float = setting(
+        0.0, "Warm-up as a fraction of all steps (used when warmup_steps is 0).", min=0.0, max=1.0
+    )
     optimizer: str = setting("adamw_torch", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "Weight decay: keeps weights small, a regulariser.", min=0.0)
     adam_beta1: float = setting(0.9, "AdamW beta1.", min=0.0, max=0.9999)
     adam_beta2: float = setting(0.999, "AdamW beta2.", min=0.0, max=0.99999)
     adam_epsilon: float = setting(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
     max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).", min=0.0)
-    stop_at_loss: float = setting(0.0, "Stop at loss: end training once the training loss falls to this value "
-                                  "(0 = off). Below ~1.0 a model starts forgetting what it knew.", min=0.0)
+    stop_at_loss: float = setting(
+        0.0,
+        "Stop at loss: end training once the training loss falls to this value "
+        "(0 = off). Below ~1.0 a model starts forgetting what it knew.",
+        min=0.0,
+    )
     seed: int = setting(42, "Random seed for initialisation, shuffling and dropout.", min=0)
     data_seed: int | None = setting(None, "Seed for the data order and split only (default: seed).", min=0)
-    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: much less memory, "
-                                           "~25% slower.")
-    compile: bool = setting(False, "torch.compile the transformer blocks: faster steps after about a minute of "
-                            "compiling, so worth it for runs of hundreds of steps.")
-    lean_layers: bool = setting(True, "Memory-lean forwards for SwiGLU MLPs and LoRA layers (same losses and "
-                                "gradients as the stock ones, fewer activations kept). Off: the stock "
-                                "transformers/PEFT forwards.")
-    early_stopping_patience: int | None = setting(None, "Stop when the validation loss has not improved for this "
-                                                  "many evaluations.", min=1)
+    gradient_checkpointing: bool = setting(
+        False, "Recompute activations in the backward pass: much less memory, ~25% slower."
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the transformer blocks: faster steps after about a minute of "
+        "compiling, so worth it for runs of hundreds of steps.",
+    )
+    lean_layers: bool = setting(
+        True,
+        "Memory-lean forwards for SwiGLU MLPs and LoRA layers (same losses and "
+        "gradients as the stock ones, fewer activations kept). Off: the stock "
+        "transformers/PEFT forwards.",
+    )
+    early_stopping_patience: int | None = setting(
+        None, "Stop when the validation loss has not improved for this many evaluations.", min=1
+    )
     save_steps: int | None = setting(None, "Write a resumable checkpoint every this many steps.", min=1)
     save_total_limit: int | None = setting(None, "Keep only the newest this many checkpoints.", min=1)
-    resume_from: str | None = setting(None, "Continue a stopped run: 'latest' (its newest checkpoint) or a "
-                                      "checkpoint folder.")
+    resume_from: str | None = setting(
+        None, "Continue a stopped run: 'latest' (its newest checkpoint) or a checkpoint folder."
+    )
     allow_resume_mismatch: bool = setting(False, "Resume although data-order/optimizer settings changed.")
-    copy_parameters_from: str | None = setting(None, "Start from an earlier run folder's settings (its "
-                                               "config.yaml); keys given here override them.")
-    logging_steps: int = setting(1, "Log loss, learning rate and speed every this many optimizer steps.", min=1)
-    eval_steps: int | None = setting(None, "Measure validation loss every this many steps (default: at the end).",
-                                     min=1)
-    report_to: list[str] = setting([], "Also send metrics to experiment trackers (through Accelerate): "
-                                   "tensorboard, wandb (WANDB_MODE=offline works), mlflow, trackio, ...")
+    copy_parameters_from: str | None = setting(
+        None, "Start from an earlier run folder's settings (its config.yaml); keys given here override them."
+    )
+    logging_steps: int = setting(
+        1, "Log loss, learning rate and speed every this many optimizer steps.", min=1
+    )
+    eval_steps: int | None = setting(
+        None, "Measure validation loss every this many steps (default: at the end).", min=1
+    )
+    report_to: list[str] = setting(
+        [],
+        "Also send metrics to experiment trackers (through Accelerate): "
+        "tensorboard, wandb (WANDB_MODE=offline works), mlflow, trackio, ...",
+    )
     num_threads: int | None = setting(None, "CPU threads for torch (default: all cores).", min=1)
 
     # --- output ---
-    output_dir: str | None = setting(None, "Run folder (default: runs/<method>-<date>-<time>).", group="output")
-    sample_prompts: list[str] = setting([], "Prompts generated before and after training, shown in the report.",
-                                        group="output")
-    compare_at_save: bool = setting(False, "At each checkpoint (save_steps), generate sample_prompts and measure "
-                                    "validation perplexity into <run>/gallery.md and gallery.html: the model "
-                                    "changing checkpoint by checkpoint.", group="output")
+    output_dir: str | None = setting(
+        None, "Run folder (default: runs/<method>-<date>-<time>).", group="output"
+    )
+    sample_prompts: list[str] = setting(
+        [], "Prompts generated before and after training, shown in the report.", group="output"
+    )
+    compare_at_save: bool = setting(
+        False,
+        "At each checkpoint (save_steps), generate sample_prompts and measure "
+        "validation perplexity into <run>/gallery.md and gallery.html: the model "
+        "changing checkpoint by checkpoint.",
+        group="output",
+    )
 
     # ------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -266,19 +478,20 @@ class RunConfig:
             return self.gradient_accumulation_steps
         if self.auto_micro_batch:
             return 1
-        return max(1, self.examples_per_step // self.micro_batch_size)
+        return max(1, self.examples_per_step // cast(int, self.micro_batch_size))  # a number: not auto
 
     @property
     def examples_per_step(self) -> int:
         """The batch: examples per optimizer step (read this, not batch_size, which is None unless given)."""
         if self.gradient_accumulation_steps is not None and not self.auto_micro_batch:
-            return self.micro_batch_size * self.gradient_accumulation_steps
+            return cast(int, self.micro_batch_size) * self.gradient_accumulation_steps
         if self.batch_size is not None:
             return self.batch_size
         if self.auto_micro_batch:
             return DEFAULT_BATCH_SIZE
         # an untouched default never conflicts with the micro batch the user chose
-        return max(self.micro_batch_size, DEFAULT_BATCH_SIZE - DEFAULT_BATCH_SIZE % self.micro_batch_size)
+        micro_batch_size = cast(int, self.micro_batch_size)  # a number: auto returned above
+        return max(micro_batch_size, DEFAULT_BATCH_SIZE - DEFAULT_BATCH_SIZE % micro_batch_size)
 
     @property
     def effective_overlap_len(self) -> int:
@@ -296,44 +509,69 @@ class RunConfig:
         if isinstance(self.micro_batch_size, str) and self.micro_batch_size.strip().lower() == "auto":
             self.micro_batch_size = "auto"
             if self.gradient_accumulation_steps is not None:
-                raise ConfigError("micro_batch_size auto derives the gradient accumulation from batch_size; remove "
-                                  "gradient_accumulation_steps or give micro_batch_size a number")
+                raise ConfigError(
+                    "micro_batch_size auto derives the gradient accumulation from batch_size; remove "
+                    "gradient_accumulation_steps or give micro_batch_size a number"
+                )
         else:
             try:
                 self.micro_batch_size = coerce("micro_batch_size", self.micro_batch_size, int)
             except ConfigError:
-                raise ConfigError(f"micro_batch_size must be a whole number or 'auto', got "
-                                  f"{self.micro_batch_size!r}") from None
+                raise ConfigError(
+                    f"micro_batch_size must be a whole number or 'auto', got {self.micro_batch_size!r}"
+                ) from None
             check_range(field_help()["micro_batch_size"], self.micro_batch_size)
         if self.gradient_accumulation_steps is not None and self.batch_size is not None:
-            raise ConfigError(f"batch_size ({self.batch_size}) and gradient_accumulation_steps "
-                              f"({self.gradient_accumulation_steps}) both set the batch; give only one (the "
-                              "batch is micro_batch_size x gradient_accumulation_steps)")
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) and gradient_accumulation_steps "
+                f"({self.gradient_accumulation_steps}) both set the batch; give only one (the "
+                "batch is micro_batch_size x gradient_accumulation_steps)"
+            )
         # raw-text settings matter only where text is cut into chunks; elsewhere they cannot conflict
-        if (self.format in RAW_TEXT_FORMATS and self.overlap_len is not None
-                and self.overlap_len >= self.cutoff_len):
-            raise ConfigError(f"overlap_len ({self.overlap_len}) must be smaller than cutoff_len "
-                              f"({self.cutoff_len}); try overlap_len: {self.cutoff_len // 2}")
+        if (
+            self.format in RAW_TEXT_FORMATS
+            and self.overlap_len is not None
+            and self.overlap_len >= self.cutoff_len
+        ):
+            raise ConfigError(
+                f"overlap_len ({self.overlap_len}) must be smaller than cutoff_len "
+                f"({self.cutoff_len}); try overlap_len: {self.cutoff_len // 2}"
+            )
         if self.method == "scratch" and self.n_positions < self.cutoff_len:
-            raise ConfigError(f"n_positions ({self.n_positions}) must be at least cutoff_len "
-                              f"({self.cutoff_len}); try n_positions: {self.cutoff_len}")
-        if (not self.auto_micro_batch and self.batch_size is not None
-                and self.gradient_accumulation_steps is None and self.batch_size % self.micro_batch_size):
-            lower = self.batch_size - self.batch_size % self.micro_batch_size
-            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
-                              f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}")
+            raise ConfigError(
+                f"n_positions ({self.n_positions}) must be at least cutoff_len "
+                f"({self.cutoff_len}); try n_positions: {self.cutoff_len}"
+            )
+        if (
+            not self.auto_micro_batch
+            and self.batch_size is not None
+            and self.gradient_accumulation_steps is None
+            and self.batch_size % cast(int, self.micro_batch_size)
+        ):  # a number: not auto
+            lower = self.batch_size - self.batch_size % cast(int, self.micro_batch_size)
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size}); try batch_size: {max(lower, self.micro_batch_size)}"
+            )
         if self.validation_split >= 1 and not float(self.validation_split).is_integer():
-            raise ConfigError(f"validation_split {self.validation_split} must be a fraction below 1 or a whole "
-                              "count of examples")
+            raise ConfigError(
+                f"validation_split {self.validation_split} must be a fraction below 1 or a whole "
+                "count of examples"
+            )
         if self.validation_split >= 0.5 and self.validation_split < 1:
-            raise ConfigError(f"validation_split {self.validation_split} would hold out most of the data; use a "
-                              "fraction below 0.5, e.g. 0.01")
+            raise ConfigError(
+                f"validation_split {self.validation_split} would hold out most of the data; use a "
+                "fraction below 0.5, e.g. 0.01"
+            )
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
-            raise ConfigError(f"report_to {unknown[0]!r} is not a tracker tuneforge knows; use any of "
-                              f"{', '.join(TRACKERS)}")
+            raise ConfigError(
+                f"report_to {unknown[0]!r} is not a tracker tuneforge knows; use any of {', '.join(TRACKERS)}"
+            )
         if not self.target_modules:
-            raise ConfigError("target_modules is empty; name at least one module, e.g. q_proj,v_proj or all-linear")
+            raise ConfigError(
+                "target_modules is empty; name at least one module, e.g. q_proj,v_proj or all-linear"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -359,7 +597,7 @@ def _init_recording_given_keys(self, *args: Any, **kwargs: Any) -> None:
     # A key given at its default value still counts as given (recipe auto must not change it), which the
     # values alone cannot tell: the generated __init__ is wrapped to record the names it was called with.
     _dataclass_init(self, *args, **kwargs)
-    self.given_keys = frozenset([*field_names()[:len(args)], *kwargs])
+    self.given_keys = frozenset([*field_names()[: len(args)], *kwargs])
 
 
 RunConfig.__init__ = _init_recording_given_keys  # type: ignore[method-assign]
@@ -398,7 +636,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+            raise ConfigError(
+                f"{path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must be a mapping of keys to values, e.g. 'epochs: 3'")
         values.update(loaded)
@@ -408,9 +648,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if earlier:  # seed 003's "Copy parameters from": an earlier run's settings, then the keys given here
         earlier_config = Path(earlier) / "config.yaml" if Path(earlier).is_dir() else Path(earlier)
         if not earlier_config.is_file():
-            raise ConfigError(f"copy_parameters_from '{earlier}' has no config.yaml; name an earlier run folder")
+            raise ConfigError(
+                f"copy_parameters_from '{earlier}' has no config.yaml; name an earlier run folder"
+            )
         inherited = yaml.safe_load(earlier_config.read_text()) or {}
-        for key in ("output_dir", "resume_from", "copy_parameters_from"):  # per-run, never inherited
+        for key in ("output_dir", "resume_from", "copy_parameters_from", "allow_resume_mismatch"):  # per-run
             inherited.pop(key, None)
         values = {**inherited, **values}
     return from_dict(values, source)
@@ -482,9 +724,13 @@ def coerce(name: str, value: Any, annotation: Any, error: type[Exception] = Conf
                 raise TypeError
             return str(value)
     except (TypeError, ValueError):
-        kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-                list[int]: "a comma-separated list of whole numbers"}.get(
-            annotation, "a mapping (name=value,...)" if origin is dict else "a comma-separated list")
+        kind = {
+            int: "a whole number",
+            float: "a number",
+            bool: "true or false",
+            str: "text",
+            list[int]: "a comma-separated list of whole numbers",
+        }.get(annotation, "a mapping (name=value,...)" if origin is dict else "a comma-separated list")
         raise error(f"{name} must be {kind}, got {value!r}") from None
     return value
 

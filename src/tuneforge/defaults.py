@@ -19,10 +19,18 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import cast
 
 # text-generation-webui's Training tab, as seed 000 trains
-TEXTGEN_RECIPE = {"batch_size": 128, "micro_batch_size": 4, "rank": 32, "alpha": 64,
-                  "target_modules": ["q_proj", "v_proj"], "epochs": 3.0, "learning_rate": 3e-4}
+TEXTGEN_RECIPE = {
+    "batch_size": 128,
+    "micro_batch_size": 4,
+    "rank": 32,
+    "alpha": 64,
+    "target_modules": ["q_proj", "v_proj"],
+    "epochs": 3.0,
+    "learning_rate": 3e-4,
+}
 LORA_METHODS = ("lora", "qlora")
 STEPS_PER_EPOCH = 16  # enough optimizer steps per pass for a small file to be learned, not just seen
 LARGE_DATA_EXAMPLES = 2_000  # beyond this many examples one or two passes are enough
@@ -35,8 +43,13 @@ class Choice:
     reason: str
 
     def describe(self) -> str:
-        shown = ",".join(map(str, self.value)) if isinstance(self.value, list) else \
-            f"{self.value:g}" if isinstance(self.value, float) else self.value
+        shown = (
+            ",".join(map(str, self.value))
+            if isinstance(self.value, list)
+            else f"{self.value:g}"
+            if isinstance(self.value, float)
+            else self.value
+        )
         return f"{self.key} {shown}: {self.reason}"
 
 
@@ -67,7 +80,9 @@ class Machine:
 
     @classmethod
     def detect(cls, device: str) -> Machine:
-        return cls(device, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        # os.cpu_count() is None only where the count is unknown; passed on as before
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return cls(device, cast(int, cores))
 
 
 def choose_defaults(config, data: DataStats, machine: Machine):
@@ -95,30 +110,51 @@ def choose_defaults(config, data: DataStats, machine: Machine):
 
     examples = data.examples
     validation_split = 0.0
-    if ("validation_split" not in given and "validation_data" not in given and not data.has_validation
-            and examples >= 20):
+    if (
+        "validation_split" not in given
+        and "validation_data" not in given
+        and not data.has_validation
+        and examples >= 20
+    ):
         validation_split = 0.1 if examples < 1_000 else max(1, min(200, round(0.05 * examples)))
         held = max(1, round(examples * validation_split)) if validation_split < 1 else int(validation_split)
-        choose("validation_split", validation_split, f"no validation data given: {held} of {examples} examples "
-               "held out to measure the fit")
+        choose(
+            "validation_split",
+            validation_split,
+            f"no validation data given: {held} of {examples} examples held out to measure the fit",
+        )
         examples -= held
     packing = False
     if data.shape != "raw" and "packing" not in given and data.mean_tokens < config.cutoff_len / 4:
         packing = True
         per_block = max(1, int(config.cutoff_len // data.mean_tokens))
-        choose("packing", True, f"examples average {data.mean_tokens:.0f} tokens, so about {per_block} fit in "
-               f"one cutoff_len ({config.cutoff_len}) block")
-        examples = max(1, math.ceil(data.tokens * (1 - _held_fraction(validation_split, data.examples))
-                                    / config.cutoff_len))
+        choose(
+            "packing",
+            True,
+            f"examples average {data.mean_tokens:.0f} tokens, so about {per_block} fit in "
+            f"one cutoff_len ({config.cutoff_len}) block",
+        )
+        examples = max(
+            1,
+            math.ceil(
+                data.tokens * (1 - _held_fraction(validation_split, data.examples)) / config.cutoff_len
+            ),
+        )
 
     unit = "packed blocks" if packing else "examples"
     epochs = config.epochs
     if "epochs" not in given and "max_steps" not in given:
-        epochs = 3.0 if examples < LARGE_DATA_EXAMPLES else 1.0 if examples >= 10 * LARGE_DATA_EXAMPLES else 2.0
+        epochs = (
+            3.0 if examples < LARGE_DATA_EXAMPLES else 1.0 if examples >= 10 * LARGE_DATA_EXAMPLES else 2.0
+        )
         size = "small" if epochs == 3 else "large" if epochs == 1 else "medium-sized"
         choose("epochs", epochs, f"{examples} training {unit} is {size} data")
     micro = config.micro_batch_size
-    if "micro_batch_size" not in given and "gradient_accumulation_steps" not in given and machine.device == "cuda":
+    if (
+        "micro_batch_size" not in given
+        and "gradient_accumulation_steps" not in given
+        and machine.device == "cuda"
+    ):
         micro = "auto"
         choose("micro_batch_size", "auto", "the largest micro batch that fits this GPU's free memory")
     if "batch_size" not in given and "gradient_accumulation_steps" not in given:
@@ -131,8 +167,11 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         if micro == config.micro_batch_size and "micro_batch_size" not in given and isinstance(micro, int):
             micro = min(batch, 8 if machine.device != "cpu" else 4)
             if micro != config.micro_batch_size:
-                choose("micro_batch_size", micro, f"the whole batch in one forward pass on {machine.cores} "
-                       f"{machine.device} cores")
+                choose(
+                    "micro_batch_size",
+                    micro,
+                    f"the whole batch in one forward pass on {machine.cores} {machine.device} cores",
+                )
     if config.method == "full":
         choose("learning_rate", 5e-5, "full fine-tuning moves every weight: seed 004's 5e-5")
     elif lora:
@@ -141,8 +180,11 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         rank = 16 if data.tokens < 200_000 else 32
         choose("rank", rank, f"{data.tokens:,} tokens of data: rank {rank} has room enough")
         choose("alpha", 2 * (rank if "rank" not in given else config.rank), "2 x rank (scale 2)")
-        choose("target_modules", ["all-linear"], "every linear layer, as text-generation-webui, unsloth and "
-               "the QLoRA paper default to")
+        choose(
+            "target_modules",
+            ["all-linear"],
+            "every linear layer, as text-generation-webui, unsloth and the QLoRA paper default to",
+        )
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         choose("warmup_ratio", 0.05, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)
@@ -182,8 +224,11 @@ def apply_defaults(config, prepared, device: str, log=print):
             core = rows.remove_columns([c for c in rows.column_names if c not in ("input_ids", "labels")])
             return ExampleTable(pack_dataset(core, config.cutoff_len, config.num_proc, name))
 
-        prepared = dataclasses.replace(prepared, train=pack(prepared.train, "defaults-packed"),
-                                       validation=pack(prepared.validation, "defaults-packed-val"))
+        prepared = dataclasses.replace(
+            prepared,
+            train=pack(prepared.train, "defaults-packed"),
+            validation=pack(prepared.validation, "defaults-packed-val"),
+        )
     return config, prepared
 
 
@@ -196,9 +241,12 @@ def _carve_validation(prepared, config):
     n = len(prepared.train)
     order = list(range(n))
     if prepared.shape == "raw":
-        held = max(1, round(n * config.validation_split)) if config.validation_split < 1 else \
-            int(config.validation_split)
-        train_idx, val_idx = order[:n - held - 1], order[n - held:]
+        held = (
+            max(1, round(n * config.validation_split))
+            if config.validation_split < 1
+            else int(config.validation_split)
+        )
+        train_idx, val_idx = order[: n - held - 1], order[n - held :]
     else:
         train_idx, val_idx = split_examples(order, config.validation_split, config.seed)
     rows = getattr(prepared.train, "rows", None)

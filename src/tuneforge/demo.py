@@ -11,12 +11,26 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 PROMPTS = ["To make a cheese sandwich ", "The best cheese sandwich "]
 SEEDS = [0, 1]
-DEMO_SETTINGS = dict(method="lora", format="lines", rank=16, alpha=32, target_modules=["all-linear"],
-                     learning_rate=2e-3, lr_scheduler="linear", warmup_steps=2, batch_size=16, micro_batch_size=16,
-                     max_steps=30, logging_steps=5, validation_split=0.02, seed=42)
+DEMO_SETTINGS = dict(
+    method="lora",
+    format="lines",
+    rank=16,
+    alpha=32,
+    target_modules=["all-linear"],
+    learning_rate=2e-3,
+    lr_scheduler="linear",
+    warmup_steps=2,
+    batch_size=16,
+    micro_batch_size=16,
+    max_steps=30,
+    logging_steps=5,
+    validation_split=0.02,
+    seed=42,
+)
 
 
 def sample_data_path() -> Path:
@@ -29,8 +43,9 @@ def _show(llm, title: str) -> dict[tuple[str, int], str]:
     outputs = {}
     for prompt in PROMPTS:
         for seed in SEEDS:
-            text = llm.generate(prompt, max_new_tokens=30, temperature=0.7, top_k=50, seed=seed,
-                                no_repeat_ngram_size=3)
+            text = llm.generate(
+                prompt, max_new_tokens=30, temperature=0.7, top_k=50, seed=seed, no_repeat_ngram_size=3
+            )
             outputs[(prompt, seed)] = text
             print(f"  {prompt}{' '.join(text.split())}")
     return outputs
@@ -46,16 +61,18 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     llm = tf.load("default")
     print(f"loaded {llm}")
     before = _show(llm, "before training")
-    settings = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
+    settings: dict[str, Any] = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
     if max_steps:
         settings["max_steps"] = max_steps
     print("\n--- training ---", flush=True)
     run = llm.train(str(data), **settings)
     after = _show(llm, "after training")
     changed = sum(before[k] != after[k] for k in before)
-    print(f"\nloss {run.losses[0]:.3f} -> {run.final_loss:.3f} in {run.steps} steps; "
-          f"{changed}/{len(before)} generations changed; total time {time.perf_counter() - start:.0f} s")
+    print(
+        f"\nloss {run.losses[0]:.3f} -> {run.final_loss:.3f} in {run.steps} steps; "
+        f"{changed}/{len(before)} generations changed; total time {time.perf_counter() - start:.0f} s"
+    )
     print(f"adapter saved to: {run.saved_to}")
     print(f"run folder (config.yaml, metrics.jsonl, report.md): {run.run_dir}")
     print(f'try it: tuneforge generate --adapter {run.saved_to} "To make a cheese sandwich "')
-    return run.saved_to
+    return cast(Path, run.saved_to)  # set: the demo trains in one (main) process

@@ -34,36 +34,83 @@ class GenerationSettings:
     """
 
     max_new_tokens: int = setting(40, "Most tokens to generate.", min=1, max=32_768, group="generation")
-    min_new_tokens: int = setting(0, "Fewest tokens before the model may stop (the end-of-text token is held "
-                                  "back until then).", min=0, group="generation")
-    do_sample: bool = setting(True, "Sample the next token; off: greedy decoding (or beam search with "
-                              "num_beams > 1).", group="generation")
-    temperature: float = setting(0.7, "Sampling temperature: higher is more random, lower more predictable.",
-                                 min=0.0, max=5.0, group="generation")
-    top_k: int = setting(50, "Sample from the k most likely tokens (0 = off).", min=0, max=1000,
-                         group="generation")
-    top_p: float = setting(1.0, "Sample from the smallest set of tokens whose probability adds up to p "
-                           "(1.0 = off).", min=0.0, max=1.0, min_exclusive=True, group="generation")
-    min_p: float = setting(0.0, "Drop tokens less likely than min_p times the most likely one (0 = off).",
-                           min=0.0, max=0.99, group="generation")
-    typical_p: float = setting(1.0, "Locally typical sampling: the probability mass kept (1.0 = off).",
-                               min=0.0, max=1.0, min_exclusive=True, group="generation")
-    repetition_penalty: float = setting(1.0, "Penalise tokens already in the text (> 1 discourages repeats; "
-                                        "1.0 = off).", min=0.0, max=3.0, min_exclusive=True,
-                                        group="generation")
-    no_repeat_ngram_size: int = setting(0, "Never repeat an n-gram of this many tokens (0 = off).", min=0,
-                                        max=20, group="generation")
+    min_new_tokens: int = setting(
+        0,
+        "Fewest tokens before the model may stop (the end-of-text token is held back until then).",
+        min=0,
+        group="generation",
+    )
+    do_sample: bool = setting(
+        True,
+        "Sample the next token; off: greedy decoding (or beam search with num_beams > 1).",
+        group="generation",
+    )
+    temperature: float = setting(
+        0.7,
+        "Sampling temperature: higher is more random, lower more predictable.",
+        min=0.0,
+        max=5.0,
+        group="generation",
+    )
+    top_k: int = setting(
+        50, "Sample from the k most likely tokens (0 = off).", min=0, max=1000, group="generation"
+    )
+    top_p: float = setting(
+        1.0,
+        "Sample from the smallest set of tokens whose probability adds up to p (1.0 = off).",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+        group="generation",
+    )
+    min_p: float = setting(
+        0.0,
+        "Drop tokens less likely than min_p times the most likely one (0 = off).",
+        min=0.0,
+        max=0.99,
+        group="generation",
+    )
+    typical_p: float = setting(
+        1.0,
+        "Locally typical sampling: the probability mass kept (1.0 = off).",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+        group="generation",
+    )
+    repetition_penalty: float = setting(
+        1.0,
+        "Penalise tokens already in the text (> 1 discourages repeats; 1.0 = off).",
+        min=0.0,
+        max=3.0,
+        min_exclusive=True,
+        group="generation",
+    )
+    no_repeat_ngram_size: int = setting(
+        0, "Never repeat an n-gram of this many tokens (0 = off).", min=0, max=20, group="generation"
+    )
     num_beams: int = setting(1, "Beam search width (1 = no beam search).", min=1, max=20, group="generation")
-    early_stopping: bool = setting(False, "Beam search: stop once num_beams candidates are finished.",
-                                   group="generation")
-    stop: list[str] = setting([], "Stop before this string; repeat for several. Escapes like \\n are "
-                              "understood on the command line.", group="generation", repeatable=True)
-    bad_words: list[str] = setting([], "A word never to generate; repeat for several.", group="generation",
-                                   repeatable=True)
-    seed: int | None = setting(0, "Sampling seed: same seed, same text ('none': a different draw each call).",
-                               min=0, group="generation")
-    chat: bool = setting(False, "Wrap the prompt in the model's chat template as a user message.",
-                         group="generation")
+    early_stopping: bool = setting(
+        False, "Beam search: stop once num_beams candidates are finished.", group="generation"
+    )
+    stop: list[str] = setting(
+        [],
+        "Stop before this string; repeat for several. Escapes like \\n are understood on the command line.",
+        group="generation",
+        repeatable=True,
+    )
+    bad_words: list[str] = setting(
+        [], "A word never to generate; repeat for several.", group="generation", repeatable=True
+    )
+    seed: int | None = setting(
+        0,
+        "Sampling seed: same seed, same text ('none': a different draw each call).",
+        min=0,
+        group="generation",
+    )
+    chat: bool = setting(
+        False, "Wrap the prompt in the model's chat template as a user message.", group="generation"
+    )
 
     def validate(self) -> None:
         """Coerce each setting to its type and check its range; raise GenerationError naming the setting."""
@@ -72,11 +119,14 @@ class GenerationSettings:
                 setattr(self, name, [getattr(self, name)])
         validate_fields(self, GenerationError)
         if self.min_new_tokens > self.max_new_tokens:
-            raise GenerationError(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens "
-                                  f"({self.max_new_tokens})")
+            raise GenerationError(
+                f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
         if self.do_sample and self.temperature <= 0:
-            raise GenerationError("temperature must be above 0 when sampling; use do_sample=False for greedy "
-                                  "decoding")
+            raise GenerationError(
+                "temperature must be above 0 when sampling; use do_sample=False for greedy decoding"
+            )
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")
 
@@ -108,16 +158,24 @@ def encode_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> dict:
         if not tokenizer.chat_template:
             raise GenerationError("this model's tokenizer has no chat template; generate without chat mode")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return dict(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                  return_dict=True))
+        return dict(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        )
     return dict(tokenizer(prompt, return_tensors="pt"))
 
 
 def _generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                  num_beams=settings.num_beams, repetition_penalty=settings.repetition_penalty,
-                  no_repeat_ngram_size=settings.no_repeat_ngram_size, pad_token_id=pad_id)
+    kwargs = dict(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        num_beams=settings.num_beams,
+        repetition_penalty=settings.repetition_penalty,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        pad_token_id=pad_id,
+    )
     if settings.min_new_tokens:
         kwargs["min_new_tokens"] = settings.min_new_tokens
     if settings.num_beams > 1:
@@ -125,11 +183,17 @@ def _generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     if settings.stop:  # transformers stops on the tokens that complete a stop string; we cut the text below
         kwargs.update(stop_strings=settings.stop, tokenizer=tokenizer)
     if settings.bad_words:
-        kwargs["bad_words_ids"] = [tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-                                   for w in settings.bad_words]
+        kwargs["bad_words_ids"] = [
+            tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in settings.bad_words
+        ]
     if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                      min_p=settings.min_p or None, typical_p=settings.typical_p)
+        kwargs.update(
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            min_p=settings.min_p or None,
+            typical_p=settings.typical_p,
+        )
     else:  # greedy: silence sampling defaults a model's generation_config may carry
         kwargs.update(temperature=None, top_k=None, top_p=None)
     return kwargs
@@ -138,7 +202,7 @@ def _generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """`text` up to (not including) the earliest stop string, and whether one was found."""
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[:min(hits)], True) if hits else (text, False)
+    return (text[: min(hits)], True) if hits else (text, False)
 
 
 def _prepare(model, tokenizer, prompt, settings):
@@ -151,8 +215,9 @@ def _prepare(model, tokenizer, prompt, settings):
     return inputs, _generate_kwargs(tokenizer, settings)
 
 
-def generate(model, tokenizer, prompt: str | list[dict], settings: GenerationSettings | None = None,
-             **overrides) -> str:
+def generate(
+    model, tokenizer, prompt: str | list[dict], settings: GenerationSettings | None = None, **overrides
+) -> str:
     """The continuation of `prompt` (the prompt itself is not repeated), cut before any stop string."""
     import torch
 
@@ -165,12 +230,13 @@ def generate(model, tokenizer, prompt: str | list[dict], settings: GenerationSet
             output = model.generate(**inputs, **kwargs)
     finally:
         model.train(was_training)
-    text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return cut_at_stop(text, settings.stop)[0]
 
 
-def stream(model, tokenizer, prompt: str | list[dict], settings: GenerationSettings | None = None,
-           **overrides) -> Iterator[str]:
+def stream(
+    model, tokenizer, prompt: str | list[dict], settings: GenerationSettings | None = None, **overrides
+) -> Iterator[str]:
     """Yield the continuation piece by piece as tokens are generated; the pieces join to `generate`'s text.
 
     Generation runs in a worker thread feeding transformers' TextIteratorStreamer. With stop strings, the

@@ -27,10 +27,12 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, DataError
 
 # HappyTransformer 3.x's own messages (happy_transformer.py), so `except ValueError` code keeps working.
-DICT_TRAIN_ARGS = ("Dictionary training arguments are no longer supported as of Happy Transformer version "
-                   "3.0.0")
-DICT_EVAL_ARGS = ("Dictionary evaluating arguments are no longer supported as of Happy Transformer version "
-                  "3.0.0.")
+DICT_TRAIN_ARGS = (
+    "Dictionary training arguments are no longer supported as of Happy Transformer version 3.0.0"
+)
+DICT_EVAL_ARGS = (
+    "Dictionary evaluating arguments are no longer supported as of Happy Transformer version 3.0.0."
+)
 V3_PROJECT_NAME, V3_RUN_NAME, V3_OUTPUT_DIR = "happy-transformer", "test", "happy_transformer/"
 
 
@@ -140,8 +142,14 @@ class HappyGeneration:
     the model's own config decides.
     """
 
-    def __init__(self, model_type: str = "GPT2", model_name: str = "default", load_path: str = "",
-                 use_auth_token: str | bool | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_type: str = "GPT2",
+        model_name: str = "default",
+        load_path: str = "",
+        use_auth_token: str | bool | None = None,
+        trust_remote_code: bool = False,
+    ):
         import tuneforge as tf
 
         self.model_type = model_type
@@ -161,11 +169,20 @@ class HappyGeneration:
 
     def generate_text(self, text: str, args: GENSettings | None = None) -> GenerationResult:
         args = args or GENSettings()
-        output = self.llm.generate(text, max_new_tokens=args.max_length, min_new_tokens=args.min_length,
-                                   do_sample=args.do_sample, early_stopping=args.early_stopping,
-                                   num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
-                                   no_repeat_ngram_size=args.no_repeat_ngram_size, top_p=args.top_p,
-                                   bad_words=list(args.bad_words or []), seed=args.seed)
+        output = self.llm.generate(
+            text,
+            max_new_tokens=args.max_length,
+            min_new_tokens=args.min_length,
+            do_sample=args.do_sample,
+            early_stopping=args.early_stopping,
+            num_beams=args.num_beams,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
+            top_p=args.top_p,
+            bad_words=list(args.bad_words or []),
+            seed=args.seed,
+        )
         return GenerationResult(text=output)
 
     def train(self, input_filepath: str, args: GENTrainArgs | None = None, eval_filepath: str = ""):
@@ -184,17 +201,32 @@ class HappyGeneration:
         warn_unmapped_tracker_names(args)
         data = self._data_path(input_filepath, args)
         if eval_filepath and data != input_filepath:
-            warnings.warn(f"eval data comes from {data} and not {eval_filepath} (as in HappyTransformer)",
-                          stacklevel=2)
-        settings = dict(epochs=args.num_train_epochs, batch_size=args.batch_size,
-                        micro_batch_size=args.batch_size, learning_rate=args.learning_rate,
-                        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
-                        adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon,
-                        max_grad_norm=args.max_grad_norm,
-                        num_proc=args.preprocessing_processes, precision=self._precision(args.fp16),
-                        method=args.method, rank=args.rank, alpha=args.alpha, lora_dropout=args.lora_dropout,
-                        target_modules=list(args.target_modules), max_steps=args.max_steps, seed=args.seed,
-                        report_to=trackers(args.report_to), data=data, model=self.llm.source.spec)
+            warnings.warn(
+                f"eval data comes from {data} and not {eval_filepath} (as in HappyTransformer)", stacklevel=2
+            )
+        settings = dict(
+            epochs=args.num_train_epochs,
+            batch_size=args.batch_size,
+            micro_batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_epsilon=args.adam_epsilon,
+            max_grad_norm=args.max_grad_norm,
+            num_proc=args.preprocessing_processes,
+            precision=self._precision(args.fp16),
+            method=args.method,
+            rank=args.rank,
+            alpha=args.alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=list(args.target_modules),
+            max_steps=args.max_steps,
+            seed=args.seed,
+            report_to=trackers(args.report_to),
+            data=data,
+            model=self.llm.source.spec,
+        )
         if args.max_length:
             settings["cutoff_len"] = args.max_length
         if eval_filepath:
@@ -207,9 +239,11 @@ class HappyGeneration:
         if save_target:
             save_prepared_data(prepared, save_target)
         total = total_steps(config, len(prepared.train))
-        config = config.replace(save_steps=steps_from_ratio(args.save_steps, total),
-                                eval_steps=steps_from_ratio(args.eval_steps, total),
-                                logging_steps=steps_from_ratio(args.logging_steps, total) or total)
+        config = config.replace(
+            save_steps=steps_from_ratio(args.save_steps, total),
+            eval_steps=steps_from_ratio(args.eval_steps, total),
+            logging_steps=steps_from_ratio(args.logging_steps, total) or total,
+        )
         if config.save_steps or config.report_to or args.output_dir != V3_OUTPUT_DIR:  # files asked for
             return self.llm.train(config=config.replace(output_dir=args.output_dir))
         folder = tempfile.TemporaryDirectory(prefix="happy-run-", dir=temporary_runs_home())
@@ -253,8 +287,10 @@ class HappyGeneration:
         """The data to use: preprocessed data from load_path (2.x: load_preprocessed_data), else the file."""
         load_from = args.load_path or (args.load_preprocessed_data and args.load_preprocessed_data_path)
         if args.load_preprocessed_data and not args.load_preprocessed_data_path:
-            raise DataError("load_preprocessed_data is on but load_preprocessed_data_path is empty; set it "
-                            "to the folder save_preprocessed_data wrote")
+            raise DataError(
+                "load_preprocessed_data is on but load_preprocessed_data_path is empty; set it "
+                "to the folder save_preprocessed_data wrote"
+            )
         if load_from:
             return load_preprocessed(str(load_from))
         return input_filepath
@@ -270,15 +306,20 @@ class HappyGeneration:
 
 def refuse_deepspeed(deepspeed: str | bool) -> None:
     if deepspeed:
-        raise ConfigError(f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and "
-                          "run the script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` "
-                          "(or choose DeepSpeed in `accelerate config`); the loop then runs under DeepSpeed")
+        raise ConfigError(
+            f"deepspeed={deepspeed!r} is not a per-call setting in tuneforge: remove it and "
+            "run the script with `accelerate launch --use_deepspeed --zero_stage 2 script.py` "
+            "(or choose DeepSpeed in `accelerate config`); the loop then runs under DeepSpeed"
+        )
 
 
 def warn_unmapped_tracker_names(args: GENTrainArgs) -> None:
     if args.project_name != V3_PROJECT_NAME or args.run_name != V3_RUN_NAME:
-        warnings.warn("project_name and run_name have no tuneforge key: trackers name the run after its "
-                      "folder, so set output_dir to name it", stacklevel=3)
+        warnings.warn(
+            "project_name and run_name have no tuneforge key: trackers name the run after its "
+            "folder, so set output_dir to name it",
+            stacklevel=3,
+        )
 
 
 def trackers(report_to: tuple | list | str) -> list[str]:
@@ -343,7 +384,8 @@ def load_preprocessed(path: str) -> str:
     from tuneforge.data import load_preprocessed_data
 
     if not Path(path).exists():
-        raise DataError(f"preprocessed data '{path}' does not exist; give load_path the folder save_path "
-                        "wrote")
+        raise DataError(
+            f"preprocessed data '{path}' does not exist; give load_path the folder save_path wrote"
+        )
     load_preprocessed_data(path)  # refuses, by name, a folder that is not tuneforge's preprocessed data
     return path

@@ -34,7 +34,9 @@ def pick_device(device: str = "auto") -> str:
 
     if device != "auto":
         if device == "cuda" and not torch.cuda.is_available():
-            raise ModelError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
+            raise ModelError(
+                "device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu"
+            )
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -189,8 +191,10 @@ def choose_threads(requested: int | None = None, load: float | None = None) -> t
     free = max(1, min(cores, math.floor(cores - load + 0.5)))
     if free == cores:
         return free, f"{free} CPU threads, one per core"
-    return free, (f"{free} CPU thread{'s' if free > 1 else ''} of {cores} cores: other processes keep "
-                  f"{load:.1f} cores busy (set num_threads to choose)")
+    return free, (
+        f"{free} CPU thread{'s' if free > 1 else ''} of {cores} cores: other processes keep "
+        f"{load:.1f} cores busy (set num_threads to choose)"
+    )
 
 
 def quiet_openmp_waits() -> bool:

@@ -92,10 +92,14 @@ class JobStatus:
 def train_command(config_path: Path, resume: bool = False) -> list[str]:
     """The child's command line: `python -m tuneforge train CONFIG [--resume_from latest]`."""
     module = "tuneforge" if importlib.util.find_spec("tuneforge.__main__") else "tuneforge.cli"
-    return [sys.executable, "-m", module, "train", str(config_path)] + (["--resume_from", "latest"] if resume else [])
+    return [sys.executable, "-m", module, "train", str(config_path)] + (
+        ["--resume_from", "latest"] if resume else []
+    )
 
 
-def start(config: RunConfig | dict[str, Any], run_dir: str | Path, *, cwd: str | Path | None = None) -> JobStatus:
+def start(
+    config: RunConfig | dict[str, Any], run_dir: str | Path, *, cwd: str | Path | None = None
+) -> JobStatus:
     """Write `<run_dir>/config.yaml` (output_dir = run_dir) and start training it in a new process.
 
     Raises JobError when another job of the same runs folder is still running. Relative data paths in
@@ -111,8 +115,9 @@ def start(config: RunConfig | dict[str, Any], run_dir: str | Path, *, cwd: str |
     return _launch(run_dir, train_command(config_path), cwd)
 
 
-def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, *,
-           cwd: str | Path | None = None) -> JobStatus:
+def resume(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None, *, cwd: str | Path | None = None
+) -> JobStatus:
     """Continue an interrupted (or failed) run from its newest checkpoint; with none yet, start it over.
 
     `overrides` change settings that a checkpoint does not pin (e.g. max_steps, epochs, learning_rate).
@@ -125,7 +130,9 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, *,
     if current.running:
         raise JobError(f"'{run_dir.name}' is still running; interrupt it before resuming")
     if current.state == "finished":
-        raise JobError(f"'{run_dir.name}' already finished; start a new run (copy its parameters) to train more")
+        raise JobError(
+            f"'{run_dir.name}' already finished; start a new run (copy its parameters) to train more"
+        )
     command = train_command(config_path, resume=current.checkpoints > 0)
     for key, value in (overrides or {}).items():
         command += [f"--{key}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
@@ -142,11 +149,25 @@ def _launch(run_dir: Path, command: list[str], cwd: str | Path | None) -> JobSta
             log.write(f"{START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
             log.flush()
             # Own session: Ctrl-C in the UI's terminal, or the UI exiting, does not reach the job.
-            process = subprocess.Popen(command, cwd=str(cwd or run_dir.parent.parent), env=env,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, pass_fds=(lock_fd,))
-        _write_job(run_dir, {"pid": process.pid, "started": started, "command": command,
-                             "process_start": _process_start(process.pid)})
+            process = subprocess.Popen(
+                command,
+                cwd=str(cwd or run_dir.parent.parent),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(lock_fd,),
+            )
+        _write_job(
+            run_dir,
+            {
+                "pid": process.pid,
+                "started": started,
+                "command": command,
+                "process_start": _process_start(process.pid),
+            },
+        )
         os.write(lock_fd, f"{run_dir}\n".encode())
     finally:
         os.close(lock_fd)  # the child keeps the lock for as long as it lives
@@ -164,7 +185,9 @@ def _take_lock(run_dir: Path) -> int:
         os.close(fd)
         other = running_jobs(run_dir.parent.parent, runs_folder=run_dir.parent)
         name = other[0].name if other else "another run"
-        raise JobError(f"a training job is already running ({name}); wait for it or interrupt it first") from None
+        raise JobError(
+            f"a training job is already running ({name}); wait for it or interrupt it first"
+        ) from None
     os.ftruncate(fd, 0)
     return fd
 
@@ -252,8 +275,15 @@ def status(run_dir: str | Path) -> JobStatus:
     section = _last_section(log)
     metrics = read_metrics(run_dir)
     checkpoints = _count_checkpoints(run_dir)
-    result = JobStatus(run_dir, "not started", "no job has run in this folder yet", pid=job.get("pid"),
-                       metrics=metrics, checkpoints=checkpoints, log_tail="\n".join(section.splitlines()[-15:]))
+    result = JobStatus(
+        run_dir,
+        "not started",
+        "no job has run in this folder yet",
+        pid=job.get("pid"),
+        metrics=metrics,
+        checkpoints=checkpoints,
+        log_tail="\n".join(section.splitlines()[-15:]),
+    )
     if metrics:
         last = metrics[-1]
         result.step, result.loss, result.epoch = last.get("step", 0), last.get("loss"), last.get("epoch")
@@ -276,10 +306,15 @@ def status(run_dir: str | Path) -> JobStatus:
 def _state(job: dict, section: str, checkpoints: int) -> tuple[str, str]:
     if is_alive(job):
         return "running", f"training in process {job['pid']}"
-    error = next((line for line in reversed(section.splitlines()) if line.startswith("tuneforge: error:")), None)
+    error = next(
+        (line for line in reversed(section.splitlines()) if line.startswith("tuneforge: error:")), None
+    )
     if "\ninterrupted at step" in section or "tuneforge: interrupted" in section:
-        return "interrupted", ("interrupted; a checkpoint is saved, Resume continues from it" if checkpoints
-                               else "interrupted before the first step; Resume starts it again")
+        return "interrupted", (
+            "interrupted; a checkpoint is saved, Resume continues from it"
+            if checkpoints
+            else "interrupted before the first step; Resume starts it again"
+        )
     if "\ndone: " in section and job.get("exit_code", 0) == 0:
         return "finished", next(line for line in section.splitlines() if line.startswith("done: "))
     if error:
@@ -288,15 +323,23 @@ def _state(job: dict, section: str, checkpoints: int) -> tuple[str, str]:
         last = [line for line in section.splitlines() if line.strip()][-1]
         return "failed", f"the training process crashed: {last.strip()}"
     if checkpoints:  # killed (e.g. SIGKILL, a reboot): the checkpoints are still good
-        return "interrupted", "the training process ended without finishing; Resume continues from its last checkpoint"
-    return "failed", f"the training process ended without a result (exit code {job.get('exit_code', 'unknown')})"
+        return (
+            "interrupted",
+            "the training process ended without finishing; Resume continues from its last checkpoint",
+        )
+    return (
+        "failed",
+        f"the training process ended without a result (exit code {job.get('exit_code', 'unknown')})",
+    )
 
 
 def _count_checkpoints(run_dir: Path) -> int:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return 0
-    return sum(1 for p in folder.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").is_file())
+    return sum(
+        1 for p in folder.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").is_file()
+    )
 
 
 # ---------------------------------------------------------------------- stopping, finding

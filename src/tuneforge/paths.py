@@ -21,7 +21,9 @@ def tuneforge_home() -> Path:
     return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge")).expanduser()
 
 
-def write_folder_atomically(target: Path, write: Callable[[Path], object], marker: str = "config.json") -> Path:
+def write_folder_atomically(
+    target: Path, write: Callable[[Path], object], marker: str = "config.json"
+) -> Path:
     """Call write(tmp) on a temporary folder beside `target`, then rename it to `target`.
 
     A crash or Ctrl-C inside `write` leaves no `target` at all, never a half-written one. If another
@@ -52,13 +54,21 @@ def resolve_inside(root: str | Path, name: str, must_exist: bool = True) -> Path
     from tuneforge.errors import ConfigError
 
     shown = "".join(c if c.isprintable() else "?" for c in str(name)[:80])
-    refused = ConfigError(f"'{shown}' is not available in {Path(root).name}/; choose one of the listed "
-                          "names (plain names inside that folder)")
+    refused = ConfigError(
+        f"'{shown}' is not available in {Path(root).name}/; choose one of the listed "
+        "names (plain names inside that folder)"
+    )
     if not isinstance(name, str) or not name.strip() or len(name) > 1024:
         raise refused
     parts = name.split("/")
-    if ("\x00" in name or "\\" in name or name.startswith(("/", "~")) or ":" in parts[0]
-            or any(part in ("", "..") for part in parts[:-1]) or parts[-1] in ("", "..", ".")):
+    if (
+        "\x00" in name
+        or "\\" in name
+        or name.startswith(("/", "~"))
+        or ":" in parts[0]
+        or any(part in ("", "..") for part in parts[:-1])
+        or parts[-1] in ("", "..", ".")
+    ):
         raise refused
     base = Path(root).resolve()
     target = (base / name).resolve()  # follows symlinks, so a link pointing out is caught below

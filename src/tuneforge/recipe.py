@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from tuneforge.data.examples import prepare_examples
 from tuneforge.defaults import apply_defaults
@@ -43,15 +44,31 @@ def scratch_tokenizer(config):
     from tuneforge.data.cleaning import record_text
     from tuneforge.data.sources import read_source
 
-    source = read_source(config.data, config.encoding, config.text_column, config.sql_table, config.sql_column,
-                         config.hard_cut_string)
+    source = read_source(
+        config.data,
+        config.encoding,
+        config.text_column,
+        config.sql_table,
+        config.sql_column,
+        config.hard_cut_string,
+    )
     texts = [source.text] if source.kind == "text" else [record_text(r) for r in source.records]
     return train_bpe_tokenizer(texts, config.vocab_size)
 
 
-def run_training(model, tokenizer, config, *, device: str, precision: str, source: ModelSource | None = None,
-                 trust_remote_code: bool = False, show_progress: bool = True, log=print,
-                 on_prepared: Callable[[object], None] | None = None) -> tuple[object, TrainResult]:
+def run_training(
+    model,
+    tokenizer,
+    config,
+    *,
+    device: str,
+    precision: str,
+    source: ModelSource | None = None,
+    trust_remote_code: bool = False,
+    show_progress: bool = True,
+    log=print,
+    on_prepared: Callable[[object], None] | None = None,
+) -> tuple[object, TrainResult]:
     """Train `model` as `config` says; returns (trained model, TrainResult). Writes the run folder.
 
     The model may be replaced: qlora and a dtype change reload the base from `source` (default:
@@ -90,10 +107,17 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
         launch.note_in_config(run_dir / "config.yaml")
         log(launch.describe())
         if launch.shortfall():
-            warnings.warn(launch.shortfall(), stacklevel=2)
+            warnings.warn(cast(str, launch.shortfall()), stacklevel=2)  # just checked: not None
 
-    model = prepare_base(model, tokenizer, config, device=device, precision=precision, source=source,
-                         trust_remote_code=trust_remote_code)  # seeds the RNG with config.seed
+    model = prepare_base(
+        model,
+        tokenizer,
+        config,
+        device=device,
+        precision=precision,
+        source=source,
+        trust_remote_code=trust_remote_code,
+    )  # seeds the RNG with config.seed
     if on_prepared is not None:
         on_prepared(model)
     # sampling must not move the global RNG: dropout and data order draw from it after the seed
@@ -101,23 +125,44 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
     with fork_rng():
         samples_before = {p: generate(model, tokenizer, p, SAMPLE_SETTINGS) for p in prompts}
     trainable, total = count_parameters(model)
-    log(f"method: {config.method}, precision: {precision}, device: {device}, trainable parameters: "
-        f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%), run folder: {run_dir}")
+    log(
+        f"method: {config.method}, precision: {precision}, device: {device}, trainable parameters: "
+        f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%), run folder: {run_dir}"
+    )
     if main_process:  # the estimate before step 1: memory by part, and whether it fits
-        log("estimate: " + estimate_run(config, model, world_size=launch.world_size, device=device,
-                                        sharding="ddp" if launch.world_size > 1 else "none").describe()
-            .replace("\n", "; "))
+        log(
+            "estimate: "
+            + estimate_run(
+                config,
+                model,
+                world_size=launch.world_size,
+                device=device,
+                sharding="ddp" if launch.world_size > 1 else "none",
+            )
+            .describe()
+            .replace("\n", "; ")
+        )
 
     on_checkpoint = None
     if config.compare_at_save and main_process:
         from tuneforge.evaluate.compare import record_gallery
 
         def on_checkpoint(trained, step):
-            record_gallery(trained, tokenizer, run_dir, step, config.sample_prompts,
-                           heldout=prepared.validation or None)
+            record_gallery(
+                trained, tokenizer, run_dir, step, config.sample_prompts, heldout=prepared.validation or None
+            )
 
-    model, result = train(model, tokenizer, prepared, config, run_dir, precision=precision, device=device,
-                          show_progress=show_progress, on_checkpoint=on_checkpoint)
+    model, result = train(
+        model,
+        tokenizer,
+        prepared,
+        config,
+        run_dir,
+        precision=precision,
+        device=device,
+        show_progress=show_progress,
+        on_checkpoint=on_checkpoint,
+    )
     result.tokenizer = tokenizer
     from accelerate.state import AcceleratorState
 
@@ -127,8 +172,17 @@ def run_training(model, tokenizer, config, *, device: str, precision: str, sourc
     result.saved_to = save_trained(model, tokenizer, run_dir)
     with fork_rng():
         samples_after = {p: generate(model, tokenizer, p, SAMPLE_SETTINGS) for p in prompts}
-    write_report(run_dir, config, result, prepared.describe(), samples_before, samples_after, precision, device,
-                 launch=launch)
+    write_report(
+        run_dir,
+        config,
+        result,
+        prepared.describe(),
+        samples_before,
+        samples_after,
+        precision,
+        device,
+        launch=launch,
+    )
     return model, result
 
 
@@ -143,16 +197,23 @@ def drop_examples_without_loss(prepared, config, log=print):
         return prepared
     shown = ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else "")
     if len(empty) == len(prepared.train):
-        raise ConfigError(f"none of the {len(empty)} training examples has a token left to learn from (the prompt "
-                          f"fills all cutoff_len {config.cutoff_len} tokens, or train_on_source is off for data "
-                          "with no target); raise cutoff_len, shorten the prompts, or set train_on_source: true")
+        raise ConfigError(
+            f"none of the {len(empty)} training examples has a token left to learn from (the prompt "
+            f"fills all cutoff_len {config.cutoff_len} tokens, or train_on_source is off for data "
+            "with no target); raise cutoff_len, shorten the prompts, or set train_on_source: true"
+        )
     keep = sorted(set(range(len(prepared.train))) - set(empty))
     rows = getattr(prepared.train, "rows", None)
     train = ExampleTable(rows.select(keep)) if hasattr(rows, "select") else [prepared.train[i] for i in keep]
-    log(f"dropped {len(empty)} training examples with no token to learn from (prepared example ids {shown}); "
-        f"raise cutoff_len (now {config.cutoff_len}) to keep them")
-    counts = {**prepared.counts, "dropped_without_loss": prepared.counts.get("dropped_without_loss", 0) + len(empty),
-              "train_examples": len(train)}
+    log(
+        f"dropped {len(empty)} training examples with no token to learn from (prepared example ids {shown}); "
+        f"raise cutoff_len (now {config.cutoff_len}) to keep them"
+    )
+    counts = {
+        **prepared.counts,
+        "dropped_without_loss": prepared.counts.get("dropped_without_loss", 0) + len(empty),
+        "train_examples": len(train),
+    }
     return dataclasses.replace(prepared, train=train, counts=counts)
 
 

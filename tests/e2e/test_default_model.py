@@ -20,8 +20,13 @@ PROMPT = "To make a cheese sandwich "
 def python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_first_use_converts_atomically_and_a_second_load_takes_under_2_seconds(tmp_path):
@@ -29,15 +34,21 @@ def test_first_use_converts_atomically_and_a_second_load_takes_under_2_seconds(t
     first = python("import tuneforge as tf; tf.load('default')", {"TUNEFORGE_HOME": str(home)})
     assert first.returncode == 0, first.stderr
     converted = home / "models" / "SmolLM2-135M-Instruct"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= \
-        {p.name for p in converted.iterdir()}
-    assert [p.name for p in (home / "models").iterdir()] == [converted.name]  # no temporary folder left behind
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in converted.iterdir()
+    }
+    assert [p.name for p in (home / "models").iterdir()] == [
+        converted.name
+    ]  # no temporary folder left behind
     # Python's import of torch + transformers' llama code (~3 s here) is paid by any transformers-based tool
     # and is not loading; we import them first and time the load itself.
-    timing = python("import time, torch, transformers, tuneforge as tf\n"
-                    "import transformers.models.llama.modeling_llama, transformers.tokenization_utils_tokenizers\n"
-                    "start = time.perf_counter(); tf.load('default')\n"
-                    "print(time.perf_counter() - start)", {"TUNEFORGE_HOME": str(home)})
+    timing = python(
+        "import time, torch, transformers, tuneforge as tf\n"
+        "import transformers.models.llama.modeling_llama, transformers.tokenization_utils_tokenizers\n"
+        "start = time.perf_counter(); tf.load('default')\n"
+        "print(time.perf_counter() - start)",
+        {"TUNEFORGE_HOME": str(home)},
+    )
     assert timing.returncode == 0, timing.stderr
     assert float(timing.stdout.strip().splitlines()[-1]) < 2.0
 
@@ -50,9 +61,21 @@ def cheese_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cheese") / "run"
     llm = tf.load("default")
     before = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
-    run = llm.train(CHEESE, method="lora", format="lines", rank=16, alpha=32, target_modules="all-linear",
-                    learning_rate=2e-3, batch_size=16, micro_batch_size=16, max_steps=25, warmup_steps=2,
-                    output_dir=str(run_dir), show_progress=False)
+    run = llm.train(
+        CHEESE,
+        method="lora",
+        format="lines",
+        rank=16,
+        alpha=32,
+        target_modules="all-linear",
+        learning_rate=2e-3,
+        batch_size=16,
+        micro_batch_size=16,
+        max_steps=25,
+        warmup_steps=2,
+        output_dir=str(run_dir),
+        show_progress=False,
+    )
     after = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
     return run, before, after
 
@@ -91,9 +114,23 @@ def test_plain_peft_loads_the_adapter_with_the_same_logits(cheese_run, default_m
 
 def test_cli_generates_with_the_adapter_in_a_fresh_process(cheese_run):
     run, _, after = cheese_run
-    result = subprocess.run([sys.executable, "-m", "tuneforge.cli", "generate", "--adapter", str(run.saved_to),
-                             "--greedy", "--max-new-tokens", "20", PROMPT], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "generate",
+            "--adapter",
+            str(run.saved_to),
+            "--greedy",
+            "--max-new-tokens",
+            "20",
+            PROMPT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(PROMPT.strip())
     assert len(result.stdout.strip()) > len(PROMPT) + 10

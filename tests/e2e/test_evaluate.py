@@ -21,12 +21,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_seed_001_script_runs_with_only_the_import_and_model_name_changed(tmp_path):
     env = {**os.environ, "TUNEFORGE_EPOCHS": "0.004", "TUNEFORGE_CHEESE": str(CHEESE)}  # 2 steps of 4 lines
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "happy_cheese.py")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "happy_cheese.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     before, after = result.stdout.split("RESULT AFTER TRAINING....")
     assert before.count(PROMPT) >= 3 and after.count(PROMPT) == 3
-    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "model" / "tokenizer.json").is_file()
+    assert (tmp_path / "model" / "config.json").is_file() and (
+        tmp_path / "model" / "tokenizer.json"
+    ).is_file()
     assert (tmp_path / "preprocessed-data.json").exists()
 
 
@@ -40,23 +48,55 @@ def cheese_adapter(tmp_path_factory):
     (root / "train.txt").write_text("\n".join(lines[:-100]) + "\n")
     (root / "heldout.txt").write_text("\n".join(lines[-100:]) + "\n")
     llm = tf.load("default")
-    run = llm.train(root / "train.txt", method="lora", format="lines", rank=16, alpha=32,
-                    target_modules="all-linear", learning_rate=2e-3, batch_size=16, micro_batch_size=16,
-                    max_steps=25, warmup_steps=2, output_dir=str(root / "run"), show_progress=False)
+    run = llm.train(
+        root / "train.txt",
+        method="lora",
+        format="lines",
+        rank=16,
+        alpha=32,
+        target_modules="all-linear",
+        learning_rate=2e-3,
+        batch_size=16,
+        micro_batch_size=16,
+        max_steps=25,
+        warmup_steps=2,
+        output_dir=str(root / "run"),
+        show_progress=False,
+    )
     return run.saved_to, root / "heldout.txt", root
 
 
 def test_compare_shows_the_cheese_style_and_a_lower_heldout_perplexity(cheese_adapter, capsys):
     adapter, heldout, root = cheese_adapter
-    code = cli_eval(["compare", "--adapter", str(adapter), "--heldout", str(heldout), "--seeds", "0", "1",
-                     "--max-new-tokens", "20", "--output", str(root / "compare"), PROMPT])
+    code = cli_eval(
+        [
+            "compare",
+            "--adapter",
+            str(adapter),
+            "--heldout",
+            str(heldout),
+            "--seeds",
+            "0",
+            "1",
+            "--max-new-tokens",
+            "20",
+            "--output",
+            str(root / "compare"),
+            PROMPT,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     table = out.split("## Perplexity")[1]
-    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in table.splitlines()
-            if line.startswith("| ") and line.split("|")[2].strip()[:1].isdigit()}
+    rows = {
+        line.split("|")[1].strip(): float(line.split("|")[2])
+        for line in table.splitlines()
+        if line.startswith("| ") and line.split("|")[2].strip()[:1].isdigit()
+    }
     assert rows["run"] < rows["base"] * 0.8, table
-    adapter_texts = [line.split("|")[4] for line in out.splitlines() if line.startswith(f"| {PROMPT.strip()}")]
+    adapter_texts = [
+        line.split("|")[4] for line in out.splitlines() if line.startswith(f"| {PROMPT.strip()}")
+    ]
     style = {"slice", "slices", "bread", "between", "toast", "inside", "pieces"}
     assert all(len(set(t.lower().replace(",", " ").split()) & style) >= 2 for t in adapter_texts), out
     assert (root / "compare" / "compare.html").is_file()

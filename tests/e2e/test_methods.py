@@ -17,9 +17,21 @@ def test_method_lowers_the_loss_on_the_default_model(method, tmp_path):
 
     llm = tf.load("default", precision="fp32")
     frozen = None
-    run = llm.train(CHEESE, method=method, format="lines", target_modules=["q_proj", "v_proj"], rank=8, alpha=16,
-                    learning_rate=1e-4 if method == "full" else 3e-3, batch_size=4, micro_batch_size=4,
-                    max_steps=4, lr_scheduler="constant", output_dir=str(tmp_path / "run"), show_progress=False)
+    run = llm.train(
+        CHEESE,
+        method=method,
+        format="lines",
+        target_modules=["q_proj", "v_proj"],
+        rank=8,
+        alpha=16,
+        learning_rate=1e-4 if method == "full" else 3e-3,
+        batch_size=4,
+        micro_batch_size=4,
+        max_steps=4,
+        lr_scheduler="constant",
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+    )
     assert run.final_loss < run.losses[0]
     if method == "qlora":
         frozen = {n: p for n, p in llm.model.named_parameters() if "base_layer" in n}
@@ -40,9 +52,26 @@ def test_seed_000_recipe_as_written_stops_by_itself_at_loss_1_2(tmp_path):
     data.write_text("\n".join(lines) + "\n")
     run_dir = tmp_path / "run"
     # cutoff_len 64 (not 256) only to keep the test short: each step is one epoch of 41 chunks
-    done = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(repo / "examples/seed000_gpt2_recipe.yaml"),
-                           "--data", str(data), "--cutoff_len", "64", "--overlap_len", "16", "--output_dir",
-                           str(run_dir)], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "train",
+            str(repo / "examples/seed000_gpt2_recipe.yaml"),
+            "--data",
+            str(data),
+            "--cutoff_len",
+            "64",
+            "--overlap_len",
+            "16",
+            "--output_dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     assert "micro_batch_size auto:" in done.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

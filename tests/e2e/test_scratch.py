@@ -24,8 +24,16 @@ def test_scratch_model_beats_the_unigram_entropy_of_the_text(tiny_model_dir, tmp
     import tuneforge as tf
 
     # the shipped example as written (~12M parameters), only shorter for CI: 50 of its 600 steps
-    config = load_config(EXAMPLE, {"data": str(SHARED_DATA / "tinyshakespeare.txt"), "max_steps": 50,
-                                   "eval_steps": 50, "output_dir": str(tmp_path / "run"), "sample_prompts": []})
+    config = load_config(
+        EXAMPLE,
+        {
+            "data": str(SHARED_DATA / "tinyshakespeare.txt"),
+            "max_steps": 50,
+            "eval_steps": 50,
+            "output_dir": str(tmp_path / "run"),
+            "sample_prompts": [],
+        },
+    )
     llm = tf.load(str(tiny_model_dir), precision="fp32")  # the base is replaced by the new model
     run = llm.train(config=config, show_progress=False)
     tokenizer = run.tokenizer

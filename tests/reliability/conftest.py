@@ -14,16 +14,33 @@ from pathlib import Path
 
 import pytest
 
-RUN = dict(method="lora", rank=4, alpha=8, lora_dropout=0.1, target_modules=["all-linear"], batch_size=4,
-           micro_batch_size=2, learning_rate=1e-2, lr_scheduler="linear", warmup_steps=3, precision="fp32",
-           device="cpu", num_threads=1, save_steps=1, seed=3)
+RUN = dict(
+    method="lora",
+    rank=4,
+    alpha=8,
+    lora_dropout=0.1,
+    target_modules=["all-linear"],
+    batch_size=4,
+    micro_batch_size=2,
+    learning_rate=1e-2,
+    lr_scheduler="linear",
+    warmup_steps=3,
+    precision="fp32",
+    device="cpu",
+    num_threads=1,
+    save_steps=1,
+    seed=3,
+)
 
 
 def write_config(path: Path, model_dir: Path, data: Path, run_dir: Path, **keys) -> Path:
     import yaml
 
-    path.write_text(yaml.safe_dump({"model": str(model_dir), "data": str(data), "output_dir": str(run_dir),
-                                    **RUN, **keys}))
+    path.write_text(
+        yaml.safe_dump(
+            {"model": str(model_dir), "data": str(data), "output_dir": str(run_dir), **RUN, **keys}
+        )
+    )
     return path
 
 
@@ -61,8 +78,11 @@ def assert_same_run(actual_dir: Path, expected_dir: Path, atol: float = 1e-6) ->
 
 def folder_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture()
@@ -70,8 +90,16 @@ def lines28(tmp_path) -> Path:
     """28 distinct lines: 7 steps of 4 an epoch."""
     from tuneforge.data.spintax import expand
 
-    lines = sorted(set(expand("{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
-                              "{quickly|slowly|today}", 200, seed=1)))[:28]
+    lines = sorted(
+        set(
+            expand(
+                "{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
+                "{quickly|slowly|today}",
+                200,
+                seed=1,
+            )
+        )
+    )[:28]
     assert len(lines) == 28
     path = tmp_path / "lines28.txt"
     path.write_text("\n".join(lines) + "\n")

@@ -21,7 +21,9 @@ def record_steps_to(path: Path):
 
     def recording(model, examples, *args, step, **kwargs):
         with path.open("a") as file:
-            file.write(json.dumps({"step": step, "examples": [list(e["input_ids"]) for e in examples]}) + "\n")
+            file.write(
+                json.dumps({"step": step, "examples": [list(e["input_ids"]) for e in examples]}) + "\n"
+            )
         return real(model, examples, *args, step=step, **kwargs)
 
     loop.accumulate_gradients = recording

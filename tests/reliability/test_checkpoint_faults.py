@@ -29,12 +29,14 @@ SETTINGS = {k: v for k, v in RUN.items() if k not in ("device",)}
 
 
 def train(model_dir, data, run_dir, **keys):
-    return tf.load(str(model_dir), precision="fp32").train(data, output_dir=str(run_dir), show_progress=False,
-                                                           **{**SETTINGS, **keys})
+    return tf.load(str(model_dir), precision="fp32").train(
+        data, output_dir=str(run_dir), show_progress=False, **{**SETTINGS, **keys}
+    )
 
 
-def test_a_crash_at_each_write_of_a_save_leaves_the_previous_checkpoints_untouched(tiny_model_dir, lines_file,
-                                                                                   tmp_path, monkeypatch):
+def test_a_crash_at_each_write_of_a_save_leaves_the_previous_checkpoints_untouched(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
     import peft
     import safetensors.torch
 
@@ -49,6 +51,7 @@ def test_a_crash_at_each_write_of_a_save_leaves_the_previous_checkpoints_untouch
                 raise OSError(f"injected crash before write {crash_at}")
             writes.append(real.__name__)
             return real(*args, **kwargs)
+
         return write
 
     real = (safetensors.torch.save_file, torch.save, Path.write_text, peft.PeftModel.save_pretrained)
@@ -81,19 +84,29 @@ def test_a_crash_at_each_write_of_a_save_leaves_the_previous_checkpoints_untouch
     assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3]  # the crashed attempts' step 3 is not kept
 
 
-def test_a_full_disk_at_a_save_gives_one_message_and_the_run_resumes_after_freeing_space(tiny_model_dir,
-                                                                                         lines_file, tmp_path,
-                                                                                         capsys):
+def test_a_full_disk_at_a_save_gives_one_message_and_the_run_resumes_after_freeing_space(
+    tiny_model_dir, lines_file, tmp_path, capsys
+):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
     try:
-        run_dir = disk / "run"  # full fine-tuning: ~19 MB a checkpoint (weights + AdamW), so step 2 cannot fit
-        config = write_config(tmp_path / "run.yaml", tiny_model_dir, lines_file, run_dir, method="full",
-                              learning_rate=1e-3, max_steps=3)
+        run_dir = (
+            disk / "run"
+        )  # full fine-tuning: ~19 MB a checkpoint (weights + AdamW), so step 2 cannot fit
+        config = write_config(
+            tmp_path / "run.yaml",
+            tiny_model_dir,
+            lines_file,
+            run_dir,
+            method="full",
+            learning_rate=1e-3,
+            max_steps=3,
+        )
         assert cli("train", config) == 2
         error = capsys.readouterr().err
         assert "no space left" in error and str(run_dir / "checkpoints") in error and "step-1" in error, error
@@ -145,6 +158,7 @@ def crafted_pickle(name: str):
     def craft(folder: Path) -> Path:
         torch.save({"state": Marker(folder.parent.parent / "PWNED"), "param_groups": []}, folder / name)
         return folder / name
+
     craft.__name__ = f"crafted_{name}"
     return craft
 
@@ -158,11 +172,21 @@ def three_checkpoints(tiny_model_dir, tmp_path_factory):
     return run_dir, data
 
 
-@pytest.mark.parametrize("damage", [truncate_weights, flip_header, empty_optimizer, remove_state,
-                                    crafted_pickle("optimizer.pt"), crafted_pickle("rng.pt")],
-                         ids=lambda d: d.__name__)
-def test_a_damaged_checkpoint_is_named_or_skipped_for_the_one_before(three_checkpoints, tiny_model_dir, tmp_path,
-                                                                     damage):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        truncate_weights,
+        flip_header,
+        empty_optimizer,
+        remove_state,
+        crafted_pickle("optimizer.pt"),
+        crafted_pickle("rng.pt"),
+    ],
+    ids=lambda d: d.__name__,
+)
+def test_a_damaged_checkpoint_is_named_or_skipped_for_the_one_before(
+    three_checkpoints, tiny_model_dir, tmp_path, damage
+):
     original, data = three_checkpoints
     run_dir = tmp_path / "run"
     shutil.copytree(original, run_dir)
@@ -170,7 +194,10 @@ def test_a_damaged_checkpoint_is_named_or_skipped_for_the_one_before(three_check
     file = damage(run_dir / "checkpoints" / "step-3")
     with pytest.raises(TuneforgeError) as named:  # named by its folder: refused, naming the file
         train(tiny_model_dir, data, run_dir, max_steps=3, resume_from=str(run_dir / "checkpoints" / "step-3"))
-    assert str(file) in str(named.value) and type(named.value).__name__ in ("DamagedCheckpointError", "ConfigError")
+    assert str(file) in str(named.value) and type(named.value).__name__ in (
+        "DamagedCheckpointError",
+        "ConfigError",
+    )
     with pytest.warns(UserWarning, match=r"skipping checkpoint step-3 .*falling back") as said:
         run = train(tiny_model_dir, data, run_dir, max_steps=4, resume_from="latest")
     assert any("skipping checkpoint step-3" in str(w.message) and file.name in str(w.message) for w in said)

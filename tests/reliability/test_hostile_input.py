@@ -21,9 +21,18 @@ from tuneforge.errors import ModelError, TuneforgeError
 def test_an_adapter_bin_pickle_is_refused_and_never_unpickled(tiny_llm, tiny_model_dir, tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
-        "base_model_name_or_path": str(tiny_model_dir)}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 4,
+                "lora_alpha": 8,
+                "target_modules": ["q_proj"],
+                "base_model_name_or_path": str(tiny_model_dir),
+            }
+        )
+    )
     torch.save({"base_model.model.x": Marker(tmp_path / "PWNED")}, folder / "adapter_model.bin")
     with pytest.raises(ModelError, match="adapter_model.bin, a pickle"):
         tiny_llm.load_adapter(str(folder), name="evil")
@@ -51,7 +60,9 @@ def test_a_chat_template_reaching_for_python_internals_fails_in_the_sandbox(toke
 
     hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(SecurityError):
-        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], chat_template=hostile, tokenize=False)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], chat_template=hostile, tokenize=False
+        )
 
 
 READERS = ["txt", "json", "jsonl", "csv", "tsv"]
@@ -59,12 +70,19 @@ READERS = ["txt", "json", "jsonl", "csv", "tsv"]
 
 @pytest.mark.parametrize("suffix", READERS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.one_of(st.binary(max_size=300),
-                         st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
-                         st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                                      lambda inner: st.lists(inner, max_size=4)
-                                      | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                                      max_leaves=10).map(lambda v: json.dumps(v).encode())))
+@given(
+    content=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+            ),
+            max_leaves=10,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_every_reader_turns_arbitrary_bytes_into_rows_or_one_data_error(suffix, content, tmp_path):
     from tuneforge.data.sources import read_source
 
@@ -89,10 +107,14 @@ def test_the_path_validator_gives_a_path_inside_its_root_or_a_refusal(name, tmp_
 
 
 MALFORMED = {
-    "empty.txt": b"", "blank.txt": b"  \n\t\n  ", "header_only.csv": b"text\n",
+    "empty.txt": b"",
+    "blank.txt": b"  \n\t\n  ",
+    "header_only.csv": b"text\n",
     "syntax_error_line_4.jsonl": b'{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n{"text": \n',
-    "bom.txt": "\ufeffa line about cheese\n".encode(), "utf16.txt": "a line about ham\n".encode("utf-16"),
-    "invalid_utf8.txt": b"bread \xff\xfe and \xc3 cheese\n", "nul.txt": b"a\x00b line\n",
+    "bom.txt": "\ufeffa line about cheese\n".encode(),
+    "utf16.txt": "a line about ham\n".encode("utf-16"),
+    "invalid_utf8.txt": b"bread \xff\xfe and \xc3 cheese\n",
+    "nul.txt": b"a\x00b line\n",
     "crlf.txt": b"one line\r\ntwo lines\r\n",
 }
 
@@ -125,4 +147,3 @@ def test_a_50_mb_single_line_is_read_or_refused_by_name(tmp_path):
         read_source(path)
     except TuneforgeError as error:
         assert path.name in str(error)
-

@@ -23,8 +23,13 @@ RECORDER = Path(__file__).with_name("record_examples.py")
 
 def start_child(config: Path, record: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.Popen([sys.executable, str(RECORDER), str(record), "train", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(RECORDER), str(record), "train", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 300, poll: float = 0.002):
@@ -68,26 +73,39 @@ def test_kill_9_mid_epoch_of_a_shuffled_3_epoch_run_resumes_exactly(tiny_model_d
     resumed_at = int(find_checkpoint(broken, "latest").name.split("-")[1])
     assert 8 <= resumed_at <= 10 and not (broken / "adapter").exists()
 
-    assert run_recorded(tmp_path / "broken-steps.jsonl", "train", broken_config, "--resume_from", "latest") == 0
+    assert (
+        run_recorded(tmp_path / "broken-steps.jsonl", "train", broken_config, "--resume_from", "latest") == 0
+    )
     assert_same_run(broken, whole)
     assert [m["step"] for m in metrics(broken)] == list(range(1, 22))  # no step logged twice or lost
-    expected, actual = steps_trained(tmp_path / "whole-steps.jsonl"), steps_trained(tmp_path / "broken-steps.jsonl")
+    expected, actual = (
+        steps_trained(tmp_path / "whole-steps.jsonl"),
+        steps_trained(tmp_path / "broken-steps.jsonl"),
+    )
     assert actual == expected
-    resumed_steps = [json.loads(line)["step"] for line in (tmp_path / "broken-steps.jsonl").read_text().splitlines()]
-    assert resumed_steps[-(21 - resumed_at):] == list(range(resumed_at + 1, 22))  # resume starts right after
+    resumed_steps = [
+        json.loads(line)["step"] for line in (tmp_path / "broken-steps.jsonl").read_text().splitlines()
+    ]
+    assert resumed_steps[-(21 - resumed_at) :] == list(range(resumed_at + 1, 22))  # resume starts right after
     for epoch in range(3):
         seen = [tuple(e) for step in range(epoch * 7 + 1, epoch * 7 + 8) for e in expected[step]]
         assert len(seen) == len(set(seen)) == 28, epoch
 
 
-def test_kill_9_during_a_checkpoint_save_keeps_earlier_checkpoints_and_resumes(tiny_model_dir, lines28, tmp_path):
+def test_kill_9_during_a_checkpoint_save_keeps_earlier_checkpoints_and_resumes(
+    tiny_model_dir, lines28, tmp_path
+):
     """SIGKILL while a checkpoint's temporary folder is being written: `latest` is the newest complete one,
     the earlier checkpoints are byte-identical, the leftover is ignored and removed, and the resume is exact."""
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     settings = dict(max_steps=8)
-    child = start_child(write_config(tmp_path / "broken.yaml", tiny_model_dir, lines28, broken, **settings),
-                        tmp_path / "steps.jsonl")
-    assert cli("train", write_config(tmp_path / "whole.yaml", tiny_model_dir, lines28, whole, **settings)) == 0
+    child = start_child(
+        write_config(tmp_path / "broken.yaml", tiny_model_dir, lines28, broken, **settings),
+        tmp_path / "steps.jsonl",
+    )
+    assert (
+        cli("train", write_config(tmp_path / "whole.yaml", tiny_model_dir, lines28, whole, **settings)) == 0
+    )
 
     def saving_after_step_3():
         folder = broken / "checkpoints"

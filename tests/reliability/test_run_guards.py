@@ -20,17 +20,22 @@ SETTINGS = {k: v for k, v in RUN.items() if k != "device"}
 
 
 def train(model_dir, data, run_dir, **keys):
-    return tf.load(str(model_dir), precision="fp32").train(data, output_dir=str(run_dir), show_progress=False,
-                                                           **{**SETTINGS, **keys})
+    return tf.load(str(model_dir), precision="fp32").train(
+        data, output_dir=str(run_dir), show_progress=False, **{**SETTINGS, **keys}
+    )
 
 
 def all_checkpoints_finite(run_dir) -> bool:
-    return all(bool(torch.isfinite(t).all()) for c in list_checkpoints(run_dir)
-               for t in load_file(str(c / "trainable.safetensors")).values())
+    return all(
+        bool(torch.isfinite(t).all())
+        for c in list_checkpoints(run_dir)
+        for t in load_file(str(c / "trainable.safetensors")).values()
+    )
 
 
-def test_a_nan_loss_at_step_5_stops_the_run_before_any_non_finite_checkpoint(tiny_model_dir, lines_file, tmp_path,
-                                                                             monkeypatch):
+def test_a_nan_loss_at_step_5_stops_the_run_before_any_non_finite_checkpoint(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
     from tuneforge.train import step
 
     real, steps = step.batch_loss_sum, []
@@ -60,8 +65,9 @@ def test_a_huge_learning_rate_never_writes_a_non_finite_checkpoint(tiny_model_di
     with pytest.raises(ConfigError, match="learning_rate"):  # 1e6 is refused before anything loads
         train(tiny_model_dir, lines_file, tmp_path / "refused", max_steps=2, learning_rate=1e6)
     try:  # the largest allowed (10) with no clipping: finite all the way, or stopped showing the bad value
-        run = train(tiny_model_dir, lines_file, tmp_path / "run", max_steps=8, learning_rate=10.0,
-                    max_grad_norm=0.0)
+        run = train(
+            tiny_model_dir, lines_file, tmp_path / "run", max_steps=8, learning_rate=10.0, max_grad_norm=0.0
+        )
         assert all(math.isfinite(loss) for loss in run.losses)
     except TuneforgeError as error:
         assert "nan" in str(error) or "inf" in str(error)
@@ -74,15 +80,19 @@ def test_examples_whose_prompt_fills_the_cutoff_are_dropped_with_their_ids(token
     from tuneforge.recipe import drop_examples_without_loss
 
     ids = tokenizer(["a sandwich of ham", "cheese on bread", "a prompt only"])["input_ids"]
-    examples = [{"input_ids": i, "labels": list(i)} for i in ids[:2]] + [{"input_ids": ids[2],
-                                                                       "labels": [-100] * len(ids[2])}]
+    examples = [{"input_ids": i, "labels": list(i)} for i in ids[:2]] + [
+        {"input_ids": ids[2], "labels": [-100] * len(ids[2])}
+    ]
     said = []
-    kept = drop_examples_without_loss(PreparedData("formatted", examples, counts={}), RunConfig(cutoff_len=8),
-                                      said.append)
+    kept = drop_examples_without_loss(
+        PreparedData("formatted", examples, counts={}), RunConfig(cutoff_len=8), said.append
+    )
     assert len(kept.train) == 2 and kept.counts["dropped_without_loss"] == 1
     assert "ids 2" in said[0] and "cutoff_len" in said[0]
     with pytest.raises(ConfigError, match="cutoff_len.*train_on_source"):
-        drop_examples_without_loss(PreparedData("formatted", examples[2:], counts={}), RunConfig(cutoff_len=8))
+        drop_examples_without_loss(
+            PreparedData("formatted", examples[2:], counts={}), RunConfig(cutoff_len=8)
+        )
 
 
 def test_data_where_every_prompt_fills_the_cutoff_never_trains_at_loss_zero(tiny_model_dir, tmp_path):
@@ -97,8 +107,11 @@ def test_data_where_every_prompt_fills_the_cutoff_never_trains_at_loss_zero(tiny
     assert run.train_tokens > 0 and all(loss > 0 for loss in run.losses)  # the data layer kept the targets
 
 
-@pytest.mark.parametrize("change", [dict(learning_rate=2e-2), dict(batch_size=2), dict(seed=4),
-                                    dict(cutoff_len=64), "edited row"], ids=str)
+@pytest.mark.parametrize(
+    "change",
+    [dict(learning_rate=2e-2), dict(batch_size=2), dict(seed=4), dict(cutoff_len=64), "edited row"],
+    ids=str,
+)
 def test_a_resume_with_changed_settings_lists_them_and_refuses(tiny_model_dir, lines_file, tmp_path, change):
     run_dir = tmp_path / "run"
     train(tiny_model_dir, lines_file, run_dir, max_steps=2)
@@ -108,17 +121,27 @@ def test_a_resume_with_changed_settings_lists_them_and_refuses(tiny_model_dir, l
         change, key = {}, "data"
     else:
         key = next(iter(change))
-    with pytest.raises(ConfigError, match=rf"changed since it was saved: .*{key}.*allow_resume_mismatch") as refused:
+    with pytest.raises(
+        ConfigError, match=rf"changed since it was saved: .*{key}.*allow_resume_mismatch"
+    ) as refused:
         train(tiny_model_dir, lines_file, run_dir, max_steps=3, resume_from="latest", **change)
     assert "max_steps: 2 -> 3" in str(refused.value)  # every difference is listed, also the harmless ones
     with pytest.warns(UserWarning, match=rf"changed settings: .*{key}"):
-        run = train(tiny_model_dir, lines_file, run_dir, max_steps=3, resume_from="latest",
-                    allow_resume_mismatch=True, **change)
+        run = train(
+            tiny_model_dir,
+            lines_file,
+            run_dir,
+            max_steps=3,
+            resume_from="latest",
+            allow_resume_mismatch=True,
+            **change,
+        )
     assert run.resumed_from.name == "step-2" and run.steps == 3
 
 
-def test_a_second_signal_during_the_save_still_leaves_a_complete_checkpoint(tiny_model_dir, lines_file, tmp_path,
-                                                                           monkeypatch):
+def test_a_second_signal_during_the_save_still_leaves_a_complete_checkpoint(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
     """SIGTERM during a step, then SIGINT while its checkpoint is being written: the save completes, then the
     run stops (KeyboardInterrupt: exit 130 in the CLI); the resume continues from that checkpoint."""
     from tuneforge.train import checkpoint, loop
@@ -141,8 +164,9 @@ def test_a_second_signal_during_the_save_still_leaves_a_complete_checkpoint(tiny
     assert run.resumed_from.name == "step-3" and run.steps == 8
 
 
-def test_resume_inside_and_after_warmup_logs_the_uninterrupted_learning_rates(tiny_model_dir, lines_file, tmp_path,
-                                                                             monkeypatch):
+def test_resume_inside_and_after_warmup_logs_the_uninterrupted_learning_rates(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
     """Interrupted (SIGINT) after step 2 (inside the 4 warm-up steps) and again after step 6; every step's learning rate
     and loss equals the uninterrupted run's."""
     from tests.reliability.conftest import assert_same_run
@@ -152,14 +176,20 @@ def test_resume_inside_and_after_warmup_logs_the_uninterrupted_learning_rates(ti
     train(tiny_model_dir, lines_file, tmp_path / "whole", **keys)
     real = loop.MetricsLog.record
     for stop_after in (2, 6):
+
         def interrupt(self, step, *args, stop_after=stop_after, **kwargs):
             real(self, step, *args, **kwargs)
             if step == stop_after:
                 signal.raise_signal(signal.SIGINT)
 
         monkeypatch.setattr(loop.MetricsLog, "record", interrupt)
-        run = train(tiny_model_dir, lines_file, tmp_path / "broken", resume_from="latest" if stop_after > 2 else None,
-                    **keys)
+        run = train(
+            tiny_model_dir,
+            lines_file,
+            tmp_path / "broken",
+            resume_from="latest" if stop_after > 2 else None,
+            **keys,
+        )
         assert run.interrupted and run.steps == stop_after
     monkeypatch.undo()
     train(tiny_model_dir, lines_file, tmp_path / "broken", resume_from="latest", **keys)

@@ -9,8 +9,13 @@ import pytest
 
 pytest.importorskip("gradio", reason="the UI needs the ui extra: pip install -e '.[ui]'")
 
-RAW_TEXT = "\n".join(f"To be or not to be, line {i}: the cheese sandwich is {'tasty' if i % 2 else 'small'}."
-                     for i in range(48)) + "\n"
+RAW_TEXT = (
+    "\n".join(
+        f"To be or not to be, line {i}: the cheese sandwich is {'tasty' if i % 2 else 'small'}."
+        for i in range(48)
+    )
+    + "\n"
+)
 
 
 def free_port() -> int:

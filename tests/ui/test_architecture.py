@@ -24,7 +24,9 @@ def test_ui_imports_no_model_library():
     assert len(files) >= 5
     for path in files:
         for module in imported_modules(path):
-            assert module.split(".")[0] not in FORBIDDEN, f"{path.name} imports {module}; go through tuneforge.api"
+            assert module.split(".")[0] not in FORBIDDEN, (
+                f"{path.name} imports {module}; go through tuneforge.api"
+            )
 
 
 def test_ui_never_touches_parameters_or_training_loops():

@@ -18,15 +18,27 @@ import pytest
 
 pytest.importorskip("playwright", reason="the browser tests need playwright: pip install -e '.[test]'")
 
-CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM") or shutil.which("chromium-headless-shell") \
+CHROMIUM = (
+    os.environ.get("TUNEFORGE_CHROMIUM")
+    or shutil.which("chromium-headless-shell")
     or "/usr/lib/chromium/chromium-headless-shell"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
+)
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 SLOW = 240_000  # ms: a training process imports torch first; on 2 busy cores that takes a while
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no browser at {CHROMIUM}: install Debian's "
-                                "chromium-headless-shell (apt-get install -y chromium-headless-shell)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"no browser at {CHROMIUM}: install Debian's "
+    "chromium-headless-shell (apt-get install -y chromium-headless-shell)",
+)
 
 
 @pytest.fixture()
@@ -95,9 +107,17 @@ def test_seed_000_journey_in_the_browser(page, project):
     tab(page, "Training")
     page.locator("#run-name textarea, #run-name input").first.fill("ui-lora")
     choose(page, "#raw-file", "data.txt")
-    for field, value in {"max_steps": "1000", "batch_size": "4", "micro_batch_size": "2", "cutoff_len": "32",
-                         "overlap_len": "8", "save_steps": "5", "rank": "4", "alpha": "8",
-                         "learning_rate": "0.01"}.items():
+    for field, value in {
+        "max_steps": "1000",
+        "batch_size": "4",
+        "micro_batch_size": "2",
+        "cutoff_len": "32",
+        "overlap_len": "8",
+        "save_steps": "5",
+        "rank": "4",
+        "alpha": "8",
+        "learning_rate": "0.01",
+    }.items():
         fill(page, field, value)
     page.locator("#preview").click()
     page.wait_for_function("document.querySelector('#preview-text').innerText.includes('optimizer steps')")
@@ -118,14 +138,17 @@ def test_seed_000_journey_in_the_browser(page, project):
     wait_until(lambda: status_step(page) > before_reload + 1, 60, "the re-attached job to keep progressing")
 
     page.locator("#interrupt").click()
-    page.wait_for_function("document.querySelector('#train-status').innerText.includes('interrupted')",
-                           timeout=SLOW)
+    page.wait_for_function(
+        "document.querySelector('#train-status').innerText.includes('interrupted')", timeout=SLOW
+    )
     stopped_at = status_step(page)
     assert 0 < stopped_at < 1000
     page.locator("#resume-until input").fill(str(stopped_at + 3))
     page.keyboard.press("Tab")
     page.locator("#resume").click()
-    page.wait_for_function("document.querySelector('#train-status').innerText.includes('finished')", timeout=SLOW)
+    page.wait_for_function(
+        "document.querySelector('#train-status').innerText.includes('finished')", timeout=SLOW
+    )
     assert status_step(page) == stopped_at + 3
     page.wait_for_function("document.querySelector('#train-report').innerText.includes('fit:')")
     assert (project / "runs" / "ui-lora" / "adapter" / "adapter_model.safetensors").is_file()
@@ -151,7 +174,10 @@ def test_seed_000_journey_in_the_browser(page, project):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lengths.add(len(box.input_value()))
-        if "generating" not in (page.locator("#notebook-text").get_attribute("class") or "") and len(lengths) > 3:
+        if (
+            "generating" not in (page.locator("#notebook-text").get_attribute("class") or "")
+            and len(lengths) > 3
+        ):
             break
         time.sleep(0.05)
     assert len(lengths - {len("To be or not to")}) >= 2, f"no streamed pieces seen: {lengths}"
@@ -166,7 +192,9 @@ def test_seed_000_journey_in_the_browser(page, project):
 
     tab(page, "Logits")
     page.locator("#logits-run").click()
-    page.wait_for_function("document.querySelector('#logits-table').innerText.includes('ui-lora probability')")
+    page.wait_for_function(
+        "document.querySelector('#logits-table').innerText.includes('ui-lora probability')"
+    )
     assert "base probability" in page.locator("#logits-table").inner_text()
     shot(page, "logits")
 
@@ -174,7 +202,9 @@ def test_seed_000_journey_in_the_browser(page, project):
     tab(page, "Perplexity evaluation")
     choose(page, "#ppl-files", "data.txt")
     page.locator("#ppl-run").click()
-    page.wait_for_function("document.querySelector('#ppl-table').innerText.includes('data.txt')", timeout=SLOW)
+    page.wait_for_function(
+        "document.querySelector('#ppl-table').innerText.includes('data.txt')", timeout=SLOW
+    )
     shot(page, "perplexity")
 
     tab(page, "Compare")
@@ -182,5 +212,7 @@ def test_seed_000_journey_in_the_browser(page, project):
     time.sleep(0.5)
     choose(page, "#compare-variants", "runs/ui-lora")
     page.locator("#compare-run").click()
-    page.wait_for_function("document.querySelector('#compare-result').innerText.includes('ui-lora')", timeout=SLOW)
+    page.wait_for_function(
+        "document.querySelector('#compare-result').innerText.includes('ui-lora')", timeout=SLOW
+    )
     shot(page, "compare")

@@ -13,8 +13,17 @@ from tuneforge.errors import ConfigError
 from tuneforge.ui.project import Project
 from tuneforge.ui.security import check_bind
 
-ESCAPES = ["../../etc/passwd", "/etc/passwd", "..%2F..%2Fetc%2Fpasswd", "..\\..\\etc\\passwd", "data.txt\x00.json",
-           "out-link", "out-link/passwd", "secret.txt", "../secret.txt"]
+ESCAPES = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "..\\..\\etc\\passwd",
+    "data.txt\x00.json",
+    "out-link",
+    "out-link/passwd",
+    "secret.txt",
+    "../secret.txt",
+]
 
 
 @pytest.fixture()
@@ -46,9 +55,14 @@ def call(api, endpoint: str, **values):
 @pytest.mark.parametrize("name", ESCAPES)
 def test_ui_refuses_paths_outside_the_project_folders(escape_project, name):
     project = Project(escape_project)
-    choices = {"dataset": project.dataset, "format file": project.format_file,
-               "LoRA": lambda n: project.lora(f"loras/{n}"), "run LoRA": lambda n: project.lora(f"runs/{n}"),
-               "run name": lambda n: project.run_dir(n, must_exist=False), "run": project.run_dir}
+    choices = {
+        "dataset": project.dataset,
+        "format file": project.format_file,
+        "LoRA": lambda n: project.lora(f"loras/{n}"),
+        "run LoRA": lambda n: project.lora(f"runs/{n}"),
+        "run name": lambda n: project.run_dir(n, must_exist=False),
+        "run": project.run_dir,
+    }
     try:
         as_hub_id = project.model(name)  # owner/name-shaped: only ever a hub id, never a local path
         assert as_hub_id == name and not os.path.exists(name)
@@ -75,16 +89,33 @@ def test_every_escape_is_refused_over_http_and_starts_nothing(escape_project, ui
 
     api = client(ui)
     api.predict("models/tiny", "cpu", "fp32", api_name="/load_model")
-    attempts = {"raw_file": ("Raw text file", "param_2"), "formatted_file": ("Formatted dataset", "param_3"),
-                "format_file": ("Formatted dataset", "param_4"), "other_file": ("Other data", "param_5"),
-                "validation_file": ("Raw text file", "param_7"), "run_name": ("Raw text file", "param_0")}
-    for name in ["../../etc/passwd", "/etc/passwd", "..%2F..%2Fsecret.txt", "..\\secret.txt", "a\x00b",
-                 "out-link/secret.txt", "secret.txt"]:
+    attempts = {
+        "raw_file": ("Raw text file", "param_2"),
+        "formatted_file": ("Formatted dataset", "param_3"),
+        "format_file": ("Formatted dataset", "param_4"),
+        "other_file": ("Other data", "param_5"),
+        "validation_file": ("Raw text file", "param_7"),
+        "run_name": ("Raw text file", "param_0"),
+    }
+    for name in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..%2F..%2Fsecret.txt",
+        "..\\secret.txt",
+        "a\x00b",
+        "out-link/secret.txt",
+        "secret.txt",
+    ]:
         for what, (mode, parameter) in attempts.items():
             if what == "run_name" and name == "secret.txt":
                 continue  # a fine new run name: only datasets/ links it out
-            values = {"param_1": mode, "param_2": "data.txt", "param_3": "data.txt", "param_5": "data.txt",
-                      parameter: name}
+            values = {
+                "param_1": mode,
+                "param_2": "data.txt",
+                "param_3": "data.txt",
+                "param_5": "data.txt",
+                parameter: name,
+            }
             with pytest.raises(AppError) as refused:
                 call(api, "/start_training", **values)
             assert "do not read" not in str(refused.value), (what, name)
@@ -102,15 +133,23 @@ START = "/gradio_api/queue/join"
 
 
 def _start_request(ui, headers: dict) -> httpx.Response:
-    return httpx.post(ui.url + START, headers=headers, timeout=10,
-                      json={"data": [], "fn_index": 0, "trigger_id": 0, "session_hash": "x"})
+    return httpx.post(
+        ui.url + START,
+        headers=headers,
+        timeout=10,
+        json={"data": [], "fn_index": 0, "trigger_id": 0, "session_hash": "x"},
+    )
 
 
 def test_foreign_origin_and_host_cannot_start_training(ui, project):
     port = ui.url.rsplit(":", 1)[1]
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                    {"Origin": f"http://evil.example:{port}"}, {"Host": f"evil.example:{port}"},
-                    {"Host": "evil.example", "Origin": "http://evil.example"}):
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://evil.example:{port}"},
+        {"Host": f"evil.example:{port}"},
+        {"Host": "evil.example", "Origin": "http://evil.example"},
+    ):
         response = _start_request(ui, headers)
         assert response.status_code == 403, headers
     assert httpx.get(ui.url + "/", headers={"Host": "rebound.example"}).status_code == 403
@@ -140,7 +179,9 @@ def test_login_is_required_when_auth_is_set(project):
 
     running = serve(port=free_port(), auth="alice:s3cret", project_dir=project)
     try:
-        api = httpx.post(running.url + "/gradio_api/call/load_model", json={"data": ["default", "cpu", "fp32"]})
+        api = httpx.post(
+            running.url + "/gradio_api/call/load_model", json={"data": ["default", "cpu", "fp32"]}
+        )
         assert api.status_code in (401, 403)
         login = httpx.post(running.url + "/login", data={"username": "alice", "password": "wrong"})
         assert login.status_code >= 400

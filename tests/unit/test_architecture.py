@@ -24,7 +24,12 @@ KNOWN_VIOLATIONS: set[str] = set()  # "path: what" lines; keep it empty
 
 
 def face_files() -> list[Path]:
-    names = ["api.py", "happy.py", "demo.py", "__main__.py"]  # __main__: `python -m tuneforge`, the CLI's door
+    names = [
+        "api.py",
+        "happy.py",
+        "demo.py",
+        "__main__.py",
+    ]  # __main__: `python -m tuneforge`, the CLI's door
     files = [PACKAGE / name for name in names] + sorted(PACKAGE.glob("cli*.py"))
     for package in ("cli", "ui"):
         files += sorted((PACKAGE / package).rglob("*.py"))
@@ -58,7 +63,9 @@ def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            if base != "tuneforge":  # every tuneforge module imports the package; what it names is the question
+            if (
+                base != "tuneforge"
+            ):  # every tuneforge module imports the package; what it names is the question
                 found.append((node.lineno, base))
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
@@ -69,8 +76,12 @@ def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
 
 
 def is_under(module: str, roots: tuple[str, ...]) -> bool:
-    return any(module == root or module.startswith(root + ".") or
-               (root.endswith(".cli") and module.startswith(root + "_")) for root in roots)
+    return any(
+        module == root
+        or module.startswith(root + ".")
+        or (root.endswith(".cli") and module.startswith(root + "_"))
+        for root in roots
+    )
 
 
 def first_per_line(problems: list[tuple[int, str]], where: Path) -> list[str]:
@@ -81,9 +92,15 @@ def first_per_line(problems: list[tuple[int, str]], where: Path) -> list[str]:
 
 
 def face_violations(path: Path, root: Path = PACKAGE) -> list[str]:
-    problems = [(line, f"imports {name}") for line, name in imported_modules(path, root) if is_under(name, HEAVY)]
+    problems = [
+        (line, f"imports {name}") for line, name in imported_modules(path, root) if is_under(name, HEAVY)
+    ]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in PARAMETER_CALLS:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in PARAMETER_CALLS
+        ):
             problems.append((node.lineno, f"calls .{node.func.attr}()"))
         elif isinstance(node, ast.Attribute) and node.attr == "requires_grad":
             problems.append((node.lineno, "touches .requires_grad"))
@@ -109,8 +126,9 @@ def test_the_architecture_check_sees_every_face_and_the_core():
 
 def test_faces_import_no_torch_peft_or_bitsandbytes_and_touch_no_parameters():
     problems = [p for f in face_files() for p in face_violations(f) if p not in KNOWN_VIOLATIONS]
-    assert not problems, "faces only call the core (move this into models/, train/ or the recipe):\n" + \
-        "\n".join(problems)
+    assert not problems, (
+        "faces only call the core (move this into models/, train/ or the recipe):\n" + "\n".join(problems)
+    )
 
 
 def test_the_core_never_imports_a_face():
@@ -118,17 +136,22 @@ def test_the_core_never_imports_a_face():
     assert not problems, "the core never imports a face (api, happy, demo, cli, ui):\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import torch\n", ["imports torch"]),
-    ("def f():\n    from peft import PeftModel\n", ["imports peft"]),
-    ("import bitsandbytes.nn as bnb\n", ["imports bitsandbytes.nn"]),
-    ("import importlib\nimportlib.import_module('torch')\n", ["imports torch"]),
-    ("n = sum(p.numel() for p in model.parameters())\n", ["calls .parameters()"]),
-    ("for name, p in model.named_parameters():\n    p.requires_grad = False\n",
-     ["calls .named_parameters()", "touches .requires_grad"]),
-    ("model.requires_grad_(False)\n", ["calls .requires_grad_()"]),
-    ("import transformers\nfrom tuneforge.recipe import run_training\nllm.model.eval()\n", []),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import torch\n", ["imports torch"]),
+        ("def f():\n    from peft import PeftModel\n", ["imports peft"]),
+        ("import bitsandbytes.nn as bnb\n", ["imports bitsandbytes.nn"]),
+        ("import importlib\nimportlib.import_module('torch')\n", ["imports torch"]),
+        ("n = sum(p.numel() for p in model.parameters())\n", ["calls .parameters()"]),
+        (
+            "for name, p in model.named_parameters():\n    p.requires_grad = False\n",
+            ["calls .named_parameters()", "touches .requires_grad"],
+        ),
+        ("model.requires_grad_(False)\n", ["calls .requires_grad_()"]),
+        ("import transformers\nfrom tuneforge.recipe import run_training\nllm.model.eval()\n", []),
+    ],
+)
 def test_a_face_with_model_surgery_is_caught(tmp_path, source, expected):
     face = tmp_path / "tuneforge" / "api.py"
     face.parent.mkdir()
@@ -139,9 +162,16 @@ def test_a_face_with_model_surgery_is_caught(tmp_path, source, expected):
 def test_a_core_module_importing_a_face_is_caught(tmp_path):
     module = tmp_path / "tuneforge" / "train" / "report.py"
     module.parent.mkdir(parents=True)
-    module.write_text("from tuneforge.api import LLM\nfrom .. import cli_eval\nimport tuneforge\n"
-                      "from tuneforge.models import kind\nfrom tuneforge import errors, load\n"
-                      "from tuneforge.ui.app import build\n")
+    module.write_text(
+        "from tuneforge.api import LLM\nfrom .. import cli_eval\nimport tuneforge\n"
+        "from tuneforge.models import kind\nfrom tuneforge import errors, load\n"
+        "from tuneforge.ui.app import build\n"
+    )
     found = [p.split(": ", 1)[1] for p in core_violations(module, tmp_path / "tuneforge")]
-    assert found == ["imports tuneforge.api", "imports tuneforge.cli_eval", "imports tuneforge",
-                     "imports tuneforge.load", "imports tuneforge.ui.app"]
+    assert found == [
+        "imports tuneforge.api",
+        "imports tuneforge.cli_eval",
+        "imports tuneforge",
+        "imports tuneforge.load",
+        "imports tuneforge.ui.app",
+    ]

@@ -22,8 +22,16 @@ def test_out_of_range_value_states_the_allowed_range():
 
 
 def test_command_line_strings_are_coerced_to_each_key_type():
-    config = load_config(None, {"rank": "16", "learning_rate": "1e-3", "add_eos_token": "false",
-                                "target_modules": "q_proj, k_proj", "max_steps": "none"})
+    config = load_config(
+        None,
+        {
+            "rank": "16",
+            "learning_rate": "1e-3",
+            "add_eos_token": "false",
+            "target_modules": "q_proj, k_proj",
+            "max_steps": "none",
+        },
+    )
     assert config.rank == 16 and config.learning_rate == 1e-3 and config.add_eos_token is False
     assert config.target_modules == ["q_proj", "k_proj"] and config.max_steps is None
 
@@ -85,8 +93,11 @@ def test_raw_text_settings_are_checked_only_where_text_is_cut_into_chunks():
 
 
 def test_gradient_accumulation_with_a_given_batch_size_is_refused_in_one_sentence():
-    with pytest.raises(ConfigError, match=r"batch_size \(64\) and gradient_accumulation_steps \(4\) both "
-                       "set the batch; give only one") as refused:
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size \(64\) and gradient_accumulation_steps \(4\) both "
+        "set the batch; give only one",
+    ) as refused:
         RunConfig(batch_size=64, gradient_accumulation_steps=4)
     assert str(refused.value).count(". ") == 0
     config = RunConfig(micro_batch_size=2, gradient_accumulation_steps=4)
@@ -103,7 +114,9 @@ def test_an_untouched_batch_size_never_conflicts_with_the_micro_batch_size():
 def test_scratch_model_must_read_at_least_cutoff_len_tokens():
     with pytest.raises(ConfigError, match=r"n_positions \(128\) must be at least cutoff_len \(256\)"):
         RunConfig(method="scratch", n_positions=128, cutoff_len=256)
-    assert RunConfig(method="lora", n_positions=128, cutoff_len=256).cutoff_len == 256  # only scratch reads it
+    assert (
+        RunConfig(method="lora", n_positions=128, cutoff_len=256).cutoff_len == 256
+    )  # only scratch reads it
 
 
 def test_other_tools_format_names_become_tuneforge_formats():

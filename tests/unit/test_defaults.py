@@ -1,6 +1,6 @@
 """Defaults chosen from the data and the machine: the choice rules, user keys winning, the seeds' recipes exact.
 
-    python -m pytest tests/unit/test_defaults.py -q
+python -m pytest tests/unit/test_defaults.py -q
 """
 
 import pytest
@@ -71,17 +71,33 @@ def test_a_gpu_gets_an_automatic_micro_batch():
     assert new.micro_batch_size == "auto" and "micro_batch_size" in choices
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: RunConfig(recipe="auto", **kw),
-    lambda **kw: load_config(None, {"recipe": "auto", **kw}),
-], ids=["keywords", "load_config"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: RunConfig(recipe="auto", **kw),
+        lambda **kw: load_config(None, {"recipe": "auto", **kw}),
+    ],
+    ids=["keywords", "load_config"],
+)
 def test_keys_the_user_gave_always_win(make):
-    config = make(batch_size=16, learning_rate=1e-3, rank=8, target_modules=["q_proj"], packing=False,
-                  validation_split=0.0)
+    config = make(
+        batch_size=16,
+        learning_rate=1e-3,
+        rank=8,
+        target_modules=["q_proj"],
+        packing=False,
+        validation_split=0.0,
+    )
     new, choices = chosen(config, SHORT_LINES)
     assert not {"batch_size", "learning_rate", "rank", "target_modules", "packing", "validation_split"} & set(
-        choices)
-    assert (new.examples_per_step, new.learning_rate, new.rank, new.target_modules) == (16, 1e-3, 8, ["q_proj"])
+        choices
+    )
+    assert (new.examples_per_step, new.learning_rate, new.rank, new.target_modules) == (
+        16,
+        1e-3,
+        8,
+        ["q_proj"],
+    )
     assert new.alpha == 16 and not new.packing and new.validation_split == 0  # alpha follows the given rank
     assert_every_change_is_reported(config, new, choices)
 
@@ -103,8 +119,15 @@ def test_the_seed_recipes_give_text_generation_webuis_numbers_exactly(recipe, da
     config = load_config(None, {"recipe": recipe})
     new, choices = chosen(config, data, Machine("cuda", 16))
     assert set(choices) == set(TEXTGEN_RECIPE)
-    assert (new.examples_per_step, new.micro_batch_size, new.rank, new.alpha, new.target_modules, new.epochs,
-            new.learning_rate) == (128, 4, 32, 64, ["q_proj", "v_proj"], 3, 3e-4)
+    assert (
+        new.examples_per_step,
+        new.micro_batch_size,
+        new.rank,
+        new.alpha,
+        new.target_modules,
+        new.epochs,
+        new.learning_rate,
+    ) == (128, 4, 32, 64, ["q_proj", "v_proj"], 3, 3e-4)
     assert (new.packing, new.validation_split, new.warmup_ratio) == (False, 0, 0)
     assert_every_change_is_reported(config, new, choices)
 
@@ -143,19 +166,24 @@ def test_without_a_recipe_given_the_prepared_data_and_config_are_untouched(token
     assert not held_out & {tuple(e["input_ids"]) for e in carved.train}
 
 
-def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves_it(tiny_llm, tmp_path, capsys):
+def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves_it(
+    tiny_llm, tmp_path, capsys
+):
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
     run_dir = tmp_path / "run"
     tiny_llm.train(path, recipe="auto", max_steps=2, cutoff_len=128, output_dir=str(run_dir))
     out = capsys.readouterr().out
     config_text = (run_dir / "config.yaml").read_text()
-    chosen_lines = [line.removeprefix("# chosen: ") for line in config_text.splitlines()
-                    if line.startswith("# chosen: ")]
+    chosen_lines = [
+        line.removeprefix("# chosen: ") for line in config_text.splitlines() if line.startswith("# chosen: ")
+    ]
     assert {line.split()[0] for line in chosen_lines} >= {"validation_split", "packing", "batch_size", "rank"}
     for line in chosen_lines:
         assert f"default chosen: {line}" in out
-    assert out.index("default chosen: ") < out.index("method: lora")  # before the model is readied, and step 1
+    assert out.index("default chosen: ") < out.index(
+        "method: lora"
+    )  # before the model is readied, and step 1
     saved = yaml.safe_load(config_text)
     assert saved["recipe"] == "auto" and saved["packing"] and saved["target_modules"] == ["all-linear"]
     assert saved["max_steps"] == 2 and saved["cutoff_len"] == 128  # given, so kept

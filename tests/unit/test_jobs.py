@@ -12,9 +12,24 @@ from tuneforge.train.checkpoint import find_checkpoint
 
 
 def tiny_run(model_dir, data, **overrides) -> dict:
-    return dict(model=str(model_dir), data=str(data), method="lora", rank=4, alpha=8, target_modules=["all-linear"],
-                batch_size=4, micro_batch_size=2, cutoff_len=32, overlap_len=8, precision="fp32", device="cpu",
-                learning_rate=1e-2, save_steps=2, num_threads=1, **overrides)
+    return dict(
+        model=str(model_dir),
+        data=str(data),
+        method="lora",
+        rank=4,
+        alpha=8,
+        target_modules=["all-linear"],
+        batch_size=4,
+        micro_batch_size=2,
+        cutoff_len=32,
+        overlap_len=8,
+        precision="fp32",
+        device="cpu",
+        learning_rate=1e-2,
+        save_steps=2,
+        num_threads=1,
+        **overrides,
+    )
 
 
 def wait_for_step(run_dir, step: int, timeout: float = 120) -> jobs.JobStatus:
@@ -31,8 +46,10 @@ def test_a_job_outlives_the_process_that_started_it(tiny_model_dir, lines_file, 
     project = tmp_path / "project"
     run_dir = project / "runs" / "outlived"
     config = tiny_run(tiny_model_dir, lines_file, max_steps=6)
-    starter = (f"from tuneforge import jobs; jobs.start({config!r}, {str(run_dir)!r}); "
-               "print('started', flush=True)")  # the 'UI': it exits right after starting the job
+    starter = (
+        f"from tuneforge import jobs; jobs.start({config!r}, {str(run_dir)!r}); "
+        "print('started', flush=True)"
+    )  # the 'UI': it exits right after starting the job
     subprocess.run([sys.executable, "-c", starter], check=True, timeout=60, capture_output=True)
     job = json.loads((run_dir / "job.json").read_text())
     assert job["command"][-1] == str(run_dir / "config.yaml")
@@ -84,8 +101,10 @@ def test_interrupt_checkpoints_and_exits_cleanly_then_resume_finishes(tiny_model
 
 def test_a_failing_job_reports_its_error(tmp_path, lines_file):
     run_dir = tmp_path / "runs" / "broken"
-    jobs.start(dict(model=str(tmp_path / "no-such-model"), data=str(lines_file), precision="fp32", device="cpu"),
-               run_dir)
+    jobs.start(
+        dict(model=str(tmp_path / "no-such-model"), data=str(lines_file), precision="fp32", device="cpu"),
+        run_dir,
+    )
     final = jobs.wait(run_dir, timeout=120)
     assert final.state == "failed"
     assert "does not exist" in final.message

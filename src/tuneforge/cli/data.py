@@ -98,6 +98,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from tuneforge.data.inspection import inspect_data
 
     config = _config(args)
+    assert config.data is not None  # _config refuses a config without data
     inspection = inspect_data(
         config.data, _tokenizer(config), config, n_examples=args.examples, histogram=args.histogram
     )
@@ -109,6 +110,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from tuneforge.data import prepare_examples, save_preprocessed_data
 
     config = _config(args)
+    assert config.data is not None  # _config refuses a config without data
     prepared = prepare_examples(config.data, _tokenizer(config), config)
     print(prepared.describe())
     print(f"cache: {'hit' if prepared.cache_hit else 'written'} ({prepared.cache_dir})")

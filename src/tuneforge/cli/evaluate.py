@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from tuneforge.cli.flags import MODEL_KEYS, add_setting_flags, add_verb, given_settings, run_config_from
 from tuneforge.config import RunConfig
@@ -38,7 +39,9 @@ def load_variants(config: RunConfig, adapters: list[str] | None, include_base: b
     import tuneforge as tf
     from tuneforge.evaluate.compare import BASE, Variant
 
-    load = dict(device=config.device, precision=config.precision, trust_remote_code=config.trust_remote_code)
+    load: dict[str, Any] = dict(
+        device=config.device, precision=config.precision, trust_remote_code=config.trust_remote_code
+    )
     base = tf.load(config.model, **load)
     variants = [Variant(BASE, base, BASE)] if include_base or not adapters else []
     for path in adapters or []:

@@ -63,12 +63,23 @@ def launch_processes(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not word.startswith(("--nproc=", "--nproc-per-node=")):
             rest.append(word)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "tuneforge", *rest]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "tuneforge",
+        *rest,
+    ]
     from tuneforge.train.launch import ASKED_ENV
 
-    print(f"starting {nproc} processes: torchrun --standalone --nproc_per_node {nproc} -m tuneforge "
-          f"{' '.join(rest)}", flush=True)
+    print(
+        f"starting {nproc} processes: torchrun --standalone --nproc_per_node {nproc} -m tuneforge "
+        f"{' '.join(rest)}",
+        flush=True,
+    )
     # torchrun forwards Ctrl-C/SIGTERM to every process, which checkpoint and stop together
     return subprocess.call(command, env={**os.environ, ASKED_ENV: str(nproc)})
 
@@ -82,13 +93,25 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         import tuneforge as tf
         from tuneforge.data import preflight, prepare_examples
 
-        preflight(config)
-        llm = tf.load(config.model, device=config.device, precision=config.precision,
-                      trust_remote_code=config.trust_remote_code)
+        preflight(config)  # refuses a config without data
+        assert config.data is not None
+        llm = tf.load(
+            config.model,
+            device=config.device,
+            precision=config.precision,
+            trust_remote_code=config.trust_remote_code,
+        )
         n_examples = len(prepare_examples(config.data, llm.tokenizer, config).train)
         model = llm.prepared_for(config)
-    estimate = estimate_run(config, model, world_size=args.world_size, sharding=args.sharding,
-                            device=config.device, measure=args.measure, n_examples=n_examples)
+    estimate = estimate_run(
+        config,
+        model,
+        world_size=args.world_size,
+        sharding=args.sharding,
+        device=config.device,
+        measure=args.measure,
+        n_examples=n_examples,
+    )
     print(estimate.describe())
     return 0
 
@@ -129,9 +152,16 @@ def add_train_commands(subparsers) -> None:
         "the YAML file.",
     )
     train.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
-    train.add_argument("--nproc", "--nproc-per-node", dest="nproc", type=int, default=1, metavar="N",
-                       help="Train on N processes of this machine (starts torchrun; DDP over gloo on CPUs, NCCL "
-                       "on GPUs). The effective batch stays batch_size. Default: 1.")
+    train.add_argument(
+        "--nproc",
+        "--nproc-per-node",
+        dest="nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Train on N processes of this machine (starts torchrun; DDP over gloo on CPUs, NCCL "
+        "on GPUs). The effective batch stays batch_size. Default: 1.",
+    )
     add_setting_flags(train, RunConfig)
 
     estimate = add_verb(
@@ -142,14 +172,25 @@ def add_train_commands(subparsers) -> None:
         "same keys as train.",
     )
     estimate.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
-    estimate.add_argument("--measure", action="store_true", help="Load the model and time a few steps "
-                          "(needs data).")
-    estimate.add_argument("--world_size", "--world-size", dest="world_size", type=int, default=1,
-                          help="Processes the run will use (default: 1).")
+    estimate.add_argument(
+        "--measure", action="store_true", help="Load the model and time a few steps (needs data)."
+    )
+    estimate.add_argument(
+        "--world_size",
+        "--world-size",
+        dest="world_size",
+        type=int,
+        default=1,
+        help="Processes the run will use (default: 1).",
+    )
     from tuneforge.train.estimate import SHARDING
 
-    estimate.add_argument("--sharding", default="none", choices=list(SHARDING),
-                          help="Sharding strategy of a multi-process run (default: none).")
+    estimate.add_argument(
+        "--sharding",
+        default="none",
+        choices=list(SHARDING),
+        help="Sharding strategy of a multi-process run (default: none).",
+    )
     add_setting_flags(estimate, RunConfig)
 
     modules = add_verb(

@@ -16,5 +16,13 @@ from tuneforge.data.preflight import preflight
 from tuneforge.data.prepared import PreparedData
 from tuneforge.data.tokenization import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "PreparedData", "load_preprocessed_data", "pack_examples", "preflight", "prepare_examples",
-           "save_preprocessed_data", "split_examples"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PreparedData",
+    "load_preprocessed_data",
+    "pack_examples",
+    "preflight",
+    "prepare_examples",
+    "save_preprocessed_data",
+    "split_examples",
+]

@@ -31,9 +31,11 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int, pad_to_mult
         labels[row, :n] = torch.tensor(example["labels"])
         attention_mask[row, :n] = 1
         if packed:
+            assert position_ids is not None  # built above whenever packed
             position_ids[row, :n] = torch.tensor(example["position_ids"])
             position_ids[row, n:] = torch.arange(length - n)
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
     if packed:
+        assert position_ids is not None
         batch["position_ids"] = position_ids
     return batch

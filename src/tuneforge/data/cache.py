@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import cast
 
 from tuneforge.config import field_help
 from tuneforge.data.prepared import ExampleTable, PreparedData
@@ -103,8 +104,10 @@ def load_prepared(folder: Path) -> PreparedData:
     from datasets import load_from_disk
 
     meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    train, validation = (ExampleTable(load_from_disk(str(folder / name))) if (folder / name).is_dir() else []
-                         for name in ("train", "validation"))
+    train, validation = (
+        ExampleTable(load_from_disk(str(folder / name))) if (folder / name).is_dir() else []
+        for name in ("train", "validation")
+    )
     return PreparedData(meta["shape"], train, validation, meta["counts"], meta["report"], folder, True)
 
 
@@ -138,8 +141,11 @@ def save_preprocessed_data(prepared: PreparedData, path: str | Path) -> Path:
     if prepared.cache_dir is not None and (prepared.cache_dir / MARKER).is_file():
         from tuneforge.paths import write_folder_atomically
 
-        return write_folder_atomically(path, lambda tmp: shutil.copytree(prepared.cache_dir, tmp,
-                                                                         dirs_exist_ok=True), marker=MARKER)
+        return write_folder_atomically(
+            path,
+            lambda tmp: shutil.copytree(cast(Path, prepared.cache_dir), tmp, dirs_exist_ok=True),
+            marker=MARKER,
+        )
     return save_prepared(prepared, path)
 
 
@@ -147,8 +153,10 @@ def load_preprocessed_data(path: str | Path) -> PreparedData:
     """Open data written by save_preprocessed_data (HappyTransformer's load_preprocessed_data)."""
     path = Path(path)
     if not (path / MARKER).is_file():
-        raise DataError(f"'{path}' is not preprocessed tuneforge data (no {MARKER}); write it with "
-                        "save_preprocessed_data or `tuneforge data prepare --save PATH`")
+        raise DataError(
+            f"'{path}' is not preprocessed tuneforge data (no {MARKER}); write it with "
+            "save_preprocessed_data or `tuneforge data prepare --save PATH`"
+        )
     return load_prepared(path)
 
 
@@ -158,6 +166,8 @@ def _as_dataset(rows):
     rows = getattr(rows, "rows", rows)
     if isinstance(rows, Dataset):
         return rows
-    columns = [c for c in ("input_ids", "labels", "position_ids") if rows and c in rows[0]] or ["input_ids",
-                                                                                              "labels"]
+    columns = [c for c in ("input_ids", "labels", "position_ids") if rows and c in rows[0]] or [
+        "input_ids",
+        "labels",
+    ]
     return Dataset.from_dict({c: [row[c] for row in rows] for c in columns})

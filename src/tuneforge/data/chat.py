@@ -22,16 +22,31 @@ from tuneforge.data.screening import multimodal_refusal
 from tuneforge.errors import DataError
 
 Segment = tuple[str, bool]  # (text, carries loss)
-ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant",
-         "bot": "assistant", "system": "system", "function_call": "assistant", "tool": "tool",
-         "observation": "tool", "function": "tool", "ipython": "tool"}
-KNOWN_ROLES = ("system, user (human), assistant (gpt, model, bot), tool calls (function_call, or tool_calls on an "
-               "assistant message) and tool results (tool, observation, function, ipython)")
+ROLES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function": "tool",
+    "ipython": "tool",
+}
+KNOWN_ROLES = (
+    "system, user (human), assistant (gpt, model, bot), tool calls (function_call, or tool_calls on an "
+    "assistant message) and tool results (tool, observation, function, ipython)"
+)
 MEDIA_PARTS = {"image", "image_url", "input_image", "video", "video_url", "audio", "audio_url", "input_audio"}
 # The default rendering for chat templates without tool support (documented in docs/data.md).
-TOOLS_PROMPT = ("You can call these tools:\n<tools>\n{tools}\n</tools>\nTo call one, reply with <tool_call>\n"
-                '{{"name": <tool name>, "arguments": <arguments object>}}\n</tool_call>; its result comes back '
-                "in <tool_response></tool_response>.")
+TOOLS_PROMPT = (
+    "You can call these tools:\n<tools>\n{tools}\n</tools>\nTo call one, reply with <tool_call>\n"
+    '{{"name": <tool name>, "arguments": <arguments object>}}\n</tool_call>; its result comes back '
+    "in <tool_response></tool_response>."
+)
 
 
 def chat_messages(record: dict, index: int) -> list[dict]:
@@ -47,8 +62,10 @@ def chat_conversation(record: dict, index: int) -> tuple[list[dict], list[dict]]
     """
     messages = record.get("messages", record.get("conversations"))
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"record {index} has no 'messages' list; chat data needs "
-                        '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}')
+        raise DataError(
+            f"record {index} has no 'messages' list; chat data needs "
+            '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}'
+        )
     out = [_message(message, index, turn) for turn, message in enumerate(messages)]
     system = record.get("system")
     if isinstance(system, str) and system.strip() and out[0]["role"] != "system":
@@ -65,18 +82,22 @@ def _message(message, index: int, turn: int) -> dict:
     written = message.get("role", message.get("from"))
     role = ROLES.get(str(written).lower()) if isinstance(written, str) else None
     if role is None:
-        raise DataError(f"{where} has role {written!r}, which tuneforge does not know; the roles it trains are "
-                        f"{KNOWN_ROLES}")
+        raise DataError(
+            f"{where} has role {written!r}, which tuneforge does not know; the roles it trains are "
+            f"{KNOWN_ROLES}"
+        )
     content = _content(message.get("content", message.get("value")), where)
-    out = {"role": role, "content": content}
+    out: dict[str, object] = {"role": role, "content": content}
     calls = message.get("tool_calls") or message.get("function_call")
     if str(written).lower() == "function_call":
         out["content"], calls = "", _parse_json(content, where, "a tool call")
     if calls is not None and role == "assistant":
         out["tool_calls"] = _tool_calls(calls, where)
     elif content is None:
-        raise DataError(f"{where} needs a string 'content' (or a list of text parts); it has keys: "
-                        f"{', '.join(sorted(message))}")
+        raise DataError(
+            f"{where} needs a string 'content' (or a list of text parts); it has keys: "
+            f"{', '.join(sorted(message))}"
+        )
     if role == "assistant":
         out["content"] = out["content"] or ""
         out["trained"] = _trained(message, where)
@@ -99,8 +120,10 @@ def _content(content, where: str) -> str | None:
             raise DataError(multimodal_refusal(where, f"a content part of type '{kind}'"))
         text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
         if kind != "text" or not isinstance(text, str):
-            raise DataError(f"{where} has a content part tuneforge cannot read ({json.dumps(part)[:60]}); "
-                            'give text parts as {"type": "text", "text": ...}')
+            raise DataError(
+                f"{where} has a content part tuneforge cannot read ({json.dumps(part)[:60]}); "
+                'give text parts as {"type": "text", "text": ...}'
+            )
         texts.append(text)
     return "\n".join(texts)
 
@@ -109,8 +132,9 @@ def _trained(message: dict, where: str) -> bool:
     for key in ("weight", "loss_weight", "train"):
         if key in message:
             if message[key] not in (0, 1, True, False):
-                raise DataError(f"{where} has {key} {message[key]!r}; tuneforge trains a turn fully (1) or not "
-                                "at all (0)")
+                raise DataError(
+                    f"{where} has {key} {message[key]!r}; tuneforge trains a turn fully (1) or not at all (0)"
+                )
             return bool(message[key])
     return True
 
@@ -121,8 +145,10 @@ def _parse_json(value, where: str, what: str):
     try:
         return json.loads(value)
     except json.JSONDecodeError as error:
-        raise DataError(f"{where} should hold {what} in JSON, e.g. {{\"name\": \"get_weather\", \"arguments\": "
-                        f"{{\"city\": \"Oslo\"}}}}; it is not valid JSON ({error.msg})") from None
+        raise DataError(
+            f'{where} should hold {what} in JSON, e.g. {{"name": "get_weather", "arguments": '
+            f'{{"city": "Oslo"}}}}; it is not valid JSON ({error.msg})'
+        ) from None
 
 
 def _tool_calls(calls, where: str) -> list[dict]:
@@ -133,13 +159,17 @@ def _tool_calls(calls, where: str) -> list[dict]:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             call = {**call["function"], **({"id": call["id"]} if "id" in call else {})}
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise DataError(f"{where} has a tool call without a name ({json.dumps(call)[:60]}); write it as "
-                            '{"name": "get_weather", "arguments": {"city": "Oslo"}}')
+            raise DataError(
+                f"{where} has a tool call without a name ({json.dumps(call)[:60]}); write it as "
+                '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+            )
         arguments = call.get("arguments", call.get("parameters", {}))
         if isinstance(arguments, str):  # OpenAI sends arguments as a JSON string
             with contextlib.suppress(json.JSONDecodeError):  # not JSON: kept as the string it is
                 arguments = json.loads(arguments)
-        out.append({"name": call["name"], "arguments": arguments, **({"id": call["id"]} if "id" in call else {})})
+        out.append(
+            {"name": call["name"], "arguments": arguments, **({"id": call["id"]} if "id" in call else {})}
+        )
     return out
 
 
@@ -156,8 +186,10 @@ def _tools(tools, index: int) -> list[dict]:
         elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
             out.append({"type": "function", "function": tool})
         else:
-            raise DataError(f"record {index}: a tool definition needs a name ({json.dumps(tool)[:60]}); write it "
-                            'as {"name": ..., "description": ..., "parameters": {...}}')
+            raise DataError(
+                f"record {index}: a tool definition needs a name ({json.dumps(tool)[:60]}); write it "
+                'as {"name": ..., "description": ..., "parameters": {...}}'
+            )
     return out
 
 
@@ -171,21 +203,40 @@ def supports_tools(tokenizer) -> bool:
 def template_messages(messages: list[dict], tools: list[dict], native: bool) -> list[dict]:
     """The messages as the chat template gets them: natively, or in the default rendering (tools as text)."""
     if native:
-        return [{k: v for k, v in m.items() if k != "trained"} | (
-            {"tool_calls": [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]},
-                             **({"id": c["id"]} if "id" in c else {})} for c in m["tool_calls"]]}
-            if m.get("tool_calls") else {}) for m in messages]
+        return [
+            {k: v for k, v in m.items() if k != "trained"}
+            | (
+                {
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": c["name"], "arguments": c["arguments"]},
+                            **({"id": c["id"]} if "id" in c else {}),
+                        }
+                        for c in m["tool_calls"]
+                    ]
+                }
+                if m.get("tool_calls")
+                else {}
+            )
+            for m in messages
+        ]
     out: list[dict] = []
     if tools:
-        listed = TOOLS_PROMPT.format(tools="\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools))
+        listed = TOOLS_PROMPT.format(
+            tools="\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
+        )
         system = messages[0]["content"] + "\n\n" if messages[0]["role"] == "system" else ""
         out.append({"role": "system", "content": system + listed})
         messages = messages[1:] if system else messages
     for message in messages:
         content = message["content"]
         if message.get("tool_calls"):
-            calls = [f"<tool_call>\n{json.dumps({'name': c['name'], 'arguments': c['arguments']}, ensure_ascii=False)}"
-                     "\n</tool_call>" for c in message["tool_calls"]]
+            calls = [
+                f"<tool_call>\n{json.dumps({'name': c['name'], 'arguments': c['arguments']}, ensure_ascii=False)}"
+                "\n</tool_call>"
+                for c in message["tool_calls"]
+            ]
             content = "\n".join(([content] if content else []) + calls)
         if message["role"] == "tool":
             response = f"<tool_response>\n{content}\n</tool_response>"
@@ -198,24 +249,34 @@ def template_messages(messages: list[dict], tools: list[dict], native: bool) -> 
     return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
 
 
-def render_chat(messages: list[dict], tokenizer, train_on_source: bool, tools: list[dict] | None = None,
-                ) -> list[Segment]:
+def render_chat(
+    messages: list[dict],
+    tokenizer,
+    train_on_source: bool,
+    tools: list[dict] | None = None,
+) -> list[Segment]:
     """Segments of the chat-template rendering; each trained assistant turn (with its end marker) carries loss.
 
     Each assistant turn is found as the difference between rendering the conversation up to it with a
     generation prompt and rendering it including the turn, so any template that renders incrementally works.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("this model's tokenizer has no chat template; use format: formatted with a format file "
-                        "such as alpaca-chat-format instead")
+        raise DataError(
+            "this model's tokenizer has no chat template; use format: formatted with a format file "
+            "such as alpaca-chat-format instead"
+        )
     native = supports_tools(tokenizer)
     shown = template_messages(messages, tools or [], native)
     trained = [m.get("trained", True) for m in (messages if native else shown)]
     shown = [{k: v for k, v in m.items() if k != "trained"} for m in shown]
 
     def render(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(shown[:upto], tokenize=False, add_generation_prompt=generation_prompt,
-                                             tools=(tools or None) if native else None)
+        return tokenizer.apply_chat_template(
+            shown[:upto],
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            tools=(tools or None) if native else None,
+        )
 
     full = render(len(shown), False)
     segments: list[Segment] = []
@@ -225,11 +286,13 @@ def render_chat(messages: list[dict], tokenizer, train_on_source: bool, tools: l
             continue
         before, through = render(i, True), render(i + 1, False)
         if not (full.startswith(through) and through.startswith(before) and len(before) >= done):
-            raise DataError("this model's chat template does not render conversations turn by turn, so assistant "
-                            "turns cannot be located; use format: formatted with a format file instead")
+            raise DataError(
+                "this model's chat template does not render conversations turn by turn, so assistant "
+                "turns cannot be located; use format: formatted with a format file instead"
+            )
         if len(before) > done:
-            segments.append((full[done:len(before)], train_on_source))
-        segments.append((full[len(before):len(through)], trained[i] or train_on_source))
+            segments.append((full[done : len(before)], train_on_source))
+        segments.append((full[len(before) : len(through)], trained[i] or train_on_source))
         done = len(through)
     if done < len(full):
         segments.append((full[done:], train_on_source))

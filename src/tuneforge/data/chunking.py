@@ -28,8 +28,14 @@ class ChunkStats:
     newline_cuts: int = 0  # cuts moved back to a newline
 
 
-def chunk_spans(text: str, offsets: Sequence[tuple[int, int]], cutoff_len: int, overlap_len: int,
-                newline_favor_len: int, stats: ChunkStats | None = None) -> Iterator[tuple[int, int]]:
+def chunk_spans(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    cutoff_len: int,
+    overlap_len: int,
+    newline_favor_len: int,
+    stats: ChunkStats | None = None,
+) -> Iterator[tuple[int, int]]:
     """Yield (start, end) token index ranges covering all tokens of one section."""
     n = len(offsets)
     start = 0
@@ -46,7 +52,9 @@ def chunk_spans(text: str, offsets: Sequence[tuple[int, int]], cutoff_len: int, 
         start = max(end - overlap_len, start + 1)
 
 
-def _newline_cut(text: str, offsets: Sequence[tuple[int, int]], lowest: int, end: int, favor_chars: int) -> int:
+def _newline_cut(
+    text: str, offsets: Sequence[tuple[int, int]], lowest: int, end: int, favor_chars: int
+) -> int:
     """The largest token boundary t in [lowest, end] that starts a new line, no more than favor_chars before end.
 
     Boundary t lies between token t-1 and token t; it starts a line when the character before token t is a
@@ -62,8 +70,15 @@ def _newline_cut(text: str, offsets: Sequence[tuple[int, int]], lowest: int, end
     return end
 
 
-def chunk_raw_text(text: str, tokenizer, cutoff_len: int, overlap_len: int = 0, newline_favor_len: int = 0,
-                   hard_cut_string: str = "\n\n\n", add_eos_token: bool = False) -> tuple[list[list[int]], ChunkStats]:
+def chunk_raw_text(
+    text: str,
+    tokenizer,
+    cutoff_len: int,
+    overlap_len: int = 0,
+    newline_favor_len: int = 0,
+    hard_cut_string: str = "\n\n\n",
+    add_eos_token: bool = False,
+) -> tuple[list[list[int]], ChunkStats]:
     """Token id chunks of `text` (see the module docstring for the rules)."""
     if overlap_len >= cutoff_len:
         raise ValueError(f"overlap_len ({overlap_len}) must be smaller than cutoff_len ({cutoff_len})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import zlib
+from collections.abc import Callable, Sequence
 from importlib import resources
 
 import numpy as np
@@ -22,7 +23,9 @@ from tuneforge.errors import DataError
 
 Removed = tuple[int, dict, str]  # (index in the data as read, record, reason)
 
-NUM_PERMUTATIONS = 128  # MinHash signature length: the Jaccard estimate's standard error is ~1/sqrt(128) = 0.09
+NUM_PERMUTATIONS = (
+    128  # MinHash signature length: the Jaccard estimate's standard error is ~1/sqrt(128) = 0.09
+)
 SHINGLE_CHARS = 5
 
 
@@ -61,17 +64,24 @@ def normalize_record(value):
     return value
 
 
-def clean_records(records: list[dict], *, clean: bool = False, filter_patterns: list[str] = (),
-                  min_length: int = 0, max_length: int | None = None, normalize_unicode: bool = False,
-                  dedup: str = "none", near_dup_threshold: float = 0.85,
-                  ) -> tuple[list[dict], list[Removed], dict[str, int]]:
+def clean_records(
+    records: list[dict],
+    *,
+    clean: bool = False,
+    filter_patterns: Sequence[str] = (),
+    min_length: int = 0,
+    max_length: int | None = None,
+    normalize_unicode: bool = False,
+    dedup: str = "none",
+    near_dup_threshold: float = 0.85,
+) -> tuple[list[dict], list[Removed], dict[str, int]]:
     """(kept records, removed records with reasons, records removed per filter) — filters run in this order."""
     counts: dict[str, int] = {}
     if normalize_unicode:
         normalized = [normalize_record(r) for r in records]
         counts["unicode normalized (kept)"] = sum(a != b for a, b in zip(records, normalized, strict=True))
         records = normalized
-    checks: list[tuple[str, object]] = []
+    checks: list[tuple[str, Callable[[str], object]]] = []
     if min_length:
         checks.append((f"shorter than {min_length} characters", lambda t: len(t) < min_length))
     if max_length:
@@ -83,7 +93,9 @@ def clean_records(records: list[dict], *, clean: bool = False, filter_patterns: 
         try:
             compiled = re.compile(pattern)
         except re.error as error:
-            raise DataError(f"filter pattern '{pattern}' is not a valid regular expression: {error}") from None
+            raise DataError(
+                f"filter pattern '{pattern}' is not a valid regular expression: {error}"
+            ) from None
         checks.append((f"pattern '{pattern}'", compiled.search))
 
     kept: list[dict] = []
@@ -103,11 +115,17 @@ def clean_records(records: list[dict], *, clean: bool = False, filter_patterns: 
             counts[reason] += 1
             removed.append((index, record, reason))
     if dedup != "none":
-        duplicate_of = exact_duplicates(texts) if dedup == "exact" else near_duplicates(texts, near_dup_threshold)
-        name = "exact duplicates" if dedup == "exact" else f"near duplicates (Jaccard >= {near_dup_threshold})"
+        duplicate_of = (
+            exact_duplicates(texts) if dedup == "exact" else near_duplicates(texts, near_dup_threshold)
+        )
+        name = (
+            "exact duplicates" if dedup == "exact" else f"near duplicates (Jaccard >= {near_dup_threshold})"
+        )
         counts[name] = len(duplicate_of)
-        removed.extend((origin[i], kept[i], f"{dedup} duplicate of record {origin[j]}")
-                       for i, j in sorted(duplicate_of.items()))
+        removed.extend(
+            (origin[i], kept[i], f"{dedup} duplicate of record {origin[j]}")
+            for i, j in sorted(duplicate_of.items())
+        )
         kept = [r for i, r in enumerate(kept) if i not in duplicate_of]
     removed.sort(key=lambda item: item[0])
     return kept, removed, counts
@@ -131,11 +149,13 @@ def _shingles(text: str) -> np.ndarray:
         return np.array([zlib.crc32(data.tobytes())], dtype=np.uint64)
     hashes = np.zeros(len(data) - SHINGLE_CHARS + 1, dtype=np.uint64)
     for k in range(SHINGLE_CHARS):  # polynomial rolling hash; uint64 arithmetic wraps, which is what we want
-        hashes = hashes * np.uint64(1_000_003) + data[k:len(data) - SHINGLE_CHARS + 1 + k]
+        hashes = hashes * np.uint64(1_000_003) + data[k : len(data) - SHINGLE_CHARS + 1 + k]
     return np.unique(hashes)
 
 
-def minhash_signatures(texts: list[str], num_permutations: int = NUM_PERMUTATIONS, seed: int = 0) -> np.ndarray:
+def minhash_signatures(
+    texts: list[str], num_permutations: int = NUM_PERMUTATIONS, seed: int = 0
+) -> np.ndarray:
     """(len(texts), num_permutations) uint32 MinHash signatures; equal rows estimate Jaccard similarity."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**63, num_permutations, dtype=np.uint64) | np.uint64(1)  # odd multipliers
@@ -145,7 +165,9 @@ def minhash_signatures(texts: list[str], num_permutations: int = NUM_PERMUTATION
         for row, text in enumerate(texts):
             shingles = _shingles(text)
             for start in range(0, len(shingles), 4096):  # bounds memory at 4096 x 128 x 8 bytes
-                block = (shingles[start:start + 4096, None] * a + b) >> np.uint64(32)  # multiply-shift hashing
+                block = (shingles[start : start + 4096, None] * a + b) >> np.uint64(
+                    32
+                )  # multiply-shift hashing
                 low = block.min(axis=0).astype(np.uint32)
                 signatures[row] = low if start == 0 else np.minimum(signatures[row], low)
     return signatures
@@ -153,7 +175,9 @@ def minhash_signatures(texts: list[str], num_permutations: int = NUM_PERMUTATION
 
 def _bands(threshold: float, num_permutations: int) -> tuple[int, int]:
     """LSH (bands, rows) whose S-curve threshold (1/bands)^(1/rows) is closest to `threshold`."""
-    options = [(b, num_permutations // b) for b in range(1, num_permutations + 1) if num_permutations % b == 0]
+    options = [
+        (b, num_permutations // b) for b in range(1, num_permutations + 1) if num_permutations % b == 0
+    ]
     return min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
 
 
@@ -164,7 +188,7 @@ def near_duplicates(texts: list[str], threshold: float = 0.85, seed: int = 0) ->
     buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
     duplicate_of: dict[int, int] = {}
     for i in range(len(texts)):
-        keys = [signatures[i, band * rows:(band + 1) * rows].tobytes() for band in range(bands)]
+        keys = [signatures[i, band * rows : (band + 1) * rows].tobytes() for band in range(bands)]
         candidates = {j for band, key in enumerate(keys) for j in buckets[band].get(key, ())}
         best = max(candidates, key=lambda j: (signatures[i] == signatures[j]).mean(), default=None)
         if best is not None and (signatures[i] == signatures[best]).mean() >= threshold:

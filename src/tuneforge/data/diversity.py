@@ -28,7 +28,7 @@ class ClusterReport:
         lines = [f"clusters: {len(self.sizes)} (records -> kept)"]
         for i, (size, kept, example) in enumerate(zip(self.sizes, self.kept, self.examples, strict=True)):
             text = " ".join(example.split())
-            text = text[:width - 1] + "…" if len(text) > width else text
+            text = text[: width - 1] + "…" if len(text) > width else text
             lines.append(f"  {i:3d}: {size:6d} -> {kept:6d}  {text}")
         return "\n".join(lines)
 
@@ -42,16 +42,19 @@ def cluster_texts(texts: list[str], clusters: int, seed: int) -> tuple[np.ndarra
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if clusters > len(texts):
-        raise DataError(f"diversity_clusters ({clusters}) is more than the {len(texts)} records left after "
-                        f"cleaning; use at most {len(texts)}")
+        raise DataError(
+            f"diversity_clusters ({clusters}) is more than the {len(texts)} records left after "
+            f"cleaning; use at most {len(texts)}"
+        )
     features = TfidfVectorizer(max_features=50_000, sublinear_tf=True, dtype=np.float32).fit_transform(texts)
     kmeans = KMeans(n_clusters=clusters, random_state=seed, n_init=3).fit(features)
     distances = kmeans.transform(features)[np.arange(len(texts)), kmeans.labels_]
     return kmeans.labels_, distances
 
 
-def select_diverse(texts: list[str], clusters: int, subset: int | None, max_per_cluster: int | None,
-                   seed: int) -> tuple[list[int], ClusterReport]:
+def select_diverse(
+    texts: list[str], clusters: int, subset: int | None, max_per_cluster: int | None, seed: int
+) -> tuple[list[int], ClusterReport]:
     """Indexes of the texts to keep (in their original order) and the cluster report."""
     labels, distances = cluster_texts(texts, clusters, seed)
     members = [sorted(np.flatnonzero(labels == c), key=lambda i: distances[i]) for c in range(clusters)]
@@ -67,7 +70,9 @@ def select_diverse(texts: list[str], clusters: int, subset: int | None, max_per_
                     chosen[c].append(m[depth])
                     taken += 1
             depth += 1
-    report = ClusterReport(sizes=[int((labels == c).sum()) for c in range(clusters)],
-                           kept=[len(c) for c in chosen],
-                           examples=[texts[m[0]] if m else "" for m in members])
+    report = ClusterReport(
+        sizes=[int((labels == c).sum()) for c in range(clusters)],
+        kept=[len(c) for c in chosen],
+        examples=[texts[m[0]] if m else "" for m in members],
+    )
     return sorted(int(i) for c in chosen for i in c), report

@@ -44,7 +44,14 @@ from tuneforge.data.sources import Source, data_files, read_source
 from tuneforge.data.tokenization import IGNORE_INDEX, tokenize_chunked, tokenize_segments
 from tuneforge.errors import DataError
 
-__all__ = ["IGNORE_INDEX", "PreparedData", "detect_shape", "detect_text_shape", "prepare_examples", "split_examples"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PreparedData",
+    "detect_shape",
+    "detect_text_shape",
+    "prepare_examples",
+    "split_examples",
+]
 log = logging.getLogger(__name__)
 TEXT_SHAPES = ("raw", "lines")
 
@@ -55,9 +62,39 @@ def detect_shape(text: str) -> str:
 
 
 # Words a sentence rarely ends on: a line ending on one was cut mid-phrase (hard-wrapped text).
-PHRASE_WORDS = frozenset({"a", "an", "and", "as", "at", "but", "by", "for", "from", "if", "in", "into", "is", "of",
-                          "on", "or", "so", "than", "that", "the", "their", "then", "this", "to", "was", "were",
-                          "which", "who", "with"})
+PHRASE_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "as",
+        "at",
+        "but",
+        "by",
+        "for",
+        "from",
+        "if",
+        "in",
+        "into",
+        "is",
+        "of",
+        "on",
+        "or",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "then",
+        "this",
+        "to",
+        "was",
+        "were",
+        "which",
+        "who",
+        "with",
+    }
+)
 SENTENCE_ENDS = tuple(".!?:;\"')]\u201d\u2019\u2026")
 
 
@@ -88,22 +125,34 @@ def detect_text_shape(text: str) -> tuple[str, str]:
     templated = sum(c for c in openings.values() if c >= max(3, 0.05 * n))  # lines sharing a common opening
     lengths = [len(line) for line in lines]
     spread = statistics.pstdev(lengths) / statistics.mean(lengths)
-    evidence = [f"{ended} of {n} lines end a sentence"]
+    facts = [f"{ended} of {n} lines end a sentence"]
     if after_end:
-        evidence.append(f"{capital_after_end} of {len(after_end)} after one start a new sentence")
-    evidence += [f"{mid_phrase} end mid-phrase", f"{continued} continue the line before in lowercase",
-                 f"{templated} share a common opening", f"line length spread {spread:.2f}"]
-    evidence = ", ".join(evidence) if n >= 3 else ""  # two lines are too few to count evidence over
+        facts.append(f"{capital_after_end} of {len(after_end)} after one start a new sentence")
+    facts += [
+        f"{mid_phrase} end mid-phrase",
+        f"{continued} continue the line before in lowercase",
+        f"{templated} share a common opening",
+        f"line length spread {spread:.2f}",
+    ]
+    evidence = ", ".join(facts) if n >= 3 else ""  # two lines are too few to count evidence over
     if templated >= 0.5 * n:
         return "lines", _stated("one example per line: most lines repeat a template", evidence)
     if ended >= 0.6 * n and capital_after_end >= 0.6 * len(after_end):
         return "raw", _stated("prose one sentence per line: the lines run on as one text", evidence)
     if mid_phrase >= 0.15 * n:
         return "raw", _stated("wrapped prose: lines break mid-phrase", evidence)
-    if ended < 0.2 * n and mid_phrase < 0.05 * n or ended >= 0.6 * n and capital_after_end < 0.3 * len(after_end):
+    if (
+        ended < 0.2 * n
+        and mid_phrase < 0.05 * n
+        or ended >= 0.6 * n
+        and capital_after_end < 0.3 * len(after_end)
+    ):
         return "lines", _stated("one short example per line, no blank lines", evidence)
-    return "raw", _stated("unsure whether lines are examples or one text, so read as one text (raw keeps "
-                          "the context; set format lines to train each line alone)", evidence)
+    return "raw", _stated(
+        "unsure whether lines are examples or one text, so read as one text (raw keeps "
+        "the context; set format lines to train each line alone)",
+        evidence,
+    )
 
 
 def _opening(line: str) -> str:
@@ -122,17 +171,29 @@ def split_examples(examples: list, validation_split: float, seed: int) -> tuple[
         return list(examples), []
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = int(validation_split) if validation_split >= 1 else max(1, round(len(examples) * validation_split))
+    n_val = (
+        int(validation_split) if validation_split >= 1 else max(1, round(len(examples) * validation_split))
+    )
     if n_val >= len(examples):
-        raise DataError(f"validation_split {validation_split:g} would hold out all {len(examples)} examples; "
-                        "use a smaller count or a fraction such as 0.01")
+        raise DataError(
+            f"validation_split {validation_split:g} would hold out all {len(examples)} examples; "
+            "use a smaller count or a fraction such as 0.01"
+        )
     held_out = set(order[:n_val])
-    return ([e for i, e in enumerate(examples) if i not in held_out],
-            [e for i, e in enumerate(examples) if i in held_out])
+    return (
+        [e for i, e in enumerate(examples) if i not in held_out],
+        [e for i, e in enumerate(examples) if i in held_out],
+    )
 
 
-def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None = None,
-                     use_cache: bool = True, strict: bool = True) -> PreparedData:
+def prepare_examples(
+    path: str | Path,
+    tokenizer,
+    config,
+    encoding: str | None = None,
+    use_cache: bool = True,
+    strict: bool = True,
+) -> PreparedData:
     """Read, clean, shape, split and tokenize `path` as `config` says, from the cache when nothing changed.
 
     A folder written by save_preprocessed_data is used as it is (HappyTransformer's load_preprocessed_data).
@@ -154,7 +215,9 @@ def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None =
                 cache.save_prepared(prepared, folder, removed)
                 prepared = cache.load_prepared(folder)
                 prepared.cache_hit = False
-            except OSError as error:  # a read-only home must not stop training; it only costs the next run time
+            except (
+                OSError
+            ) as error:  # a read-only home must not stop training; it only costs the next run time
                 log.warning("could not cache prepared data in %s: %s", folder, error)
         elif config.save_removed:
             raise DataError("save_removed needs the dataset cache; remove use_cache=False")
@@ -167,8 +230,9 @@ def prepare_examples(path: str | Path, tokenizer, config, encoding: str | None =
 
 def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[PreparedData, list[dict]]:
     """The whole pipeline without the cache: (prepared data, removed records with reasons)."""
-    source = read_source(path, config.encoding, config.text_column, config.sql_table, config.sql_column,
-                         config.hard_cut_string)
+    source = read_source(
+        path, config.encoding, config.text_column, config.sql_table, config.sql_column, config.hard_cut_string
+    )
     refuse_untrained_kinds(source.records, str(path))
     shape, reason = choose_shape(source, config)
     report: dict = {"files": len(source.files), "shape_reason": reason}
@@ -184,23 +248,38 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     if not kept:
         raise DataError(f"cleaning removed all {len(records)} records of {path}; loosen the filters")
     if config.diversity_clusters:
-        chosen, clusters = select_diverse([record_text(r) for r in kept], config.diversity_clusters,
-                                          config.diversity_subset, config.max_per_cluster, config.seed)
+        chosen, clusters = select_diverse(
+            [record_text(r) for r in kept],
+            config.diversity_clusters,
+            config.diversity_subset,
+            config.max_per_cluster,
+            config.seed,
+        )
         kept = [kept[i] for i in chosen]
         report["clusters"] = clusters.to_dict()
         counts["selected"] = len(kept)
     elif config.diversity_subset or config.max_per_cluster:
-        raise DataError("diversity_subset and max_per_cluster need diversity_clusters (how many clusters to form)")
+        raise DataError(
+            "diversity_subset and max_per_cluster need diversity_clusters (how many clusters to form)"
+        )
 
     if shape == "formatted":
         report["template_usage"] = check_formatted(kept, load_format(config.format_file))
     validation_records = None
     if config.validation_data:
         report["validation_data"] = str(config.validation_data)
-        validation_source = read_source(config.validation_data, config.encoding, config.text_column,
-                                        config.sql_table, config.sql_column, config.hard_cut_string)
+        validation_source = read_source(
+            config.validation_data,
+            config.encoding,
+            config.text_column,
+            config.sql_table,
+            config.sql_column,
+            config.hard_cut_string,
+        )
         refuse_untrained_kinds(validation_source.records, str(config.validation_data))
-        validation_records = flag_records(source_records(validation_source, shape, config, {}), shape, config, {})
+        validation_records = flag_records(
+            source_records(validation_source, shape, config, {}), shape, config, {}
+        )
         validation_records, _, _ = _clean(validation_records, config)
     elif shape != "raw":
         kept, validation_records = split_examples(kept, config.validation_split, config.seed)
@@ -212,8 +291,12 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     train = _drop_unlearnable(train, counts) if train is not None else None
     validation = _drop_unlearnable(validation, {}) if validation is not None else None
     if train is None or len(train) == 0:
-        hint = (f"; the prompts of {counts['dropped_without_loss']} examples fill all cutoff_len "
-                f"({config.cutoff_len}) tokens, so raise cutoff_len" if counts.get("dropped_without_loss") else "")
+        hint = (
+            f"; the prompts of {counts['dropped_without_loss']} examples fill all cutoff_len "
+            f"({config.cutoff_len}) tokens, so raise cutoff_len"
+            if counts.get("dropped_without_loss")
+            else ""
+        )
         raise DataError(f"data '{path}' gave no training example with 2 or more tokens that carry loss{hint}")
     if shape == "raw" and validation_records is None:
         order = list(range(len(train)))
@@ -226,10 +309,17 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     if getattr(config, "packing", False):
         train = pack_dataset(_core(train), config.cutoff_len, config.num_proc, f"{fingerprint}-packed")
         if validation is not None:
-            validation = pack_dataset(_core(validation), config.cutoff_len, config.num_proc, f"{fingerprint}-vp")
+            validation = pack_dataset(
+                _core(validation), config.cutoff_len, config.num_proc, f"{fingerprint}-vp"
+            )
         counts["packed_blocks"] = len(train)
-    prepared = PreparedData(shape, ExampleTable(_core(train)),
-                            ExampleTable(_core(validation)) if validation is not None else [], counts, report)
+    prepared = PreparedData(
+        shape,
+        ExampleTable(_core(train)),
+        ExampleTable(_core(validation)) if validation is not None else [],
+        counts,
+        report,
+    )
     removed_rows = [{"index": i, "reason": why, "record": r} for i, r, why in removed]
     return prepared, removed_rows
 
@@ -238,8 +328,10 @@ def choose_shape(source: Source, config) -> tuple[str, str]:
     """(shape, why) — the preview states both."""
     if config.format != "auto":
         if source.kind == "text" and config.format not in TEXT_SHAPES:
-            raise DataError(f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but "
-                            f"{source.files[0]} is plain text; use format raw or lines")
+            raise DataError(
+                f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but "
+                f"{source.files[0]} is plain text; use format raw or lines"
+            )
         return config.format, "set by format"
     if source.kind == "text":
         shape, why = detect_text_shape(source.text)
@@ -264,8 +356,10 @@ def source_records(source: Source, shape: str, config, report: dict) -> list[dic
         missing = [i for i, r in enumerate(source.records) if not isinstance(r.get(column), str)]
         if missing:
             keys = ", ".join(sorted(source.records[missing[0]])) or "none"
-            raise DataError(f"{len(missing)} records have no text in '{column}' (first: record {missing[0]}, "
-                            f"keys: {keys}); choose the field with text_column")
+            raise DataError(
+                f"{len(missing)} records have no text in '{column}' (first: record {missing[0]}, "
+                f"keys: {keys}); choose the field with text_column"
+            )
         return [{"text": r[column]} for r in source.records]
     return source.records
 
@@ -283,10 +377,16 @@ def flag_records(records: list[dict], shape: str, config, report: dict) -> list[
 
 
 def _clean(records: list[dict], config):
-    return clean_records(records, clean=config.clean, filter_patterns=config.filter_patterns,
-                         min_length=config.min_length, max_length=config.max_length,
-                         normalize_unicode=config.normalize_unicode, dedup=config.dedup,
-                         near_dup_threshold=config.near_dup_threshold)
+    return clean_records(
+        records,
+        clean=config.clean,
+        filter_patterns=config.filter_patterns,
+        min_length=config.min_length,
+        max_length=config.max_length,
+        normalize_unicode=config.normalize_unicode,
+        dedup=config.dedup,
+        near_dup_threshold=config.near_dup_threshold,
+    )
 
 
 def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, fingerprint: str):
@@ -294,17 +394,25 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
     if not records:
         return None
     if shape in ("raw", "text"):
-        dataset = tokenize_chunked([r["text"] for r in records], tokenizer, cutoff_len=config.cutoff_len,
-                                   overlap_len=config.effective_overlap_len,
-                                   newline_favor_len=config.newline_favor_len,
-                                   hard_cut_string=config.hard_cut_string, add_eos_token=config.add_eos_token,
-                                   num_proc=config.num_proc, fingerprint=fingerprint)
-        report.update(tokens=sum(dataset["doc_tokens"]), cuts_moved_to_newline=sum(dataset["doc_newline_cuts"]))
+        dataset = tokenize_chunked(
+            [r["text"] for r in records],
+            tokenizer,
+            cutoff_len=config.cutoff_len,
+            overlap_len=config.effective_overlap_len,
+            newline_favor_len=config.newline_favor_len,
+            hard_cut_string=config.hard_cut_string,
+            add_eos_token=config.add_eos_token,
+            num_proc=config.num_proc,
+            fingerprint=fingerprint,
+        )
+        report.update(
+            tokens=sum(dataset["doc_tokens"]), cuts_moved_to_newline=sum(dataset["doc_newline_cuts"])
+        )
         return dataset.remove_columns(["doc_tokens", "doc_sections", "doc_newline_cuts"])
     eos = "always" if config.add_eos_token else "never"
     cutoff = config.cutoff_len
     if shape == "lines":
-        examples = [[(r["text"], True)] for r in records]
+        examples: list[list[tuple]] = [[(r["text"], True)] for r in records]
     elif shape == "formatted":
         fmt = load_format(config.format_file)
         report["format_file"] = fmt.describe()
@@ -312,23 +420,30 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
         report.setdefault("template_usage", usage)  # build_examples counts all records, before the split
         examples = [render_formatted(r, fmt, config.train_on_source) for r in records]
     elif shape == "input_output":
-        if all(isinstance(r.get("segments"), list) for r in records):  # axolotl: labelled segments, cutoff_len
+        if all(
+            isinstance(r.get("segments"), list) for r in records
+        ):  # axolotl: labelled segments, cutoff_len
             examples = [labelled_segments(r, i) for i, r in enumerate(records)]
         else:
             pairs = [input_output_pair(r, i) for i, r in enumerate(records)]
-            examples = [[(s, config.train_on_source, config.source_max_len), (t, True, config.target_max_len)]
-                        for s, t in pairs]
+            examples = [
+                [(s, config.train_on_source, config.source_max_len), (t, True, config.target_max_len)]
+                for s, t in pairs
+            ]
             cutoff = None  # QLoRA's recipe: source_max_len and target_max_len bound each part instead
     elif shape == "chat":
         conversations = [chat_conversation(r, i) for i, r in enumerate(records)]
-        examples = [render_chat(messages, tokenizer, config.train_on_source, tools=tools)
-                    for messages, tools in conversations]
+        examples = [
+            render_chat(messages, tokenizer, config.train_on_source, tools=tools)
+            for messages, tools in conversations
+        ]
         report["tool_records"] = sum(bool(tools) for _, tools in conversations)
         eos = "if_missing" if config.add_eos_token else "never"
     else:
         raise DataError(f"unknown data shape '{shape}'")
-    return tokenize_segments(examples, tokenizer, cutoff_len=cutoff, eos=eos, num_proc=config.num_proc,
-                             fingerprint=fingerprint)
+    return tokenize_segments(
+        examples, tokenizer, cutoff_len=cutoff, eos=eos, num_proc=config.num_proc, fingerprint=fingerprint
+    )
 
 
 def _drop_unlearnable(dataset, counts: dict):

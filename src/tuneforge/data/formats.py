@@ -24,8 +24,18 @@ from tuneforge.data.chat import Segment, chat_messages, render_chat  # chat reco
 from tuneforge.errors import DataError
 
 PLACEHOLDER = re.compile(r"%([^%\s]+)%")
-__all__ = ["FormatFile", "check_formatted", "chat_messages", "detect_record_shape", "input_output_pair",
-           "labelled_segments", "load_format", "render_chat", "render_formatted", "shipped_formats"]
+__all__ = [
+    "FormatFile",
+    "check_formatted",
+    "chat_messages",
+    "detect_record_shape",
+    "input_output_pair",
+    "labelled_segments",
+    "load_format",
+    "render_chat",
+    "render_formatted",
+    "shipped_formats",
+]
 
 
 @dataclass
@@ -52,24 +62,34 @@ def load_format(spec: str | None) -> FormatFile:
         text, name = path.read_text(encoding="utf-8"), str(path)
     elif spec.removesuffix(".json") in shipped_formats():
         name = spec.removesuffix(".json")
-        text = (resources.files("tuneforge") / "resources" / "formats" / f"{name}.json").read_text(encoding="utf-8")
+        text = (resources.files("tuneforge") / "resources" / "formats" / f"{name}.json").read_text(
+            encoding="utf-8"
+        )
     else:
-        raise DataError(f"format file '{spec}' does not exist; give a path or one of the shipped formats: "
-                        f"{', '.join(shipped_formats())}")
+        raise DataError(
+            f"format file '{spec}' does not exist; give a path or one of the shipped formats: "
+            f"{', '.join(shipped_formats())}"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{name}:{error.lineno}:{error.colno}: malformed JSON in format file: {error.msg}") from None
+        raise DataError(
+            f"{name}:{error.lineno}:{error.colno}: malformed JSON in format file: {error.msg}"
+        ) from None
     if not isinstance(data, dict) or not data or not all(isinstance(v, str) for v in data.values()):
-        raise DataError(f"format file {name} must be a JSON object mapping key sets to template strings, e.g. "
-                        '{"instruction,output": "User: %instruction%\\nAssistant: %output%"}')
+        raise DataError(
+            f"format file {name} must be a JSON object mapping key sets to template strings, e.g. "
+            '{"instruction,output": "User: %instruction%\\nAssistant: %output%"}'
+        )
     templates = {}
     for written, template in data.items():
         keys = frozenset(k.strip() for k in written.split(",") if k.strip())
         missing = [p for p in PLACEHOLDER.findall(template) if p not in keys]
         if missing:
-            raise DataError(f"format file {name}: the template for '{written}' uses %{missing[0]}%, which none of "
-                            f"its keys ({', '.join(sorted(keys))}) supplies")
+            raise DataError(
+                f"format file {name}: the template for '{written}' uses %{missing[0]}%, which none of "
+                f"its keys ({', '.join(sorted(keys))}) supplies"
+            )
         if not PLACEHOLDER.search(template):
             raise DataError(f"format file {name}: the template for '{written}' has no %key% placeholder")
         templates[keys] = (written, template)
@@ -96,9 +116,11 @@ def check_formatted(records: list[dict], fmt: FormatFile, label: str = "records"
         shown = ", ".join(str(i) for i in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         has = ", ".join(sorted(present_keys(records[first]))) or "none"
         need = " or ".join(written for written, _ in fmt.templates.values())
-        raise DataError(f"{len(unmatched)} of {len(records)} {label} match no template of {fmt.name} (record "
-                        f"indexes {shown}); record {first} has non-empty keys: {has}, but the templates need "
-                        f"exactly {need}")
+        raise DataError(
+            f"{len(unmatched)} of {len(records)} {label} match no template of {fmt.name} (record "
+            f"indexes {shown}); record {first} has non-empty keys: {has}, but the templates need "
+            f"exactly {need}"
+        )
     return usage
 
 
@@ -110,7 +132,7 @@ def render_formatted(record: dict, fmt: FormatFile, train_on_source: bool) -> li
     def fill(part: str) -> str:  # one pass, so a value containing '%key%' is never substituted again
         return PLACEHOLDER.sub(lambda m: str(record[m.group(1)]), part)
 
-    prompt, answer = fill(template[:last.start()]), fill(template[last.start():])
+    prompt, answer = fill(template[: last.start()]), fill(template[last.start() :])
     return [(prompt, train_on_source), (answer, True)] if prompt else [(answer, True)]
 
 
@@ -125,18 +147,24 @@ def input_output_pair(record: dict, index: int) -> tuple[str, str]:
         source = "\n".join(part for part in (instruction, source) if isinstance(part, str) and part)
     if not isinstance(source, str) or not isinstance(target, str) or not target.strip():
         has = ", ".join(sorted(present_keys(record))) or "none"
-        raise DataError(f"record {index} needs string 'input' (or 'instruction') and non-empty 'output' keys for "
-                        f"input_output data; it has non-empty keys: {has}")
+        raise DataError(
+            f"record {index} needs string 'input' (or 'instruction') and non-empty 'output' keys for "
+            f"input_output data; it has non-empty keys: {has}"
+        )
     return source, target
 
 
 def labelled_segments(record: dict, index: int) -> list[Segment]:
     """axolotl's input_output records: {"segments": [{"text": ..., "label": true/false}]}, label = carries loss."""
     segments = record["segments"]
-    if not segments or not all(isinstance(s, dict) and isinstance(s.get("text"), str)
-                               and isinstance(s.get("label", True), bool) for s in segments):
-        raise DataError(f"record {index}: each of its segments needs a string 'text' and a true/false 'label' "
-                        '(whether it carries loss), e.g. {"text": "Hi", "label": false}')
+    if not segments or not all(
+        isinstance(s, dict) and isinstance(s.get("text"), str) and isinstance(s.get("label", True), bool)
+        for s in segments
+    ):
+        raise DataError(
+            f"record {index}: each of its segments needs a string 'text' and a true/false 'label' "
+            '(whether it carries loss), e.g. {"text": "Hi", "label": false}'
+        )
     return [(s["text"], s.get("label", True)) for s in segments]
 
 
@@ -158,5 +186,7 @@ def detect_record_shape(records: list[dict], text_column: str | None, format_fil
         return "input_output"
     if "text" in keys:
         return "text"
-    raise DataError(f"cannot tell the shape of these records (keys: {', '.join(sorted(keys)) or 'none'}); set "
-                    "format (formatted with a format_file, input_output, chat or text with text_column)")
+    raise DataError(
+        f"cannot tell the shape of these records (keys: {', '.join(sorted(keys)) or 'none'}); set "
+        "format (formatted with a format_file, input_output, chat or text with text_column)"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -36,8 +37,9 @@ class Inspection:
         return render_report(self)
 
 
-def inspect_data(path: str | Path, tokenizer, config, n_examples: int = 3,
-                 histogram: str | Path | bool | None = None) -> Inspection:
+def inspect_data(
+    path: str | Path, tokenizer, config, n_examples: int = 3, histogram: str | Path | bool | None = None
+) -> Inspection:
     """Prepare `path` (from the cache when possible) and gather what the preview shows.
 
     The histogram PNG goes to `histogram`, or with None to a place of its own (histogram_home), or nowhere
@@ -46,14 +48,20 @@ def inspect_data(path: str | Path, tokenizer, config, n_examples: int = 3,
     prepared = prepare_examples(path, tokenizer, config, strict=False)
     lengths = ExampleTable(getattr(prepared.train, "rows", prepared.train)).lengths
     count = len(prepared.train)
-    picks = sorted({round(i * (count - 1) / max(n_examples - 1, 1)) for i in range(n_examples)}) if count else []
-    examples = [(i, mark_no_loss(prepared.train[i]["input_ids"], prepared.train[i]["labels"], tokenizer))
-                for i in picks[:n_examples]]
+    picks = (
+        sorted({round(i * (count - 1) / max(n_examples - 1, 1)) for i in range(n_examples)}) if count else []
+    )
+    examples = [
+        (i, mark_no_loss(prepared.train[i]["input_ids"], prepared.train[i]["labels"], tokenizer))
+        for i in picks[:n_examples]
+    ]
     inspection = Inspection(str(path), prepared, config.cutoff_len, lengths, examples)
     if histogram is not False:
-        target = Path(histogram) if histogram else histogram_home(path, prepared)
-        inspection.histogram_path = write_histogram_png(lengths, target, config.cutoff_len,
-                                                        f"{Path(path).name}: {prepared.shape}")
+        # True is no documented value (a str/Path, None or False); it would fail in Path() as before
+        target = Path(cast("str | Path", histogram)) if histogram else histogram_home(path, prepared)
+        inspection.histogram_path = write_histogram_png(
+            lengths, target, config.cutoff_len, f"{Path(path).name}: {prepared.shape}"
+        )
     return inspection
 
 
@@ -124,36 +132,50 @@ def flagged_lines(report: dict) -> list[str]:
     """Tool-call records, placeholders left unfilled and empty assistant turns, as the preview states them."""
     lines = []
     if report.get("tool_records"):
-        lines.append(f"tools: {report['tool_records']} records define tools; tool calls carry loss, tool results do "
-                     "not")
+        lines.append(
+            f"tools: {report['tool_records']} records define tools; tool calls carry loss, tool results do "
+            "not"
+        )
     placeholders = report.get("placeholders") or {}
     if placeholders.get("records"):
         names = ", ".join(f"{{{{{name}}}}} ({n})" for name, n in placeholders["names"].items())
-        lines.append(f"placeholders: {placeholders['records']} records hold {names}, first records "
-                     f"{', '.join(map(str, placeholders['first']))}; training refuses them until placeholders "
-                     "gives their values")
+        lines.append(
+            f"placeholders: {placeholders['records']} records hold {names}, first records "
+            f"{', '.join(map(str, placeholders['first']))}; training refuses them until placeholders "
+            "gives their values"
+        )
     empty = report.get("empty_turns") or {}
     if empty.get("records"):
         first = ", ".join(f"record {i} message {t}" for i, t in empty["first"])
-        lines.append(f"empty assistant turns: {empty['records']} records ({first}); training refuses them unless "
-                     "allow_empty_turns is set")
+        lines.append(
+            f"empty assistant turns: {empty['records']} records ({first}); training refuses them unless "
+            "allow_empty_turns is set"
+        )
     return lines
 
 
 def render_report(inspection: Inspection) -> str:
     prepared, counts, report = inspection.prepared, inspection.prepared.counts, inspection.prepared.report
-    lines = [f"data: {inspection.path} ({report.get('files', 1)} file(s))",
-             f"shape: {prepared.shape} ({report.get('shape_reason', 'cached')})"]
+    lines = [
+        f"data: {inspection.path} ({report.get('files', 1)} file(s))",
+        f"shape: {prepared.shape} ({report.get('shape_reason', 'cached')})",
+    ]
     if "format_file" in report:
         usage = ", ".join(f"{k}: {v}" for k, v in report.get("template_usage", {}).items())
         lines.append(f"format file: {report['format_file']}; records per template: {usage}")
-    stages = [f"read {counts['read']}", f"cleaned {counts['cleaned']}", f"deduplicated {counts['deduplicated']}"]
+    stages = [
+        f"read {counts['read']}",
+        f"cleaned {counts['cleaned']}",
+        f"deduplicated {counts['deduplicated']}",
+    ]
     if "selected" in counts:
         stages.append(f"selected {counts['selected']}")
     if "train_records" in counts:
         stages.append(f"split {counts['train_records']} train / {counts['validation_records']} validation")
-    stages.append(f"{'chunked' if prepared.shape in ('raw', 'text') else 'tokenized'} "
-                  f"{counts['train_examples']} train / {counts['validation_examples']} validation examples")
+    stages.append(
+        f"{'chunked' if prepared.shape in ('raw', 'text') else 'tokenized'} "
+        f"{counts['train_examples']} train / {counts['validation_examples']} validation examples"
+    )
     if prepared.shape == "raw" and "train_records" not in counts:
         stages[-1] += " (raw text is split over chunks)"
     lines.append("stages: " + " -> ".join(stages))
@@ -165,16 +187,22 @@ def render_report(inspection: Inspection) -> str:
     if "packed_blocks" in counts:
         lines.append(f"packing: {counts['packed_blocks']} blocks of up to {inspection.cutoff_len} tokens")
     tokens, loss = counts["train_tokens"], counts["loss_tokens"]
-    lines.append(f"tokens: {tokens:,} in training examples, {loss:,} carry loss ({100 * loss / max(tokens, 1):.1f}%);"
-                 f" truncated to fit: {counts.get('truncated', 0)} examples; dropped without loss tokens: "
-                 f"{counts.get('dropped_without_loss', 0)}")
+    lines.append(
+        f"tokens: {tokens:,} in training examples, {loss:,} carry loss ({100 * loss / max(tokens, 1):.1f}%);"
+        f" truncated to fit: {counts.get('truncated', 0)} examples; dropped without loss tokens: "
+        f"{counts.get('dropped_without_loss', 0)}"
+    )
     if "cuts_moved_to_newline" in report:
-        lines.append(f"raw text: {report['tokens']:,} tokens of text, {report['cuts_moved_to_newline']} cuts moved "
-                     "back to a newline")
+        lines.append(
+            f"raw text: {report['tokens']:,} tokens of text, {report['cuts_moved_to_newline']} cuts moved "
+            "back to a newline"
+        )
     if inspection.lengths:
         array = np.asarray(inspection.lengths)
-        lines.append(f"token lengths (train): min {array.min()}, median {int(np.median(array))}, max {array.max()}, "
-                     f"cutoff_len {inspection.cutoff_len}")
+        lines.append(
+            f"token lengths (train): min {array.min()}, median {int(np.median(array))}, max {array.max()}, "
+            f"cutoff_len {inspection.cutoff_len}"
+        )
     lines.append(text_histogram(inspection.lengths, inspection.cutoff_len))
     if inspection.histogram_path:
         lines.append(f"histogram written to {inspection.histogram_path}")

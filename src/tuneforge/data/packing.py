@@ -37,12 +37,22 @@ def pack_examples(examples: Iterable[dict], block_size: int) -> list[dict[str, l
 
 def pack_dataset(dataset, block_size: int, num_proc: int = 1, fingerprint: str = "packed"):
     """pack_examples over an Arrow dataset, 1000 examples at a time (blocks never span two batches)."""
+
     def pack(batch: dict) -> dict:
-        rows = [{"input_ids": i, "labels": labels} for i, labels in zip(batch["input_ids"], batch["labels"],
-                                                                         strict=True)]
+        rows = [
+            {"input_ids": i, "labels": labels}
+            for i, labels in zip(batch["input_ids"], batch["labels"], strict=True)
+        ]
         blocks = pack_examples(rows, block_size)
         return {key: [b[key] for b in blocks] for key in ("input_ids", "labels", "position_ids")}
 
     workers = min(num_proc, max(1, len(dataset) // 1000)) if num_proc > 1 else None
-    return dataset.map(pack, batched=True, batch_size=1000, num_proc=workers, remove_columns=dataset.column_names,
-                       new_fingerprint=fingerprint, desc="packing")
+    return dataset.map(
+        pack,
+        batched=True,
+        batch_size=1000,
+        num_proc=workers,
+        remove_columns=dataset.column_names,
+        new_fingerprint=fingerprint,
+        desc="packing",
+    )

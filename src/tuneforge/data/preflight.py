@@ -32,29 +32,39 @@ def preflight(config) -> None:
     try:
         codecs.lookup(config.encoding)
     except LookupError:
-        raise DataError(f"unknown encoding '{config.encoding}'; use a Python codec name such as utf-8 or "
-                        "latin-1") from None
+        raise DataError(
+            f"unknown encoding '{config.encoding}'; use a Python codec name such as utf-8 or latin-1"
+        ) from None
     for name, path in (("data", config.data), ("validation_data", config.validation_data)):
         if path and not (Path(path) / MARKER).is_file():  # a save_preprocessed_data folder is used as it is
             files = data_files(path)
             for file in files:
                 check_file_head(file, config.encoding)
             if config.format in RECORD_FORMATS and all(inner_suffix(f) in TEXT_SUFFIXES for f in files):
-                raise DataError(f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but {name} "
-                                f"'{path}' is plain text; use format raw or lines")
+                raise DataError(
+                    f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but {name} "
+                    f"'{path}' is plain text; use format raw or lines"
+                )
     if config.format_file or config.format == "formatted":
         load_format(config.format_file)
     for pattern in config.filter_patterns:
         try:
             re.compile(pattern)
         except re.error as error:
-            raise ConfigError(f"filter pattern '{pattern}' is not a valid regular expression: {error}") from None
+            raise ConfigError(
+                f"filter pattern '{pattern}' is not a valid regular expression: {error}"
+            ) from None
     if (config.diversity_subset or config.max_per_cluster) and not config.diversity_clusters:
-        raise ConfigError("diversity_subset and max_per_cluster need diversity_clusters (how many clusters to form)")
+        raise ConfigError(
+            "diversity_subset and max_per_cluster need diversity_clusters (how many clusters to form)"
+        )
     placeholders = getattr(config, "placeholders", None)
-    if placeholders is not None and (not isinstance(placeholders, dict)
-                                     or not all(isinstance(v, str) for v in placeholders.values())):
-        raise ConfigError('placeholders must map names to strings, e.g. {"name": "Ada", "author": "Forge Labs"}')
+    if placeholders is not None and (
+        not isinstance(placeholders, dict) or not all(isinstance(v, str) for v in placeholders.values())
+    ):
+        raise ConfigError(
+            'placeholders must map names to strings, e.g. {"name": "Ada", "author": "Forge Labs"}'
+        )
 
 
 def check_file_head(file: Path, encoding: str) -> None:
@@ -78,6 +88,8 @@ def check_file_head(file: Path, encoding: str) -> None:
     try:
         text = decoder.decode(head, final=len(head) < HEAD_BYTES)  # a character cut at the end is no error
     except UnicodeDecodeError as error:
-        raise DataError(f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
-                        "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)") from None
+        raise DataError(
+            f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
+            "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)"
+        ) from None
     check_printable(file, text)

@@ -23,8 +23,10 @@ SHOWN = 5  # record indexes named in a message
 
 
 def multimodal_refusal(where: str, what: str) -> str:
-    return (f"{where} is multimodal data (it has {what}), which tuneforge does not train: it fine-tunes text-only "
-            "language models; remove the media (and any <image> tags in the text) to train on the text alone")
+    return (
+        f"{where} is multimodal data (it has {what}), which tuneforge does not train: it fine-tunes text-only "
+        "language models; remove the media (and any <image> tags in the text) to train on the text alone"
+    )
 
 
 def refuse_untrained_kinds(records: list[dict], label: str) -> None:
@@ -32,14 +34,20 @@ def refuse_untrained_kinds(records: list[dict], label: str) -> None:
     for index, record in enumerate(records):
         where = f"{label}: record {index}"
         if "chosen" in record and "rejected" in record:
-            raise DataError(f"{where} is preference data (a 'chosen' and a 'rejected' answer, for DPO or ORPO), "
-                            "which tuneforge does not train; it trains supervised fine-tuning, so keep only the "
-                            "chosen answer (as 'output', or as the last assistant message) to train on it")
+            raise DataError(
+                f"{where} is preference data (a 'chosen' and a 'rejected' answer, for DPO or ORPO), "
+                "which tuneforge does not train; it trains supervised fine-tuning, so keep only the "
+                "chosen answer (as 'output', or as the last assistant message) to train on it"
+            )
         kto_tag = record.get("label", record.get("kto_tag"))
-        if isinstance(kto_tag, bool) and ANSWER_KEYS & set(record):  # a bare text+label is classification data
-            raise DataError(f"{where} is KTO data (answers marked good or bad by a true/false 'label'), which "
-                            "tuneforge does not train; it trains supervised fine-tuning on every answer it is "
-                            "given, so keep only the records labelled true and remove the 'label' key")
+        if isinstance(kto_tag, bool) and ANSWER_KEYS & set(
+            record
+        ):  # a bare text+label is classification data
+            raise DataError(
+                f"{where} is KTO data (answers marked good or bad by a true/false 'label'), which "
+                "tuneforge does not train; it trains supervised fine-tuning on every answer it is "
+                "given, so keep only the records labelled true and remove the 'label' key"
+            )
         media = [key for key in MEDIA_KEYS if record.get(key) not in (None, "", [], {})]
         if media:
             raise DataError(multimodal_refusal(where, f"'{media[0]}'"))
@@ -50,7 +58,9 @@ def fill_placeholders(records: list[dict], values: dict | None) -> list[dict]:
     if not values:
         return records
     if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise DataError('placeholders must map names to strings, e.g. {"name": "Ada", "author": "Forge Labs"}')
+        raise DataError(
+            'placeholders must map names to strings, e.g. {"name": "Ada", "author": "Forge Labs"}'
+        )
 
     def fill(value):
         if isinstance(value, str):
@@ -86,12 +96,15 @@ def count_empty_turns(records: list[dict]) -> dict:
     """{'records': how many chat records have an assistant turn with no text and no tool call, 'first': [[i, turn]]}."""
     from tuneforge.data.chat import chat_messages
 
-    first = []
+    first: list[list] = []
     count = 0
     for index, record in enumerate(records):
         messages = chat_messages(record, index)
-        turns = [t for t, m in enumerate(messages) if m["role"] == "assistant" and not m["content"].strip()
-                 and not m.get("tool_calls")]
+        turns = [
+            t
+            for t, m in enumerate(messages)
+            if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
+        ]
         if turns:
             count += 1
             if len(first) < SHOWN:
@@ -105,12 +118,16 @@ def refuse_flagged(report: dict, config) -> None:
     if placeholders.get("records"):
         names = ", ".join(f"{{{{{name}}}}}" for name in placeholders["names"])
         example = ", ".join(f"{name}: ..." for name in placeholders["names"])
-        raise DataError(f"{placeholders['records']} records hold placeholders ({names}) that would be trained "
-                        f"as written (first: record {placeholders['first'][0]}); give their values with "
-                        f"placeholders: {{{example}}} (map a name to '{{{{name}}}}' to keep it as written)")
+        raise DataError(
+            f"{placeholders['records']} records hold placeholders ({names}) that would be trained "
+            f"as written (first: record {placeholders['first'][0]}); give their values with "
+            f"placeholders: {{{example}}} (map a name to '{{{{name}}}}' to keep it as written)"
+        )
     empty = report.get("empty_turns") or {}
     if empty.get("records") and not getattr(config, "allow_empty_turns", False):
         index, turn = empty["first"][0]
-        raise DataError(f"{empty['records']} records have an empty assistant turn (first: record {index}, message "
-                        f"{turn}), which would train the model to end its answer at once; fill or remove those "
-                        "turns, or set allow_empty_turns: true if that is what you mean")
+        raise DataError(
+            f"{empty['records']} records have an empty assistant turn (first: record {index}, message "
+            f"{turn}), which would train the model to end its answer at once; fill or remove those "
+            "turns, or set allow_empty_turns: true if that is what you mean"
+        )

@@ -27,12 +27,53 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql"}
 # Keys that make a JSON object a record of its own rather than a {"data": [...]} wrapper around records.
-RECORD_KEYS = {"messages", "conversations", "instruction", "input", "output", "text", "prompt", "completion",
-               "question", "answer", "response", "chosen", "rejected", "system", "tools"}
+RECORD_KEYS = {
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "text",
+    "prompt",
+    "completion",
+    "question",
+    "answer",
+    "response",
+    "chosen",
+    "rejected",
+    "system",
+    "tools",
+}
 # Elements whose content is never shown in a browser, and elements that start a new paragraph.
 _INVISIBLE = ["script", "style", "noscript", "template", "head", "svg", "iframe"]
-_BLOCKS = ["p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "h1", "h2", "h3", "h4",
-           "h5", "h6", "li", "ul", "ol", "table", "tr", "blockquote", "pre", "title", "dd", "dt", "figcaption"]
+_BLOCKS = [
+    "p",
+    "div",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "main",
+    "aside",
+    "nav",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "blockquote",
+    "pre",
+    "title",
+    "dd",
+    "dt",
+    "figcaption",
+]
 
 
 @dataclass
@@ -52,18 +93,28 @@ def data_files(path: str | Path) -> list[Path]:
         raise DataError(f"data file '{path}' does not exist; check the path given as data")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                           p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     files = [p for p in files if inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES]
     if not files:
-        raise DataError(f"data folder '{path}' holds no data files (.txt .json .jsonl .csv .tsv .parquet .html "
-                        ".sql or .gz of one)")
+        raise DataError(
+            f"data folder '{path}' holds no data files (.txt .json .jsonl .csv .tsv .parquet .html "
+            ".sql or .gz of one)"
+        )
     return files
 
 
-def read_source(path: str | Path, encoding: str = "utf-8", text_column: str | None = None,
-                sql_table: str | None = None, sql_column: str | None = None,
-                hard_cut_string: str = "\n\n\n") -> Source:
+def read_source(
+    path: str | Path,
+    encoding: str = "utf-8",
+    text_column: str | None = None,
+    sql_table: str | None = None,
+    sql_column: str | None = None,
+    hard_cut_string: str = "\n\n\n",
+) -> Source:
     """Read a file or folder into a Source; mixing text files and record files in one folder is refused."""
     files = data_files(path)
     texts: list[str] = []
@@ -76,8 +127,10 @@ def read_source(path: str | Path, encoding: str = "utf-8", text_column: str | No
             text = _decode(file, _read_bytes(file), encoding)
             texts.append(html_text(text) if suffix in (".html", ".htm") else text)
     if texts and records:
-        raise DataError(f"data folder '{path}' mixes plain-text files and record files (JSON/CSV/...); "
-                        "put them in separate folders")
+        raise DataError(
+            f"data folder '{path}' mixes plain-text files and record files (JSON/CSV/...); "
+            "put them in separate folders"
+        )
     if texts:
         return Source("text", files, text=(hard_cut_string or "\n\n").join(texts))
     return Source("records", files, records=records)
@@ -110,10 +163,14 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
-                        "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)") from None
+        raise DataError(
+            f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
+            "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)"
+        ) from None
     except LookupError:
-        raise DataError(f"unknown encoding '{encoding}'; use a Python codec name such as utf-8 or latin-1") from None
+        raise DataError(
+            f"unknown encoding '{encoding}'; use a Python codec name such as utf-8 or latin-1"
+        ) from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")  # BOM and Windows line ends
     if not text.strip():
         raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
@@ -126,8 +183,10 @@ def check_printable(path: Path, text: str) -> None:
     controls = len(_CONTROL.findall(text, 0, 1 << 20))  # the first million characters tell
     sample = min(len(text), 1 << 20)
     if "\x00" in text[:sample] or controls > 0.01 * sample:
-        raise DataError(f"data file '{path}' holds binary data, not text ({controls:,} of its first {sample:,} "
-                        "characters are control characters); give a text, JSON, CSV or Parquet file")
+        raise DataError(
+            f"data file '{path}' holds binary data, not text ({controls:,} of its first {sample:,} "
+            "characters are control characters); give a text, JSON, CSV or Parquet file"
+        )
 
 
 def html_text(html: str) -> str:
@@ -154,8 +213,14 @@ def html_text(html: str) -> str:
     return "\n\n".join(paragraphs) + "\n"
 
 
-def _read_records(path: Path, suffix: str, encoding: str, text_column: str | None, sql_table: str | None,
-                  sql_column: str | None) -> list[dict]:
+def _read_records(
+    path: Path,
+    suffix: str,
+    encoding: str,
+    text_column: str | None,
+    sql_table: str | None,
+    sql_column: str | None,
+) -> list[dict]:
     raw = _read_bytes(path)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -173,12 +238,17 @@ def _read_records(path: Path, suffix: str, encoding: str, text_column: str | Non
         if suffix == ".json":
             records = _json_records(path, text)
         elif suffix == ".jsonl":
-            records = [_json_value(path, line, number) for number, line in enumerate(text.split("\n"), 1)
-                       if line.strip()]
+            records = [
+                _json_value(path, line, number)
+                for number, line in enumerate(text.split("\n"), 1)
+                if line.strip()
+            ]
         else:
             records = _csv_records(path, text, "\t" if suffix == ".tsv" else ",")
-    records = [r if isinstance(r, dict) else {"text": r} if isinstance(r, str) else _not_a_record(path, r)
-               for r in records]
+    records = [
+        r if isinstance(r, dict) else {"text": r} if isinstance(r, str) else _not_a_record(path, r)
+        for r in records
+    ]
     if not records:
         raise DataError(f"data file '{path}' holds no records")
     if text_column is not None and suffix != ".sql" and not any(text_column in r for r in records):
@@ -188,8 +258,10 @@ def _read_records(path: Path, suffix: str, encoding: str, text_column: str | Non
 
 
 def _not_a_record(path: Path, value) -> dict:
-    raise DataError(f"{path} must hold objects (records) or strings, found {type(value).__name__}: "
-                    f"{json.dumps(value)[:60]}")
+    raise DataError(
+        f"{path} must hold objects (records) or strings, found {type(value).__name__}: "
+        f"{json.dumps(value)[:60]}"
+    )
 
 
 def _json_records(path: Path, text: str) -> list:
@@ -199,8 +271,10 @@ def _json_records(path: Path, text: str) -> list:
     if isinstance(data, dict):  # {"data": [...]} style wrappers: take the one list inside
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise DataError(f"{path} must be a JSON list of records, e.g. [{{\"instruction\": ..., "
-                            f"\"output\": ...}}]; found an object with keys {', '.join(list(data)[:8])}")
+            raise DataError(
+                f'{path} must be a JSON list of records, e.g. [{{"instruction": ..., '
+                f'"output": ...}}]; found an object with keys {", ".join(list(data)[:8])}'
+            )
         data = lists[0]
     if not isinstance(data, list):
         raise DataError(f"{path} must be a JSON list of records; found {type(data).__name__}")
@@ -211,7 +285,9 @@ def _json_value(path: Path, text: str, first_line: int):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{first_line + error.lineno - 1}:{error.colno}: malformed JSON: {error.msg}") from None
+        raise DataError(
+            f"{path}:{first_line + error.lineno - 1}:{error.colno}: malformed JSON: {error.msg}"
+        ) from None
 
 
 def _csv_records(path: Path, text: str, separator: str) -> list[dict]:
@@ -220,6 +296,7 @@ def _csv_records(path: Path, text: str, separator: str) -> list[dict]:
     try:
         frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{path} is not valid {'TSV' if separator == chr(9) else 'CSV'}: "
-                        f"{str(error).strip()}") from None
+        raise DataError(
+            f"{path} is not valid {'TSV' if separator == chr(9) else 'CSV'}: {str(error).strip()}"
+        ) from None
     return frame.to_dict("records")

@@ -57,8 +57,9 @@ def _spin(sequence: list, rng: random.Random) -> str:
 
 def expand(template: str, count: int, seed: int = 0) -> list[str]:
     """Up to `count` distinct sentences from one or more templates (one per non-empty line)."""
-    trees = [_parse(line.strip())[0] for line in template.splitlines() if line.strip()
-             and not line.startswith("#")]
+    trees = [
+        _parse(line.strip())[0] for line in template.splitlines() if line.strip() and not line.startswith("#")
+    ]
     rng = random.Random(seed)
     seen: dict[str, None] = {}
     attempts = 0

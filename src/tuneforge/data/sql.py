@@ -27,28 +27,39 @@ def sql_rows(path: Path, text: str, table: str | None, column: str | None) -> li
         raise DataError(f"{path} holds no INSERT statements with values to train on")
     if table is None:
         if len(tables) > 1:
-            raise DataError(f"{path} inserts into several tables ({', '.join(tables)}); choose one with --sql_table")
+            raise DataError(
+                f"{path} inserts into several tables ({', '.join(tables)}); choose one with --sql_table"
+            )
         table = tables[0]
     if table not in tables:
-        raise DataError(f"no INSERT INTO table '{table}' in {path}; tables inserted into: {', '.join(tables)}")
-    records = []
+        raise DataError(
+            f"no INSERT INTO table '{table}' in {path}; tables inserted into: {', '.join(tables)}"
+        )
+    records: list[dict] = []
     for name, columns, rows in inserts:
         if name != table:
             continue
         columns = columns or columns_of.get(table)
         if columns is None:
-            raise DataError(f"the INSERTs into '{table}' in {path} name no columns and no CREATE TABLE defines "
-                            "them; add a column list to the INSERT statements")
+            raise DataError(
+                f"the INSERTs into '{table}' in {path} name no columns and no CREATE TABLE defines "
+                "them; add a column list to the INSERT statements"
+            )
         if column is None:
             if len(columns) > 1:
-                raise DataError(f"table '{table}' in {path} has columns {', '.join(columns)}; choose one with "
-                                "--sql_column")
+                raise DataError(
+                    f"table '{table}' in {path} has columns {', '.join(columns)}; choose one with "
+                    "--sql_column"
+                )
             column = columns[0]
         if column not in columns:
-            raise DataError(f"table '{table}' in {path} has no column '{column}'; its columns are: "
-                            f"{', '.join(columns)}")
+            raise DataError(
+                f"table '{table}' in {path} has no column '{column}'; its columns are: {', '.join(columns)}"
+            )
         position = columns.index(column)
-        records.extend({"text": row[position]} for row in rows if position < len(row) and row[position] is not None)
+        records.extend(
+            {"text": row[position]} for row in rows if position < len(row) and row[position] is not None
+        )
     return records
 
 
@@ -61,15 +72,23 @@ def _parse(text: str) -> tuple[list[tuple[str, list[str] | None, list[list]]], d
     for statement in sqlparse.parse(text):
         kind = statement.get_type()
         if kind == "CREATE":
-            match = re.search(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([^\s(]+)\s*\((.*)\)", str(statement),
-                              re.IGNORECASE | re.DOTALL)
+            match = re.search(
+                r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([^\s(]+)\s*\((.*)\)",
+                str(statement),
+                re.IGNORECASE | re.DOTALL,
+            )
             if match:
                 columns_of[_name(match.group(1))] = _create_columns(match.group(2))
             continue
         if kind != "INSERT":
             continue
-        tokens = [t for t in statement.flatten() if not t.is_whitespace and t.ttype not in T.Comment
-                  and t.ttype not in (T.Comment.Single, T.Comment.Multiline)]
+        tokens = [
+            t
+            for t in statement.flatten()
+            if not t.is_whitespace
+            and t.ttype not in T.Comment
+            and t.ttype not in (T.Comment.Single, T.Comment.Multiline)
+        ]
         upper = [t.normalized.upper() if t.ttype in T.Keyword or t.ttype in T.DML else None for t in tokens]
         try:
             start = upper.index("INTO") + 1
@@ -80,7 +99,7 @@ def _parse(text: str) -> tuple[list[tuple[str, list[str] | None, list[list]]], d
         name_end = next((i for i, t in enumerate(head) if t.value == "("), len(head))
         table = _name("".join(t.value for t in head[:name_end]))
         columns = [_name(t.value) for t in head[name_end:] if t.value not in "(),"] or None
-        inserts.append((table, columns, _rows(tokens[values_at + 1:])))
+        inserts.append((table, columns, _rows(tokens[values_at + 1 :])))
     return inserts, columns_of
 
 
@@ -88,7 +107,9 @@ def _rows(tokens) -> list[list]:
     """The value tuples after VALUES: strings unquoted, numbers as text, NULL as None."""
     from sqlparse import tokens as T
 
-    rows, row, depth, sign = [], None, 0, ""
+    rows: list[list[str | None]] = []
+    row: list[str | None] | None = None
+    depth, sign = 0, ""
     for token in tokens:
         value = token.value
         if value == "(":
@@ -142,6 +163,6 @@ def _create_columns(body: str) -> list[str]:
     names = []
     for part in parts:
         words = part.split()
-        if words and words[0].upper().strip("`\"") not in _CONSTRAINTS:
+        if words and words[0].upper().strip('`"') not in _CONSTRAINTS:
             names.append(_name(words[0]))
     return names

@@ -12,6 +12,8 @@ by `chunking.chunk_raw_text` instead. Both run through `datasets.map(batched=Tru
 
 from __future__ import annotations
 
+from typing import Any
+
 from tuneforge.data.chunking import chunk_raw_text
 
 IGNORE_INDEX = -100  # label value that carries no loss (PyTorch's cross_entropy default)
@@ -25,18 +27,35 @@ def _map(columns: dict[str, list], function, num_proc: int, fingerprint: str, de
 
     disable_progress_bars()
     dataset = Dataset.from_dict(columns)
-    num_proc = min(num_proc, max(1, len(dataset) // 64)) if num_proc > 1 else None  # tiny data: no workers
+    workers = min(num_proc, max(1, len(dataset) // 64)) if num_proc > 1 else None  # tiny data: no workers
     # new_fingerprint spares datasets from hashing the function and tokenizer (slow, and warns); the tuneforge
     # cache key already covers every input.
-    return dataset.map(function, batched=True, batch_size=1000, num_proc=num_proc,
-                       remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=desc)
+    return dataset.map(
+        function,
+        batched=True,
+        batch_size=1000,
+        num_proc=workers,
+        remove_columns=dataset.column_names,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
 
 
-def tokenize_segments(examples: list[list[tuple]], tokenizer, *, cutoff_len: int | None, eos: str = "always",
-                      num_proc: int = 1, fingerprint: str = "segments"):
+def tokenize_segments(
+    examples: list[list[tuple]],
+    tokenizer,
+    *,
+    cutoff_len: int | None,
+    eos: str = "always",
+    num_proc: int = 1,
+    fingerprint: str = "segments",
+):
     """One row per example; a segment is (text, carries_loss) or (text, carries_loss, max_tokens)."""
-    columns = {"texts": [[s[0] for s in e] for e in examples], "loss": [[bool(s[1]) for s in e] for e in examples],
-               "caps": [[int(s[2]) if len(s) > 2 and s[2] else 0 for s in e] for e in examples]}
+    columns = {
+        "texts": [[s[0] for s in e] for e in examples],
+        "loss": [[bool(s[1]) for s in e] for e in examples],
+        "caps": [[int(s[2]) if len(s) > 2 and s[2] else 0 for s in e] for e in examples],
+    }
 
     def encode(batch: dict) -> dict:
         return encode_batch(batch, tokenizer, cutoff_len, eos)
@@ -65,7 +84,9 @@ def encode_batch(batch: dict, tokenizer, cutoff_len: int | None, eos: str) -> di
                 last_answer = segment
         # A format file or template may end the answer with the EOS already (ChatML's <|im_end|>): never twice.
         ends_with_eos = bool(eos_token) and "".join(texts).rstrip().endswith(eos_token)
-        wants_eos = not ends_with_eos and (eos == "always" or (eos == "if_missing" and eos_id not in last_answer))
+        wants_eos = not ends_with_eos and (
+            eos == "always" or (eos == "if_missing" and eos_id not in last_answer)
+        )
         if wants_eos and eos_id is not None:
             ids.append(eos_id)
             labels.append(eos_id)  # the model must learn to stop: EOS carries loss
@@ -74,19 +95,43 @@ def encode_batch(batch: dict, tokenizer, cutoff_len: int | None, eos: str) -> di
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["truncated"].append(truncated)
-        out["n_loss"].append(sum(label != IGNORE_INDEX for label in labels[1:]))  # position 0 is never predicted
+        out["n_loss"].append(
+            sum(label != IGNORE_INDEX for label in labels[1:])
+        )  # position 0 is never predicted
     return out
 
 
-def tokenize_chunked(texts: list[str], tokenizer, *, cutoff_len: int, overlap_len: int, newline_favor_len: int,
-                     hard_cut_string: str, add_eos_token: bool, num_proc: int = 1, fingerprint: str = "chunks"):
+def tokenize_chunked(
+    texts: list[str],
+    tokenizer,
+    *,
+    cutoff_len: int,
+    overlap_len: int,
+    newline_favor_len: int,
+    hard_cut_string: str,
+    add_eos_token: bool,
+    num_proc: int = 1,
+    fingerprint: str = "chunks",
+):
     """Chunks of each document by the raw-text rules; every token carries loss (unsupervised)."""
-    settings = dict(cutoff_len=cutoff_len, overlap_len=overlap_len, newline_favor_len=newline_favor_len,
-                    hard_cut_string=hard_cut_string, add_eos_token=add_eos_token)
+    settings: dict[str, Any] = dict(
+        cutoff_len=cutoff_len,
+        overlap_len=overlap_len,
+        newline_favor_len=newline_favor_len,
+        hard_cut_string=hard_cut_string,
+        add_eos_token=add_eos_token,
+    )
 
     def chunk(batch: dict) -> dict:
-        out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": [], "n_loss": [], "doc_tokens": [],
-                                "doc_sections": [], "doc_newline_cuts": []}
+        out: dict[str, list] = {
+            "input_ids": [],
+            "labels": [],
+            "truncated": [],
+            "n_loss": [],
+            "doc_tokens": [],
+            "doc_sections": [],
+            "doc_newline_cuts": [],
+        }
         for text in batch["text"]:
             chunks, stats = chunk_raw_text(text, tokenizer, **settings)
             for i, ids in enumerate(chunks):

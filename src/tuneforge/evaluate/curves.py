@@ -1,7 +1,7 @@
 """Learning curves: the loss plot of a run and seed 002's under/over/well-fit diagnosis.
 
-    label, reason = diagnose_fit(train_losses, [(step, validation_loss), ...])
-    plot_loss_curve(train_losses, [(step, validation_loss), ...], Path("runs/x/loss_curve.png"), title=label)
+label, reason = diagnose_fit(train_losses, [(step, validation_loss), ...])
+plot_loss_curve(train_losses, [(step, validation_loss), ...], Path("runs/x/loss_curve.png"), title=label)
 """
 
 from __future__ import annotations
@@ -36,27 +36,38 @@ def diagnose_fit(train_losses: list[float], validation_losses: list[tuple[int, f
         best_index = min(range(len(values)), key=values.__getitem__)
         best_step, best = validation_losses[best_index]
         if best_index < len(values) - 1 and values[-1] > best * 1.02 and last < first:
-            return "overfit", (f"validation loss bottomed at {best:.3f} (step {best_step}) and rose to "
-                               f"{values[-1]:.3f} while training loss kept falling: stop near step {best_step}, "
-                               "or use fewer epochs, a lower learning rate or more data")
+            return "overfit", (
+                f"validation loss bottomed at {best:.3f} (step {best_step}) and rose to "
+                f"{values[-1]:.3f} while training loss kept falling: stop near step {best_step}, "
+                "or use fewer epochs, a lower learning rate or more data"
+            )
     if first - last < 0.05 * abs(first):
-        return "underfit", (f"training loss stayed flat ({first:.3f} -> {last:.3f}): the model is not learning; "
-                            "raise learning_rate, rank or epochs, or check the data")
+        return "underfit", (
+            f"training loss stayed flat ({first:.3f} -> {last:.3f}): the model is not learning; "
+            "raise learning_rate, rank or epochs, or check the data"
+        )
     tail = max(2, n // 5)
-    earlier, recent = sum(smooth[-2 * tail:-tail]) / tail, sum(smooth[-tail:]) / tail
+    earlier, recent = sum(smooth[-2 * tail : -tail]) / tail, sum(smooth[-tail:]) / tail
     if earlier - recent > 0.05 * abs(earlier):
-        return "underfit", (f"training loss was still falling at the end ({earlier:.3f} -> {recent:.3f} over the "
-                            "last steps): train longer (more epochs or steps)")
+        return "underfit", (
+            f"training loss was still falling at the end ({earlier:.3f} -> {recent:.3f} over the "
+            "last steps): train longer (more epochs or steps)"
+        )
     if validation_losses:
         gap = validation_losses[-1][1] - last
-        return "well-fit", (f"training loss fell from {first:.3f} to a stable {last:.3f}; validation loss "
-                            f"{validation_losses[-1][1]:.3f} (gap {gap:+.3f})")
-    return "well-fit", (f"training loss fell from {first:.3f} to a stable {last:.3f} (no validation data, so "
-                        "overfitting cannot be seen: set validation_split)")
+        return "well-fit", (
+            f"training loss fell from {first:.3f} to a stable {last:.3f}; validation loss "
+            f"{validation_losses[-1][1]:.3f} (gap {gap:+.3f})"
+        )
+    return "well-fit", (
+        f"training loss fell from {first:.3f} to a stable {last:.3f} (no validation data, so "
+        "overfitting cannot be seen: set validation_split)"
+    )
 
 
-def plot_loss_curve(train_losses: list[float], validation_losses: list[tuple[int, float]], path: Path,
-                    title: str = "") -> Path | None:
+def plot_loss_curve(
+    train_losses: list[float], validation_losses: list[tuple[int, float]], path: Path, title: str = ""
+) -> Path | None:
     """Train (raw and smoothed) and validation loss against step, as a PNG. None without matplotlib."""
     try:
         import matplotlib
@@ -68,7 +79,9 @@ def plot_loss_curve(train_losses: list[float], validation_losses: list[tuple[int
     steps = list(range(1, len(train_losses) + 1))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, train_losses, color="tab:blue", alpha=0.3, linewidth=1)
-    ax.plot(steps, _smooth(train_losses, max(1, len(train_losses) // 10)), color="tab:blue", label="train loss")
+    ax.plot(
+        steps, _smooth(train_losses, max(1, len(train_losses) // 10)), color="tab:blue", label="train loss"
+    )
     if validation_losses:
         ax.plot(*zip(*validation_losses, strict=True), "o-", color="tab:orange", label="validation loss")
     ax.set_xlabel("step")

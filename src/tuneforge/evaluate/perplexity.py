@@ -42,8 +42,9 @@ class PerplexityResult:
     stride: int
 
 
-def window_nll(model, input_ids: Sequence[int], max_length: int, stride: int,
-               labels: Sequence[int] | None = None) -> tuple[float, int]:
+def window_nll(
+    model, input_ids: Sequence[int], max_length: int, stride: int, labels: Sequence[int] | None = None
+) -> tuple[float, int]:
     """(summed negative log-likelihood, tokens scored) of one token sequence, window by window.
 
     `labels` (same length, IGNORE_INDEX = not scored) lets prepared examples exclude prompt tokens.
@@ -68,8 +69,9 @@ def window_nll(model, input_ids: Sequence[int], max_length: int, stride: int,
             targets[: scored_until - begin] = IGNORE_INDEX  # scored by an earlier window
             logits = model(input_ids=ids[begin:end].unsqueeze(0)).logits[0]  # (window, vocab)
             shifted = targets[1:]
-            total += float(F.cross_entropy(logits[:-1].float(), shifted, ignore_index=IGNORE_INDEX,
-                                           reduction="sum"))
+            total += float(
+                F.cross_entropy(logits[:-1].float(), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
+            )
             count += int((shifted != IGNORE_INDEX).sum())
             scored_until = end
             end = min(end + step, n)
@@ -94,8 +96,17 @@ def _is_file(data) -> bool:
         return False
 
 
-def perplexity(model, tokenizer, data, *, max_length: int | None = None, stride: int | None = None,
-               label: str = "model", data_label: str | None = None, shape: str = "auto") -> PerplexityResult:
+def perplexity(
+    model,
+    tokenizer,
+    data,
+    *,
+    max_length: int | None = None,
+    stride: int | None = None,
+    label: str = "model",
+    data_label: str | None = None,
+    shape: str = "auto",
+) -> PerplexityResult:
     """Perplexity of `model` on `data`: a text file path, a string, a list of strings (each scored on its
     own), or prepared examples (a PreparedData or a list of {"input_ids", "labels"} dicts).
 
@@ -132,9 +143,13 @@ def perplexity(model, tokenizer, data, *, max_length: int | None = None, stride:
             elif isinstance(data, list | tuple):
                 name, texts = data_label or f"{len(data)} texts", list(data)
             else:
-                raise EvaluationError(f"cannot compute perplexity on {type(data).__name__}; pass a text file, "
-                                      "a string, a list of strings or prepared examples")
-            if len(texts) == 1 and (shape == "lines" or shape == "auto" and detect_shape(texts[0]) == "lines"):
+                raise EvaluationError(
+                    f"cannot compute perplexity on {type(data).__name__}; pass a text file, "
+                    "a string, a list of strings or prepared examples"
+                )
+            if len(texts) == 1 and (
+                shape == "lines" or shape == "auto" and detect_shape(texts[0]) == "lines"
+            ):
                 texts = [line.strip() for line in texts[0].split("\n") if line.strip()]
                 name += " (per line)"
             total, count = 0.0, 0
@@ -157,8 +172,10 @@ def format_table(results: Sequence[PerplexityResult], baseline: str | None = Non
         header += f" vs {baseline} |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
-        row = (f"| {r.label} | {r.data} | {r.perplexity:.3f} | {r.loss:.4f} | {r.tokens} | {r.max_length} | "
-               f"{r.stride} |")
+        row = (
+            f"| {r.label} | {r.data} | {r.perplexity:.3f} | {r.loss:.4f} | {r.tokens} | {r.max_length} | "
+            f"{r.stride} |"
+        )
         if base is not None:
             row += f" {r.perplexity - base:+.3f} ({100 * (r.perplexity / base - 1):+.1f}%) |"
         lines.append(row)

@@ -13,43 +13,73 @@ from pathlib import Path
 from tuneforge.evaluate.curves import diagnose_fit, plot_loss_curve
 
 
-def write_report(run_dir: Path, config, result, data_summary: str, samples_before: dict[str, str],
-                 samples_after: dict[str, str], precision: str = "", device: str = "", launch=None) -> Path:
+def write_report(
+    run_dir: Path,
+    config,
+    result,
+    data_summary: str,
+    samples_before: dict[str, str],
+    samples_after: dict[str, str],
+    precision: str = "",
+    device: str = "",
+    launch=None,
+) -> Path:
     """`launch` (tuneforge.train.launch.Launch): the processes the run got, and how many were asked for."""
-    batch = (launch.describe_batch(config.examples_per_step, result.micro_batch_size) if launch is not None
-             else f"batch_size {config.examples_per_step} (micro batch {result.micro_batch_size})")
+    batch = (
+        launch.describe_batch(config.examples_per_step, result.micro_batch_size)
+        if launch is not None
+        else f"batch_size {config.examples_per_step} (micro batch {result.micro_batch_size})"
+    )
     label, reason = diagnose_fit(result.losses, result.validation_losses)
-    plot = plot_loss_curve(result.losses, result.validation_losses, run_dir / "loss_curve.png",
-                           title=f"{run_dir.name}: {label}")
-    lines = [f"# tuneforge run: {run_dir.name}", "",
-             f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
-             f"- data: `{config.data}` — {data_summary}",
-             f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
-             f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
-             f"{batch}, "
-             f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
-             f"{'on' if config.compile else 'off'}; full list in config.yaml",
-             f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})"]
+    plot = plot_loss_curve(
+        result.losses, result.validation_losses, run_dir / "loss_curve.png", title=f"{run_dir.name}: {label}"
+    )
+    lines = [
+        f"# tuneforge run: {run_dir.name}",
+        "",
+        f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
+        f"- data: `{config.data}` — {data_summary}",
+        f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
+        f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
+        f"{batch}, "
+        f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
+        f"{'on' if config.compile else 'off'}; full list in config.yaml",
+        f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})",
+    ]
     if launch is not None:
-        lines.append(f"- {launch.describe()}" + (f" — **{launch.shortfall()}**" if launch.shortfall() else ""))
+        lines.append(
+            f"- {launch.describe()}" + (f" — **{launch.shortfall()}**" if launch.shortfall() else "")
+        )
     if result.resumed_from:
         lines.append(f"- resumed from `{result.resumed_from}`")
     if result.losses:
-        lines.append(f"- training loss: first {result.losses[0]:.4f}, final {result.final_loss:.4f}, "
-                     f"best {min(result.losses):.4f}")
+        lines.append(
+            f"- training loss: first {result.losses[0]:.4f}, final {result.final_loss:.4f}, "
+            f"best {min(result.losses):.4f}"
+        )
     if result.validation_losses:
         best_step, best = min(result.validation_losses, key=lambda p: p[1])
-        lines.append(f"- validation loss: final {result.validation_losses[-1][1]:.4f}, best {best:.4f} "
-                     f"(step {best_step})")
-    lines += [f"- fit: **{label}** — {reason}",
-              f"- speed: {result.train_tokens:,} loss-carrying tokens in {result.seconds:.1f} s "
-              f"({result.tokens_per_second:,.0f} tokens/s)"]
+        lines.append(
+            f"- validation loss: final {result.validation_losses[-1][1]:.4f}, best {best:.4f} "
+            f"(step {best_step})"
+        )
+    lines += [
+        f"- fit: **{label}** — {reason}",
+        f"- speed: {result.train_tokens:,} loss-carrying tokens in {result.seconds:.1f} s "
+        f"({result.tokens_per_second:,.0f} tokens/s)",
+    ]
     if result.saved_to:
         lines.append(f"- saved to: `{result.saved_to}`")
     if plot:
         lines += ["", "![loss curve](loss_curve.png)"]
     if samples_before:
-        lines += ["", "## Generations before and after training", "", "| prompt | before | after |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Generations before and after training",
+            "",
+            "| prompt | before | after |",
+            "|---|---|---|",
+        ]
         for prompt, before in samples_before.items():
             cells = [prompt, before, samples_after.get(prompt, "")]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")

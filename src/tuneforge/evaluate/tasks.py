@@ -76,8 +76,11 @@ def numeric_match(prediction: str, reference: str, tolerance: float = 1e-6) -> f
     return float(abs(expected - got) <= tolerance * max(1.0, abs(expected)))
 
 
-METRICS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "rouge_l": rouge_l,
-                                                   "numeric": numeric_match}
+METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact_match": exact_match,
+    "rouge_l": rouge_l,
+    "numeric": numeric_match,
+}
 
 
 @dataclass
@@ -90,24 +93,34 @@ class TaskScores:
 
     def to_markdown(self, limit: int = 20) -> str:
         metrics = list(self.means)
-        lines = [f"**{self.label}**: " + ", ".join(f"{m} {v:.3f}" for m, v in self.means.items()), "",
-                 "| input | reference | prediction | " + " | ".join(metrics) + " |",
-                 "|---|---|---|" + "---|" * len(metrics)]
+        lines = [
+            f"**{self.label}**: " + ", ".join(f"{m} {v:.3f}" for m, v in self.means.items()),
+            "",
+            "| input | reference | prediction | " + " | ".join(metrics) + " |",
+            "|---|---|---|" + "---|" * len(metrics),
+        ]
         for row in self.rows[:limit]:
             cells = [row["input"], row["reference"], row["prediction"]] + [f"{row[m]:.2f}" for m in metrics]
-            lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+            lines.append(
+                "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+            )
         return "\n".join(lines)
 
 
-def read_records(path: str | Path, input_key: str | None = None, output_key: str | None = None) -> list[tuple]:
+def read_records(
+    path: str | Path, input_key: str | None = None, output_key: str | None = None
+) -> list[tuple]:
     """(input, reference) pairs from a JSON list or JSON-lines file; alpaca's instruction + input are joined."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"task data file '{path}' does not exist")
     text = path.read_text(encoding="utf-8")
     try:
-        records = json.loads(text) if text.lstrip().startswith("[") else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not JSON or JSON lines ({error.msg} at line {error.lineno})") from None
     if not records or not isinstance(records[0], dict):
@@ -116,8 +129,10 @@ def read_records(path: str | Path, input_key: str | None = None, output_key: str
     input_key = input_key or next((k for k in INPUT_KEYS if k in keys), None)
     output_key = output_key or next((k for k in OUTPUT_KEYS if k in keys), None)
     if input_key not in keys or output_key not in keys:
-        raise DataError(f"{path}: could not tell the input and output fields among {sorted(keys)}; name them "
-                        "with input_key and output_key")
+        raise DataError(
+            f"{path}: could not tell the input and output fields among {sorted(keys)}; name them "
+            "with input_key and output_key"
+        )
     pairs = []
     for record in records:
         prompt = str(record.get(input_key, ""))
@@ -127,9 +142,14 @@ def read_records(path: str | Path, input_key: str | None = None, output_key: str
     return pairs
 
 
-def score_task(generate: Callable[[str], str], records: Sequence[tuple[str, str]], *, label: str = "model",
-               metrics: Sequence[str] = ("exact_match", "rouge_l", "numeric"),
-               template: str = "{input}") -> TaskScores:
+def score_task(
+    generate: Callable[[str], str],
+    records: Sequence[tuple[str, str]],
+    *,
+    label: str = "model",
+    metrics: Sequence[str] = ("exact_match", "rouge_l", "numeric"),
+    template: str = "{input}",
+) -> TaskScores:
     """Generate for each record's input (rendered through `template`) and score against its reference."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -137,7 +157,7 @@ def score_task(generate: Callable[[str], str], records: Sequence[tuple[str, str]
     scores = TaskScores(label)
     for prompt, reference in records:
         prediction = generate(template.format(input=prompt)).strip()
-        row = {"input": prompt, "reference": reference, "prediction": prediction}
+        row: dict[str, str | float] = {"input": prompt, "reference": reference, "prediction": prediction}
         row.update({m: METRICS[m](prediction, reference) for m in metrics})
         scores.rows.append(row)
     n = max(len(scores.rows), 1)

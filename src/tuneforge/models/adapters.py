@@ -27,30 +27,54 @@ def linear_module_names(model) -> list[str]:
     """Distinct short names of the model's Linear layers (what `target_modules` can name)."""
     import torch
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
     return sorted(names)
 
 
-def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str], bias: str = "none",
-                modules_to_save: list[str] | None = None, layers_to_transform: list[int] | None = None,
-                layers_pattern: str | None = None):
+def attach_lora(
+    model,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str],
+    bias: str = "none",
+    modules_to_save: list[str] | None = None,
+    layers_to_transform: list[int] | None = None,
+    layers_pattern: str | None = None,
+):
     """Wrap `model` in a PeftModel whose only trainable weights are the LoRA matrices (and modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
-    targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    targets: str | list[str] = (
+        "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    )
     known = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     wanted = (targets if isinstance(targets, list) else []) + list(modules_to_save or [])
     missing = [t for t in wanted if t not in known]
     if missing:
-        raise ModelError(f"modules {missing} are not in this model; it has linear layers "
-                         f"{', '.join(linear_module_names(model))} (or use all-linear); see tuneforge modules")
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias=bias,
-                      modules_to_save=list(modules_to_save or []) or None,
-                      layers_to_transform=layers_to_transform or None,
-                      layers_pattern=layers_pattern if layers_to_transform else None, task_type="CAUSAL_LM",
-                      # a tied embed_tokens/lm_head in the adapter must stay tied, or merging would untie them
-                      ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False))
-                      and bool({"embed_tokens", "lm_head", "wte"} & set(wanted)))
+        raise ModelError(
+            f"modules {missing} are not in this model; it has linear layers "
+            f"{', '.join(linear_module_names(model))} (or use all-linear); see tuneforge modules"
+        )
+    # peft types lora_alpha int (a float works) and bias a Literal (checked by LoraConfig itself)
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        bias=bias,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=list(modules_to_save or []) or None,
+        layers_to_transform=layers_to_transform or None,
+        layers_pattern=layers_pattern if layers_to_transform else None,
+        task_type="CAUSAL_LM",
+        # a tied embed_tokens/lm_head in the adapter must stay tied, or merging would untie them
+        ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False))
+        and bool({"embed_tokens", "lm_head", "wte"} & set(wanted)),
+    )
     try:
         return get_peft_model(model, lora)
     except ValueError as error:  # e.g. layers_to_transform naming layers the model does not have
@@ -60,10 +84,15 @@ def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: 
 def require_safetensors_adapter(path: Path) -> None:
     """Adapters load only from adapter_model.safetensors: a .bin adapter is a pickle, which can run code."""
     if not (path / "adapter_model.safetensors").is_file():
-        found = " (it holds adapter_model.bin, a pickle, which could run code when loaded)" if (
-            path / "adapter_model.bin").exists() else ""
-        raise ModelError(f"'{path}' has no adapter_model.safetensors{found}; tuneforge loads adapters only as "
-                         "safetensors: re-save a trusted adapter with save_pretrained(safe_serialization=True)")
+        found = (
+            " (it holds adapter_model.bin, a pickle, which could run code when loaded)"
+            if (path / "adapter_model.bin").exists()
+            else ""
+        )
+        raise ModelError(
+            f"'{path}' has no adapter_model.safetensors{found}; tuneforge loads adapters only as "
+            "safetensors: re-save a trusted adapter with save_pretrained(safe_serialization=True)"
+        )
 
 
 def load_adapter(model, path: str | Path, trainable: bool = False):
@@ -72,8 +101,10 @@ def load_adapter(model, path: str | Path, trainable: bool = False):
 
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
-        raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json); pass the folder a "
-                         "training run saved as <run>/adapter")
+        raise ModelError(
+            f"'{path}' is not an adapter folder (no adapter_config.json); pass the folder a "
+            "training run saved as <run>/adapter"
+        )
     require_safetensors_adapter(path)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 

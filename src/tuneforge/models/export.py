@@ -26,11 +26,26 @@ log = logging.getLogger(__name__)
 
 # Prompts for the GGUF self-check: varied registers, short enough to run in seconds on a CPU.
 VERIFY_PROMPTS = [
-    "To be or not to", "To make a cheese sandwich ", "The capital of France is", "Once upon a time,",
-    "def fibonacci(n):", "The quick brown fox", "1, 2, 3, 4,", "In 1492, Columbus", "Water boils at",
-    "The meaning of life is", "import numpy as", "My favourite colour is", "The sun rises in the",
-    "Shakespeare wrote", "Dear Sir or Madam,", "The theory of relativity", "She opened the door and",
-    "A healthy breakfast includes", "The best way to learn", "Hello, how are",
+    "To be or not to",
+    "To make a cheese sandwich ",
+    "The capital of France is",
+    "Once upon a time,",
+    "def fibonacci(n):",
+    "The quick brown fox",
+    "1, 2, 3, 4,",
+    "In 1492, Columbus",
+    "Water boils at",
+    "The meaning of life is",
+    "import numpy as",
+    "My favourite colour is",
+    "The sun rises in the",
+    "Shakespeare wrote",
+    "Dear Sir or Madam,",
+    "The theory of relativity",
+    "She opened the door and",
+    "A healthy breakfast includes",
+    "The best way to learn",
+    "Hello, how are",
 ]
 
 
@@ -53,19 +68,27 @@ def merged_copy(peft_model, source_path: str, trust_remote_code: bool = False):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    warnings.warn("the adapter was trained on a quantized base; merging it into the full-precision base "
-                  "changes outputs slightly (the base weights are no longer rounded)", stacklevel=2)
+    warnings.warn(
+        "the adapter was trained on a quantized base; merging it into the full-precision base "
+        "changes outputs slightly (the base weights are no longer rounded)",
+        stacklevel=2,
+    )
     with tempfile.TemporaryDirectory() as folder:
         peft_model.save_pretrained(folder, selected_adapters=[peft_model.active_adapter])
-        adapter_dir = Path(folder) / peft_model.active_adapter if peft_model.active_adapter != "default" \
+        adapter_dir = (
+            Path(folder) / peft_model.active_adapter
+            if peft_model.active_adapter != "default"
             else Path(folder)
-        base = AutoModelForCausalLM.from_pretrained(source_path, dtype=torch.float32,
-                                                    trust_remote_code=trust_remote_code)
+        )
+        base = AutoModelForCausalLM.from_pretrained(
+            source_path, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
         return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
 
 
-def merge_adapter(base: str, adapter: str | Path, output: str | Path, *, device: str = "cpu",
-                  precision: str = "fp32") -> Path:
+def merge_adapter(
+    base: str, adapter: str | Path, output: str | Path, *, device: str = "cpu", precision: str = "fp32"
+) -> Path:
     """Load `base` + `adapter`, merge the adapter into the weights and save one plain model folder."""
     from tuneforge.models.adapters import load_adapter
     from tuneforge.models.loading import load_model
@@ -80,8 +103,11 @@ def _permute(weights, n_head: int, n_head_kv: int | None):
     """llama.cpp's q/k reordering: HF's rotate-half layout to GGML's interleaved rotary pairs."""
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _vocab(tokenizer) -> tuple[list[str], list[int]]:
@@ -92,7 +118,8 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
     by_id = {i: token for token, i in vocab.items()}
     added = tokenizer.added_tokens_decoder  # id -> AddedToken
     size = max(by_id) + 1
-    tokens, types = [], []
+    tokens: list[str] = []
+    types: list[int] = []  # gguf.TokenType is an IntEnum
     for i in range(size):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")
@@ -117,7 +144,9 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     if is_peft(model):
         raise ModelError("merge the adapter before exporting (tuneforge merge, or LLM.merge())")
     if is_quantized(model):
-        raise ModelError("the model is loaded in 4/8-bit; load it with precision fp32 (or merge it) to export")
+        raise ModelError(
+            "the model is loaded in 4/8-bit; load it with precision fp32 (or merge it) to export"
+        )
     if dtype not in ("f16", "f32"):
         raise ModelError(f"GGUF dtype '{dtype}' is not supported; use f16 or f32")
     if tokenizer.backend_tokenizer.model.__class__.__name__ != "BPE":
@@ -137,7 +166,8 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     rope_theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get(
-        "rope_theta", 10000.0)
+        "rope_theta", 10000.0
+    )
     writer.add_rope_freq_base(float(rope_theta))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -146,7 +176,9 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
 
     tokens, types = _vocab(tokenizer)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")  # llama.cpp names pre-tokenizers by a hash it keeps; transformers ignores it
+    writer.add_tokenizer_pre(
+        "default"
+    )  # llama.cpp names pre-tokenizers by a hash it keeps; transformers ignores it
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template
@@ -197,8 +229,12 @@ def verify_gguf(model, tokenizer, path: str | Path, prompts: list[str] | None = 
 
     path = Path(path)
     loaded_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                  quantization_config=GgufConfig(dequantize=True)).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(path.parent),
+        gguf_file=path.name,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    ).eval()
     device = next(model.parameters()).device
     same, worst, mismatches = 0, 0.0, []
     prompts = prompts or VERIFY_PROMPTS
@@ -214,8 +250,14 @@ def verify_gguf(model, tokenizer, path: str | Path, prompts: list[str] | None = 
             if int(expected.argmax()) == int(actual.argmax()):
                 same += 1
             else:
-                mismatches.append(f"{prompt!r}: top-1 {tokenizer.decode(int(expected.argmax()))!r} became "
-                                  f"{tokenizer.decode(int(actual.argmax()))!r}")
-    return GgufCheck(same / len(prompts), worst, mismatches,
-                     chat_template_kept=loaded_tokenizer.chat_template == tokenizer.chat_template,
-                     eos_kept=loaded_tokenizer.eos_token == tokenizer.eos_token)
+                mismatches.append(
+                    f"{prompt!r}: top-1 {tokenizer.decode(int(expected.argmax()))!r} became "
+                    f"{tokenizer.decode(int(actual.argmax()))!r}"
+                )
+    return GgufCheck(
+        same / len(prompts),
+        worst,
+        mismatches,
+        chat_template_kept=loaded_tokenizer.chat_template == tokenizer.chat_template,
+        eos_kept=loaded_tokenizer.eos_token == tokenizer.eos_token,
+    )

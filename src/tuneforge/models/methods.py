@@ -22,23 +22,35 @@ def prepare_for_training(model, config):
         if is_peft(model):  # continue training the adapter already attached (e.g. a second llm.train call)
             current = model.peft_config["default"].r
             if current != config.rank:
-                raise ConfigError(f"the loaded adapter has rank {current} but rank {config.rank} was asked for; "
-                                  f"a LoRA's rank cannot change: use rank: {current} or start from the base")
+                raise ConfigError(
+                    f"the loaded adapter has rank {current} but rank {config.rank} was asked for; "
+                    f"a LoRA's rank cannot change: use rank: {current} or start from the base"
+                )
             for name, param in model.named_parameters():
                 param.requires_grad_("lora_" in name or "modules_to_save" in name)
             return model
         model.requires_grad_(False)
         if config.method == "qlora":
             if not is_quantized(model):
-                raise ConfigError("method qlora needs a base loaded quantized; load it with quantization (the "
-                                  "CLI and LLM.train do this for you)")
+                raise ConfigError(
+                    "method qlora needs a base loaded quantized; load it with quantization (the "
+                    "CLI and LLM.train do this for you)"
+                )
             from peft import prepare_model_for_kbit_training
 
             # casts the few unquantized weights (norms) to fp32 for stable training of the adapters
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return attach_lora(model, config.rank, config.alpha, config.lora_dropout, config.target_modules,
-                           bias=config.bias, modules_to_save=config.modules_to_save,
-                           layers_to_transform=config.layers_to_transform, layers_pattern=config.layers_pattern)
+        return attach_lora(
+            model,
+            config.rank,
+            config.alpha,
+            config.lora_dropout,
+            config.target_modules,
+            bias=config.bias,
+            modules_to_save=config.modules_to_save,
+            layers_to_transform=config.layers_to_transform,
+            layers_pattern=config.layers_pattern,
+        )
     if config.method in ("full", "scratch"):
         if is_peft(model):
             model = model.merge_and_unload()

@@ -20,8 +20,16 @@ from tuneforge.models.quantization import bnb_config
 from tuneforge.models.scratch import build_scratch_model
 
 
-def prepare_base(model, tokenizer, config, *, device: str, precision: str, source: ModelSource | None = None,
-                 trust_remote_code: bool = False):
+def prepare_base(
+    model,
+    tokenizer,
+    config,
+    *,
+    device: str,
+    precision: str,
+    source: ModelSource | None = None,
+    trust_remote_code: bool = False,
+):
     """The model `config.method` trains, ready to train; `model` may be returned as it is, changed or replaced.
 
     qlora reloads the base quantized (bits, quant_type, double_quant) unless it already is; lora and full
@@ -35,23 +43,34 @@ def prepare_base(model, tokenizer, config, *, device: str, precision: str, sourc
     if config.method == "qlora":
         model = quantized_base(model, config, device, precision, reload_from, trust_remote_code)
     elif config.method != "scratch":
-        model = base_in_dtype(model, required_weight_dtype(config, precision), device, reload_from,
-                              trust_remote_code)
+        model = base_in_dtype(
+            model, required_weight_dtype(config, precision), device, reload_from, trust_remote_code
+        )
     set_seed(config.seed)  # after any reload, so the new weights do not depend on what loading drew
     if config.method == "scratch":
-        model = build_scratch_model(config.architecture, tokenizer, n_layer=config.n_layer, n_head=config.n_head,
-                                    n_embd=config.n_embd, n_positions=config.n_positions,
-                                    seed=config.seed).to(device)
+        model = build_scratch_model(
+            config.architecture,
+            tokenizer,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_embd=config.n_embd,
+            n_positions=config.n_positions,
+            seed=config.seed,
+        ).to(device)
     return prepare_for_training(model, config)
 
 
-def quantized_base(model, config, device: str, precision: str, reload_from: str, trust_remote_code: bool = False):
+def quantized_base(
+    model, config, device: str, precision: str, reload_from: str, trust_remote_code: bool = False
+):
     """QLoRA's base: `model` if it is already 4/8-bit, else the base reloaded quantized by bitsandbytes."""
     if is_quantized(model):
         return model
     if is_peft(model):
-        raise ConfigError("method qlora trains a new adapter on a quantized base; unload the current adapter "
-                          "first (llm.unload_adapter()) or use method: lora to keep training it")
+        raise ConfigError(
+            "method qlora trains a new adapter on a quantized base; unload the current adapter "
+            "first (llm.unload_adapter()) or use method: lora to keep training it"
+        )
     quantization = bnb_config(config.bits, config.quant_type, config.double_quant, precision)
     return _reload(reload_from, device, precision, trust_remote_code, quantization)
 
@@ -77,8 +96,15 @@ def base_in_dtype(model, precision: str, device: str, reload_from: str, trust_re
 
 def _reload(reload_from: str | None, device: str, precision: str, trust_remote_code: bool, quantization=None):
     if not reload_from:
-        raise ModelError("the base must be reloaded for this method but its source is unknown; set model: "
-                         "(a folder, .gguf file or hub id) in the run config")
-    model, _, _ = load_model(reload_from, device=device, precision=precision,
-                             trust_remote_code=trust_remote_code, quantization=quantization)
+        raise ModelError(
+            "the base must be reloaded for this method but its source is unknown; set model: "
+            "(a folder, .gguf file or hub id) in the run config"
+        )
+    model, _, _ = load_model(
+        reload_from,
+        device=device,
+        precision=precision,
+        trust_remote_code=trust_remote_code,
+        quantization=quantization,
+    )
     return model

@@ -13,7 +13,9 @@ from __future__ import annotations
 from tuneforge.errors import ConfigError
 
 
-def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True, compute_precision: str = "fp32"):
+def bnb_config(
+    bits: int, quant_type: str = "nf4", double_quant: bool = True, compute_precision: str = "fp32"
+):
     """A transformers BitsAndBytesConfig for `bits` (4 or 8)."""
     try:
         import bitsandbytes  # noqa: F401  (fail here with an install hint, not deep inside transformers)
@@ -26,7 +28,10 @@ def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True, co
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                  bnb_4bit_use_double_quant=double_quant,
-                                  bnb_4bit_compute_dtype=torch_dtype(compute_precision))
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(compute_precision),
+        )
     raise ConfigError(f"bits must be 4 or 8 for qlora; got {bits} (use method: lora for 16-bit)")

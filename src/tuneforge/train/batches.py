@@ -23,8 +23,15 @@ RECORD_EXAMPLES_ENV = "TUNEFORGE_RECORD_EXAMPLES"
 
 
 class StepOrder:
-    def __init__(self, n_examples: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        n_examples: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.n_examples = n_examples
         self.batch_size = batch_size
         self.seed = seed
@@ -42,10 +49,10 @@ class StepOrder:
             order = torch.randperm(self.n_examples, generator=generator).tolist()
         else:
             order = list(range(self.n_examples))
-        steps = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        steps = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Each process takes every world_size-th example of a step. A last step too small to give every
         # process an example is dropped on all of them (at most world_size - 1 examples an epoch).
-        return [step[self.rank::self.world_size] for step in steps if len(step) >= self.world_size]
+        return [step[self.rank :: self.world_size] for step in steps if len(step) >= self.world_size]
 
     def step(self, step: int) -> list[int]:
         """This process's share of the examples of optimizer step `step` (counted from 1 over all epochs)."""
@@ -57,8 +64,12 @@ class StepOrder:
             record = Path(os.environ[RECORD_EXAMPLES_ENV]) / f"examples-rank{self.rank}.jsonl"
             record.parent.mkdir(parents=True, exist_ok=True)
             with record.open("a") as handle:
-                handle.write(json.dumps({"step": step, "rank": self.rank, "world_size": self.world_size,
-                                         "examples": indices}) + "\n")
+                handle.write(
+                    json.dumps(
+                        {"step": step, "rank": self.rank, "world_size": self.world_size, "examples": indices}
+                    )
+                    + "\n"
+                )
         return indices
 
     def steps_per_epoch(self) -> int:
@@ -67,7 +78,7 @@ class StepOrder:
 
 
 def split_micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
-    return [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+    return [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
 
 
 def describe_batch(examples_per_step: int, micro_batch_size: int, world_size: int) -> str:
@@ -77,5 +88,7 @@ def describe_batch(examples_per_step: int, micro_batch_size: int, world_size: in
     accumulation = -(-per_process // micro_batch_size)
     noun = "process" if world_size == 1 else "processes"
     exact = micro_batch_size * accumulation * world_size == examples_per_step
-    return (f"batch {examples_per_step} {'=' if exact else '<='} micro batch {micro_batch_size} x accumulation "
-            f"{accumulation} x {world_size} {noun}")
+    return (
+        f"batch {examples_per_step} {'=' if exact else '<='} micro batch {micro_batch_size} x accumulation "
+        f"{accumulation} x {world_size} {noun}"
+    )

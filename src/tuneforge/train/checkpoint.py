@@ -62,8 +62,9 @@ def _trainable_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int | None = None,
-                    config=None) -> Path:
+def save_checkpoint(
+    run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int | None = None, config=None
+) -> Path:
     """Write run_dir/checkpoints/step-<state.step> atomically; refuse weights that are not finite.
 
     `config` (the RunConfig) is saved beside the state as run_config.json, so a resume can list what changed.
@@ -73,11 +74,19 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainStat
 
     target = run_dir / "checkpoints" / f"step-{state.step}"
     weights = {k: v.detach().contiguous().cpu() for k, v in _trainable_state(model).items()}
-    broken = next((name for name, tensor in weights.items()
-                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    broken = next(
+        (
+            name
+            for name, tensor in weights.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ),
+        None,
+    )
     if broken:  # never leave a checkpoint that a resume (or `latest`) would pick up and train on
-        raise TuneforgeError(f"weight {broken} holds NaN or inf after step {state.step}, so no checkpoint was "
-                             f"written; lower learning_rate or use precision: fp32")
+        raise TuneforgeError(
+            f"weight {broken} holds NaN or inf after step {state.step}, so no checkpoint was "
+            f"written; lower learning_rate or use precision: fp32"
+        )
 
     def write(folder: Path) -> None:
         # tied weights (embed_tokens / lm_head) share storage; safetensors wants each stored once
@@ -106,15 +115,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainStat
         earlier = list_checkpoints(run_dir)
         kept = f"; the last complete checkpoint is {earlier[-1]}" if earlier else ""
         free = shutil.disk_usage(target.parent).free
-        raise TuneforgeError(f"no space left on the disk of {target.parent} ({free / 2**20:.1f} MiB free) while "
-                             f"writing checkpoint {target.name}; free some space or set save_total_limit, then "
-                             f"resume with resume_from: latest{kept}") from None
+        raise TuneforgeError(
+            f"no space left on the disk of {target.parent} ({free / 2**20:.1f} MiB free) while "
+            f"writing checkpoint {target.name}; free some space or set save_total_limit, then "
+            f"resume with resume_from: latest{kept}"
+        ) from None
     if keep:
         prune_checkpoints(run_dir, keep)
     return target
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def _is_disk_full(error: BaseException | None) -> bool:
     """ENOSPC/EDQUOT, also when torch or safetensors wrap it in their own error types."""
     while error is not None:
         if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -151,19 +162,25 @@ class DamagedCheckpointError(ConfigError):
 def _read(path: Path, name: str, loader):
     file = path / name
     if not file.is_file():
-        raise DamagedCheckpointError(f"checkpoint file {file} is missing; resume from another checkpoint of "
-                                     f"{path.parent} or start a new run without resume_from")
+        raise DamagedCheckpointError(
+            f"checkpoint file {file} is missing; resume from another checkpoint of "
+            f"{path.parent} or start a new run without resume_from"
+        )
     try:
         return loader(file)
     except Exception as error:
         import pickle
 
-        reason = ("it holds pickled Python objects, not only tensors, and loading them could run code"
-                  if isinstance(error, pickle.UnpicklingError) else
-                  (str(error).strip().splitlines() or [type(error).__name__])[0][:160])
-        raise DamagedCheckpointError(f"checkpoint file {file} cannot be read ({reason}); it is damaged or was not "
-                                     "written by tuneforge, so resume from another checkpoint or start a new "
-                                     "run") from None
+        reason = (
+            "it holds pickled Python objects, not only tensors, and loading them could run code"
+            if isinstance(error, pickle.UnpicklingError)
+            else (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        )
+        raise DamagedCheckpointError(
+            f"checkpoint file {file} cannot be read ({reason}); it is damaged or was not "
+            "written by tuneforge, so resume from another checkpoint or start a new "
+            "run"
+        ) from None
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -181,21 +198,28 @@ def read_checkpoint(path: Path) -> dict:
     def tensors(file: Path):
         return torch.load(file, weights_only=True)  # never arbitrary pickle (CVE-2025-32434)
 
-    files = {"state": _read(path, STATE_FILE, state),
-             "weights": _read(path, "trainable.safetensors", lambda f: load_file(str(f))),
-             "optimizer": _read(path, "optimizer.pt", tensors),
-             "scheduler": _read(path, "scheduler.pt", tensors),
-             "rng": _read(path, "rng.pt", tensors),
-             "config": _read(path, CONFIG_FILE, lambda f: json.loads(f.read_text()))
-             if (path / CONFIG_FILE).exists() else None}
+    files = {
+        "state": _read(path, STATE_FILE, state),
+        "weights": _read(path, "trainable.safetensors", lambda f: load_file(str(f))),
+        "optimizer": _read(path, "optimizer.pt", tensors),
+        "scheduler": _read(path, "scheduler.pt", tensors),
+        "rng": _read(path, "rng.pt", tensors),
+        "config": _read(path, CONFIG_FILE, lambda f: json.loads(f.read_text()))
+        if (path / CONFIG_FILE).exists()
+        else None,
+    }
     try:
         kind, keys, pos, has_gauss, cached = files["rng"]["numpy"]
         files["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-        if not (isinstance(files["rng"]["torch"], torch.Tensor) and files["rng"]["torch"].dtype == torch.uint8):
+        if not (
+            isinstance(files["rng"]["torch"], torch.Tensor) and files["rng"]["torch"].dtype == torch.uint8
+        ):
             raise TypeError("torch RNG state is not a byte tensor")
     except Exception:
-        raise DamagedCheckpointError(f"checkpoint file {path / 'rng.pt'} is not a tuneforge RNG state; resume "
-                                     "from another checkpoint or start a new run") from None
+        raise DamagedCheckpointError(
+            f"checkpoint file {path / 'rng.pt'} is not a tuneforge RNG state; resume "
+            "from another checkpoint or start a new run"
+        ) from None
     return files
 
 
@@ -214,8 +238,10 @@ def apply_checkpoint(path: Path, files: dict, model, optimizer, scheduler) -> Tr
         optimizer.load_state_dict(files["optimizer"])
         scheduler.load_state_dict(files["scheduler"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"checkpoint {path}'s optimizer state does not fit this run's optimizer ({error}); "
-                          "resume with the optimizer settings it was saved with") from None
+        raise ConfigError(
+            f"checkpoint {path}'s optimizer state does not fit this run's optimizer ({error}); "
+            "resume with the optimizer settings it was saved with"
+        ) from None
     restore_rng_state(files["rng"])
     return files["state"]
 
@@ -228,8 +254,17 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
 def run_identity(config, data) -> dict:
     """What a checkpoint must match to be resumed: model, method, rank and the data's fingerprint."""
     cache_dir = getattr(data, "cache_dir", None)  # the prepared-data cache is keyed by the data's fingerprint
-    fingerprint = cache_dir.name if cache_dir else f"{len(data.train)} examples, {data.counts.get('train_tokens')} tokens"
-    return {"model": config.model, "method": config.method, "rank": config.rank, "data_fingerprint": fingerprint}
+    fingerprint = (
+        cache_dir.name
+        if cache_dir
+        else f"{len(data.train)} examples, {data.counts.get('train_tokens')} tokens"
+    )
+    return {
+        "model": config.model,
+        "method": config.method,
+        "rank": config.rank,
+        "data_fingerprint": fingerprint,
+    }
 
 
 def check_identity(checkpoint: Path, current: dict) -> None:
@@ -237,18 +272,38 @@ def check_identity(checkpoint: Path, current: dict) -> None:
     saved = json.loads((checkpoint / STATE_FILE).read_text()).get("identity", {})
     for key, value in current.items():
         if key != "data_fingerprint" and saved.get(key) != value:
-            raise ConfigError(f"cannot resume from {checkpoint}: it was trained with {key} {saved.get(key)!r} but "
-                              f"this run has {value!r}; use the same {key} or start a new run without resume_from")
+            raise ConfigError(
+                f"cannot resume from {checkpoint}: it was trained with {key} {saved.get(key)!r} but "
+                f"this run has {value!r}; use the same {key} or start a new run without resume_from"
+            )
 
 
 # Settings a resumed run may change: they decide when to stop, log or save, and how a step is split, but not
 # which examples each step trains on nor how the optimizer moves. Every other change refuses to resume.
 NOT_COMPARED = {"output_dir", "resume_from", "allow_resume_mismatch", "copy_parameters_from"}  # per run
-RESUMABLE_CHANGES = {"data",
-                     "max_steps", "epochs", "micro_batch_size", "gradient_checkpointing", "compile", "lean_layers",
-                     "early_stopping_patience", "stop_at_loss", "save_steps", "save_total_limit", "logging_steps",
-                     "eval_steps", "report_to", "num_threads", "sample_prompts", "compare_at_save", "device",
-                     "num_proc", "save_removed", "trust_remote_code"}
+RESUMABLE_CHANGES = {
+    "data",
+    "max_steps",
+    "epochs",
+    "micro_batch_size",
+    "gradient_checkpointing",
+    "compile",
+    "lean_layers",
+    "early_stopping_patience",
+    "stop_at_loss",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "eval_steps",
+    "report_to",
+    "num_threads",
+    "sample_prompts",
+    "compare_at_save",
+    "device",
+    "num_proc",
+    "save_removed",
+    "trust_remote_code",
+}
 
 
 def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, object, object, bool]]:
@@ -256,8 +311,9 @@ def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, o
     differences = []
     saved_fingerprint = files["state"].identity.get("data_fingerprint")
     if saved_fingerprint != identity.get("data_fingerprint"):
-        differences.append(("data (its content or preparation)", saved_fingerprint,
-                            identity.get("data_fingerprint"), True))
+        differences.append(
+            ("data (its content or preparation)", saved_fingerprint, identity.get("data_fingerprint"), True)
+        )
     saved = files.get("config") or {}
     current = json.loads(json.dumps(config.to_dict(), default=str))
     for key in sorted(set(saved) & set(current) - NOT_COMPARED):
@@ -275,9 +331,11 @@ def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, l
     listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new, _ in differences)
     refusing = [key for key, _, _, refuses in differences if refuses]
     if refusing and not config.allow_resume_mismatch:
-        raise ConfigError(f"cannot resume from {checkpoint}: changed since it was saved: {listed}; "
-                          f"{', '.join(refusing)} change the data order or the optimizer, so put them back, "
-                          "or pass --allow_resume_mismatch true to resume anyway")
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: changed since it was saved: {listed}; "
+            f"{', '.join(refusing)} change the data order or the optimizer, so put them back, "
+            "or pass --allow_resume_mismatch true to resume anyway"
+        )
     log(f"resuming from {checkpoint} with changed settings: {listed}")
 
 
@@ -298,14 +356,18 @@ def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
     if resume_from == "latest":
         checkpoints = list_checkpoints(run_dir)
         if not checkpoints:
-            raise ConfigError(f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "
-                              "set save_steps so the run writes some, or start without resume_from")
+            raise ConfigError(
+                f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "
+                "set save_steps so the run writes some, or start without resume_from"
+            )
         return checkpoints[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"resume_from '{resume_from}' is not a complete checkpoint folder ({path / STATE_FILE} "
-                          "is missing); "
-                          f"use 'latest' or a folder like {run_dir}/checkpoints/step-100")
+        raise ConfigError(
+            f"resume_from '{resume_from}' is not a complete checkpoint folder ({path / STATE_FILE} "
+            "is missing); "
+            f"use 'latest' or a folder like {run_dir}/checkpoints/step-100"
+        )
     return path
 
 
@@ -324,14 +386,19 @@ def open_resume_checkpoint(run_dir: Path, resume_from: str, log) -> tuple[Path, 
                 raise DamagedCheckpointError(f"checkpoint file {path / STATE_FILE} is missing")
             return path, read_checkpoint(path)
         except DamagedCheckpointError as error:
-            aside = path.with_name(f"{path.name}.damaged")  # kept for a look, never picked or skipped over again
+            aside = path.with_name(
+                f"{path.name}.damaged"
+            )  # kept for a look, never picked or skipped over again
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
-            log(f"skipping checkpoint {path.name} (moved to {aside.name}): {error}; falling back to the "
-                "checkpoint before it")
+            log(
+                f"skipping checkpoint {path.name} (moved to {aside.name}): {error}; falling back to the "
+                "checkpoint before it"
+            )
     find_checkpoint(run_dir, "latest")  # raises: no complete checkpoint
-    raise DamagedCheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; start a new run "
-                                 "without resume_from")
+    raise DamagedCheckpointError(
+        f"every checkpoint in {run_dir / 'checkpoints'} is damaged; start a new run without resume_from"
+    )
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-GIB = 1024 ** 3
+GIB = 1024**3
 RUNTIME_BYTES = {"cpu": int(0.55 * GIB), "cuda": int(0.5 * GIB)}  # torch+transformers loaded / CUDA context
 NF4_BYTES = 0.5 + 4 / 64  # 4 bits a weight and an fp32 absmax per 64-weight block
 # Sharding strategies: which parts are split over the processes, and which leave the device (offload).
@@ -64,14 +64,16 @@ class Estimate:
 
     def describe(self) -> str:
         gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
-        lines = [f"parameters: {self.parameters:,}, trainable: {self.trainable_parameters:,} "
-                 f"({100 * self.trainable_parameters / max(self.parameters, 1):.2f}%)",
-                 f"memory per process: {gib(self.total)} = weights {gib(self.weights)} + gradients "
-                 f"{gib(self.gradients)} + optimizer states {gib(self.optimizer)} + activations "
-                 f"{gib(self.activations)} + runtime {gib(self.runtime)}"
-                 + (f" ({gib(self.offloaded)} offloaded to CPU RAM)" if self.offloaded else "")
-                 + (f"; sharding {self.sharding} over {self.world_size} processes" if self.world_size > 1 else ""),
-                 f"tokens per step: up to {self.tokens_per_step:,}"]
+        lines = [
+            f"parameters: {self.parameters:,}, trainable: {self.trainable_parameters:,} "
+            f"({100 * self.trainable_parameters / max(self.parameters, 1):.2f}%)",
+            f"memory per process: {gib(self.total)} = weights {gib(self.weights)} + gradients "
+            f"{gib(self.gradients)} + optimizer states {gib(self.optimizer)} + activations "
+            f"{gib(self.activations)} + runtime {gib(self.runtime)}"
+            + (f" ({gib(self.offloaded)} offloaded to CPU RAM)" if self.offloaded else "")
+            + (f"; sharding {self.sharding} over {self.world_size} processes" if self.world_size > 1 else ""),
+            f"tokens per step: up to {self.tokens_per_step:,}",
+        ]
         if self.seconds_per_step is not None:
             epoch = f", {self.seconds_per_epoch / 60:.1f} min per epoch" if self.seconds_per_epoch else ""
             lines.append(f"time (measured): {self.seconds_per_step:.2f} s per step{epoch}")
@@ -82,8 +84,17 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate_run(config, model=None, *, world_size: int = 1, sharding: str = "none", device: str | None = None,
-                 measure: bool = False, n_examples: int | None = None, measure_steps: int = 2) -> Estimate:
+def estimate_run(
+    config,
+    model=None,
+    *,
+    world_size: int = 1,
+    sharding: str = "none",
+    device: str | None = None,
+    measure: bool = False,
+    n_examples: int | None = None,
+    measure_steps: int = 2,
+) -> Estimate:
     """The estimate for `config`; `model` (prepared for its method) is read if given, else built on the meta
     device from config.model (nothing is downloaded beyond its config). `measure` needs `model`."""
     from tuneforge.hardware import pick_device
@@ -91,7 +102,9 @@ def estimate_run(config, model=None, *, world_size: int = 1, sharding: str = "no
     if sharding not in SHARDING:
         from tuneforge.errors import ConfigError
 
-        raise ConfigError(f"sharding {sharding!r} is not one tuneforge knows; use one of {', '.join(SHARDING)}")
+        raise ConfigError(
+            f"sharding {sharding!r} is not one tuneforge knows; use one of {', '.join(SHARDING)}"
+        )
     device = pick_device(device or getattr(config, "device", "auto") or "auto")
     precision = _precision(config, device)
     micro = 1 if config.auto_micro_batch else config.micro_batch_size
@@ -104,15 +117,20 @@ def estimate_run(config, model=None, *, world_size: int = 1, sharding: str = "no
             from tuneforge.errors import ConfigError
 
             raise ConfigError("estimate measure=True needs the loaded model; pass model=")
-        estimate.seconds_per_step = _measure_step(model, micro, seq_len, config, world_size, measure_steps, precision)
+        estimate.seconds_per_step = _measure_step(
+            model, micro, seq_len, config, world_size, measure_steps, precision
+        )
         if n_examples:
-            estimate.seconds_per_epoch = estimate.seconds_per_step * math.ceil(n_examples / config.examples_per_step)
+            estimate.seconds_per_epoch = estimate.seconds_per_step * math.ceil(
+                n_examples / config.examples_per_step
+            )
     from tuneforge.train.memory import free_memory
 
     estimate.free = free_memory(device)
     if not estimate.fits:
-        estimate.suggestions = _suggestions(counted, config, precision, micro, seq_len, world_size, sharding,
-                                            device, estimate.free)
+        estimate.suggestions = _suggestions(
+            counted, config, precision, micro, seq_len, world_size, sharding, device, estimate.free
+        )
     return estimate
 
 
@@ -129,8 +147,9 @@ def _meta_model(config):
 
     from tuneforge.models.loading import resolve
 
-    model_config = AutoConfig.from_pretrained(resolve(config.model).path,
-                                              trust_remote_code=getattr(config, "trust_remote_code", False))
+    model_config = AutoConfig.from_pretrained(
+        resolve(config.model).path, trust_remote_code=getattr(config, "trust_remote_code", False)
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     if config.method in ("lora", "qlora"):
@@ -191,10 +210,18 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
     for part in offload:
         offloaded += parts[part]
         parts[part] = 0.0
-    return Estimate(parameters=total, trainable_parameters=trainable, weights=int(parts["weights"]),
-                    gradients=int(parts["gradients"]), optimizer=int(parts["optimizer"]),
-                    activations=int(per_token * seq_len * micro + head), runtime=RUNTIME_BYTES.get(device, 0),
-                    offloaded=int(offloaded), world_size=world_size, sharding=sharding)
+    return Estimate(
+        parameters=total,
+        trainable_parameters=trainable,
+        weights=int(parts["weights"]),
+        gradients=int(parts["gradients"]),
+        optimizer=int(parts["optimizer"]),
+        activations=int(per_token * seq_len * micro + head),
+        runtime=RUNTIME_BYTES.get(device, 0),
+        offloaded=int(offloaded),
+        world_size=world_size,
+        sharding=sharding,
+    )
 
 
 def _numel(param) -> int:
@@ -222,17 +249,32 @@ def _suggestions(model, config, precision, micro, seq_len, world_size, sharding,
     if config.method != "qlora":
         tries.append(("method: qlora (a 4-bit base)", config.replace(method="qlora"), sharding))
     if world_size > 1 and sharding != "fsdp_offload":
-        tries.append(("FSDP with CPU offload (examples/distributed/fsdp_offload.yaml)", config, "fsdp_offload"))
+        tries.append(
+            ("FSDP with CPU offload (examples/distributed/fsdp_offload.yaml)", config, "fsdp_offload")
+        )
     found = []
     for words, changed, strategy in tries:
         counted = model if changed.method == config.method else _meta_model(changed)
-        if _arithmetic(counted, changed, precision, 1 if changed.auto_micro_batch else changed.micro_batch_size,
-                       seq_len, world_size, strategy, device).total <= free:
+        if (
+            _arithmetic(
+                counted,
+                changed,
+                precision,
+                1 if changed.auto_micro_batch else changed.micro_batch_size,
+                seq_len,
+                world_size,
+                strategy,
+                device,
+            ).total
+            <= free
+        ):
             found.append(words)
             if len(found) == 2:
                 break
-    return found or [f"none of micro batch 1, gradient checkpointing, QLoRA fits in {free / GIB:.1f} GiB: use a "
-                     "smaller model or shard it over more GPUs"]
+    return found or [
+        f"none of micro batch 1, gradient checkpointing, QLoRA fits in {free / GIB:.1f} GiB: use a "
+        "smaller model or shard it over more GPUs"
+    ]
 
 
 def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import types
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, cast
 
 _SILU_MUL: Any = None  # autograd Functions, built on first use (torch is imported lazily)
 _DROPOUT_LINEAR: Any = None
@@ -92,7 +92,7 @@ def _dropout_linear_class():
                 if mask is not None:  # exactly as native_dropout computed it in the forward pass
                     dropped = dropped.mul(mask).mul_(scale)
                 dropped = dropped.to(ctx.dtype)
-                grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1]))
+                grad_weight = grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
                 grad_weight = grad_weight.to(weight.dtype)
             return grad_x, grad_weight, None, None
 
@@ -116,7 +116,8 @@ def swiglu_mlps(model) -> list:
     found = []
     for module in model.modules():
         if not type(module).__name__.endswith("MLP") or not all(
-                hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")
+        ):
             continue
         if isinstance(module.act_fn, torch.nn.SiLU) or type(module.act_fn).__name__ == "SiLUActivation":
             found.append(module)
@@ -179,9 +180,13 @@ def _plus_lora_update(self, adapter: str, x, result):
 
 def lora_linear_layers(model) -> list:
     """PEFT's LoRA layers over linear (incl. bitsandbytes-quantized) layers in `model`."""
-    return [module for module in model.modules()
-            if type(module).__module__.startswith("peft.tuners.lora")
-            and type(module).__name__ in ("Linear", "Linear8bitLt", "Linear4bit") and hasattr(module, "lora_A")]
+    return [
+        module
+        for module in model.modules()
+        if type(module).__module__.startswith("peft.tuners.lora")
+        and type(module).__name__ in ("Linear", "Linear8bitLt", "Linear4bit")
+        and hasattr(module, "lora_A")
+    ]
 
 
 def lean_lora(model):
@@ -223,13 +228,18 @@ class _ProjectionGroup:
 
         self.members, self.bases = members, bases
         self.sizes = [base.out_features for base in bases]
-        self.weight = torch.cat([base.weight.detach() for base in bases])
-        self.bias = torch.cat([base.bias.detach() for base in bases]) if bases[0].bias is not None else None
+        # Any: both are None after release()
+        self.weight: Any = torch.cat([base.weight.detach() for base in bases])
+        self.bias: Any = (
+            torch.cat([base.bias.detach() for base in bases]) if bases[0].bias is not None else None
+        )
         start = 0
-        for base, size in zip(bases, self.sizes, strict=True):  # the same memory, no second copy of the weights
-            base.weight.data = self.weight[start:start + size]
+        for base, size in zip(
+            bases, self.sizes, strict=True
+        ):  # the same memory, no second copy of the weights
+            base.weight.data = self.weight[start : start + size]
             if self.bias is not None:
-                base.bias.data = self.bias[start:start + size]
+                base.bias.data = self.bias[start : start + size]
             start += size
         self.pointers = [base.weight.data_ptr() for base in bases]
         self.input: Any = None
@@ -237,10 +247,12 @@ class _ProjectionGroup:
 
     def intact(self) -> bool:
         """Weights still the slices (nothing reassigned them, e.g. a safe merge), every LoRA sibling plain."""
-        return all(base.weight.data_ptr() == pointer for base, pointer in zip(self.bases, self.pointers,
-                                                                             strict=True)) and \
-            all(member is base or _plain_lora_adapter(member) is not None
-                for member, base in zip(self.members, self.bases, strict=True))
+        return all(
+            base.weight.data_ptr() == pointer for base, pointer in zip(self.bases, self.pointers, strict=True)
+        ) and all(
+            member is base or _plain_lora_adapter(member) is not None
+            for member, base in zip(self.members, self.bases, strict=True)
+        )
 
     def take(self, index: int, x):
         """The base projection `index` of x, from the one matmul over all siblings."""
@@ -270,17 +282,21 @@ def projection_groups(model) -> list[tuple[list, list]]:
     groups = []
     for module in model.modules():
         for names in PROJECTION_GROUPS:
-            members = [getattr(module, name, None) for name in names]
+            members: list = [getattr(module, name, None) for name in names]
             if any(member is None for member in members):
                 continue
-            bases = [member.base_layer if id(member) in lora_layers else member for member in members]
+            bases: list = [member.base_layer if id(member) in lora_layers else member for member in members]
             bases = [base if _is_frozen_linear(base) else None for base in bases]
             if any(base is None for base in bases):
                 continue
             first = bases[0].weight
-            if all(base.in_features == bases[0].in_features and base.weight.dtype == first.dtype
-                   and base.weight.device == first.device and (base.bias is None) == (bases[0].bias is None)
-                   for base in bases):
+            if all(
+                base.in_features == bases[0].in_features
+                and base.weight.dtype == first.dtype
+                and base.weight.device == first.device
+                and (base.bias is None) == (bases[0].bias is None)
+                for base in bases
+            ):
                 groups.append((members, bases))
     return groups
 
@@ -288,19 +304,25 @@ def projection_groups(model) -> list[tuple[list, list]]:
 def _is_frozen_linear(layer) -> bool:
     import torch
 
-    return type(layer) is torch.nn.Linear and not layer.weight.requires_grad and \
-        (layer.bias is None or not layer.bias.requires_grad)
+    return (
+        type(layer) is torch.nn.Linear
+        and not layer.weight.requires_grad
+        and (layer.bias is None or not layer.bias.requires_grad)
+    )
 
 
 def _fused_member_forward(self, x, *args, group: _ProjectionGroup, index: int, previous, **kwargs):
     import torch
 
     if args or kwargs or torch.compiler.is_compiling() or not group.intact():
-        return previous(x, *args, **kwargs)  # the forward this one replaced (lean LoRA's, PEFT's or nn.Linear's)
+        return previous(
+            x, *args, **kwargs
+        )  # the forward this one replaced (lean LoRA's, PEFT's or nn.Linear's)
     result = group.take(index, x)
     if self is group.bases[index]:
         return result
-    return _plus_lora_update(self, _plain_lora_adapter(self), x, result)
+    # group.intact() above: every LoRA sibling has a plain adapter, so this is not None
+    return _plus_lora_update(self, cast(str, _plain_lora_adapter(self)), x, result)
 
 
 @contextmanager
@@ -317,8 +339,13 @@ def fused_projections(model):
             groups.append(group)
             for index, member in enumerate(members):
                 previous_own = vars(member).get("forward")
-                member.forward = functools.partial(_fused_member_forward, member, group=group, index=index,
-                                                   previous=previous_own or member.forward)
+                member.forward = functools.partial(
+                    _fused_member_forward,
+                    member,
+                    group=group,
+                    index=index,
+                    previous=previous_own or member.forward,
+                )
                 swapped.append((member, previous_own))
         yield len(groups)
     finally:
@@ -342,7 +369,9 @@ def compile_decoder_layers(model) -> int:
     from tuneforge.train.loss import _causal_lm
 
     decoder = _causal_lm(model).base_model
-    blocks: Any = max((m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+    blocks: Any = max(
+        (m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[]
+    )
     for block in blocks:
         block.compile()
     return len(blocks)

@@ -32,15 +32,22 @@ class Launch:
     def shortfall(self) -> str | None:
         """A warning when fewer processes came up than were asked for, else None."""
         if self.engine and self.engine_asked and self.engine != self.engine_asked:
-            return (f"asked Accelerate for {self.engine_asked} but it ran {self.engine} (Accelerate shards only "
-                    "on accelerators; on CPU processes it falls back to plain data parallel)")
+            return (
+                f"asked Accelerate for {self.engine_asked} but it ran {self.engine} (Accelerate shards only "
+                "on accelerators; on CPU processes it falls back to plain data parallel)"
+            )
         if self.asked is None or self.asked <= self.world_size:
             return None
-        why = (" (accelerate launch without GPUs starts one process unless mpirun is set up; use torchrun "
-               f"--nproc_per_node {self.asked} -m tuneforge train ... instead)"
-               if self.launcher == "accelerate launch" else "")
-        return (f"asked for {self.asked} processes but {self.world_size} came up{why}; the run trains on "
-                f"{self.world_size}, with the same batch, so each step takes longer")
+        why = (
+            " (accelerate launch without GPUs starts one process unless mpirun is set up; use torchrun "
+            f"--nproc_per_node {self.asked} -m tuneforge train ... instead)"
+            if self.launcher == "accelerate launch"
+            else ""
+        )
+        return (
+            f"asked for {self.asked} processes but {self.world_size} came up{why}; the run trains on "
+            f"{self.world_size}, with the same batch, so each step takes longer"
+        )
 
     def describe(self) -> str:
         asked = f", asked for {self.asked}" if self.asked not in (None, self.world_size) else ""
@@ -76,7 +83,9 @@ def launch_in_config(config_path) -> Launch | None:
     return None
 
 
-def detect_launch(world_size: int, environ: dict | None = None, launcher_command: list[str] | None = None) -> Launch:
+def detect_launch(
+    world_size: int, environ: dict | None = None, launcher_command: list[str] | None = None
+) -> Launch:
     """The launch of this process; `launcher_command` defaults to the parent process's command line."""
     env = os.environ if environ is None else environ
     if launcher_command is None:
@@ -85,14 +94,22 @@ def detect_launch(world_size: int, environ: dict | None = None, launcher_command
     asked = _int(env.get(ASKED_ENV)) or _asked_on_command_line(launcher, launcher_command)
     if asked is None and launcher in ("torchrun", "accelerate launch"):
         asked = _int(env.get("WORLD_SIZE"))
-    engine_asked = next((name for name in ("FSDP", "DEEPSPEED")
-                         if env.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"), "")
+    engine_asked = next(
+        (
+            name
+            for name in ("FSDP", "DEEPSPEED")
+            if env.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
+        ),
+        "",
+    )
     return Launch(world_size=world_size, asked=asked, launcher=launcher, engine_asked=engine_asked)
 
 
 def _launcher_name(env, command: list[str]) -> str:
     words = " ".join(os.path.basename(part) for part in command[:3])
-    if "accelerate" in words or "ACCELERATE_MIXED_PRECISION" in env:  # its multi-GPU path runs torchrun inside
+    if (
+        "accelerate" in words or "ACCELERATE_MIXED_PRECISION" in env
+    ):  # its multi-GPU path runs torchrun inside
         return "accelerate launch"
     if "TORCHELASTIC_RUN_ID" in env or "torchrun" in words or "torch.distributed.run" in words:
         return "torchrun"
@@ -119,8 +136,14 @@ def _asked_on_command_line(launcher: str, command: list[str]) -> int | None:
 def _flag_text(command: list[str], name: str) -> str | None:
     """The value of --name / --name=V (hyphens or underscores) before the training script's own arguments."""
     spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
-    start = next((i + 1 for i, part in enumerate(command[:3])
-                  if any(word in part for word in ("accelerate", "torchrun", "torch.distributed.run"))), 0)
+    start = next(
+        (
+            i + 1
+            for i, part in enumerate(command[:3])
+            if any(word in part for word in ("accelerate", "torchrun", "torch.distributed.run"))
+        ),
+        0,
+    )
     for i, part in enumerate(command[start:], start):
         if part in ("-m", "--module") or part.endswith(".py"):
             break  # from here on: the training script and its own arguments

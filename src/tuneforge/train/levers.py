@@ -16,7 +16,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
-PACK_WORK_RATIO = 2 / 3  # pack when packed micro batches hold at most this share of the unpacked padded tokens
+PACK_WORK_RATIO = (
+    2 / 3
+)  # pack when packed micro batches hold at most this share of the unpacked padded tokens
 MIN_EXAMPLES_TO_PACK = 8
 # eager step time / compiled step time, and seconds to compile the blocks once, by device (measured/typical)
 COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.0}
@@ -26,8 +28,10 @@ COMPILE_MARGIN = 2.0  # the saving must be this many times the compile time: est
 
 def padded_tokens(lengths: Sequence[int], micro_batch_size: int) -> int:
     """Tokens computed for `lengths` in micro batches of `micro_batch_size`, each padded to its longest."""
-    return sum(max(lengths[i:i + micro_batch_size]) * len(lengths[i:i + micro_batch_size])
-               for i in range(0, len(lengths), micro_batch_size))
+    return sum(
+        max(lengths[i : i + micro_batch_size]) * len(lengths[i : i + micro_batch_size])
+        for i in range(0, len(lengths), micro_batch_size)
+    )
 
 
 def packed_lengths(lengths: Sequence[int], cutoff_len: int) -> list[int]:
@@ -53,15 +57,24 @@ def should_pack(lengths: Sequence[int], cutoff_len: int, micro_batch_size: int =
     ratio = packed / unpacked
     mean = sum(lengths) / len(lengths)
     if ratio > PACK_WORK_RATIO:
-        return False, (f"not packed: examples average {mean:.0f} of {cutoff_len} tokens, packing would compute "
-                       f"{ratio:.0%} of the padded tokens")
-    return True, (f"packed: examples average {mean:.0f} of {cutoff_len} tokens, so blocks of {cutoff_len} "
-                  f"compute {ratio:.0%} of the tokens padded micro batches would (set packing: false to keep "
-                  f"one example per row)")
+        return False, (
+            f"not packed: examples average {mean:.0f} of {cutoff_len} tokens, packing would compute "
+            f"{ratio:.0%} of the padded tokens"
+        )
+    return True, (
+        f"packed: examples average {mean:.0f} of {cutoff_len} tokens, so blocks of {cutoff_len} "
+        f"compute {ratio:.0%} of the tokens padded micro batches would (set packing: false to keep "
+        f"one example per row)"
+    )
 
 
-def should_compile(total_steps: int, device: str, seconds_per_step: float | None = None,
-                   speedup: float | None = None, compile_seconds: float | None = None) -> tuple[bool, str]:
+def should_compile(
+    total_steps: int,
+    device: str,
+    seconds_per_step: float | None = None,
+    speedup: float | None = None,
+    compile_seconds: float | None = None,
+) -> tuple[bool, str]:
     """Whether torch.compile of the transformer blocks repays its compile time over `total_steps`, and why.
 
     `seconds_per_step` is the eager step time when known (e.g. measured over the first steps); `speedup` and
@@ -80,7 +93,11 @@ def should_compile(total_steps: int, device: str, seconds_per_step: float | None
         seconds_per_step = 0.5
     saved = total_steps * seconds_per_step * (1 - 1 / speedup)
     if saved < COMPILE_MARGIN * compile_seconds:
-        return False, (f"not compiled: {total_steps} steps would save ~{saved:.0f} s, less than "
-                       f"{COMPILE_MARGIN:.0f}x the ~{compile_seconds:.0f} s compile")
-    return True, (f"compiled: {total_steps} steps of ~{seconds_per_step:.2f} s save ~{saved:.0f} s against a "
-                  f"~{compile_seconds:.0f} s compile (set compile: false to skip)")
+        return False, (
+            f"not compiled: {total_steps} steps would save ~{saved:.0f} s, less than "
+            f"{COMPILE_MARGIN:.0f}x the ~{compile_seconds:.0f} s compile"
+        )
+    return True, (
+        f"compiled: {total_steps} steps of ~{seconds_per_step:.2f} s save ~{saved:.0f} s against a "
+        f"~{compile_seconds:.0f} s compile (set compile: false to skip)"
+    )

@@ -42,8 +42,17 @@ from tuneforge.train.state import TrainResult, TrainState
 from tuneforge.train.step import accumulate_gradients, graceful_interrupts, signals_wait_for_save
 
 
-def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision: str = "fp32",
-          device: str = "cpu", show_progress: bool = True, on_checkpoint=None):
+def train(
+    model,
+    tokenizer,
+    data: PreparedData,
+    config,
+    run_dir: Path,
+    precision: str = "fp32",
+    device: str = "cpu",
+    show_progress: bool = True,
+    on_checkpoint=None,
+):
     """Train `model` (already prepared for its method) on `data.train`; returns (model, TrainResult).
 
     `on_checkpoint(model, step)` runs after each checkpoint is written (e.g. the before/after gallery); it may
@@ -57,8 +66,13 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     accelerator = _accelerator(precision, device, config, run_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data_seed = config.data_seed if config.data_seed is not None else config.seed
-    order = StepOrder(len(data.train), config.examples_per_step, data_seed, rank=accelerator.process_index,
-                      world_size=accelerator.num_processes)
+    order = StepOrder(
+        len(data.train),
+        config.examples_per_step,
+        data_seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
     steps_per_epoch = order.steps_per_epoch()
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
 
@@ -94,23 +108,53 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     elif config.auto_micro_batch:
         longest = max(len(e["input_ids"]) for e in data.train)
         per_process = min(config.examples_per_step, -(-len(data.train) // accelerator.num_processes))
-        state.micro_batch_size, why = auto_micro_batch_size(bare_model, per_process, longest, precision,
-                                                            accelerator.device)
+        state.micro_batch_size, why = auto_micro_batch_size(
+            bare_model, per_process, longest, precision, accelerator.device
+        )
         progress.message(why)
 
     stop: dict = {}  # graceful_interrupts puts the signal's name here
-    checkpoint = partial(save_run_checkpoint, run_dir, accelerator, model, optimizer, scheduler,
-                         config.save_total_limit, on_checkpoint, config=config, stop=stop)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", accelerator, progress, config, steps_per_epoch, total_steps,
-                         fresh=not config.resume_from, resumed_at=state.step)
+    checkpoint = partial(
+        save_run_checkpoint,
+        run_dir,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        config.save_total_limit,
+        on_checkpoint,
+        config=config,
+        stop=stop,
+    )
+    metrics = MetricsLog(
+        run_dir / "metrics.jsonl",
+        accelerator,
+        progress,
+        config,
+        steps_per_epoch,
+        total_steps,
+        fresh=not config.resume_from,
+        resumed_at=state.step,
+    )
     with graceful_interrupts(stop), lean, closing(metrics):
         for step in range(state.step + 1, total_steps + 1):
             examples = [data.train[i] for i in order.step(step)]
-            done = accumulate_gradients(model, examples, state.micro_batch_size, accelerator=accelerator,
-                                        optimizer=optimizer, pad_token_id=pad_id, direct_head=direct_head, stop=stop,
-                                        step=step, log=progress.message)
+            done = accumulate_gradients(
+                model,
+                examples,
+                state.micro_batch_size,
+                accelerator=accelerator,
+                optimizer=optimizer,
+                pad_token_id=pad_id,
+                direct_head=direct_head,
+                stop=stop,
+                step=step,
+                log=progress.message,
+            )
             state.micro_batch_size = done.micro_batch_size
-            if done.loss is None:  # abandoned: the checkpoint is of the step before, which a resume replays from
+            if (
+                done.loss is None
+            ):  # abandoned: the checkpoint is of the step before, which a resume replays from
                 result.stopped_because = f"interrupted by {stop['signal']} during step {step}"
                 checkpoint(state)
                 break
@@ -123,11 +167,22 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
             state.record_step(done.loss, done.tokens)
 
             validation_loss = None
-            if data.validation and ((config.eval_steps and step % config.eval_steps == 0) or step == total_steps):
-                validation_loss = evaluate_loss(model, data.validation, state.micro_batch_size, pad_id,
-                                                accelerator.device, accelerator.autocast, direct=direct_head)
+            if data.validation and (
+                (config.eval_steps and step % config.eval_steps == 0) or step == total_steps
+            ):
+                validation_loss = evaluate_loss(
+                    model,
+                    data.validation,
+                    state.micro_batch_size,
+                    pad_id,
+                    accelerator.device,
+                    accelerator.autocast,
+                    direct=direct_head,
+                )
                 state.record_validation(validation_loss)
-            metrics.record(step, done.loss, done.tokens, scheduler.get_last_lr()[0], grad_norm, validation_loss)
+            metrics.record(
+                step, done.loss, done.tokens, scheduler.get_last_lr()[0], grad_norm, validation_loss
+            )
             if config.save_steps and (step % config.save_steps == 0 or step == total_steps):
                 checkpoint(state)
             reason = _reason_to_stop(state, config, accelerator, stop)
@@ -147,8 +202,18 @@ def train(model, tokenizer, data: PreparedData, config, run_dir: Path, precision
     return model, result
 
 
-def save_run_checkpoint(run_dir: Path, accelerator, model, optimizer, scheduler, keep: int | None,
-                        on_checkpoint, state: TrainState, config=None, stop: dict | None = None) -> Path | None:
+def save_run_checkpoint(
+    run_dir: Path,
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    keep: int | None,
+    on_checkpoint,
+    state: TrainState,
+    config=None,
+    stop: dict | None = None,
+) -> Path | None:
     """Checkpoint `state` once per step, on the main process; then `on_checkpoint`, leaving the RNG untouched.
 
     A second Ctrl-C/SIGTERM during the save waits for it to complete (then stops), so the checkpoint of the last
@@ -156,7 +221,9 @@ def save_run_checkpoint(run_dir: Path, accelerator, model, optimizer, scheduler,
     """
     import torch
 
-    if not accelerator.is_main_process or any(p.name == f"step-{state.step}" for p in list_checkpoints(run_dir)):
+    if not accelerator.is_main_process or any(
+        p.name == f"step-{state.step}" for p in list_checkpoints(run_dir)
+    ):
         return None
     bare_model = accelerator.unwrap_model(model)
     with signals_wait_for_save(stop if stop is not None else {}):
@@ -171,17 +238,26 @@ def save_run_checkpoint(run_dir: Path, accelerator, model, optimizer, scheduler,
 def _check_loss(loss: float, grad_norm, step: int, config, run_dir: Path) -> None:
     """Stop before a non-finite loss or gradient norm (None: not checked) is applied to the weights."""
     grad_norm = None if grad_norm is None else float(grad_norm)
-    bad = (f"the loss became {loss}" if not math.isfinite(loss) else
-           f"the gradient norm became {grad_norm} (loss {loss:.4f})"
-           if grad_norm is not None and not math.isfinite(grad_norm) else None)
+    bad = (
+        f"the loss became {loss}"
+        if not math.isfinite(loss)
+        else f"the gradient norm became {grad_norm} (loss {loss:.4f})"
+        if grad_norm is not None and not math.isfinite(grad_norm)
+        else None
+    )
     if bad:
         last = list_checkpoints(run_dir)
         kept = f"; the last good checkpoint is {last[-1]}" if last else ""
-        raise TuneforgeError(f"{bad} at step {step}, so the run stopped before updating the weights; it diverged "
-                             f"— lower learning_rate (now {config.learning_rate}) or use precision: fp32{kept}")
+        raise TuneforgeError(
+            f"{bad} at step {step}, so the run stopped before updating the weights; it diverged "
+            f"— lower learning_rate (now {config.learning_rate}) or use precision: fp32{kept}"
+        )
     if loss == 0.0:
-        warnings.warn(f"training loss is exactly 0 at step {step}: something is broken (e.g. every "
-                      "label masked, or a corrupted model)", stacklevel=3)
+        warnings.warn(
+            f"training loss is exactly 0 at step {step}: something is broken (e.g. every "
+            "label masked, or a corrupted model)",
+            stacklevel=3,
+        )
 
 
 def _reason_to_stop(state: TrainState, config, accelerator, stop: dict) -> str | None:
@@ -191,8 +267,10 @@ def _reason_to_stop(state: TrainState, config, accelerator, stop: dict) -> str |
         return f"loss {loss:.4f} reached stop_at_loss {config.stop_at_loss}"
     patience = config.early_stopping_patience
     if patience and state.evaluations_without_improvement >= patience:
-        return (f"early stopping: validation loss has not improved for {patience} evaluations "
-                f"(best {state.best_validation:.4f})")
+        return (
+            f"early stopping: validation loss has not improved for {patience} evaluations "
+            f"(best {state.best_validation:.4f})"
+        )
     if _any_process(accelerator, bool(stop.get("signal"))):
         stop.setdefault("signal", "a signal on another process")
         return f"interrupted by {stop['signal']}"
@@ -212,11 +290,16 @@ def _accelerator(precision: str, device: str, config, run_dir: Path):
         if importlib.util.find_spec(tracker) is None:
             raise TuneforgeError(f"report_to {tracker} needs the {tracker} package: pip install {tracker}")
     mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu", log_with=config.report_to or None,
-                              project_dir=str(run_dir / "trackers"))
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=device == "cpu",
+        log_with=config.report_to or None,
+        project_dir=str(run_dir / "trackers"),
+    )
     if config.report_to:
-        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                           for k, v in config.to_dict().items()}
+        hyperparameters = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()
+        }
         accelerator.init_trackers(run_dir.name, config=hyperparameters)
     return accelerator
 

@@ -20,8 +20,21 @@ from tuneforge.data.batching import collate
 from tuneforge.data.tokenization import IGNORE_INDEX
 
 # Model types whose logits are exactly lm_head(last hidden state): no softcapping or logit scaling.
-PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neo", "gpt_neox", "phi", "phi3", "olmo",
-                     "olmo2", "smollm3", "starcoder2"}
+PLAIN_HEAD_MODELS = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gpt2",
+    "gpt_neo",
+    "gpt_neox",
+    "phi",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "starcoder2",
+}
 CHUNK_TOKENS = 256  # positions per head+loss chunk: (256 x 49152) fp32 logits = 50 MB at a time
 
 
@@ -64,7 +77,10 @@ def _causal_lm(model):
 
 def supports_direct_head(model) -> bool:
     base = _causal_lm(model)
-    return getattr(base.config, "model_type", None) in PLAIN_HEAD_MODELS and base.get_output_embeddings() is not None
+    return (
+        getattr(base.config, "model_type", None) in PLAIN_HEAD_MODELS
+        and base.get_output_embeddings() is not None
+    )
 
 
 def _head_loss(lm_head, hidden, targets):
@@ -104,7 +120,7 @@ def _linear_cross_entropy_class():
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
             grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
             for start in range(0, hidden.shape[0], chunk):
-                h, t = hidden[start:start + chunk], targets[start:start + chunk]
+                h, t = hidden[start : start + chunk], targets[start : start + chunk]
                 logits = torch.nn.functional.linear(h, weight, bias).float()
                 log_norm = torch.logsumexp(logits, dim=-1)
                 total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -115,7 +131,7 @@ def _linear_cross_entropy_class():
                 grad_logits[torch.arange(len(t), device=t.device), t] -= 1
                 grad_logits = grad_logits.to(h.dtype)
                 if need_hidden:
-                    grad_hidden[start:start + chunk] = grad_logits @ weight.to(h.dtype)
+                    grad_hidden[start : start + chunk] = grad_logits @ weight.to(h.dtype)
                 if need_weight:
                     grad_weight += (grad_logits.t() @ h).float()
                 if need_bias:
@@ -128,9 +144,13 @@ def _linear_cross_entropy_class():
         def backward(ctx, grad_output):
             grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
             scale = grad_output.to(torch.float32)
-            return (None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-                    None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
-                    None if grad_bias is None else (grad_bias * scale).to(ctx.weight_dtype), None, None)
+            return (
+                None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
+                None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
+                None if grad_bias is None else (grad_bias * scale).to(ctx.weight_dtype),
+                None,
+                None,
+            )
 
     return LinearCrossEntropy
 
@@ -170,8 +190,15 @@ def batch_loss_sum(model, batch, direct: bool = True):
     return total
 
 
-def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, device, autocast=nullcontext,
-                  direct: bool = True) -> float:
+def evaluate_loss(
+    model,
+    examples,
+    micro_batch_size: int,
+    pad_token_id: int,
+    device,
+    autocast=nullcontext,
+    direct: bool = True,
+) -> float:
     """Mean per-token loss over `examples` (no gradient), computed exactly as the training loss is."""
     import torch
 
@@ -180,8 +207,10 @@ def evaluate_loss(model, examples, micro_batch_size: int, pad_token_id: int, dev
     total, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), micro_batch_size):
-            batch = collate([examples[i] for i in range(start, min(start + micro_batch_size, len(examples)))],
-                            pad_token_id)
+            batch = collate(
+                [examples[i] for i in range(start, min(start + micro_batch_size, len(examples)))],
+                pad_token_id,
+            )
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
                 total += float(batch_loss_sum(model, batch, direct=direct))

@@ -43,7 +43,9 @@ def _dims(config) -> tuple[int, int, int, int, int]:
 def activation_bytes_per_token(config, seq_len: int, precision: str) -> int:
     layers, hidden, heads, inner, _ = _dims(config)
     values = 8 * hidden + 4 * inner + 2 * heads * seq_len  # per token per layer
-    bytes_per_value = 4 if precision == "fp32" else 3  # mixed precision keeps fp32 norms/residuals beside bf16
+    bytes_per_value = (
+        4 if precision == "fp32" else 3
+    )  # mixed precision keeps fp32 norms/residuals beside bf16
     return layers * values * bytes_per_value
 
 
@@ -76,9 +78,11 @@ def auto_micro_batch_size(model, batch_size: int, seq_len: int, precision: str, 
     micro = 1
     while micro * 2 <= batch_size and micro * 2 * per_example.activations * FRAGMENTATION <= budget:
         micro *= 2
-    why = (f"micro_batch_size auto: {micro} (sequences up to {seq_len} tokens; estimated activations "
-           f"{micro * per_example.activations / 1024 ** 3:.2f} GiB of {available / 1024 ** 3:.1f} GiB free; gradient "
-           f"accumulation {-(-batch_size // micro)})")
+    why = (
+        f"micro_batch_size auto: {micro} (sequences up to {seq_len} tokens; estimated activations "
+        f"{micro * per_example.activations / 1024**3:.2f} GiB of {available / 1024**3:.1f} GiB free; gradient "
+        f"accumulation {-(-batch_size // micro)})"
+    )
     return micro, why
 
 

@@ -39,22 +39,30 @@ def build_optimizer(model, config):
         from transformers.optimization import Adafactor
 
         # with an explicit learning rate, Adafactor's own relative step sizing must be off
-        return Adafactor(groups, lr=config.learning_rate, scale_parameter=False, relative_step=False,
-                         warmup_init=False)
+        return Adafactor(
+            groups, lr=config.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
+        )
     if name in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise ConfigError(f"optimizer {name} needs bitsandbytes: pip install 'tuneforge[quant]'") from None
-        cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[name]
+            raise ConfigError(
+                f"optimizer {name} needs bitsandbytes: pip install 'tuneforge[quant]'"
+            ) from None
+        cls = {
+            "adamw_8bit": bnb.optim.AdamW8bit,
+            "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+            "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        }[name]
         return cls(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
     settings = dict(lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
     if fused_adamw_supported(groups):
         return torch.optim.AdamW(groups, fused=True, **settings)
     if name == "adamw_torch_fused":
-        raise ConfigError("optimizer adamw_torch_fused needs every trainable parameter as a float tensor on a "
-                          "device torch has the fused kernel for (cpu, cuda, mps); use optimizer: adamw_torch")
+        raise ConfigError(
+            "optimizer adamw_torch_fused needs every trainable parameter as a float tensor on a "
+            "device torch has the fused kernel for (cpu, cuda, mps); use optimizer: adamw_torch"
+        )
     return torch.optim.AdamW(groups, **settings)  # torch's own choice: for-each on CUDA, single-tensor else
 
 

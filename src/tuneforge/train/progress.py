@@ -37,13 +37,25 @@ class TrainingProgress:
         if enabled and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console)
+            self._bar = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self._task = self._bar.add_task("train", total=total_steps, status="")
             self._bar.start()
 
-    def update(self, step: int, loss: float, learning_rate: float, tokens_per_second: float,
-               validation_loss: float | None = None) -> None:
+    def update(
+        self,
+        step: int,
+        loss: float,
+        learning_rate: float,
+        tokens_per_second: float,
+        validation_loss: float | None = None,
+    ) -> None:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
@@ -54,8 +66,11 @@ class TrainingProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, status=status)
         else:
-            self.console.print(f"step {step}/{self.total_steps}  {status}  elapsed {format_duration(elapsed)}  "
-                               f"eta {format_duration(eta)}", soft_wrap=True)
+            self.console.print(
+                f"step {step}/{self.total_steps}  {status}  elapsed {format_duration(elapsed)}  "
+                f"eta {format_duration(eta)}",
+                soft_wrap=True,
+            )
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -87,8 +102,17 @@ class MetricsLog:
     """Every logging_steps steps (and at each evaluation and the last step): one metrics.jsonl record (main
     process), the same numbers to the report_to trackers, and the progress line."""
 
-    def __init__(self, path: Path, accelerator, progress: TrainingProgress, config, steps_per_epoch: int,
-                 total_steps: int, fresh: bool = True, resumed_at: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        accelerator,
+        progress: TrainingProgress,
+        config,
+        steps_per_epoch: int,
+        total_steps: int,
+        fresh: bool = True,
+        resumed_at: int = 0,
+    ):
         self.accelerator, self.progress, self.config = accelerator, progress, config
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.file = None
@@ -101,17 +125,30 @@ class MetricsLog:
         self.start = self.window_start = time.perf_counter()
         self.window_tokens = 0  # tokens trained since the last record, for its tokens/s
 
-    def record(self, step: int, loss: float, tokens: int, learning_rate: float, grad_norm,
-               validation_loss: float | None = None) -> None:
+    def record(
+        self,
+        step: int,
+        loss: float,
+        tokens: int,
+        learning_rate: float,
+        grad_norm,
+        validation_loss: float | None = None,
+    ) -> None:
         self.window_tokens += tokens
         if step % self.config.logging_steps and step != self.total_steps and validation_loss is None:
             return
         now = time.perf_counter()
         tokens_per_second = self.window_tokens / max(now - self.window_start, 1e-9)
-        record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": round(loss, 6),
-                  "learning_rate": learning_rate, "grad_norm": round(float(grad_norm), 6),
-                  "tokens": self.window_tokens, "tokens_per_second": round(tokens_per_second, 1),
-                  "elapsed_s": round(now - self.start, 2)}
+        record = {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "loss": round(loss, 6),
+            "learning_rate": learning_rate,
+            "grad_norm": round(float(grad_norm), 6),
+            "tokens": self.window_tokens,
+            "tokens_per_second": round(tokens_per_second, 1),
+            "elapsed_s": round(now - self.start, 2),
+        }
         self.window_tokens, self.window_start = 0, now
         if validation_loss is not None:
             record["validation_loss"] = round(validation_loss, 6)

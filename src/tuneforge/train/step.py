@@ -30,6 +30,7 @@ class StepAbandoned(Exception):
 @contextmanager
 def graceful_interrupts(stop: dict):
     """Turn Ctrl-C / SIGTERM into 'checkpoint and stop' (stop["signal"] = its name) instead of losing the run."""
+
     def handler(signum, frame):
         if stop.get("signal"):  # a second Ctrl-C stops at once, or right after the checkpoint being written
             if stop.get("saving"):
@@ -67,7 +68,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and any(
-        text in str(error) for text in ("out of memory", "can't allocate memory", "DefaultCPUAllocator"))
+        text in str(error) for text in ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
+    )
 
 
 @dataclass
@@ -79,8 +81,19 @@ class StepGradients:
     micro_batch_size: int  # after any out-of-memory halving
 
 
-def accumulate_gradients(model, examples: list[dict], micro_batch_size: int, *, accelerator, optimizer,
-                         pad_token_id: int, direct_head: bool, stop: dict, step: int, log=print) -> StepGradients:
+def accumulate_gradients(
+    model,
+    examples: list[dict],
+    micro_batch_size: int,
+    *,
+    accelerator,
+    optimizer,
+    pad_token_id: int,
+    direct_head: bool,
+    stop: dict,
+    step: int,
+    log=print,
+) -> StepGradients:
     """Forward and backward over `examples` in micro batches, leaving the step's per-token mean gradients.
 
     Out of memory: the gradients are dropped and the step starts over with half the micro batch. A signal
@@ -94,8 +107,9 @@ def accumulate_gradients(model, examples: list[dict], micro_batch_size: int, *, 
     tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), reduction="sum"))
     while True:
         try:
-            loss_sum = _forward_backward(model, examples, micro_batch_size, accelerator, pad_token_id, direct_head,
-                                         tokens, stop)
+            loss_sum = _forward_backward(
+                model, examples, micro_batch_size, accelerator, pad_token_id, direct_head, tokens, stop
+            )
         except StepAbandoned:
             optimizer.zero_grad(set_to_none=True)
             restore_rng_state(rng_at_step_start)
@@ -107,14 +121,18 @@ def accumulate_gradients(model, examples: list[dict], micro_batch_size: int, *, 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             micro_batch_size //= 2
-            log(f"out of memory at step {step}: micro_batch_size halved to {micro_batch_size} "
-                f"(gradient accumulation x2, same batch of {len(examples)}); continuing")
+            log(
+                f"out of memory at step {step}: micro_batch_size halved to {micro_batch_size} "
+                f"(gradient accumulation x2, same batch of {len(examples)}); continuing"
+            )
             continue
         loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(tokens, 1)
         return StepGradients(loss, tokens, micro_batch_size)
 
 
-def _forward_backward(model, examples, micro_batch_size, accelerator, pad_token_id, direct_head, tokens, stop):
+def _forward_backward(
+    model, examples, micro_batch_size, accelerator, pad_token_id, direct_head, tokens, stop
+):
     """The step's summed loss (this process); gradients of the per-token mean over all processes accumulate."""
     import torch
 

@@ -23,7 +23,9 @@ from tuneforge.ui.workspace import Workspace
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported anywhere: no calls home
 
 
-def build_app(project_dir: str | Path = ".", *, trust_remote_code: bool = False, workspace: Workspace | None = None):
+def build_app(
+    project_dir: str | Path = ".", *, trust_remote_code: bool = False, workspace: Workspace | None = None
+):
     """The gr.Blocks of the whole UI for `project_dir` (its datasets/, models/, loras/, runs/ are created)."""
     import gradio as gr
 
@@ -67,9 +69,19 @@ def server_app(demo, *, host: str, port: int, auth: str | None, max_upload_mb: i
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts(host, port))
     credentials = parse_auth(auth)
     demo.queue(default_concurrency_limit=1)
-    return gr.mount_gradio_app(app, demo, path="", server_name=host, server_port=port, auth=credentials,
-                               max_file_size=f"{int(max_upload_mb)}mb", allowed_paths=[], ssr_mode=False,
-                               footer_links=[], show_error=True)
+    return gr.mount_gradio_app(
+        app,
+        demo,
+        path="",
+        server_name=host,
+        server_port=port,
+        auth=credentials,
+        max_file_size=f"{int(max_upload_mb)}mb",
+        allowed_paths=[],
+        ssr_mode=False,
+        footer_links=[],
+        show_error=True,
+    )
 
 
 class RunningServer:
@@ -83,8 +95,14 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, project_dir: str | Path = ".",
-          trust_remote_code: bool = False, max_upload_mb: int = 50) -> RunningServer:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: str | None = None,
+    project_dir: str | Path = ".",
+    trust_remote_code: bool = False,
+    max_upload_mb: int = 50,
+) -> RunningServer:
     """Start the UI in a background thread (refusing a non-loopback host without auth) and return it."""
     import uvicorn
 
@@ -104,12 +122,22 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, pr
     return RunningServer(server, thread, f"http://{shown}:{port}", demo)
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, project_dir: str | Path = ".",
-           trust_remote_code: bool = False, max_upload_mb: int = 50, open_browser: bool = False) -> None:
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: str | None = None,
+    project_dir: str | Path = ".",
+    trust_remote_code: bool = False,
+    max_upload_mb: int = 50,
+    open_browser: bool = False,
+) -> None:
     """Serve the UI until Ctrl-C. Running training jobs are left running and are shown again next time."""
     running = serve(host, port, auth, project_dir, trust_remote_code, max_upload_mb)
-    print(f"tuneforge UI: {running.url}  (project {running.demo.workspace.project.root}; Ctrl-C stops the UI, "
-          "not training jobs)", flush=True)
+    print(
+        f"tuneforge UI: {running.url}  (project {running.demo.workspace.project.root}; Ctrl-C stops the UI, "
+        "not training jobs)",
+        flush=True,
+    )
     if open_browser:
         webbrowser.open(running.url)
     try:

@@ -1,8 +1,8 @@
 """Training → Perplexity evaluation, and Compare: base vs LoRAs/checkpoints on the same prompts and seeds.
 
-    with gr.Blocks() as demo:
-        perplexity_tab(workspace)     # the table is the project's perplexity-history.jsonl, kept across restarts
-        compare_tab(workspace)
+with gr.Blocks() as demo:
+    perplexity_tab(workspace)     # the table is the project's perplexity-history.jsonl, kept across restarts
+    compare_tab(workspace)
 """
 
 from __future__ import annotations
@@ -45,17 +45,31 @@ def perplexity_tab(workspace: Workspace):
 
     project = workspace.project
     with gr.Row():
-        models = gr.Dropdown(label="Models / LoRAs", choices=["base"] + project.loras(), value=["base"],
-                             multiselect=True, elem_id="ppl-models")
-        files = gr.Dropdown(label="Text files (datasets/)", choices=project.datasets(), value=[], multiselect=True,
-                            elem_id="ppl-files")
+        models = gr.Dropdown(
+            label="Models / LoRAs",
+            choices=["base"] + project.loras(),
+            value=["base"],
+            multiselect=True,
+            elem_id="ppl-models",
+        )
+        files = gr.Dropdown(
+            label="Text files (datasets/)",
+            choices=project.datasets(),
+            value=[],
+            multiselect=True,
+            elem_id="ppl-files",
+        )
         refresh = gr.Button("🔄", scale=0, min_width=40)
     with gr.Row():
         stride = gr.Number(label="Stride", value=512, precision=0, minimum=1)
         max_length = gr.Number(label="Max length (0: the model's context)", value=0, precision=0, minimum=0)
     run = gr.Button("Evaluate perplexity", variant="primary", elem_id="ppl-run")
-    table = gr.Dataframe(value=history_table(workspace), label="Perplexity history (kept across restarts)",
-                         interactive=False, elem_id="ppl-table")
+    table = gr.Dataframe(
+        value=history_table(workspace),
+        label="Perplexity history (kept across restarts)",
+        interactive=False,
+        elem_id="ppl-table",
+    )
 
     @shows_errors
     def evaluate(chosen: list[str], names: list[str], stride_value: float, length: float):
@@ -64,31 +78,48 @@ def perplexity_tab(workspace: Workspace):
             raise ConfigError("choose at least one model/LoRA and one text file")
         paths = [project.dataset(name) for name in names]
         adapters = _adapters(workspace, chosen)
-        length = int(length) or None
+        limit = int(length) or None
         for path in paths:
-            llm.perplexity(str(path), adapters=adapters, stride=min(int(stride_value), length or 10 ** 9),
-                           max_length=length, history=project.root / HISTORY_FILE)
+            llm.perplexity(
+                str(path),
+                adapters=adapters,
+                stride=min(int(stride_value), limit or 10**9),
+                max_length=limit,
+                history=project.root / HISTORY_FILE,
+            )
         return history_table(workspace)
 
     run.click(evaluate, [models, files, stride, max_length], table, api_name="perplexity")
-    refresh.click(lambda: (gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())),
-                  None, [models, files], api_name=False)
+    refresh.click(
+        lambda: (gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())),
+        None,
+        [models, files],
+        api_name=False,  # type: ignore[arg-type]  # gradio takes False
+    )
 
 
 def compare_tab(workspace: Workspace):
     import gradio as gr
 
     project = workspace.project
-    prompts = gr.Textbox(label="Prompts (one per line)", value="To be or not to", lines=3, elem_id="compare-prompts")
+    prompts = gr.Textbox(
+        label="Prompts (one per line)", value="To be or not to", lines=3, elem_id="compare-prompts"
+    )
     with gr.Row():
-        variants = gr.Dropdown(label="Base and adapters", choices=["base"] + project.loras(), value=["base"],
-                               multiselect=True, elem_id="compare-variants")
+        variants = gr.Dropdown(
+            label="Base and adapters",
+            choices=["base"] + project.loras(),
+            value=["base"],
+            multiselect=True,
+            elem_id="compare-variants",
+        )
         run_choice = gr.Dropdown(label="Add a run's checkpoints", choices=[""] + project.runs(), value="")
         refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="compare-refresh")
     with gr.Row():
         seeds = gr.Textbox(label="Seeds", value="0,1")
-        heldout = gr.Dropdown(label="Held-out text for perplexity (optional)", choices=[""] + project.datasets(),
-                              value="")
+        heldout = gr.Dropdown(
+            label="Held-out text for perplexity (optional)", choices=[""] + project.datasets(), value=""
+        )
         max_new_tokens = gr.Number(label="Max new tokens", value=20, precision=0, minimum=1, maximum=512)
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     result = gr.Markdown(elem_id="compare-result")
@@ -101,7 +132,9 @@ def compare_tab(workspace: Workspace):
         checkpoints = project.checkpoints(run)
         page = project.run_dir(run) / "gallery.md"
         text = page.read_text() if page.is_file() else "(no gallery: train with compare_at_save on)"
-        return gr.update(choices=["base"] + project.loras() + checkpoints, value=list(chosen) + checkpoints), text
+        return gr.update(
+            choices=["base"] + project.loras() + checkpoints, value=list(chosen) + checkpoints
+        ), text
 
     @shows_errors
     def compare(text: str, chosen: list[str], seed_text: str, heldout_name: str, tokens: float):
@@ -115,12 +148,20 @@ def compare_tab(workspace: Workspace):
             raise ConfigError(f"seeds must be whole numbers separated by commas, got '{seed_text}'") from None
         path = str(project.dataset(heldout_name)) if heldout_name else None
         names = _adapters(workspace, chosen)
-        comparison = llm.compare(lines, adapters=names, seeds=seed_list or [0], heldout=path,
-                                 max_new_tokens=int(tokens))
+        comparison = llm.compare(
+            lines, adapters=names, seeds=seed_list or [0], heldout=path, max_new_tokens=int(tokens)
+        )
         return comparison.to_markdown()
 
-    run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)
+    run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     run.click(compare, [prompts, variants, seeds, heldout, max_new_tokens], result, api_name="compare")
-    refresh.click(lambda: (gr.update(choices=["base"] + project.loras()), gr.update(choices=[""] + project.runs()),
-                           gr.update(choices=[""] + project.datasets())), None, [variants, run_choice, heldout],
-                  api_name=False)
+    refresh.click(
+        lambda: (
+            gr.update(choices=["base"] + project.loras()),
+            gr.update(choices=[""] + project.runs()),
+            gr.update(choices=[""] + project.datasets()),
+        ),
+        None,
+        [variants, run_choice, heldout],
+        api_name=False,  # type: ignore[arg-type]  # gradio takes False (no API route)
+    )

@@ -15,25 +15,77 @@ import typing
 from tuneforge.config import RunConfig, field_help
 
 # Labels in the seeds' words (text-generation-webui's Training tab); other fields get their name in words.
-LABELS = {"rank": "LoRA Rank", "alpha": "LoRA Alpha", "lora_dropout": "LoRA Dropout", "batch_size": "Batch Size",
-          "micro_batch_size": "Micro Batch Size", "epochs": "Epochs", "learning_rate": "Learning Rate",
-          "lr_scheduler": "LR Scheduler", "cutoff_len": "Cutoff Length", "overlap_len": "Overlap Length",
-          "newline_favor_len": "Prefer Newline Cut Length", "hard_cut_string": "Hard Cut String",
-          "save_steps": "Save every n steps", "stop_at_loss": "Stop at loss", "eval_steps": "Evaluate every n steps",
-          "warmup_steps": "Warmup Steps", "target_modules": "Target modules", "max_steps": "Max steps"}
-MAIN_FIELDS = ("method", "rank", "alpha", "lora_dropout", "target_modules", "batch_size", "micro_batch_size",
-               "epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_steps", "cutoff_len", "save_steps",
-               "stop_at_loss")
+LABELS = {
+    "rank": "LoRA Rank",
+    "alpha": "LoRA Alpha",
+    "lora_dropout": "LoRA Dropout",
+    "batch_size": "Batch Size",
+    "micro_batch_size": "Micro Batch Size",
+    "epochs": "Epochs",
+    "learning_rate": "Learning Rate",
+    "lr_scheduler": "LR Scheduler",
+    "cutoff_len": "Cutoff Length",
+    "overlap_len": "Overlap Length",
+    "newline_favor_len": "Prefer Newline Cut Length",
+    "hard_cut_string": "Hard Cut String",
+    "save_steps": "Save every n steps",
+    "stop_at_loss": "Stop at loss",
+    "eval_steps": "Evaluate every n steps",
+    "warmup_steps": "Warmup Steps",
+    "target_modules": "Target modules",
+    "max_steps": "Max steps",
+}
+MAIN_FIELDS = (
+    "method",
+    "rank",
+    "alpha",
+    "lora_dropout",
+    "target_modules",
+    "batch_size",
+    "micro_batch_size",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "cutoff_len",
+    "save_steps",
+    "stop_at_loss",
+)
 QLORA_FIELDS = ("bits", "quant_type", "double_quant")
 SCRATCH_FIELDS = ("architecture", "n_layer", "n_head", "n_embd", "n_positions", "tokenizer", "vocab_size")
 RAW_FIELDS = ("overlap_len", "newline_favor_len", "hard_cut_string", "add_eos_token")
 FORMATTED_FIELDS = ("train_on_source",)
 VALIDATION_FIELDS = ("validation_split", "eval_steps", "early_stopping_patience")
-ADVANCED_FIELDS = ("optimizer", "precision", "device", "gradient_checkpointing", "seed", "packing", "compile",
-                   "weight_decay", "max_grad_norm", "warmup_ratio", "lean_layers", "save_total_limit", "logging_steps",
-                   "clean", "dedup", "min_length", "sample_prompts", "compare_at_save")
-FORM_FIELDS = (MAIN_FIELDS + QLORA_FIELDS + SCRATCH_FIELDS + RAW_FIELDS + FORMATTED_FIELDS + VALIDATION_FIELDS
-               + ADVANCED_FIELDS)
+ADVANCED_FIELDS = (
+    "optimizer",
+    "precision",
+    "device",
+    "gradient_checkpointing",
+    "seed",
+    "packing",
+    "compile",
+    "weight_decay",
+    "max_grad_norm",
+    "warmup_ratio",
+    "lean_layers",
+    "save_total_limit",
+    "logging_steps",
+    "clean",
+    "dedup",
+    "min_length",
+    "sample_prompts",
+    "compare_at_save",
+)
+FORM_FIELDS = (
+    MAIN_FIELDS
+    + QLORA_FIELDS
+    + SCRATCH_FIELDS
+    + RAW_FIELDS
+    + FORMATTED_FIELDS
+    + VALIDATION_FIELDS
+    + ADVANCED_FIELDS
+)
 ESCAPED = ("hard_cut_string",)  # shown with \n escapes: a text box cannot show three bare newlines
 
 
@@ -78,8 +130,13 @@ def config_widget(name: str, value=None):
     if kind is bool:
         return gr.Checkbox(value=default, **common)
     if kind in (int, float):
-        return gr.Number(value=default, minimum=meta.get("min") if not meta.get("min_exclusive") else None,
-                         maximum=meta.get("max"), precision=0 if kind is int else None, **common)
+        return gr.Number(
+            value=default,
+            minimum=meta.get("min") if not meta.get("min_exclusive") else None,
+            maximum=meta.get("max"),
+            precision=0 if kind is int else None,
+            **common,
+        )
     return gr.Textbox(value=shown_value(name, default) if default is not None else "", **common)
 
 

@@ -1,7 +1,7 @@
 """Event handlers show a TuneforgeError as one readable message in the page, not a traceback.
 
-    @shows_errors
-    def load(name): ...          # a ModelError becomes a gr.Error toast with its sentence
+@shows_errors
+def load(name): ...          # a ModelError becomes a gr.Error toast with its sentence
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ def shows_errors(fn):
     import gradio as gr
 
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except TuneforgeError as error:
                 raise gr.Error(str(error)) from None
+
         return generator
 
     @functools.wraps(fn)
@@ -31,4 +33,5 @@ def shows_errors(fn):
             return fn(*args, **kwargs)
         except TuneforgeError as error:
             raise gr.Error(str(error)) from None
+
     return plain

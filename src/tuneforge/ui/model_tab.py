@@ -1,7 +1,7 @@
 """The Model tab: load a model (default, a folder of models/, a hub id), apply or remove LoRAs, see what is loaded.
 
-    with gr.Blocks() as demo:
-        model_tab(workspace)
+with gr.Blocks() as demo:
+    model_tab(workspace)
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ def model_tab(workspace: Workspace):
 
     project = workspace.project
     with gr.Row():
-        model = gr.Dropdown(label="Model", choices=project.models(), value="default", allow_custom_value=True,
-                            info="'default' (SmolLM2-135M-Instruct), a folder of models/, or a hub id "
-                            "(owner/name). Weights load from safetensors only.", elem_id="model-choice", scale=4)
+        model = gr.Dropdown(
+            label="Model",
+            choices=project.models(),
+            value="default",
+            allow_custom_value=True,
+            info="'default' (SmolLM2-135M-Instruct), a folder of models/, or a hub id "
+            "(owner/name). Weights load from safetensors only.",
+            elem_id="model-choice",
+            scale=4,
+        )
         refresh_models = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh-models")
         device = gr.Dropdown(label="Device", choices=list(DEVICES), value="auto", scale=1)
         precision = gr.Dropdown(label="Precision", choices=list(PRECISIONS), value="auto", scale=1)
@@ -26,9 +33,15 @@ def model_tab(workspace: Workspace):
         load = gr.Button("Load", variant="primary", elem_id="load-model")
         unload = gr.Button("Unload", elem_id="unload-model")
     with gr.Row():
-        loras = gr.Dropdown(label="LoRA(s)", choices=project.loras(), value=[], multiselect=True,
-                            info="Adapters in loras/ and finished runs; the last one chosen is active.",
-                            elem_id="lora-choice", scale=4)
+        loras = gr.Dropdown(
+            label="LoRA(s)",
+            choices=project.loras(),
+            value=[],
+            multiselect=True,
+            info="Adapters in loras/ and finished runs; the last one chosen is active.",
+            elem_id="lora-choice",
+            scale=4,
+        )
         refresh_loras = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh-loras")
     with gr.Row():
         apply = gr.Button("Apply LoRAs", variant="primary", elem_id="apply-loras")
@@ -39,6 +52,6 @@ def model_tab(workspace: Workspace):
     unload.click(workspace.unload, None, info, api_name="unload_model")
     apply.click(shows_errors(workspace.apply_loras), loras, info, api_name="apply_loras")
     remove.click(shows_errors(workspace.remove_loras), None, info, api_name="remove_loras")
-    refresh_models.click(lambda: gr.update(choices=project.models()), None, model, api_name=False)
-    refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)
+    refresh_models.click(lambda: gr.update(choices=project.models()), None, model, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     return info

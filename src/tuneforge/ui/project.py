@@ -41,28 +41,46 @@ class Project:
         names = []
         for path in root.rglob("*"):
             parts = path.relative_to(root).parts
-            if (path.suffix.lower() in DATA_SUFFIXES and "formats" not in parts and path.is_file()
-                    and not any(part.startswith(".") for part in parts) and _inside(root, path)):
+            if (
+                path.suffix.lower() in DATA_SUFFIXES
+                and "formats" not in parts
+                and path.is_file()
+                and not any(part.startswith(".") for part in parts)
+                and _inside(root, path)
+            ):
                 names.append("/".join(parts))
         return sorted(names)
 
     def format_files(self) -> list[str]:
         """The shipped format files and the JSON files in datasets/formats/."""
-        own = sorted(p.name for p in (self.folder("datasets") / "formats").glob("*.json")) \
-            if (self.folder("datasets") / "formats").is_dir() else []
+        own = (
+            sorted(p.name for p in (self.folder("datasets") / "formats").glob("*.json"))
+            if (self.folder("datasets") / "formats").is_dir()
+            else []
+        )
         return list(SHIPPED_FORMATS) + [f"formats/{name}" for name in own]
 
     def models(self) -> list[str]:
         """'default' and each folder of models/ that holds a config.json and safetensors weights."""
         root = self.folder("models")
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and _inside(root, p) and _safetensors_model(p))
+        folders = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and _inside(root, p) and _safetensors_model(p)
+        )
         return ["default"] + [f"models/{name}" for name in folders]
 
     def loras(self) -> list[str]:
         """Adapters in loras/ and the adapters of finished runs in runs/."""
         loras = self.folder("loras")
-        own = [f"loras/{p.name}" for p in sorted(loras.iterdir()) if _inside(loras, p) and _safetensors_adapter(p)]
-        runs = [f"runs/{p.name}" for p in sorted(self.folder("runs").iterdir()) if _safetensors_adapter(p / "adapter")]
+        own = [
+            f"loras/{p.name}"
+            for p in sorted(loras.iterdir())
+            if _inside(loras, p) and _safetensors_adapter(p)
+        ]
+        runs = [
+            f"runs/{p.name}"
+            for p in sorted(self.folder("runs").iterdir())
+            if _safetensors_adapter(p / "adapter")
+        ]
         return own + runs
 
     def runs(self) -> list[str]:
@@ -75,15 +93,20 @@ class Project:
         folder = self.run_dir(run) / "checkpoints"
         if not folder.is_dir():
             return []
-        steps = sorted((int(p.name.split("-")[1]), p.name) for p in folder.iterdir()
-                       if re.fullmatch(r"step-\d+", p.name) and _safetensors_adapter(p / "adapter"))
+        steps = sorted(
+            (int(p.name.split("-")[1]), p.name)
+            for p in folder.iterdir()
+            if re.fullmatch(r"step-\d+", p.name) and _safetensors_adapter(p / "adapter")
+        )
         return [f"runs/{run}/checkpoints/{name}" for _, name in steps]
 
     # ------------------------------------------------------------------ choices, checked
     def dataset(self, name: str) -> Path:
         path = resolve_inside(self.folder("datasets"), name)
         if not path.is_file():
-            raise ConfigError(f"'{name}' is not a data file in datasets/; pick one from the list (refresh it)")
+            raise ConfigError(
+                f"'{name}' is not a data file in datasets/; pick one from the list (refresh it)"
+            )
         return path
 
     def format_file(self, name: str) -> str:
@@ -107,8 +130,9 @@ class Project:
         # A hub id that names a local path (relative to where the UI runs) would be read from disk: refused.
         if HUB_ID.match(name) and ".." not in name and not Path(name).exists():
             return name
-        raise ConfigError(f"'{name[:80]}' is neither 'default', a folder of models/, nor a hub id like "
-                          "owner/model")
+        raise ConfigError(
+            f"'{name[:80]}' is neither 'default', a folder of models/, nor a hub id like owner/model"
+        )
 
     def lora(self, name: str) -> Path:
         """The checked adapter folder of 'loras/NAME', 'runs/NAME' or 'runs/NAME/checkpoints/step-N'."""
@@ -125,7 +149,9 @@ class Project:
     def run_dir(self, name: str, must_exist: bool = True) -> Path:
         """runs/NAME; a new name must be a plain folder name (letters, digits, - _ .)."""
         if not must_exist and not RUN_NAME.match(name or ""):
-            raise ConfigError(f"run name '{str(name)[:80]}' must be a plain folder name: letters, digits, - _ .")
+            raise ConfigError(
+                f"run name '{str(name)[:80]}' must be a plain folder name: letters, digits, - _ ."
+            )
         path = resolve_inside(self.folder("runs"), name, must_exist=must_exist)
         if path.parent != self.folder("runs"):
             raise ConfigError(f"run name '{name[:80]}' must be a plain folder name inside runs/")

@@ -46,8 +46,10 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
 def check_bind(host: str, auth: str | None) -> None:
     """Refuse to listen beyond this machine without a login."""
     if not is_loopback(host) and auth is None:
-        raise ConfigError(f"listening on {host} lets other machines train and load models here; add "
-                          "--auth user:password, or keep the default 127.0.0.1")
+        raise ConfigError(
+            f"listening on {host} lets other machines train and load models here; add "
+            "--auth user:password, or keep the default 127.0.0.1"
+        )
 
 
 def allowed_hosts(host: str, port: int) -> set[str]:
@@ -94,8 +96,13 @@ class HostOriginGuard:
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         body = f"403 Forbidden: {reason}\n".encode()
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _same_origin(self, origin: str, host: str) -> bool:

@@ -13,29 +13,41 @@ from tuneforge.ui.handlers import shows_errors
 from tuneforge.ui.workspace import Workspace
 
 # (name, label, default, minimum, maximum, step) — text-generation-webui's Parameters tab, seed 000's values.
-SAMPLING = (("max_new_tokens", "Max new tokens", 20, 1, 4096, 1),
-            ("temperature", "Temperature", 0.5, 0.01, 5.0, 0.01),
-            ("top_k", "Top-k (0 = off)", 50, 0, 500, 1),
-            ("top_p", "Top-p (1 = off)", 1.0, 0.01, 1.0, 0.01),
-            ("min_p", "Min-p (0 = off)", 0.0, 0.0, 0.99, 0.01),
-            ("repetition_penalty", "Repetition penalty", 1.0, 0.5, 3.0, 0.01),
-            ("no_repeat_ngram_size", "No repeat n-gram size (0 = off)", 0, 0, 20, 1))
+SAMPLING = (
+    ("max_new_tokens", "Max new tokens", 20, 1, 4096, 1),
+    ("temperature", "Temperature", 0.5, 0.01, 5.0, 0.01),
+    ("top_k", "Top-k (0 = off)", 50, 0, 500, 1),
+    ("top_p", "Top-p (1 = off)", 1.0, 0.01, 1.0, 0.01),
+    ("min_p", "Min-p (0 = off)", 0.0, 0.0, 0.99, 0.01),
+    ("repetition_penalty", "Repetition penalty", 1.0, 0.5, 3.0, 0.01),
+    ("no_repeat_ngram_size", "No repeat n-gram size (0 = off)", 0, 0, 20, 1),
+)
 SETTING_NAMES = tuple(s[0] for s in SAMPLING) + ("do_sample", "seed")
 
 
 def parameters_tab() -> list:
     import gradio as gr
 
-    widgets = []
+    widgets: list = []  # sliders, a checkbox and a number
     with gr.Row():
         with gr.Column():
             for name, label, default, low, high, step in SAMPLING:
-                widgets.append(gr.Slider(low, high, value=default, step=step, label=label, elem_id=f"param-{name}"))
+                widgets.append(
+                    gr.Slider(low, high, value=default, step=step, label=label, elem_id=f"param-{name}")
+                )
         with gr.Column():
-            widgets.append(gr.Checkbox(value=True, label="Sample (off: greedy, always the most likely token)",
-                                       elem_id="param-do_sample"))
-            widgets.append(gr.Number(value=-1, precision=0, label="Seed (-1: a different draw each time)",
-                                     elem_id="param-seed"))
+            widgets.append(
+                gr.Checkbox(
+                    value=True,
+                    label="Sample (off: greedy, always the most likely token)",
+                    elem_id="param-do_sample",
+                )
+            )
+            widgets.append(
+                gr.Number(
+                    value=-1, precision=0, label="Seed (-1: a different draw each time)", elem_id="param-seed"
+                )
+            )
     return widgets
 
 
@@ -99,9 +111,9 @@ def chat_tab(workspace: Workspace, settings: list):
             yield history + [answer], ""
 
     sent = send.click(reply, [chat, message, *settings], [chat, message], api_name="chat")
-    submitted = message.submit(reply, [chat, message, *settings], [chat, message], api_name=False)
+    submitted = message.submit(reply, [chat, message, *settings], [chat, message], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     stop.click(None, None, None, cancels=[sent, submitted])
-    clear.click(lambda: [], None, chat, api_name=False)
+    clear.click(lambda: [], None, chat, api_name=False)  # type: ignore[arg-type]  # gradio takes False
 
 
 def _plain(content) -> str:
@@ -130,15 +142,20 @@ def logits_tab(workspace: Workspace, notebook_text):
         active = workspace.active_adapter
         if active is None:
             rows = llm.next_token_probs(current, k=count)
-            return pd.DataFrame([(i + 1, _token(t), f"{p:.4f}") for i, (t, p) in enumerate(rows)],
-                                columns=["rank", "token", "probability"])
+            return pd.DataFrame(
+                [(i + 1, _token(t), f"{p:.4f}") for i, (t, p) in enumerate(rows)],
+                columns=["rank", "token", "probability"],
+            )
         both = llm.next_token_probs(current, k=count, adapters=["base", active])
-        return pd.DataFrame([(i + 1, _token(bt), f"{bp:.4f}", _token(at), f"{ap:.4f}")
-                             for i, ((bt, bp), (at, ap)) in enumerate(zip(both["base"], both[active], strict=True))],
-                            columns=["rank", "base token", "base probability", f"{active} token",
-                                     f"{active} probability"])
+        return pd.DataFrame(
+            [
+                (i + 1, _token(bt), f"{bp:.4f}", _token(at), f"{ap:.4f}")
+                for i, ((bt, bp), (at, ap)) in enumerate(zip(both["base"], both[active], strict=True))
+            ],
+            columns=["rank", "base token", "base probability", f"{active} token", f"{active} probability"],
+        )
 
-    use_notebook.click(lambda t: t, notebook_text, text, api_name=False)
+    use_notebook.click(lambda t: t, notebook_text, text, api_name=False)  # type: ignore[arg-type]
     run.click(probabilities, [text, k], table, api_name="next_token_probs")
 
 

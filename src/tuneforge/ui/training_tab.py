@@ -40,8 +40,16 @@ POLL_SECONDS = 1.0
 class TrainingForm:
     """The choices that say which data to train on, plus the config widgets, in one fixed input order."""
 
-    DATA_INPUTS = ("run_name", "dataset_mode", "raw_file", "formatted_file", "format_file", "other_file",
-                   "other_format", "validation_file")
+    DATA_INPUTS = (
+        "run_name",
+        "dataset_mode",
+        "raw_file",
+        "formatted_file",
+        "format_file",
+        "other_file",
+        "other_format",
+        "validation_file",
+    )
 
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
@@ -49,16 +57,21 @@ class TrainingForm:
 
     def config(self, values: tuple) -> tuple[str, dict]:
         """(run name, config values) from the inputs in DATA_INPUTS + FORM_FIELDS order; paths checked here."""
-        data = dict(zip(self.DATA_INPUTS, values[:len(self.DATA_INPUTS)], strict=True))
-        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS):], strict=True)))
+        data = dict(zip(self.DATA_INPUTS, values[: len(self.DATA_INPUTS)], strict=True))
+        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True)))
         mode = data["dataset_mode"]
         if mode == "Formatted dataset":
-            settings.update(data=str(self.project.dataset(data["formatted_file"] or "")), format="formatted",
-                            format_file=self.project.format_file(data["format_file"] or ""))
+            settings.update(
+                data=str(self.project.dataset(data["formatted_file"] or "")),
+                format="formatted",
+                format_file=self.project.format_file(data["format_file"] or ""),
+            )
         elif mode == "Other data":
             if data["other_format"] not in OTHER_FORMATS:
                 raise ConfigError(f"data format must be one of {', '.join(OTHER_FORMATS)}")
-            settings.update(data=str(self.project.dataset(data["other_file"] or "")), format=data["other_format"])
+            settings.update(
+                data=str(self.project.dataset(data["other_file"] or "")), format=data["other_format"]
+            )
         elif mode == "Raw text file":
             settings.update(data=str(self.project.dataset(data["raw_file"] or "")), format="raw")
         else:
@@ -76,11 +89,15 @@ def _plot_frame(metrics: list[dict]):
     import pandas as pd
 
     rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if "loss" in m]
-    rows += [{"step": m["step"], "loss": m["validation_loss"], "series": "validation"}
-             for m in metrics if "validation_loss" in m]
+    rows += [
+        {"step": m["step"], "loss": m["validation_loss"], "series": "validation"}
+        for m in metrics
+        if "validation_loss" in m
+    ]
     # explicit dtypes: an empty first frame must not make the step axis categorical
-    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64",
-                                                                          "series": "str"})
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
+        {"step": "int64", "loss": "float64", "series": "str"}
+    )
 
 
 def _status_markdown(status: jobs.JobStatus) -> str:
@@ -119,10 +136,19 @@ def training_tab(workspace: Workspace):
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                run_name = gr.Textbox(label="Name", info="The run folder runs/NAME; its adapter appears in the "
-                                      "LoRA list when it finishes.", value="my-lora", elem_id="run-name")
-                copy_from = gr.Dropdown(label="Copy parameters from", choices=[""] + project.runs(), value="",
-                                        info="Fill the form with an earlier run's settings.", elem_id="copy-from")
+                run_name = gr.Textbox(
+                    label="Name",
+                    info="The run folder runs/NAME; its adapter appears in the LoRA list when it finishes.",
+                    value="my-lora",
+                    elem_id="run-name",
+                )
+                copy_from = gr.Dropdown(
+                    label="Copy parameters from",
+                    choices=[""] + project.runs(),
+                    value="",
+                    info="Fill the form with an earlier run's settings.",
+                    elem_id="copy-from",
+                )
             with gr.Row():
                 for name in MAIN_FIELDS:
                     widgets[name] = config_widget(name)
@@ -141,48 +167,83 @@ def training_tab(workspace: Workspace):
             with gr.Tabs():
                 with gr.Tab(DATASET_MODES[0], elem_id="raw-tab") as raw_tab:
                     with gr.Row():
-                        raw_file = gr.Dropdown(label="Text file", choices=project.datasets(), value=None,
-                                               elem_id="raw-file", scale=4)
+                        raw_file = gr.Dropdown(
+                            label="Text file",
+                            choices=project.datasets(),
+                            value=None,
+                            elem_id="raw-file",
+                            scale=4,
+                        )
                         refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh-datasets")
                     for name in RAW_FIELDS:
                         widgets[name] = config_widget(name)
                 with gr.Tab(DATASET_MODES[1], elem_id="formatted-tab") as formatted_tab:
                     formatted_file = gr.Dropdown(label="Dataset", choices=project.datasets(), value=None)
-                    format_file = gr.Dropdown(label="Data format", choices=project.format_files(),
-                                              value=project.format_files()[0])
+                    format_file = gr.Dropdown(
+                        label="Data format", choices=project.format_files(), value=project.format_files()[0]
+                    )
                     for name in FORMATTED_FIELDS:
                         widgets[name] = config_widget(name)
                 with gr.Tab(DATASET_MODES[2], elem_id="other-tab") as other_tab:
                     other_file = gr.Dropdown(label="Data file", choices=project.datasets(), value=None)
-                    other_format = gr.Dropdown(label="Shape", choices=list(OTHER_FORMATS), value="auto",
-                                               info=field_help()["format"].metadata["help"])
+                    other_format = gr.Dropdown(
+                        label="Shape",
+                        choices=list(OTHER_FORMATS),
+                        value="auto",
+                        info=field_help()["format"].metadata["help"],
+                    )
             with gr.Accordion("Validation", open=False):
-                validation_file = gr.Dropdown(label="Validation data", choices=[""] + project.datasets(), value="")
+                validation_file = gr.Dropdown(
+                    label="Validation data", choices=[""] + project.datasets(), value=""
+                )
                 for name in VALIDATION_FIELDS:
                     widgets[name] = config_widget(name)
-            upload = gr.File(label="Add a data file to datasets/", file_types=[".txt", ".json", ".jsonl", ".csv"],
-                             type="filepath")
+            upload = gr.File(
+                label="Add a data file to datasets/",
+                file_types=[".txt", ".json", ".jsonl", ".csv"],
+                type="filepath",
+            )
             with gr.Row():
                 preview_button = gr.Button("Preview data and estimate", elem_id="preview")
             preview = gr.Markdown(elem_id="preview-text")
-    for tab, name in ((raw_tab, DATASET_MODES[0]), (formatted_tab, DATASET_MODES[1]), (other_tab, DATASET_MODES[2])):
+    for tab, name in (
+        (raw_tab, DATASET_MODES[0]),
+        (formatted_tab, DATASET_MODES[1]),
+        (other_tab, DATASET_MODES[2]),
+    ):
         tab.select(lambda n=name: n, None, mode, show_progress="hidden")
 
     with gr.Row():
         start = gr.Button("Start LoRA Training", variant="primary", elem_id="start")
         interrupt = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
         resume = gr.Button("Resume", elem_id="resume")
-        resume_until = gr.Number(label="Resume until step", value=0, precision=0, minimum=0, elem_id="resume-until",
-                                 info="0: the run's own end (its epochs or max steps).")
+        resume_until = gr.Number(
+            label="Resume until step",
+            value=0,
+            precision=0,
+            minimum=0,
+            elem_id="resume-until",
+            info="0: the run's own end (its epochs or max steps).",
+        )
     status = gr.Markdown("No run yet.", elem_id="train-status")
-    chart = gr.LinePlot(_plot_frame([]), x="step", y="loss", color="series", title="Loss", height=300,
-                        elem_id="loss-chart")
+    chart = gr.LinePlot(
+        _plot_frame([]), x="step", y="loss", color="series", title="Loss", height=300, elem_id="loss-chart"
+    )
     report = gr.Markdown(elem_id="train-report")
     current = gr.State("")  # this page's run name
     shown = gr.State("")  # what the chart shows now, so an unchanged chart is not resent
     timer = gr.Timer(POLL_SECONDS)
 
-    inputs = [run_name, mode, raw_file, formatted_file, format_file, other_file, other_format, validation_file]
+    inputs = [
+        run_name,
+        mode,
+        raw_file,
+        formatted_file,
+        format_file,
+        other_file,
+        other_format,
+        validation_file,
+    ]
     inputs += [widgets[name] for name in FORM_FIELDS]
     outputs = [current, status, chart, report, shown]
 
@@ -256,19 +317,25 @@ def training_tab(workspace: Workspace):
 
     def refresh_datasets():
         names = project.datasets()
-        return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=names),
-                gr.update(choices=[""] + names))
+        return (
+            gr.update(choices=names),
+            gr.update(choices=names),
+            gr.update(choices=names),
+            gr.update(choices=[""] + names),
+        )
 
     start.click(start_training, inputs, outputs, api_name="start_training")
     interrupt.click(interrupt_training, current, outputs, api_name="interrupt_training")
     resume.click(resume_training, [current, resume_until], outputs, api_name="resume_training")
     preview_button.click(preview_data, inputs, preview, api_name="preview_data")
-    copy_from.change(copy_parameters, copy_from, [widgets[name] for name in FORM_FIELDS], api_name="copy_parameters")
+    copy_from.change(
+        copy_parameters, copy_from, [widgets[name] for name in FORM_FIELDS], api_name="copy_parameters"
+    )
     dataset_lists = [raw_file, formatted_file, other_file, validation_file]
     refresh.click(refresh_datasets, None, dataset_lists, api_name="refresh_datasets")
     upload.upload(add_dataset, upload, dataset_lists, api_name="add_dataset")
     copy_from.focus(lambda: gr.update(choices=[""] + project.runs()), None, copy_from, show_progress="hidden")
-    timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)
+    timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     return current
 
 
@@ -291,6 +358,8 @@ def _estimate(workspace: Workspace, config, examples: int) -> str:
     precision = llm.precision if config.precision == "auto" else config.precision
     per_token = activation_bytes_per_token(llm.model.config, config.cutoff_len, precision)
     activations = per_token * config.cutoff_len * micro
-    return (f"**Estimate:** {examples} training examples, batch {batch} → **{steps} optimizer steps**; "
-            f"one micro batch of {micro} × {config.cutoff_len} tokens keeps about "
-            f"**{activations / 1024 ** 2:,.1f} MiB** of activations for the backward pass ({precision}).")
+    return (
+        f"**Estimate:** {examples} training examples, batch {batch} → **{steps} optimizer steps**; "
+        f"one micro batch of {micro} × {config.cutoff_len} tokens keeps about "
+        f"**{activations / 1024**2:,.1f} MiB** of activations for the backward pass ({precision})."
+    )

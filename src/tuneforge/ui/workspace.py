@@ -11,16 +11,20 @@ All model work goes through `tuneforge.api.LLM`; this module only keeps it and s
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from tuneforge.errors import ModelError
 from tuneforge.ui.project import Project
+
+if TYPE_CHECKING:
+    from tuneforge.api import LLM
 
 
 class Workspace:
     def __init__(self, project: Project, trust_remote_code: bool = False):
         self.project = project
         self.trust_remote_code = trust_remote_code
-        self.llm = None
+        self.llm: LLM | None = None
         self.model_name: str | None = None
         self.loras: dict[str, str] = {}  # adapter name on the model -> the LoRA choice it came from
         self.lock = threading.Lock()  # one model load or adapter change at a time
@@ -37,7 +41,9 @@ class Workspace:
         with self.lock:
             self.llm = None  # free the old weights before the new ones arrive
             self.loras = {}
-            self.llm = tf.load(spec, device=device, precision=precision, trust_remote_code=self.trust_remote_code)
+            self.llm = tf.load(
+                spec, device=device, precision=precision, trust_remote_code=self.trust_remote_code
+            )
             self.model_name = name
         return self.describe()
 
@@ -84,11 +90,15 @@ class Workspace:
         llm = self.llm
         base = llm.model.get_base_model() if llm.adapters else llm.model
         parameters = base.num_parameters()
-        lines = [f"**Model:** `{self.model_name}` — {parameters / 1e6:,.1f} M parameters, dtype `{base.dtype}`, "
-                 f"precision `{llm.precision}`, device `{llm.device}`"]
+        lines = [
+            f"**Model:** `{self.model_name}` — {parameters / 1e6:,.1f} M parameters, dtype `{base.dtype}`, "
+            f"precision `{llm.precision}`, device `{llm.device}`"
+        ]
         if self.loras:
-            applied = ", ".join(f"`{choice}`" + (" (active)" if name == self.active_adapter else "")
-                                for name, choice in self.loras.items())
+            applied = ", ".join(
+                f"`{choice}`" + (" (active)" if name == self.active_adapter else "")
+                for name, choice in self.loras.items()
+            )
             lines.append(f"**LoRAs:** {applied}")
         else:
             lines.append("**LoRAs:** none (base model)")

@@ -9,20 +9,39 @@ def records(*texts):
 
 
 def test_every_filter_counts_what_it_removed_and_says_why():
-    data = records("As an AI language model, I cannot.", "ok", "a perfectly fine answer", "Visit http://spam.example",
-                   "x" * 50, "a perfectly fine answer")
-    kept, removed, counts = clean_records(data, clean=True, filter_patterns=[r"https?://"], min_length=3,
-                                          max_length=40, dedup="exact")
+    data = records(
+        "As an AI language model, I cannot.",
+        "ok",
+        "a perfectly fine answer",
+        "Visit http://spam.example",
+        "x" * 50,
+        "a perfectly fine answer",
+    )
+    kept, removed, counts = clean_records(
+        data, clean=True, filter_patterns=[r"https?://"], min_length=3, max_length=40, dedup="exact"
+    )
     assert kept == records("a perfectly fine answer")
-    assert counts == {"shorter than 3 characters": 1, "longer than 40 characters": 1, "refusal phrases": 1,
-                      "pattern 'https?://'": 1, "exact duplicates": 1}
+    assert counts == {
+        "shorter than 3 characters": 1,
+        "longer than 40 characters": 1,
+        "refusal phrases": 1,
+        "pattern 'https?://'": 1,
+        "exact duplicates": 1,
+    }
     assert [(index, reason) for index, _, reason in removed] == [
-        (0, "refusal phrases"), (1, "shorter than 3 characters"), (3, "pattern 'https?://'"),
-        (4, "longer than 40 characters"), (5, "exact duplicate of record 2")]
+        (0, "refusal phrases"),
+        (1, "shorter than 3 characters"),
+        (3, "pattern 'https?://'"),
+        (4, "longer than 40 characters"),
+        (5, "exact duplicate of record 2"),
+    ]
 
 
 def test_phrases_match_any_field_case_insensitively():
-    data = [{"instruction": "Who made you?", "output": "I was TRAINED BY OPENAI."}, {"instruction": "a", "output": "b"}]
+    data = [
+        {"instruction": "Who made you?", "output": "I was TRAINED BY OPENAI."},
+        {"instruction": "a", "output": "b"},
+    ]
     kept, _, counts = clean_records(data, clean=True)
     assert kept == data[1:] and counts["refusal phrases"] == 1
 
@@ -34,8 +53,13 @@ def test_unicode_is_normalised_to_nfc():
 
 def test_near_duplicates_are_found_and_different_texts_kept():
     base = "The quick brown fox jumps over the lazy dog while the farmer sleeps in the afternoon sun."
-    texts = [base, base.replace("sleeps", "naps"), base + "!", "An entirely different sentence about cheese "
-             "sandwiches and how to make them well.", base.upper()]
+    texts = [
+        base,
+        base.replace("sleeps", "naps"),
+        base + "!",
+        "An entirely different sentence about cheese sandwiches and how to make them well.",
+        base.upper(),
+    ]
     assert near_duplicates(texts, threshold=0.8) == {1: 0, 2: 0, 4: 0}
     kept, removed, counts = clean_records(records(*texts), dedup="near", near_dup_threshold=0.8)
     assert len(kept) == 2 and counts["near duplicates (Jaccard >= 0.8)"] == 3

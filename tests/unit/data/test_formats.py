@@ -14,28 +14,46 @@ from tuneforge.data.formats import (
 from tuneforge.data.tokenization import IGNORE_INDEX, tokenize_segments
 from tuneforge.errors import DataError
 
-CHAT_FORMAT = {"instruction,output": "User: %instruction%\nAssistant: %output%",
-               "instruction,input,output": "User: %instruction%: %input%\nAssistant: %output%"}
+CHAT_FORMAT = {
+    "instruction,output": "User: %instruction%\nAssistant: %output%",
+    "instruction,input,output": "User: %instruction%: %input%\nAssistant: %output%",
+}
 
 
 def test_shipped_alpaca_format_matches_text_generation_webui():
     fmt = load_format("alpaca-format")
-    assert set(fmt.templates) == {frozenset({"instruction", "output"}), frozenset({"instruction", "input", "output"})}
-    assert load_format("alpaca-chat-format.json").templates[frozenset({"instruction", "output"})][1] == \
-        CHAT_FORMAT["instruction,output"]
+    assert set(fmt.templates) == {
+        frozenset({"instruction", "output"}),
+        frozenset({"instruction", "input", "output"}),
+    }
+    assert (
+        load_format("alpaca-chat-format.json").templates[frozenset({"instruction", "output"})][1]
+        == CHAT_FORMAT["instruction,output"]
+    )
 
 
 def test_each_record_uses_the_template_whose_keys_equal_its_non_empty_keys(tmp_path):
     (tmp_path / "fmt.json").write_text(json.dumps(CHAT_FORMAT))
     fmt = load_format(str(tmp_path / "fmt.json"))
-    blank_input = {"instruction": "Add", "input": "  ", "output": "4", "id": 7}  # blank and non-strings don't count
+    blank_input = {
+        "instruction": "Add",
+        "input": "  ",
+        "output": "4",
+        "id": 7,
+    }  # blank and non-strings don't count
     with_input = {"instruction": "Add", "input": "2+2", "output": "4"}
-    assert render_formatted(blank_input, fmt, train_on_source=False) == [("User: Add\nAssistant: ", False),
-                                                                         ("4", True)]
-    assert render_formatted(with_input, fmt, train_on_source=True) == [("User: Add: 2+2\nAssistant: ", True),
-                                                                       ("4", True)]
-    assert check_formatted([blank_input, with_input, with_input], fmt) == {"instruction,output": 1,
-                                                                          "instruction,input,output": 2}
+    assert render_formatted(blank_input, fmt, train_on_source=False) == [
+        ("User: Add\nAssistant: ", False),
+        ("4", True),
+    ]
+    assert render_formatted(with_input, fmt, train_on_source=True) == [
+        ("User: Add: 2+2\nAssistant: ", True),
+        ("4", True),
+    ]
+    assert check_formatted([blank_input, with_input, with_input], fmt) == {
+        "instruction,output": 1,
+        "instruction,input,output": 2,
+    }
 
 
 def test_values_are_substituted_once_even_if_they_look_like_placeholders():
@@ -47,14 +65,19 @@ def test_values_are_substituted_once_even_if_they_look_like_placeholders():
 def test_records_matching_no_template_are_named_with_their_keys():
     fmt = load_format("alpaca-format")
     records = [{"instruction": "a", "output": "b"}, {"instruction": "only"}, {"prompt": "x", "output": "y"}]
-    with pytest.raises(DataError, match=r"2 of 3 records match no template of alpaca-format \(record indexes 1, 2\)"
-                                        r"; record 1 has non-empty keys: instruction, but"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 3 records match no template of alpaca-format \(record indexes 1, 2\)"
+        r"; record 1 has non-empty keys: instruction, but",
+    ):
         check_formatted(records, fmt)
 
 
 def test_a_placeholder_no_key_supplies_is_refused(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({"instruction,output": "%instruction% %outptu%"}))
-    with pytest.raises(DataError, match="uses %outptu%, which none of its keys \\(instruction, output\\) supplies"):
+    with pytest.raises(
+        DataError, match="uses %outptu%, which none of its keys \\(instruction, output\\) supplies"
+    ):
         load_format(str(tmp_path / "typo.json"))
     (tmp_path / "broken.json").write_text('{"a,b": "x"\n "c": 1}')
     with pytest.raises(DataError, match=r"broken.json:2:2: malformed JSON"):
@@ -73,16 +96,24 @@ def test_prompt_tokens_are_labelled_minus_100_exactly(tokenizer):
 
 def test_source_and_target_are_truncated_separately(tokenizer):
     source, target = "one two three four five six", "alpha beta gamma delta"
-    rows = tokenize_segments([[(source, False, 3), (target, True, 2)]], tokenizer, cutoff_len=None, eos="never")
-    assert rows[0]["input_ids"] == (tokenizer(source, add_special_tokens=False)["input_ids"][:3]
-                                    + tokenizer(target, add_special_tokens=False)["input_ids"][:2])
+    rows = tokenize_segments(
+        [[(source, False, 3), (target, True, 2)]], tokenizer, cutoff_len=None, eos="never"
+    )
+    assert rows[0]["input_ids"] == (
+        tokenizer(source, add_special_tokens=False)["input_ids"][:3]
+        + tokenizer(target, add_special_tokens=False)["input_ids"][:2]
+    )
     assert rows[0]["labels"][:3] == [IGNORE_INDEX] * 3 and rows[0]["truncated"]
 
 
 def test_chat_loss_falls_only_on_assistant_turns_which_end_with_eos(tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
-                {"role": "assistant", "content": "Bye!"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye!"},
+    ]
     segments = render_chat(messages, tokenizer, train_on_source=False)
     assert [text for text, loss in segments if loss] == ["Hello!<|im_end|>\n", "Bye!<|im_end|>\n"]
     assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(messages, tokenize=False)

@@ -10,8 +10,14 @@ from tuneforge.data.batching import collate
 from tuneforge.data.inspection import inspect_data, mark_no_loss
 from tuneforge.errors import DataError
 
-ALPACA = [{"instruction": f"Name fruit number {i}.", "input": "" if i % 3 else "in French",
-           "output": f"Fruit {i} is an apple."} for i in range(20)]
+ALPACA = [
+    {
+        "instruction": f"Name fruit number {i}.",
+        "input": "" if i % 3 else "in French",
+        "output": f"Fruit {i} is an apple.",
+    }
+    for i in range(20)
+]
 
 
 @pytest.fixture()
@@ -56,8 +62,9 @@ def test_same_prepare_is_a_cache_hit_and_any_change_a_miss(tokenizer, config, al
     alpaca_file.write_text(json.dumps(ALPACA[:10]))
     changed = prepare_examples(alpaca_file, tokenizer, config())
     assert not changed.cache_hit and len(changed.train) == 10
-    assert len(list(private_cache.iterdir())) == 4 and not any(p.name.startswith(".") for p in
-                                                               private_cache.iterdir())
+    assert len(list(private_cache.iterdir())) == 4 and not any(
+        p.name.startswith(".") for p in private_cache.iterdir()
+    )
 
 
 def test_raw_text_keeps_the_tail_and_splits_over_chunks(tokenizer, config, tmp_path):
@@ -97,10 +104,18 @@ def test_removed_records_are_written_for_review(tokenizer, config, alpaca_file, 
 
 
 def test_packed_positions_restart_and_no_loss_crosses_examples(tokenizer, config, alpaca_file):
-    blocks = pack_examples([{"input_ids": [5, 6], "labels": [5, 6]}, {"input_ids": [7, 8, 9], "labels": [-100, 8, 9]},
-                            {"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}], block_size=6)
-    assert blocks == [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2]},
-                      {"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4], "position_ids": [0, 1, 2, 3]}]
+    blocks = pack_examples(
+        [
+            {"input_ids": [5, 6], "labels": [5, 6]},
+            {"input_ids": [7, 8, 9], "labels": [-100, 8, 9]},
+            {"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]},
+        ],
+        block_size=6,
+    )
+    assert blocks == [
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2]},
+        {"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4], "position_ids": [0, 1, 2, 3]},
+    ]
     batch = collate(blocks, pad_token_id=0, pad_to_multiple_of=1)
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 0]]
     prepared = prepare_examples(alpaca_file, tokenizer, config(packing=True, cutoff_len=128))
@@ -112,10 +127,14 @@ ALPACA_IDS = [{"input_ids": [1, 2], "labels": [1, 2]}]
 
 
 def test_inspect_reports_stages_and_marks_no_loss_tokens(tokenizer, config, alpaca_file, tmp_path):
-    inspection = inspect_data(alpaca_file, tokenizer, config(validation_split=0.1), n_examples=2,
-                              histogram=tmp_path / "h.png")
+    inspection = inspect_data(
+        alpaca_file, tokenizer, config(validation_split=0.1), n_examples=2, histogram=tmp_path / "h.png"
+    )
     report = inspection.render()
-    assert "shape: formatted" in report and "read 20 -> cleaned 20 -> deduplicated 20 -> split 18 train" in report
+    assert (
+        "shape: formatted" in report
+        and "read 20 -> cleaned 20 -> deduplicated 20 -> split 18 train" in report
+    )
     assert "⟦Below is an instruction" in report and "### Response:\n⟧Fruit" in report
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
     assert mark_no_loss([10, 11, 12], [-100, 11, 12], tokenizer).startswith("⟦")
@@ -137,8 +156,21 @@ def test_cli_inspect_prints_the_report(tokenizer, alpaca_file, tmp_path, capsys,
     monkeypatch.setattr(cli_data, "_tokenizer", lambda config: tokenizer)
     parser = argparse.ArgumentParser(allow_abbrev=False)
     cli_data.add_data_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["data", "inspect", str(alpaca_file), "--cutoff_len", "64", "--overlap_len", "8",
-                              "--histogram", str(tmp_path / "h.png"), "--examples", "1"])
+    args = parser.parse_args(
+        [
+            "data",
+            "inspect",
+            str(alpaca_file),
+            "--cutoff_len",
+            "64",
+            "--overlap_len",
+            "8",
+            "--histogram",
+            str(tmp_path / "h.png"),
+            "--examples",
+            "1",
+        ]
+    )
     assert dispatch(args) == 0
     assert "records per template" in capsys.readouterr().out
     with pytest.raises(DataError, match="format file 'nope' does not exist"):
@@ -165,7 +197,8 @@ def test_dedup_and_diversity_stages_are_counted(tokenizer, config, tmp_path):
     rows = [{"text": f"cheese sandwich recipe {i % 5} with bread and cheddar"} for i in range(10)]
     rows += [{"text": f"rocket launch {i} to orbit with fuel and big engines"} for i in range(4)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    prepared = prepare_examples(tmp_path / "d.jsonl", tokenizer, config(dedup="exact", diversity_clusters=2,
-                                                                        max_per_cluster=3))
+    prepared = prepare_examples(
+        tmp_path / "d.jsonl", tokenizer, config(dedup="exact", diversity_clusters=2, max_per_cluster=3)
+    )
     assert prepared.counts["read"] == 14 and prepared.counts["deduplicated"] == 9
     assert prepared.counts["selected"] == 6 and sorted(prepared.report["clusters"]["sizes"]) == [4, 5]

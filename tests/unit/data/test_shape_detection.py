@@ -1,6 +1,6 @@
 """A text file's shape is read from evidence: prose stays one text (raw), templated lines stay examples (lines).
 
-    python -m pytest tests/unit/data/test_shape_detection.py -q
+python -m pytest tests/unit/data/test_shape_detection.py -q
 """
 
 import re
@@ -73,7 +73,7 @@ def test_templated_lines_are_independent_examples(path):
 
 def test_hard_wrapped_prose_is_one_text():
     words = ESSAY.split()
-    wrapped = "\n".join(" ".join(words[i:i + 9]) for i in range(0, len(words), 9))  # lines cut mid-sentence
+    wrapped = "\n".join(" ".join(words[i : i + 9]) for i in range(0, len(words), 9))  # lines cut mid-sentence
     shape, reason = detect_text_shape(wrapped)
     assert shape == "raw"
     assert reason.startswith("wrapped prose: lines break mid-phrase"), reason
@@ -85,8 +85,14 @@ def test_labelled_lines_are_examples_whatever_their_punctuation():
 
 
 def test_lines_that_end_sentences_but_start_lowercase_are_examples():
-    items = ["toast the bread first.", "grate the cheese fine.", "melt butter in a hot pan.",
-             "slice the tomato thin.", "press the sandwich flat.", "serve it warm with soup."]
+    items = [
+        "toast the bread first.",
+        "grate the cheese fine.",
+        "melt butter in a hot pan.",
+        "slice the tomato thin.",
+        "press the sandwich flat.",
+        "serve it warm with soup.",
+    ]
     shape, reason = detect_text_shape("\n".join(items))
     assert shape == "lines", reason
 
@@ -103,6 +109,8 @@ def test_prepared_prose_is_trained_as_one_text_and_the_preview_states_why(tmp_pa
     path.write_text(ESSAY)
     prepared = prepare_examples(path, tokenizer, RunConfig(cutoff_len=32, overlap_len=0), use_cache=False)
     assert prepared.shape == "raw"
-    assert prepared.report["shape_reason"].startswith("detected: prose one sentence per line: the lines run on as one text (")
+    assert prepared.report["shape_reason"].startswith(
+        "detected: prose one sentence per line: the lines run on as one text ("
+    )
     eos_count = sum(ids.count(tokenizer.eos_token_id) for ids in (e["input_ids"] for e in prepared.train))
     assert eos_count <= 1  # sentences are not each closed by an end-of-sequence token

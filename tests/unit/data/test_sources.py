@@ -22,7 +22,10 @@ def test_json_list_jsonl_and_gz_give_the_same_records(tmp_path):
 def test_csv_and_tsv_rows_become_records_and_a_missing_column_is_named(tmp_path):
     (tmp_path / "d.csv").write_text('title,body\nA,"first, with comma"\nB,second\n')
     (tmp_path / "d.tsv").write_text("title\tbody\nA\tfirst\n")
-    assert read_source(tmp_path / "d.csv", text_column="body").records[0] == {"title": "A", "body": "first, with comma"}
+    assert read_source(tmp_path / "d.csv", text_column="body").records[0] == {
+        "title": "A",
+        "body": "first, with comma",
+    }
     assert read_source(tmp_path / "d.tsv").records == [{"title": "A", "body": "first"}]
     with pytest.raises(DataError, match="column 'text' is not in .*d.csv; its columns are: body, title"):
         read_source(tmp_path / "d.csv", text_column="text")
@@ -40,7 +43,8 @@ def test_html_keeps_visible_paragraphs_and_drops_scripts_styles_and_markup(tmp_p
     (tmp_path / "page.html").write_text(
         "<html><head><title>T</title><style>p {color: red}</style></head><body><h1>Welcome</h1>"
         "<script>var x = 1;</script><p>This is   a <b>bold</b>\n paragraph.</p><div><p>Second one.</p></div>"
-        "<!-- hidden --></body></html>")
+        "<!-- hidden --></body></html>"
+    )
     source = read_source(tmp_path / "page.html")
     assert source.kind == "text"
     assert source.text == "Welcome\n\nThis is a bold paragraph.\n\nSecond one.\n"
@@ -50,10 +54,13 @@ def test_sql_dump_gives_the_chosen_columns_strings(tmp_path):
     (tmp_path / "dump.sql").write_text(
         "CREATE TABLE `posts` (`id` int NOT NULL, `price` decimal(10,2), `body` text, PRIMARY KEY (`id`));\n"
         "INSERT INTO `posts` VALUES (1, 1.50, 'It''s a \\'test\\'\\nline two'),(2, -3, 'semi; colon');\n"
-        "INSERT INTO users (id, name) VALUES (1, 'ann');\n")
+        "INSERT INTO users (id, name) VALUES (1, 'ann');\n"
+    )
     rows = read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="body").records
     assert rows == [{"text": "It's a 'test'\nline two"}, {"text": "semi; colon"}]
-    with pytest.raises(DataError, match="no INSERT INTO table 'post' in .*; tables inserted into: posts, users"):
+    with pytest.raises(
+        DataError, match="no INSERT INTO table 'post' in .*; tables inserted into: posts, users"
+    ):
         read_source(tmp_path / "dump.sql", sql_table="post", sql_column="body")
     with pytest.raises(DataError, match="has no column 'bdy'; its columns are: id, price, body"):
         read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="bdy")

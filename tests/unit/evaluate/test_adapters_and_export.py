@@ -22,14 +22,17 @@ def test_adapters_load_side_by_side_and_base_means_no_adapter(tiny_llm, tiny_mod
     tiny_llm.load_adapter(adapter_dirs[1], name="two")
     assert tiny_llm.adapters == ["one", "two"]
     side = tiny_llm.next_token_probs("To be or not to", k=3, adapters=["base", "one", "two"])
-    assert side["base"] == tf.load(str(tiny_model_dir), precision="fp32").next_token_probs("To be or not to", 3)
+    assert side["base"] == tf.load(str(tiny_model_dir), precision="fp32").next_token_probs(
+        "To be or not to", 3
+    )
     assert side["one"] != side["base"] and side["two"] != side["one"]
     with tiny_llm.use_adapter("base"):
         assert torch.allclose(logits(tiny_llm.model, tiny_llm.tokenizer), plain)
     single = tf.load(str(tiny_model_dir), adapter=adapter_dirs[1], precision="fp32")
     with tiny_llm.use_adapter("two"):
-        assert torch.allclose(logits(tiny_llm.model, tiny_llm.tokenizer),
-                              logits(single.model, single.tokenizer), atol=1e-5)
+        assert torch.allclose(
+            logits(tiny_llm.model, tiny_llm.tokenizer), logits(single.model, single.tokenizer), atol=1e-5
+        )
     with pytest.raises(ModelError, match="no adapter named"), tiny_llm.use_adapter("three"):
         pass
     tiny_llm.unload_adapter("one")
@@ -38,7 +41,9 @@ def test_adapters_load_side_by_side_and_base_means_no_adapter(tiny_llm, tiny_mod
     assert tiny_llm.adapters == [] and torch.allclose(logits(tiny_llm.model, tiny_llm.tokenizer), plain)
 
 
-def test_merged_folder_loads_in_plain_transformers_with_the_adapters_logits(tiny_model_dir, adapter_dirs, tmp_path):
+def test_merged_folder_loads_in_plain_transformers_with_the_adapters_logits(
+    tiny_model_dir, adapter_dirs, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
     llm = tf.load(str(tiny_model_dir), adapter=adapter_dirs[0], precision="fp32")
@@ -59,8 +64,13 @@ def test_merge_without_an_adapter_is_a_clear_error(tiny_llm):
 def test_perplexity_for_base_and_adapters_in_one_call(tiny_llm, adapter_dirs, tmp_path):
     tiny_llm.load_adapter(adapter_dirs[0], name="one")
     history = tmp_path / "history.jsonl"
-    results = tiny_llm.perplexity("you can make a tasty cheese sandwich", max_length=8, stride=4,
-                                  adapters=["base", "one"], history=history)
+    results = tiny_llm.perplexity(
+        "you can make a tasty cheese sandwich",
+        max_length=8,
+        stride=4,
+        adapters=["base", "one"],
+        history=history,
+    )
     assert [r.label for r in results] == ["base", "one"]
     assert results[0].perplexity != results[1].perplexity
     assert len(history.read_text().splitlines()) == 2
@@ -70,8 +80,9 @@ def test_compare_writes_markdown_and_html_with_a_column_per_model(tiny_llm, adap
     tiny_llm.load_adapter(adapter_dirs[0], name="one")
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("you can make a tasty cheese sandwich\nanyone can build a ham sandwich\n")
-    result = tiny_llm.compare([PROMPT, "anyone can"], seeds=[0, 1], heldout=heldout, max_new_tokens=4,
-                              max_length=16, stride=8)
+    result = tiny_llm.compare(
+        [PROMPT, "anyone can"], seeds=[0, 1], heldout=heldout, max_new_tokens=4, max_length=16, stride=8
+    )
     assert result.labels == ["base", "one"]
     with tiny_llm.use_adapter("base"):
         assert result.outputs["base"][1] == tiny_llm.generate(PROMPT, max_new_tokens=4, seed=1)
@@ -84,8 +95,15 @@ def test_compare_writes_markdown_and_html_with_a_column_per_model(tiny_llm, adap
 
 def test_a_gallery_grows_one_column_per_recorded_step(tiny_llm, tmp_path):
     for step in (10, 20):
-        record_gallery(tiny_llm.model, tiny_llm.tokenizer, tmp_path, step, [PROMPT], heldout="you can make it",
-                       settings=GenerationSettings(max_new_tokens=4))
+        record_gallery(
+            tiny_llm.model,
+            tiny_llm.tokenizer,
+            tmp_path,
+            step,
+            [PROMPT],
+            heldout="you can make it",
+            settings=GenerationSettings(max_new_tokens=4),
+        )
     text = (tmp_path / "gallery.md").read_text()
     assert "| step 10 | step 20 |" in text and (tmp_path / "gallery.html").is_file()
 
@@ -94,6 +112,8 @@ def test_gguf_export_loads_back_in_transformers_with_the_same_tokenizer_and_logi
     from tuneforge.models.export import export_gguf, verify_gguf
 
     path = export_gguf(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "tiny.gguf", dtype="f32")
-    check = verify_gguf(tiny_llm.model, tiny_llm.tokenizer, path, prompts=["you can make a", "To be or not to"])
+    check = verify_gguf(
+        tiny_llm.model, tiny_llm.tokenizer, path, prompts=["you can make a", "To be or not to"]
+    )
     assert check.ok, check
     assert check.max_logit_difference < 1e-4  # f32: the round trip is exact up to float noise

@@ -18,22 +18,47 @@ def test_every_verb_registers_on_a_parser_without_abbreviations():
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_eval_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["generate", "hi", "--max_new_tokens", "3", "--min-p", "0.1", "--stop", "x"])
-    assert COMMANDS[command_of(args)] is COMMANDS["generate"] and args.max_new_tokens == 3 and args.min_p == 0.1
+    assert (
+        COMMANDS[command_of(args)] is COMMANDS["generate"] and args.max_new_tokens == 3 and args.min_p == 0.1
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "hi", "--max-new", "3"])  # no prefix matching
 
 
 def test_generate_streams_the_same_text_as_without_streaming(capsys, tiny_model_dir):
-    common = ["generate", "--model", tiny_model_dir, "--precision", "fp32", "--device", "cpu",
-              "--max-new-tokens", "8", "--seed", "3", "you can"]
+    common = [
+        "generate",
+        "--model",
+        tiny_model_dir,
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "3",
+        "you can",
+    ]
     code, whole, _ = run(capsys, *common)
     assert code == 0 and whole.startswith("you can")
     assert run(capsys, *common, "--stream")[1] == whole
 
 
 def test_logits_shows_base_and_adapter_side_by_side(capsys, tiny_model_dir, adapter_dirs):
-    code, out, _ = run(capsys, "logits", "--model", tiny_model_dir, "--adapter", adapter_dirs[0], "--top", "3",
-                       "--device", "cpu", "To be or not to")
+    code, out, _ = run(
+        capsys,
+        "logits",
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter_dirs[0],
+        "--top",
+        "3",
+        "--device",
+        "cpu",
+        "To be or not to",
+    )
     lines = out.splitlines()
     assert code == 0 and "base" in lines[1] and "one" in lines[1] and len(lines) == 5
 
@@ -42,20 +67,59 @@ def test_perplexity_prints_a_table_and_records_history(capsys, tiny_model_dir, a
     data = tmp_path / "heldout.txt"
     data.write_text("you can make a tasty cheese sandwich\n" * 4)
     history = tmp_path / "history.jsonl"
-    code, out, _ = run(capsys, "perplexity", data, "--model", tiny_model_dir, "--adapter", adapter_dirs[0],
-                       "--max-length", "16", "--stride", "8", "--history", history, "--device", "cpu")
+    code, out, _ = run(
+        capsys,
+        "perplexity",
+        data,
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter_dirs[0],
+        "--max-length",
+        "16",
+        "--stride",
+        "8",
+        "--history",
+        history,
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "| base |" in out and "| one |" in out and "vs base" in out
     assert "2 past evaluations" in run(capsys, "perplexity", "--show-history", "--history", history)[1]
 
 
 def test_compare_and_merge_write_their_files(capsys, tiny_model_dir, adapter_dirs, tmp_path):
-    code, out, _ = run(capsys, "compare", "--model", tiny_model_dir, "--adapter", adapter_dirs[0], "--adapter",
-                       adapter_dirs[1], "--max-new-tokens", "4", "--seeds", "0", "--output", tmp_path / "cmp",
-                       "--device", "cpu", "you can")
+    code, out, _ = run(
+        capsys,
+        "compare",
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter_dirs[0],
+        "--adapter",
+        adapter_dirs[1],
+        "--max-new-tokens",
+        "4",
+        "--seeds",
+        "0",
+        "--output",
+        tmp_path / "cmp",
+        "--device",
+        "cpu",
+        "you can",
+    )
     assert code == 0 and "| prompt | seed | base | one | two |" in out
     assert (tmp_path / "cmp" / "compare.html").is_file()
-    code, out, _ = run(capsys, "merge", "--model", tiny_model_dir, "--adapter", adapter_dirs[0], "--output",
-                       tmp_path / "merged")
+    code, out, _ = run(
+        capsys,
+        "merge",
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter_dirs[0],
+        "--output",
+        tmp_path / "merged",
+    )
     assert code == 0 and (tmp_path / "merged" / "config.json").is_file()
 
 

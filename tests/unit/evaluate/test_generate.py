@@ -16,10 +16,10 @@ def test_same_seed_and_settings_give_the_same_text_and_another_seed_another(tiny
 
 def test_a_stop_string_ends_the_text_before_it(tiny_llm):
     full = tiny_llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), full
     cut = tiny_llm.generate(PROMPT, do_sample=False, max_new_tokens=20, stop=[stop])
-    assert cut == full[:full.index(stop)]
+    assert cut == full[: full.index(stop)]
     assert stop not in cut
 
 
@@ -28,7 +28,7 @@ def test_streaming_yields_exactly_the_non_streamed_text(tiny_llm, stop):
     settings = GenerationSettings(max_new_tokens=16, temperature=1.0, seed=11)
     whole = tiny_llm.generate(PROMPT, settings)
     if stop:  # a stop string that really occurs in the text
-        stop = whole[len(whole) // 2:len(whole) // 2 + 2]
+        stop = whole[len(whole) // 2 : len(whole) // 2 + 2]
         whole = tiny_llm.generate(PROMPT, settings, stop=[stop])
     pieces = list(tiny_llm.stream(PROMPT, settings, stop=[stop] if stop else []))
     assert len(pieces) > 1
@@ -44,7 +44,10 @@ def test_chat_mode_wraps_the_prompt_in_the_chat_template(tokenizer):
     ids = encode_prompt(tokenizer, "Hello", chat=True)["input_ids"][0]
     text = tokenizer.decode(ids)
     assert "<|im_start|>user" in text and "Hello" in text and text.rstrip().endswith("assistant")
-    assert encode_prompt(tokenizer, "Hello", chat=False)["input_ids"][0].tolist() == tokenizer("Hello")["input_ids"]
+    assert (
+        encode_prompt(tokenizer, "Hello", chat=False)["input_ids"][0].tolist()
+        == tokenizer("Hello")["input_ids"]
+    )
 
 
 def test_min_new_tokens_and_max_new_tokens_bound_the_length(tiny_llm):

@@ -11,27 +11,47 @@ import pytest
 
 from tuneforge.happy import GENSettings, GENTrainArgs, GENTrainArgsV2, HappyGeneration
 
-SEED_001_TABLE = {"learning_rate": 5e-5, "num_train_epochs": 3, "batch_size": 1, "weight_decay": 0,
-                  "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
-                  "save_preprocessed_data": False, "save_preprocessed_data_path": "",
-                  "load_preprocessed_data": False, "load_preprocessed_data_path": "",
-                  "preprocessing_processes": 1, "fp16": False}
+SEED_001_TABLE = {
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3,
+    "batch_size": 1,
+    "weight_decay": 0,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_epsilon": 1e-8,
+    "max_grad_norm": 1.0,
+    "save_preprocessed_data": False,
+    "save_preprocessed_data_path": "",
+    "load_preprocessed_data": False,
+    "load_preprocessed_data_path": "",
+    "preprocessing_processes": 1,
+    "fp16": False,
+}
 
 
 def test_train_args_have_every_field_of_seed_001s_table_with_its_default():
     defaults = GENTrainArgsV2()  # 2.x's defaults; GENTrainArgs has 3.x's (test_happy_v3.py)
     for name, value in SEED_001_TABLE.items():
         assert getattr(defaults, name) == value, name
-    assert {"method", "rank", "alpha", "lora_dropout", "target_modules"} <= {f.name for f in
-                                                                           dataclasses.fields(GENTrainArgs)}
+    assert {"method", "rank", "alpha", "lora_dropout", "target_modules"} <= {
+        f.name for f in dataclasses.fields(GENTrainArgs)
+    }
     assert set(SEED_001_TABLE) <= {f.name for f in dataclasses.fields(GENTrainArgs)}  # 2.x names accepted
 
 
 def test_generation_settings_keep_happytransformers_defaults():
     settings = GENSettings()
-    assert (settings.min_length, settings.max_length, settings.do_sample, settings.early_stopping,
-            settings.num_beams, settings.temperature, settings.top_k, settings.no_repeat_ngram_size,
-            settings.top_p) == (10, 50, False, False, 1, 1.0, 50, 0, 1.0)
+    assert (
+        settings.min_length,
+        settings.max_length,
+        settings.do_sample,
+        settings.early_stopping,
+        settings.num_beams,
+        settings.temperature,
+        settings.top_k,
+        settings.no_repeat_ngram_size,
+        settings.top_p,
+    ) == (10, 50, False, False, 1, 1.0, 50, 0, 1.0)
 
 
 @pytest.fixture()
@@ -45,12 +65,19 @@ def test_generate_text_returns_an_object_with_text_of_the_asked_length(happy):
     assert result.text == happy.generate_text("you can", args=GENSettings(min_length=5, max_length=5)).text
 
 
-def test_train_lowers_eval_loss_and_save_then_load_path_restores_the_model(happy, tiny_model_dir, lines_file,
-                                                                           tmp_path, monkeypatch):
+def test_train_lowers_eval_loss_and_save_then_load_path_restores_the_model(
+    happy, tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     before = happy.eval(str(lines_file)).loss
-    args = GENTrainArgs(learning_rate=3e-3, num_train_epochs=1, batch_size=8, max_steps=6,
-                        save_preprocessed_data=True, save_preprocessed_data_path="preprocessed-data.json")
+    args = GENTrainArgs(
+        learning_rate=3e-3,
+        num_train_epochs=1,
+        batch_size=8,
+        max_steps=6,
+        save_preprocessed_data=True,
+        save_preprocessed_data_path="preprocessed-data.json",
+    )
     run = happy.train(input_filepath=str(lines_file), args=args)
     assert run.steps == 6 and (tmp_path / "preprocessed-data.json").exists()
     after = happy.eval(str(lines_file)).loss
@@ -62,10 +89,20 @@ def test_train_lowers_eval_loss_and_save_then_load_path_restores_the_model(happy
 
 def test_training_from_preprocessed_data_sees_the_same_examples(happy, lines_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = dict(method="lora", rank=4, alpha=8, learning_rate=1e-2, batch_size=8, max_steps=2,
-                  target_modules=["q_proj", "v_proj"])
-    saved = happy.train(str(lines_file), GENTrainArgs(save_preprocessed_data=True,
-                                                      save_preprocessed_data_path="prep", **common))
-    again = happy.train("ignored.txt", GENTrainArgs(load_preprocessed_data=True, load_preprocessed_data_path="prep",
-                                                    **common))
+    common = dict(
+        method="lora",
+        rank=4,
+        alpha=8,
+        learning_rate=1e-2,
+        batch_size=8,
+        max_steps=2,
+        target_modules=["q_proj", "v_proj"],
+    )
+    saved = happy.train(
+        str(lines_file),
+        GENTrainArgs(save_preprocessed_data=True, save_preprocessed_data_path="prep", **common),
+    )
+    again = happy.train(
+        "ignored.txt", GENTrainArgs(load_preprocessed_data=True, load_preprocessed_data_path="prep", **common)
+    )
     assert saved.train_tokens == again.train_tokens

@@ -21,13 +21,32 @@ from tuneforge.happy import GENEvalArgs, GENSettings, GENTrainArgs, HappyGenerat
 from tuneforge.paths import tuneforge_home
 
 # happytransformer/args.py (TrainArgs + GENTrainArgs, EvalArgs + GENEvalArgs) in v3.0.1
-V3_TRAIN_DEFAULTS = {"output_dir": "happy_transformer/", "learning_rate": 5e-5, "num_train_epochs": 1.0,
-                     "batch_size": 1, "weight_decay": 0, "fp16": False, "eval_ratio": 0.1, "save_steps": 0.0,
-                     "eval_steps": 0.1, "logging_steps": 0.1, "save_path": False, "load_path": False,
-                     "report_to": (), "deepspeed": False, "project_name": "happy-transformer",
-                     "run_name": "test", "max_length": None}
-V3_EVAL_DEFAULTS = {"batch_size": 1, "deepspeed": False, "save_path": False, "load_path": False,
-                    "max_length": None}
+V3_TRAIN_DEFAULTS = {
+    "output_dir": "happy_transformer/",
+    "learning_rate": 5e-5,
+    "num_train_epochs": 1.0,
+    "batch_size": 1,
+    "weight_decay": 0,
+    "fp16": False,
+    "eval_ratio": 0.1,
+    "save_steps": 0.0,
+    "eval_steps": 0.1,
+    "logging_steps": 0.1,
+    "save_path": False,
+    "load_path": False,
+    "report_to": (),
+    "deepspeed": False,
+    "project_name": "happy-transformer",
+    "run_name": "test",
+    "max_length": None,
+}
+V3_EVAL_DEFAULTS = {
+    "batch_size": 1,
+    "deepspeed": False,
+    "save_path": False,
+    "load_path": False,
+    "max_length": None,
+}
 
 
 @pytest.fixture()
@@ -131,8 +150,9 @@ def test_saved_eval_data_scores_the_same_from_load_path(work, happy_gen, DATA_PA
     assert (work / "data" / "gen-eval" / "eval" / "meta.json").is_file()
 
 
-def test_saved_model_loads_back_from_model_name_and_load_path_with_the_same_greedy_text(work, happy_gen,
-                                                                                         MODEL, DATA_PATH):
+def test_saved_model_loads_back_from_model_name_and_load_path_with_the_same_greedy_text(
+    work, happy_gen, MODEL, DATA_PATH
+):
     happy_gen.train(DATA_PATH, args=GENTrainArgs(learning_rate=5e-4, num_train_epochs=1))
     # HappyTransformer: save-load-model.md, Examples 8.0 and 8.1, as tests/test_gen.py's test_gen_save runs
     happy_gen.save("model/")
@@ -148,9 +168,11 @@ def test_saved_model_loads_back_from_model_name_and_load_path_with_the_same_gree
 
 def test_dictionary_args_are_refused_with_happytransformers_message(happy_gen, DATA_PATH):
     # HappyTransformer: tests/test_gen.py, test_wp_train_eval_with_dic
-    train_args = {'learning_rate': 0.01, "num_train_epochs": 1}
-    with pytest.raises(ValueError, match="Dictionary training arguments are no longer supported as of Happy "
-                                         "Transformer version 3.0.0"):
+    train_args = {"learning_rate": 0.01, "num_train_epochs": 1}
+    with pytest.raises(
+        ValueError,
+        match="Dictionary training arguments are no longer supported as of Happy Transformer version 3.0.0",
+    ):
         happy_gen.train(DATA_PATH, args=train_args)
     eval_args = {}
     with pytest.raises(ValueError, match="Dictionary evaluating arguments are no longer supported"):

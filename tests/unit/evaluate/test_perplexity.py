@@ -14,8 +14,10 @@ from tuneforge.evaluate.perplexity import (
     window_nll,
 )
 
-TEXT = ("you can make a tasty cheese sandwich quickly\nanyone can build a small ham sandwich today\n"
-        "you can build a tasty cheese sandwich slowly\n") * 3
+TEXT = (
+    "you can make a tasty cheese sandwich quickly\nanyone can build a small ham sandwich today\n"
+    "you can build a tasty cheese sandwich slowly\n"
+) * 3
 
 
 def direct_perplexity(model, ids: list[int], max_length: int) -> float:
@@ -23,7 +25,7 @@ def direct_perplexity(model, ids: list[int], max_length: int) -> float:
     nll = 0.0
     with torch.no_grad():
         for t in range(1, len(ids)):
-            context = ids[max(0, t - max_length + 1):t]
+            context = ids[max(0, t - max_length + 1) : t]
             logits = model(input_ids=torch.tensor([context])).logits[0, -1]
             nll -= float(torch.log_softmax(logits.double(), dim=-1)[ids[t]])
     return math.exp(nll / (len(ids) - 1))
@@ -33,7 +35,9 @@ def direct_perplexity(model, ids: list[int], max_length: int) -> float:
 def test_stride_one_matches_the_direct_token_by_token_computation(tiny_llm, max_length):
     ids = tiny_llm.tokenizer(TEXT)["input_ids"]
     assert len(ids) > 2 * max_length or max_length > len(ids)
-    result = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=max_length, stride=1, shape="raw")
+    result = perplexity(
+        tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=max_length, stride=1, shape="raw"
+    )
     assert result.tokens == len(ids) - 1
     assert result.perplexity == pytest.approx(direct_perplexity(tiny_llm.model, ids, max_length), rel=1e-3)
 
@@ -45,7 +49,9 @@ def test_every_token_is_scored_once_whatever_the_stride(tiny_llm):
         assert count == len(ids) - 1
     whole = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=512, stride=512, shape="raw")
     disjoint = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=8, stride=8, shape="raw")
-    assert whole.perplexity != pytest.approx(disjoint.perplexity, rel=1e-6)  # less context per token: a different number
+    assert whole.perplexity != pytest.approx(
+        disjoint.perplexity, rel=1e-6
+    )  # less context per token: a different number
 
 
 def test_a_text_file_and_its_contents_give_the_same_perplexity(tiny_llm, tmp_path):
@@ -68,9 +74,11 @@ def test_line_shaped_text_is_scored_line_by_line_like_training_reads_it(tiny_llm
     assert raw.tokens == len(tiny_llm.tokenizer(TEXT)["input_ids"]) - 1
 
 
-PROSE = ("The first thing to know about bread is that it is alive.\nYeast eats the sugars in the flour.\n"
-         "A cold kitchen slows this down.\nSalt tightens the gluten, so the dough holds its shape.\n"
-         "Most of the flavour comes from time.\n")
+PROSE = (
+    "The first thing to know about bread is that it is alive.\nYeast eats the sugars in the flour.\n"
+    "A cold kitchen slows this down.\nSalt tightens the gluten, so the dough holds its shape.\n"
+    "Most of the flavour comes from time.\n"
+)
 
 
 def test_prose_one_sentence_per_line_is_measured_as_written(tiny_llm):
@@ -88,7 +96,9 @@ def test_prepared_examples_score_only_tokens_with_labels(tiny_llm):
     ids = tiny_llm.tokenizer("you can make a tasty cheese sandwich")["input_ids"]
     masked = [-100] * 4 + ids[4:]
     full = perplexity(tiny_llm.model, tiny_llm.tokenizer, [{"input_ids": ids, "labels": ids}], max_length=64)
-    part = perplexity(tiny_llm.model, tiny_llm.tokenizer, [{"input_ids": ids, "labels": masked}], max_length=64)
+    part = perplexity(
+        tiny_llm.model, tiny_llm.tokenizer, [{"input_ids": ids, "labels": masked}], max_length=64
+    )
     assert full.tokens == len(ids) - 1 and part.tokens == len(ids) - 4
 
 

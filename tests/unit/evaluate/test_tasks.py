@@ -65,8 +65,9 @@ def test_records_are_read_from_jsonl_and_alpaca_json(tmp_path):
 
 def test_evaluate_scores_a_model_before_and_after_an_adapter(tiny_llm, adapter_dirs):
     tiny_llm.load_adapter(adapter_dirs[0], name="one")
-    scores = tiny_llm.evaluate([("you can", "make"), ("anyone can", "build")], max_new_tokens=3,
-                               adapters=["base", "one"])
+    scores = tiny_llm.evaluate(
+        [("you can", "make"), ("anyone can", "build")], max_new_tokens=3, adapters=["base", "one"]
+    )
     assert set(scores) == {"base", "one"}
     assert all(set(s.means) == {"exact_match", "rouge_l", "numeric"} for s in scores.values())
     assert [r["prediction"] for r in scores["base"].rows] != [r["prediction"] for r in scores["one"].rows]

@@ -10,8 +10,17 @@ from tuneforge.config import RunConfig, load_config
 from tuneforge.evaluate.curves import diagnose_fit
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 
-BASE = dict(learning_rate=3e-2, batch_size=8, micro_batch_size=8, rank=4, alpha=8, lora_dropout=0.0,
-            target_modules=["all-linear"], precision="fp32", max_steps=6)
+BASE = dict(
+    learning_rate=3e-2,
+    batch_size=8,
+    micro_batch_size=8,
+    rank=4,
+    alpha=8,
+    lora_dropout=0.0,
+    target_modules=["all-linear"],
+    precision="fp32",
+    max_steps=6,
+)
 
 
 def train(tiny_model_dir, lines_file, tmp_path, **settings):
@@ -23,7 +32,9 @@ def train(tiny_model_dir, lines_file, tmp_path, **settings):
 @pytest.mark.parametrize("optimizer", ["adamw_torch", "sgd", "adafactor"])
 def test_each_optimizer_lowers_the_loss(tiny_model_dir, lines_file, tmp_path, optimizer):
     rate = {"sgd": 1.0, "adafactor": 3e-2}.get(optimizer, 3e-2)
-    _, run = train(tiny_model_dir, lines_file, tmp_path, optimizer=optimizer, learning_rate=rate, max_steps=10)
+    _, run = train(
+        tiny_model_dir, lines_file, tmp_path, optimizer=optimizer, learning_rate=rate, max_steps=10
+    )
     assert run.final_loss < run.losses[0]
 
 
@@ -32,8 +43,18 @@ def test_warmup_ratio_sets_the_warmup_steps():
     assert warmup_steps(RunConfig(warmup_steps=3, warmup_ratio=0.5), 50) == 3
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                  "constant_with_warmup", "inverse_sqrt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ],
+)
 def test_every_scheduler_builds_and_warms_up(name):
     parameter = torch.nn.Parameter(torch.zeros(2))
     config = RunConfig(lr_scheduler=name, warmup_steps=4, learning_rate=1.0)
@@ -49,8 +70,14 @@ def test_every_scheduler_builds_and_warms_up(name):
 
 
 def test_modules_to_save_and_layers_to_transform(tiny_model_dir, lines_file, tmp_path):
-    llm, _ = train(tiny_model_dir, lines_file, tmp_path, target_modules=["q_proj", "v_proj"],
-                   layers_to_transform=[1], modules_to_save=["lm_head"])
+    llm, _ = train(
+        tiny_model_dir,
+        lines_file,
+        tmp_path,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=[1],
+        modules_to_save=["lm_head"],
+    )
     names = [n for n, p in llm.model.named_parameters() if p.requires_grad]
     assert any("layers.1.self_attn.q_proj.lora_A" in n for n in names)
     assert not any("layers.0." in n for n in names)
@@ -64,20 +91,32 @@ def test_unknown_target_module_lists_the_real_ones(tiny_model_dir, lines_file, t
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, lines_file, tmp_path):
     _, plain = train(tiny_model_dir, lines_file, tmp_path / "a", max_steps=3)
-    _, checkpointed = train(tiny_model_dir, lines_file, tmp_path / "b", max_steps=3, gradient_checkpointing=True)
+    _, checkpointed = train(
+        tiny_model_dir, lines_file, tmp_path / "b", max_steps=3, gradient_checkpointing=True
+    )
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
 
 
 def test_early_stopping_on_validation_loss(tiny_model_dir, lines_file, tmp_path):
-    _, run = train(tiny_model_dir, lines_file, tmp_path, max_steps=60, learning_rate=0.5, eval_steps=1,
-                   validation_split=0.25, early_stopping_patience=2, optimizer="sgd")
+    _, run = train(
+        tiny_model_dir,
+        lines_file,
+        tmp_path,
+        max_steps=60,
+        learning_rate=0.5,
+        eval_steps=1,
+        validation_split=0.25,
+        early_stopping_patience=2,
+        optimizer="sgd",
+    )
     assert run.steps < 60 and "early stopping" in run.stopped_because
 
 
 def test_copy_parameters_from_an_earlier_run(tmp_path):
     (tmp_path / "earlier").mkdir()
     RunConfig(rank=8, alpha=16, learning_rate=1e-3, output_dir=str(tmp_path / "earlier")).save(
-        tmp_path / "earlier" / "config.yaml")
+        tmp_path / "earlier" / "config.yaml"
+    )
     config = load_config(None, {"copy_parameters_from": str(tmp_path / "earlier"), "learning_rate": "2e-3"})
     assert config.rank == 8 and config.alpha == 16 and config.learning_rate == 2e-3
     assert config.output_dir is None  # the run folder is never inherited
@@ -102,7 +141,7 @@ def test_fit_diagnosis_follows_seed_002():
     assert diagnose_fit(flat, [])[0] == "underfit"
     falling = [5.0 - 0.2 * i for i in range(20)]
     assert diagnose_fit(falling, [])[0] == "underfit"  # still falling at the end: train longer
-    settled = [5.0 * 0.7 ** i + 1.0 for i in range(40)]
+    settled = [5.0 * 0.7**i + 1.0 for i in range(40)]
     overfit_validation = [(10, 2.0), (20, 1.6), (30, 1.9), (40, 2.3)]
     assert diagnose_fit(settled, overfit_validation)[0] == "overfit"
     assert diagnose_fit(settled, [(10, 1.6), (20, 1.2), (30, 1.15), (40, 1.14)])[0] == "well-fit"
@@ -110,10 +149,24 @@ def test_fit_diagnosis_follows_seed_002():
 
 def test_scratch_builds_a_new_model_with_a_trained_tokenizer(tiny_model_dir, lines_file, tmp_path):
     llm = tf.load(str(tiny_model_dir), precision="fp32")
-    run = llm.train(lines_file, method="scratch", tokenizer="train", vocab_size=300, n_layer=1, n_head=2,
-                    n_embd=16, n_positions=64, cutoff_len=64, overlap_len=0, learning_rate=1e-2,
-                    batch_size=8, micro_batch_size=8, max_steps=15, output_dir=str(tmp_path / "run"),
-                    show_progress=False)
+    run = llm.train(
+        lines_file,
+        method="scratch",
+        tokenizer="train",
+        vocab_size=300,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        n_positions=64,
+        cutoff_len=64,
+        overlap_len=0,
+        learning_rate=1e-2,
+        batch_size=8,
+        micro_batch_size=8,
+        max_steps=15,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+    )
     assert len(run.tokenizer) == 300
     assert llm.model.config.model_type == "gpt2" and llm.model.config.n_embd == 16
     assert run.final_loss < run.losses[0]
@@ -133,26 +186,50 @@ def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 8])
-def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(tiny_model_dir, lines_file, tmp_path, bits):
+def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(
+    tiny_model_dir, lines_file, tmp_path, bits
+):
     from tuneforge.models.kind import is_quantized
 
     llm = tf.load(str(tiny_model_dir), precision="fp32")
-    run = llm.train(lines_file, method="qlora", bits=bits, output_dir=str(tmp_path / "run"), show_progress=False,
-                    **{**BASE, "target_modules": ["q_proj", "v_proj", "up_proj"], "max_steps": 8})
+    run = llm.train(
+        lines_file,
+        method="qlora",
+        bits=bits,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+        **{**BASE, "target_modules": ["q_proj", "v_proj", "up_proj"], "max_steps": 8},
+    )
     assert is_quantized(llm.model.get_base_model())
     assert run.final_loss < run.losses[0]
     quantized = {n: p.detach().clone() for n, p in llm.model.named_parameters() if "base_layer" in n}
-    assert quantized and all(not p.requires_grad for n, p in llm.model.named_parameters() if "base_layer" in n)
-    llm.train(lines_file, method="qlora", bits=bits, output_dir=str(tmp_path / "run2"), show_progress=False,
-              **{**BASE, "target_modules": ["q_proj", "v_proj", "up_proj"], "max_steps": 2})
+    assert quantized and all(
+        not p.requires_grad for n, p in llm.model.named_parameters() if "base_layer" in n
+    )
+    llm.train(
+        lines_file,
+        method="qlora",
+        bits=bits,
+        output_dir=str(tmp_path / "run2"),
+        show_progress=False,
+        **{**BASE, "target_modules": ["q_proj", "v_proj", "up_proj"], "max_steps": 2},
+    )
     for name, before in quantized.items():
         assert torch.equal(dict(llm.model.named_parameters())[name].detach(), before), name
     assert (run.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_gallery_records_each_checkpoint(tiny_model_dir, lines_file, tmp_path):
-    _, run = train(tiny_model_dir, lines_file, tmp_path, max_steps=4, save_steps=2, compare_at_save=True,
-                   sample_prompts=["you can"], validation_split=0.25)
+    _, run = train(
+        tiny_model_dir,
+        lines_file,
+        tmp_path,
+        max_steps=4,
+        save_steps=2,
+        compare_at_save=True,
+        sample_prompts=["you can"],
+        validation_split=0.25,
+    )
     gallery = (run.run_dir / "gallery.md").read_text()
     assert "step 2" in gallery and "step 4" in gallery and "you can" in gallery
 
@@ -162,19 +239,35 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
 
     text = tmp_path / "same_length.txt"  # raw text: every chunk is cutoff_len tokens, so shapes never change
     text.write_text(" ".join(f"cheese number {i} melts on bread." for i in range(400)))
-    settings = dict(format="raw", cutoff_len=64, overlap_len=0, batch_size=4, micro_batch_size=2, max_steps=6,
-                    learning_rate=1e-2, rank=4, alpha=8, lora_dropout=0.0, precision="fp32", validation_split=0)
-    eager = tf.load(str(tiny_model_dir), precision="fp32").train(str(text), output_dir=str(tmp_path / "eager"),
-                                                                 show_progress=False, **settings)
+    settings = dict(
+        format="raw",
+        cutoff_len=64,
+        overlap_len=0,
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=6,
+        learning_rate=1e-2,
+        rank=4,
+        alpha=8,
+        lora_dropout=0.0,
+        precision="fp32",
+        validation_split=0,
+    )
+    eager = tf.load(str(tiny_model_dir), precision="fp32").train(
+        str(text), output_dir=str(tmp_path / "eager"), show_progress=False, **settings
+    )
     torch._dynamo.reset()
     from tuneforge.train import fused
+
     fused._SILU_MUL = fused._DROPOUT_LINEAR = None  # as in a fresh process, where compile meets them first
     graphs = []
     llm = tf.load(str(tiny_model_dir), precision="fp32")
     hook = llm.model.model.layers[0].register_forward_pre_hook(
-        lambda module, args: graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
-    compiled = llm.train(str(text), output_dir=str(tmp_path / "compiled"), show_progress=False, compile=True,
-                         **settings)
+        lambda module, args: graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    )
+    compiled = llm.train(
+        str(text), output_dir=str(tmp_path / "compiled"), show_progress=False, compile=True, **settings
+    )
     hook.remove()
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
     assert graphs[-1] > 0  # it did compile

@@ -10,8 +10,9 @@ from tuneforge.config import field_names
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -29,13 +30,19 @@ def test_unknown_config_key_in_yaml(tmp_path):
 
 
 def test_unknown_command_line_option():
-    assert_one_line_error(run_cli("train", "--data", "x.txt", "--learning_rat", "1e-3"),
-                          "unknown option '--learning_rat'", "--learning_rate")
+    assert_one_line_error(
+        run_cli("train", "--data", "x.txt", "--learning_rat", "1e-3"),
+        "unknown option '--learning_rat'",
+        "--learning_rate",
+    )
 
 
 def test_missing_data_file(tmp_path):
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing.txt"), "--model", "default"),
-                          "missing.txt", "does not exist")
+    assert_one_line_error(
+        run_cli("train", "--data", str(tmp_path / "missing.txt"), "--model", "default"),
+        "missing.txt",
+        "does not exist",
+    )
 
 
 def test_empty_data_file(tmp_path):
@@ -70,24 +77,58 @@ def test_every_subcommand_has_help(capsys):
 def test_train_and_generate_from_the_command_line(tiny_model_dir, lines_file, tmp_path):
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 2\nrank: 4\nalpha: 8\n"
-                      "batch_size: 8\nmicro_batch_size: 8\nprecision: fp32\n")
+    config.write_text(
+        f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 2\nrank: 4\nalpha: 8\n"
+        "batch_size: 8\nmicro_batch_size: 8\nprecision: fp32\n"
+    )
     result = run_cli("train", str(config), "--output_dir", str(run_dir), "--learning_rate", "1e-2")
     assert result.returncode == 0, result.stderr
     assert "step 2/2" in result.stderr and "loss" in result.stderr
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert "learning_rate: 0.01" in (run_dir / "config.yaml").read_text()
-    generated = run_cli("generate", "--model", str(tiny_model_dir), "--adapter", str(run_dir / "adapter"),
-                        "--greedy", "--max-new-tokens", "4", "you can")
+    generated = run_cli(
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--adapter",
+        str(run_dir / "adapter"),
+        "--greedy",
+        "--max-new-tokens",
+        "4",
+        "you can",
+    )
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.startswith("you can")
 
 
-def test_line_data_with_a_short_cutoff_trains_without_touching_raw_text_settings(tiny_model_dir, lines_file,
-                                                                                   tmp_path, capsys):
-    code = main(["train", "--data", str(lines_file), "--format", "lines", "--cutoff_len", "64", "--max_steps",
-                 "1", "--model", str(tiny_model_dir), "--precision", "fp32", "--device", "cpu", "--rank", "4",
-                 "--micro_batch_size", "4", "--output_dir", str(tmp_path / "run")])
+def test_line_data_with_a_short_cutoff_trains_without_touching_raw_text_settings(
+    tiny_model_dir, lines_file, tmp_path, capsys
+):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(lines_file),
+            "--format",
+            "lines",
+            "--cutoff_len",
+            "64",
+            "--max_steps",
+            "1",
+            "--model",
+            str(tiny_model_dir),
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--rank",
+            "4",
+            "--micro_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "done: 1 steps" in capsys.readouterr().out
     assert "overlap_len: null" in (tmp_path / "run" / "config.yaml").read_text()  # the user's choice: none
@@ -98,11 +139,22 @@ def test_gradient_accumulation_with_batch_size_is_one_line_error():
     assert_one_line_error(refused, "batch_size (64) and gradient_accumulation_steps (4) both set the batch")
 
 
-def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(tiny_model_dir, lines_file, tmp_path,
-                                                                  capsys, monkeypatch):
+def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(
+    tiny_model_dir, lines_file, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
-    common = ["--model", str(tiny_model_dir), "--format", "lines", "--cutoff_len", "32", "--histogram",
-              str(tmp_path / "lengths.png"), "--examples", "1"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--format",
+        "lines",
+        "--cutoff_len",
+        "32",
+        "--histogram",
+        str(tmp_path / "lengths.png"),
+        "--examples",
+        "1",
+    ]
     assert main(["data", "inspect", "--data", str(lines_file), *common]) == 0
     by_flag = capsys.readouterr().out
     assert main(["data", "inspect", str(lines_file), *common]) == 0

@@ -14,20 +14,33 @@ from tuneforge.models.methods import prepare_for_training
 from tuneforge.train.loop import train
 from tuneforge.train.loss import token_loss_sum
 
-FAST = dict(learning_rate=3e-2, batch_size=8, micro_batch_size=8, logging_steps=1, lr_scheduler="constant",
-            rank=4, alpha=8, lora_dropout=0.0, target_modules=["all-linear"])
+FAST = dict(
+    learning_rate=3e-2,
+    batch_size=8,
+    micro_batch_size=8,
+    logging_steps=1,
+    lr_scheduler="constant",
+    rank=4,
+    alpha=8,
+    lora_dropout=0.0,
+    target_modules=["all-linear"],
+)
 
 
 def test_lora_lowers_the_loss_and_leaves_every_base_weight_bit_identical(tiny_llm, lines_file, tmp_path):
     base_before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
-    run = tiny_llm.train(lines_file, method="lora", max_steps=25, output_dir=str(tmp_path / "run"),
-                         show_progress=False, **FAST)
+    run = tiny_llm.train(
+        lines_file, method="lora", max_steps=25, output_dir=str(tmp_path / "run"), show_progress=False, **FAST
+    )
     assert run.final_loss < run.losses[0] - 0.5
     state = tiny_llm.model.state_dict()
     lora_keys = [k for k in state if "lora_" in k]
     assert lora_keys and all(state[k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)  # B starts at 0
-    base_after = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v
-                  for k, v in state.items() if "lora_" not in k}
+    base_after = {
+        k.removeprefix("base_model.model.").replace(".base_layer", ""): v
+        for k, v in state.items()
+        if "lora_" not in k
+    }
     assert base_after.keys() == base_before.keys()
     for name, before in base_before.items():
         assert torch.equal(base_after[name], before), name
@@ -37,8 +50,14 @@ def test_lora_lowers_the_loss_and_leaves_every_base_weight_bit_identical(tiny_ll
 
 def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tiny_llm, lines_file, tmp_path):
     before = tiny_llm.model.model.layers[0].mlp.up_proj.weight.clone()
-    run = tiny_llm.train(lines_file, method="full", max_steps=8, output_dir=str(tmp_path / "run"),
-                         show_progress=False, **dict(FAST, learning_rate=3e-3))
+    run = tiny_llm.train(
+        lines_file,
+        method="full",
+        max_steps=8,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+        **dict(FAST, learning_rate=3e-3),
+    )
     assert run.final_loss < run.losses[0]
     assert not torch.equal(tiny_llm.model.model.layers[0].mlp.up_proj.weight, before)
     assert (tmp_path / "run" / "model" / "config.json").is_file()
@@ -57,8 +76,14 @@ def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file
 
 
 def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
-    run = tiny_llm.train(lines_file, max_steps=200, stop_at_loss=9.0, output_dir=str(tmp_path / "run"),
-                         show_progress=False, **FAST)
+    run = tiny_llm.train(
+        lines_file,
+        max_steps=200,
+        stop_at_loss=9.0,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+        **FAST,
+    )
     assert run.steps < 200 and run.final_loss <= 9.0 and "stop_at_loss" in run.stopped_because
 
 
@@ -80,18 +105,27 @@ def _one_step(model_dir, examples, tmp_path, **settings):
     return result.losses[0], model.model.layers[1].self_attn.q_proj.weight.detach().clone()
 
 
-def test_gradient_accumulation_gives_the_same_loss_and_update_as_one_big_batch(tiny_model_dir, tokenizer, tmp_path):
+def test_gradient_accumulation_gives_the_same_loss_and_update_as_one_big_batch(
+    tiny_model_dir, tokenizer, tmp_path
+):
     texts = [f"example number {i} " + "with more words " * (i % 4) for i in range(16)]
     examples = [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]]
-    loss_big, weight_big = _one_step(tiny_model_dir, examples, tmp_path / "a", batch_size=16, micro_batch_size=16)
-    loss_acc, weight_acc = _one_step(tiny_model_dir, examples, tmp_path / "b", batch_size=16, micro_batch_size=2)
+    loss_big, weight_big = _one_step(
+        tiny_model_dir, examples, tmp_path / "a", batch_size=16, micro_batch_size=16
+    )
+    loss_acc, weight_acc = _one_step(
+        tiny_model_dir, examples, tmp_path / "b", batch_size=16, micro_batch_size=2
+    )
     assert loss_acc == pytest.approx(loss_big, rel=1e-5)
     assert torch.allclose(weight_acc, weight_big, atol=1e-6)
 
 
 def test_collate_pads_without_attention_or_loss():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}],
-                    pad_token_id=0, pad_to_multiple_of=4)
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_token_id=0,
+        pad_to_multiple_of=4,
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7, -100], [8, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
@@ -106,8 +140,9 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_llm, tiny_model_dir, l
     inputs = tiny_llm.tokenizer("you can make a", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(tiny_llm.model(**inputs).logits, reloaded.model(**inputs).logits, atol=1e-5)
-    assert tiny_llm.generate("you can", do_sample=False, max_new_tokens=5) == \
-        reloaded.generate("you can", do_sample=False, max_new_tokens=5)
+    assert tiny_llm.generate("you can", do_sample=False, max_new_tokens=5) == reloaded.generate(
+        "you can", do_sample=False, max_new_tokens=5
+    )
 
 
 @pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["lm_head", "q_proj"], "full", "modules_to_save"])
@@ -124,8 +159,10 @@ def test_direct_head_loss_equals_the_full_logits_loss_and_gradients(tiny_model_d
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
     texts = ["a short one", "a somewhat longer example sentence with more words in it"]
-    batch = collate([{"input_ids": ids, "labels": [-100] * 2 + ids[2:]} for ids in tokenizer(texts)["input_ids"]],
-                    tokenizer.pad_token_id)
+    batch = collate(
+        [{"input_ids": ids, "labels": [-100] * 2 + ids[2:]} for ids in tokenizer(texts)["input_ids"]],
+        tokenizer.pad_token_id,
+    )
     results = []
     for direct, chunk in ((False, 1024), (True, 1024), (True, 3)):  # chunk=3 forces several chunks
         loss_module.CHUNK_TOKENS = chunk
@@ -154,9 +191,12 @@ def test_lean_mlp_gives_the_same_loss_and_gradients_and_keeps_less(tiny_model_di
     for lean in (False, True):
         model.zero_grad()
         saved = []
-        with lean_mlp(model) if lean else contextlib.nullcontext(), \
-                torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t,
-                                                         lambda t: t):
+        with (
+            lean_mlp(model) if lean else contextlib.nullcontext(),
+            torch.autograd.graph.saved_tensors_hooks(
+                lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t
+            ),
+        ):
             loss = batch_loss_sum(model, batch)
         loss.backward()
         results.append((loss.item(), [p.grad.clone() for p in model.parameters()], sum(saved)))
@@ -173,7 +213,9 @@ def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool, device: str
     from tuneforge.train.loss import batch_loss_sum
 
     model.zero_grad()
-    torch.manual_seed(7)  # the same dropout masks for PEFT's forward and the lean one (CPU and CUDA generators)
+    torch.manual_seed(
+        7
+    )  # the same dropout masks for PEFT's forward and the lean one (CPU and CUDA generators)
     saved = {}  # storage address -> bytes: a tensor kept by q, k and v alike is one tensor in memory
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -182,23 +224,28 @@ def _lora_loss_grads_saved(model, batch, lean: bool, autocast: bool, device: str
             saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
 
-    with lean_lora(model) if lean else contextlib.nullcontext(), \
-            torch.autocast(device, dtype=torch.bfloat16, enabled=autocast), \
-            torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+    with (
+        lean_lora(model) if lean else contextlib.nullcontext(),
+        torch.autocast(device, dtype=torch.bfloat16, enabled=autocast),
+        torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t),
+    ):
         loss = batch_loss_sum(model, batch)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     return loss.item(), grads, sum(saved.values())
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)"
+)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(tiny_model_dir, tokenizer, autocast,
-                                                                               device):
+def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(
+    tiny_model_dir, tokenizer, autocast, device
+):
     from tuneforge.models.adapters import attach_lora
     from tuneforge.train.fused import lora_linear_layers
 
@@ -209,13 +256,17 @@ def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(t
             torch.nn.init.normal_(lora_b.weight, std=0.5)
     model.train()
     ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
-    batch = {key: value.to(device) for key, value in
-             collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id).items()}
+    batch = {
+        key: value.to(device)
+        for key, value in collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id).items()
+    }
     peft_loss, peft_grads, peft_saved = _lora_loss_grads_saved(model, batch, False, autocast, device)
     lean_loss, lean_grads, lean_saved = _lora_loss_grads_saved(model, batch, True, autocast, device)
     tolerance = dict(rel=1e-3) if autocast else dict(rel=1e-6)
     assert lean_loss == pytest.approx(peft_loss, **tolerance)
-    assert peft_grads.keys() == lean_grads.keys() and len(peft_grads) == 2 * 7 * 2  # A and B of 7 modules x 2 layers
+    assert (
+        peft_grads.keys() == lean_grads.keys() and len(peft_grads) == 2 * 7 * 2
+    )  # A and B of 7 modules x 2 layers
     for name, want in peft_grads.items():
         got = lean_grads[name]
         if autocast:  # bf16 matmuls in a different order: close, not the same bits
@@ -227,11 +278,21 @@ def test_lean_lora_gives_peft_s_loss_and_gradients_with_dropout_and_keeps_less(t
     assert all("forward" not in vars(layer) for layer in lora_linear_layers(model))  # PEFT's forward is back
 
 
-def test_lean_layers_false_trains_with_the_stock_forwards_and_the_same_losses(tiny_model_dir, lines_file, tmp_path):
+def test_lean_layers_false_trains_with_the_stock_forwards_and_the_same_losses(
+    tiny_model_dir, lines_file, tmp_path
+):
     import tuneforge as tf
 
-    settings = dict(FAST, lora_dropout=0.1, batch_size=4, micro_batch_size=2, max_steps=4, learning_rate=1e-2,
-                    precision="fp32", show_progress=False)
+    settings = dict(
+        FAST,
+        lora_dropout=0.1,
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=4,
+        learning_rate=1e-2,
+        precision="fp32",
+        show_progress=False,
+    )
     runs, forwards = {}, {}
     for lean in (True, False):
         llm = tf.load(str(tiny_model_dir), precision="fp32")
@@ -281,7 +342,9 @@ def test_lean_lora_leaves_dora_and_disabled_adapters_to_peft(tiny_model_dir, tok
     from tuneforge.train.fused import lean_lora
 
     model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True))
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
+    )
     ids = torch.tensor([tokenizer("grilled cheese")["input_ids"]])
     with torch.no_grad():
         want = model(input_ids=ids).logits

@@ -114,8 +114,10 @@ def test_fused_projections_leave_trainable_and_disabled_layers_alone(tiny_model_
     assert torch.allclose(got, want, atol=1e-5) and torch.equal(base, want_base)
 
 
-@pytest.mark.parametrize(("load", "cores", "want"), [(0.0, 2, 2), (0.3, 2, 2), (1.0, 2, 1), (1.7, 2, 1),
-                                                     (6.0, 2, 1), (2.2, 8, 6), (0.0, 8, 8)])
+@pytest.mark.parametrize(
+    ("load", "cores", "want"),
+    [(0.0, 2, 2), (0.3, 2, 2), (1.0, 2, 1), (1.7, 2, 1), (6.0, 2, 1), (2.2, 8, 6), (0.0, 8, 8)],
+)
 def test_threads_follow_the_free_cores(monkeypatch, load, cores, want):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     threads, reason = choose_threads(load=load)

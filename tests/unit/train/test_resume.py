@@ -16,9 +16,21 @@ import tuneforge as tf
 from tuneforge.errors import TuneforgeError
 from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints
 
-SETTINGS = dict(learning_rate=1e-2, batch_size=4, micro_batch_size=2, lr_scheduler="linear", warmup_steps=2,
-                rank=4, alpha=8, lora_dropout=0.1, target_modules=["all-linear"], precision="fp32",
-                max_steps=10, save_steps=4, seed=3)
+SETTINGS = dict(
+    learning_rate=1e-2,
+    batch_size=4,
+    micro_batch_size=2,
+    lr_scheduler="linear",
+    warmup_steps=2,
+    rank=4,
+    alpha=8,
+    lora_dropout=0.1,
+    target_modules=["all-linear"],
+    precision="fp32",
+    max_steps=10,
+    save_steps=4,
+    seed=3,
+)
 
 
 def losses(run_dir):
@@ -48,14 +60,17 @@ def simulate_crash_after(run_dir, step):
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_path, method):
     settings = dict(SETTINGS, method=method, learning_rate=1e-3 if method == "full" else 1e-2)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(whole), show_progress=False,
-                                                         **settings)
-    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(broken), show_progress=False,
-                                                         **settings)
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(whole), show_progress=False, **settings
+    )
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(broken), show_progress=False, **settings
+    )
     simulate_crash_after(broken, 4)
     assert find_checkpoint(broken, "latest").name == "step-4"
-    run = tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(broken),
-                                                               show_progress=False, resume_from="latest", **settings)
+    run = tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(broken), show_progress=False, resume_from="latest", **settings
+    )
     assert run.resumed_from.name == "step-4"
     assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
     expected, actual = final_weights(whole, method), final_weights(broken, method)
@@ -67,35 +82,60 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_p
 @pytest.mark.gpu
 def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_file, tmp_path):
     llm = tf.load(str(tiny_model_dir), precision="fp32")
-    llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **dict(SETTINGS, max_steps=4))
+    llm.train(
+        lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **dict(SETTINGS, max_steps=4)
+    )
     with pytest.raises(TuneforgeError, match="rank"):
         tf.load(str(tiny_model_dir), precision="fp32").train(
-            lines_file, output_dir=str(tmp_path / "run"), show_progress=False, resume_from="latest",
-            **dict(SETTINGS, max_steps=4, rank=8))
+            lines_file,
+            output_dir=str(tmp_path / "run"),
+            show_progress=False,
+            resume_from="latest",
+            **dict(SETTINGS, max_steps=4, rank=8),
+        )
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp_path):
-    tiny_llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False,
-                   **dict(SETTINGS, max_steps=9, save_steps=2, save_total_limit=2))
+    tiny_llm.train(
+        lines_file,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+        **dict(SETTINGS, max_steps=9, save_steps=2, save_total_limit=2),
+    )
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-8", "step-9"]
     assert (tmp_path / "run" / "checkpoints" / "step-9" / "adapter" / "adapter_config.json").is_file()
 
 
-def test_trainer_state_json_keeps_the_keys_earlier_checkpoints_were_written_with(tiny_llm, lines_file, tmp_path):
+def test_trainer_state_json_keeps_the_keys_earlier_checkpoints_were_written_with(
+    tiny_llm, lines_file, tmp_path
+):
     from tuneforge.train.state import TrainState
 
-    run = tiny_llm.train(lines_file, output_dir=str(tmp_path / "run"), show_progress=False,
-                         **dict(SETTINGS, max_steps=2, save_steps=2))
+    run = tiny_llm.train(
+        lines_file,
+        output_dir=str(tmp_path / "run"),
+        show_progress=False,
+        **dict(SETTINGS, max_steps=2, save_steps=2),
+    )
     saved = json.loads((find_checkpoint(tmp_path / "run", "latest") / "trainer_state.json").read_text())
-    assert set(saved) == {"step", "losses", "validation_losses", "train_tokens", "best_validation",
-                          "evaluations_without_improvement", "micro_batch_size", "identity"}
+    assert set(saved) == {
+        "step",
+        "losses",
+        "validation_losses",
+        "train_tokens",
+        "best_validation",
+        "evaluations_without_improvement",
+        "micro_batch_size",
+        "identity",
+    }
     state = TrainState.from_json(saved)
     assert state.step == run.steps == 2 and state.losses == run.losses and state.micro_batch_size == 2
     assert set(state.identity) == {"model", "method", "rank", "data_fingerprint"}
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_dir, tokenizer, tmp_path,
-                                                                   monkeypatch):
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(
+    tiny_model_dir, tokenizer, tmp_path, monkeypatch
+):
     from tuneforge.config import RunConfig
     from tuneforge.data.examples import PreparedData
     from tuneforge.models.loading import load_model
@@ -104,7 +144,9 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_di
     from tuneforge.train.loop import train
 
     texts = [f"sentence {i} about cheese and bread" for i in range(8)]
-    data = PreparedData("lines", [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]])
+    data = PreparedData(
+        "lines", [{"input_ids": ids, "labels": list(ids)} for ids in tokenizer(texts)["input_ids"]]
+    )
     real_loss = step.batch_loss_sum
     results = []
     for failures in (0, 1):
@@ -122,7 +164,9 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_di
         model = prepare_for_training(model, config)
         model, result = train(model, tokenizer, data, config, tmp_path / str(failures), show_progress=False)
         results.append((result, model.model.layers[0].self_attn.q_proj.weight.detach().clone()))
-        assert calls == ([8, 8] if failures == 0 else [8, 4, 4, 4, 4])  # after the failure: micro batches of 4
+        assert calls == (
+            [8, 8] if failures == 0 else [8, 4, 4, 4, 4]
+        )  # after the failure: micro batches of 4
     (plain, plain_weight), (backed_off, backed_off_weight) = results
     assert backed_off.micro_batch_size == 4 and plain.micro_batch_size == 8
     assert backed_off.losses == pytest.approx(plain.losses, rel=1e-5)
@@ -130,13 +174,21 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(tiny_model_di
 
 
 @pytest.mark.gpu
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(tiny_model_dir, lines_file, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(
+    tiny_model_dir, lines_file, tmp_path
+):
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 100000\nrank: 4\nalpha: 8\n"
-                      f"batch_size: 4\nmicro_batch_size: 4\nprecision: fp32\noutput_dir: {run_dir}\n")
-    process = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "train", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config.write_text(
+        f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 100000\nrank: 4\nalpha: 8\n"
+        f"batch_size: 4\nmicro_batch_size: 4\nprecision: fp32\noutput_dir: {run_dir}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "train", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -148,8 +200,22 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(t
     checkpoint = find_checkpoint(run_dir, "latest")
     stopped_at = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
     assert stopped_at >= 3
-    resumed = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(config), "--resume_from", "latest",
-                              "--max_steps", str(stopped_at + 2)], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "train",
+            str(config),
+            "--resume_from",
+            "latest",
+            "--max_steps",
+            str(stopped_at + 2),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {checkpoint}" in resumed.stderr
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
@@ -157,12 +223,15 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(t
 
 
 @pytest.mark.gpu
-def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(tiny_model_dir, lines_file, tmp_path):
+def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(
+    tiny_model_dir, lines_file, tmp_path
+):
     """Seed 000's batch of 1024 makes one step last minutes: Ctrl-C must not wait for it to finish."""
     settings = dict(SETTINGS, batch_size=8, micro_batch_size=2, max_steps=6, save_steps=None)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, output_dir=str(whole), show_progress=False,
-                                                         **settings)
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(whole), show_progress=False, **settings
+    )
     llm = tf.load(str(tiny_model_dir), precision="fp32")
     forwards = []
 
@@ -177,7 +246,8 @@ def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(tiny_mo
     assert len(forwards) == 10  # step 3 stopped after its second micro batch; its third never ran
     assert find_checkpoint(broken, "latest").name == "step-2"
     resumed = tf.load(str(tiny_model_dir), precision="fp32").train(
-        lines_file, output_dir=str(broken), show_progress=False, resume_from="latest", **settings)
+        lines_file, output_dir=str(broken), show_progress=False, resume_from="latest", **settings
+    )
     assert resumed.resumed_from.name == "step-2"
     assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
     expected, actual = final_weights(whole, "lora"), final_weights(broken, "lora")

@@ -22,7 +22,7 @@ def test_packed_logits_equal_separate_forwards(tiny_model_dir, tokenizer):
         for example in examples:
             n = len(example["input_ids"])
             alone = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
-            assert (packed_logits[start:start + n] - alone).abs().max().item() <= 1e-3
+            assert (packed_logits[start : start + n] - alone).abs().max().item() <= 1e-3
             start += n
 
 

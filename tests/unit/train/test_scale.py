@@ -1,6 +1,6 @@
 """The shipped Accelerate configs (examples/distributed/) are what docs/scale.md says, and Accelerate takes them.
 
-    python -m pytest tests/unit/test_scale.py -q
+    python -m pytest tests/unit/train/test_scale.py -q
 
 Each config goes through `accelerate launch`'s own parsing (its --config_file path) and environment building,
 then into the plugin object the training process would build from that environment. FSDP on CPU processes is
@@ -14,20 +14,39 @@ from pathlib import Path
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "distributed"
+CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "distributed"
 BIN = Path(sys.executable).parent
 
 # What docs/scale.md promises of each file.
 EXPECTED = {
     "ddp.yaml": {"distributed_type": "MULTI_GPU"},
-    "fsdp_offload.yaml": {"distributed_type": "FSDP", "sharding_strategy": "FULL_SHARD", "offload_params": True,
-                          "state_dict_type": "FULL_STATE_DICT", "use_orig_params": True},
-    "qlora_fsdp.yaml": {"distributed_type": "FSDP", "sharding_strategy": "FULL_SHARD", "offload_params": False,
-                        "state_dict_type": "FULL_STATE_DICT", "use_orig_params": True},
-    "zero2.yaml": {"distributed_type": "DEEPSPEED", "zero_stage": 2, "offload_optimizer_device": "none",
-                   "offload_param_device": "none"},
-    "zero3_offload.yaml": {"distributed_type": "DEEPSPEED", "zero_stage": 3, "offload_optimizer_device": "cpu",
-                           "offload_param_device": "cpu", "zero3_save_16bit_model": True},
+    "fsdp_offload.yaml": {
+        "distributed_type": "FSDP",
+        "sharding_strategy": "FULL_SHARD",
+        "offload_params": True,
+        "state_dict_type": "FULL_STATE_DICT",
+        "use_orig_params": True,
+    },
+    "qlora_fsdp.yaml": {
+        "distributed_type": "FSDP",
+        "sharding_strategy": "FULL_SHARD",
+        "offload_params": False,
+        "state_dict_type": "FULL_STATE_DICT",
+        "use_orig_params": True,
+    },
+    "zero2.yaml": {
+        "distributed_type": "DEEPSPEED",
+        "zero_stage": 2,
+        "offload_optimizer_device": "none",
+        "offload_param_device": "none",
+    },
+    "zero3_offload.yaml": {
+        "distributed_type": "DEEPSPEED",
+        "zero_stage": 3,
+        "offload_optimizer_device": "cpu",
+        "offload_param_device": "cpu",
+        "zero3_save_16bit_model": True,
+    },
 }
 
 
@@ -36,11 +55,14 @@ def launch_environment(config_file: Path) -> tuple[object, dict]:
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "tuneforge", "train",
-                                               "run.yaml"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(config_file), "-m", "tuneforge", "train", "run.yaml"]
+    )
     args, defaults, _ = _validate_launch_command(args)
     if args.use_deepspeed:
-        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            defaults.deepspeed_config
+        )  # as launch_command
         return args, prepare_deepspeed_cmd_env(args)[1]
     return args, prepare_multi_gpu_env(args)
 
@@ -76,8 +98,12 @@ def test_shipped_config_parses_and_builds_the_plugin_the_docs_describe(name, mon
             monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")
             monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
         plugin = FullyShardedDataParallelPlugin()
-        got = {"sharding_strategy": plugin.sharding_strategy.name, "offload_params": plugin.cpu_offload.offload_params,
-               "state_dict_type": plugin.state_dict_type.name, "use_orig_params": plugin.use_orig_params}
+        got = {
+            "sharding_strategy": plugin.sharding_strategy.name,
+            "offload_params": plugin.cpu_offload.offload_params,
+            "state_dict_type": plugin.state_dict_type.name,
+            "use_orig_params": plugin.use_orig_params,
+        }
         assert plugin.auto_wrap_policy is not None  # one FSDP unit per decoder layer
         assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
     else:
@@ -106,16 +132,23 @@ def test_fsdp_on_two_cpu_processes_matches_one_process(tmp_path):
     """Measured first: does Accelerate engage FSDP for 2 gloo CPU processes? If it does, run the comparison."""
     script = tmp_path / "probe.py"
     script.write_text(FSDP_PROBE)
-    probe = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script)],
-                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    probe = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     engine = probe.stdout.split("engine:")[-1].strip()
     if engine != "FSDP":
         import accelerate
         import torch
 
-        pytest.skip(f"measured: with ACCELERATE_USE_FSDP=true, Accelerate {accelerate.__version__} on torch "
-                    f"{torch.__version__} runs 2 CPU (gloo) processes as {engine}, not FSDP (it engages FSDP "
-                    "only for accelerator process groups), so a CPU FSDP run cannot be compared here; "
-                    "benchmarks/gpu_check.sh runs the FSDP smoke test on GPUs")
+        pytest.skip(
+            f"measured: with ACCELERATE_USE_FSDP=true, Accelerate {accelerate.__version__} on torch "
+            f"{torch.__version__} runs 2 CPU (gloo) processes as {engine}, not FSDP (it engages FSDP "
+            "only for accelerator process groups), so a CPU FSDP run cannot be compared here; "
+            "benchmarks/gpu_check.sh runs the FSDP smoke test on GPUs"
+        )
     pytest.fail("Accelerate now engages FSDP on CPU: add the 2-process full fine-tune comparison here")

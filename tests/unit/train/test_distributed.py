@@ -1,6 +1,6 @@
 """The same run scales out: 2 CPU processes under torchrun (DDP, gloo) train what 1 process trains.
 
-    python -m pytest tests/unit/test_distributed.py -q
+    python -m pytest tests/unit/train/test_distributed.py -q
 
 Every run here is a real launch of `python -m tuneforge train CONFIG.yaml`, the way a user starts one. The
 1-process reference is `accelerate launch --cpu --num_processes 2`, which (measured) starts a single process on
@@ -25,7 +25,8 @@ LAUNCH_TIMEOUT = 300  # seconds; most of a launch is importing torch/transformer
 
 needs_launchers = pytest.mark.skipif(
     shutil.which("torchrun", path=str(BIN)) is None or shutil.which("accelerate", path=str(BIN)) is None,
-    reason="torchrun/accelerate launchers not installed")
+    reason="torchrun/accelerate launchers not installed",
+)
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -70,13 +71,24 @@ def config_file(tmp_path_factory, tiny_model_dir) -> Path:
 
     folder = tmp_path_factory.mktemp("scale")
     data = folder / "lines.txt"
-    data.write_text("\n".join(expand("{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
-                                     "{quickly|slowly|today}", 24, seed=1)) + "\n")
+    data.write_text(
+        "\n".join(
+            expand(
+                "{you can|anyone can} {make|build} a {small|tasty} {cheese|ham} sandwich "
+                "{quickly|slowly|today}",
+                24,
+                seed=1,
+            )
+        )
+        + "\n"
+    )
     config = folder / "run.yaml"
-    config.write_text(f"model: {tiny_model_dir}\ndata: {data}\nmax_steps: {STEPS}\nbatch_size: 8\n"
-                      "micro_batch_size: 2\nprecision: fp32\nrank: 4\nalpha: 8\nlearning_rate: 0.03\n"
-                      "target_modules: all-linear\nlora_dropout: 0\nsave_steps: 2\nnum_threads: 1\n"
-                      "logging_steps: 1\n")
+    config.write_text(
+        f"model: {tiny_model_dir}\ndata: {data}\nmax_steps: {STEPS}\nbatch_size: 8\n"
+        "micro_batch_size: 2\nprecision: fp32\nrank: 4\nalpha: 8\nlearning_rate: 0.03\n"
+        "target_modules: all-linear\nlora_dropout: 0\nsave_steps: 2\nnum_threads: 1\n"
+        "logging_steps: 1\n"
+    )
     return config
 
 
@@ -86,18 +98,41 @@ def two_processes(config_file) -> dict:
     work = config_file.parent / "ddp-work"
     work.mkdir()
     done = launch(torchrun(str(config_file)), work, work.parent / "ddp-seen")
-    return {"work": work, "runs": sorted((work / "runs").iterdir()), "seen": steps_seen(work.parent / "ddp-seen"),
-            "output": done.stdout + done.stderr}
+    return {
+        "work": work,
+        "runs": sorted((work / "runs").iterdir()),
+        "seen": steps_seen(work.parent / "ddp-seen"),
+        "output": done.stdout + done.stderr,
+    }
 
 
 @pytest.fixture(scope="module")
 def one_process(config_file) -> dict:
-    command = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tuneforge", "train", str(config_file),
-               "--output_dir", str(config_file.parent / "single")]
+    command = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "tuneforge",
+        "train",
+        str(config_file),
+        "--output_dir",
+        str(config_file.parent / "single"),
+    ]
     done = launch(command, config_file.parent, config_file.parent / "single-seen")
-    return {"run": config_file.parent / "single", "seen": steps_seen(config_file.parent / "single-seen"),
-            "output": done.stdout + done.stderr}
+    return {
+        "run": config_file.parent / "single",
+        "seen": steps_seen(config_file.parent / "single-seen"),
+        "output": done.stdout + done.stderr,
+    }
 
 
 @needs_launchers
@@ -125,12 +160,20 @@ def test_each_rank_trains_on_its_own_half_of_every_step(two_processes, one_proce
 def test_only_rank_zero_writes_one_run_folder_log_and_checkpoint_set(two_processes):
     assert len(two_processes["runs"]) == 1, two_processes["runs"]  # the ranks agree on one timestamped folder
     run = two_processes["runs"][0]
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == \
-        list(range(1, STEPS + 1))
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
-        sorted(f"step-{s}" for s in (2, 4, 6, 8, STEPS))
-    assert sorted(p.name for p in run.iterdir()) == \
-        ["adapter", "checkpoints", "config.yaml", "loss_curve.png", "metrics.jsonl", "report.md"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, STEPS + 1)
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        f"step-{s}" for s in (2, 4, 6, 8, STEPS)
+    )
+    assert sorted(p.name for p in run.iterdir()) == [
+        "adapter",
+        "checkpoints",
+        "config.yaml",
+        "loss_curve.png",
+        "metrics.jsonl",
+        "report.md",
+    ]
     assert sorted(p.name for p in two_processes["work"].iterdir()) == ["runs"]
     assert two_processes["output"].count("done: ") == 1  # rank 1 trains silently
     from tuneforge.config import load_config
@@ -144,7 +187,10 @@ def test_only_rank_zero_writes_one_run_folder_log_and_checkpoint_set(two_process
 def test_a_run_asked_for_two_processes_that_gets_one_says_so(one_process):
     assert "asked for 2 processes but 1 came up" in one_process["output"]
     assert "asked for 2 processes but 1 came up" in (one_process["run"] / "report.md").read_text()
-    assert "batch 8 = micro batch 2 x accumulation 4 x 1 process" in (one_process["run"] / "report.md").read_text()
+    assert (
+        "batch 8 = micro batch 2 x accumulation 4 x 1 process"
+        in (one_process["run"] / "report.md").read_text()
+    )
     from tuneforge.train.launch import launch_in_config
 
     recorded = launch_in_config(one_process["run"] / "config.yaml")
@@ -152,25 +198,37 @@ def test_a_run_asked_for_two_processes_that_gets_one_says_so(one_process):
 
 
 @needs_launchers
-def test_kill_minus_nine_then_resume_with_two_processes_ends_as_the_uninterrupted_run(config_file, two_processes):
+def test_kill_minus_nine_then_resume_with_two_processes_ends_as_the_uninterrupted_run(
+    config_file, two_processes
+):
     from tuneforge.train.checkpoint import list_checkpoints
 
     run = config_file.parent / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with (config_file.parent / "killed.log").open("w") as log:
-        launcher = subprocess.Popen(torchrun(str(config_file), "--output_dir", str(run)), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        launcher = subprocess.Popen(
+            torchrun(str(config_file), "--output_dir", str(run)),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not list_checkpoints(run) and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its workers, as a lost machine would
         launcher.wait()
     assert list_checkpoints(run) and not (run / "adapter").exists(), "the run ended before it could be killed"
-    launch(torchrun(str(config_file), "--output_dir", str(run), "--resume_from", "latest"), config_file.parent,
-           config_file.parent / "resumed-seen")
+    launch(
+        torchrun(str(config_file), "--output_dir", str(run), "--resume_from", "latest"),
+        config_file.parent,
+        config_file.parent / "resumed-seen",
+    )
     uninterrupted = two_processes["runs"][0]
-    final, expected = (json.loads((r / "checkpoints" / f"step-{STEPS}" / "trainer_state.json").read_text())
-                       for r in (run, uninterrupted))
+    final, expected = (
+        json.loads((r / "checkpoints" / f"step-{STEPS}" / "trainer_state.json").read_text())
+        for r in (run, uninterrupted)
+    )
     assert final["step"] == STEPS
     assert final["losses"] == pytest.approx(expected["losses"], rel=1e-4)
     assert max_difference(adapter(run / "adapter"), adapter(uninterrupted / "adapter")) <= 1e-4

@@ -1,6 +1,6 @@
 """The estimate before a run: Transformer Math 101 on the tiny model, sharding, the verdict and a measured step.
 
-    python -m pytest tests/unit/test_estimate.py -q
+python -m pytest tests/unit/train/test_estimate.py -q
 """
 
 import pytest
@@ -11,8 +11,14 @@ from tuneforge.train.estimate import GIB, Estimate, estimate_run
 
 
 def config(tiny_model_dir, **keys) -> RunConfig:
-    settings = dict(model=str(tiny_model_dir), device="cpu", precision="fp32", micro_batch_size=2, batch_size=8,
-                    cutoff_len=64)
+    settings = dict(
+        model=str(tiny_model_dir),
+        device="cpu",
+        precision="fp32",
+        micro_batch_size=2,
+        batch_size=8,
+        cutoff_len=64,
+    )
     return RunConfig(**{**settings, **keys})
 
 
@@ -20,8 +26,11 @@ def test_full_fine_tune_counts_fp32_weights_gradients_and_two_adam_moments(tiny_
     estimate = estimate_run(config(tiny_model_dir, method="full"))
     parameters = sum(p.numel() for p in tiny_llm.model.parameters())  # tied head: counted once
     assert estimate.parameters == estimate.trainable_parameters == parameters
-    assert (estimate.weights, estimate.gradients, estimate.optimizer) == (4 * parameters, 4 * parameters,
-                                                                          8 * parameters)
+    assert (estimate.weights, estimate.gradients, estimate.optimizer) == (
+        4 * parameters,
+        4 * parameters,
+        8 * parameters,
+    )
 
 
 def test_lora_trains_only_the_adapters_and_qlora_stores_the_base_in_four_bits(tiny_model_dir):
@@ -40,16 +49,25 @@ def test_sharding_divides_what_the_strategy_splits(tiny_model_dir):
     offload = estimate_run(config(tiny_model_dir, method="full"), world_size=4, sharding="fsdp_offload")
     assert zero2.weights == alone.weights and zero2.optimizer == alone.optimizer // 4
     assert fsdp.weights == alone.weights // 4 and fsdp.gradients == alone.gradients // 4
-    assert offload.weights == offload.optimizer == 0 and offload.offloaded == (alone.weights + alone.optimizer) // 4
+    assert (
+        offload.weights == offload.optimizer == 0
+        and offload.offloaded == (alone.weights + alone.optimizer) // 4
+    )
     with pytest.raises(ConfigError, match="sharding"):
         estimate_run(config(tiny_model_dir), sharding="zero9")
 
 
 def test_gradient_checkpointing_and_smaller_micro_batches_shrink_activations(tiny_model_dir):
     base = estimate_run(config(tiny_model_dir, micro_batch_size=4, batch_size=8))
-    assert estimate_run(config(tiny_model_dir, micro_batch_size=4, batch_size=8,
-                               gradient_checkpointing=True)).activations < base.activations
-    assert estimate_run(config(tiny_model_dir, micro_batch_size=1, batch_size=8)).activations < base.activations
+    assert (
+        estimate_run(
+            config(tiny_model_dir, micro_batch_size=4, batch_size=8, gradient_checkpointing=True)
+        ).activations
+        < base.activations
+    )
+    assert (
+        estimate_run(config(tiny_model_dir, micro_batch_size=1, batch_size=8)).activations < base.activations
+    )
     assert base.tokens_per_step == 8 * 64
 
 
@@ -66,8 +84,9 @@ def test_a_run_that_does_not_fit_says_so_and_suggests_a_setting_that_does(tiny_m
 
 
 def test_measure_times_real_steps_and_an_epoch(tiny_model_dir, tiny_llm):
-    estimate = estimate_run(config(tiny_model_dir, method="full"), model=tiny_llm.model, measure=True,
-                            n_examples=24)
+    estimate = estimate_run(
+        config(tiny_model_dir, method="full"), model=tiny_llm.model, measure=True, n_examples=24
+    )
     assert 0 < estimate.seconds_per_step < 60
     assert estimate.seconds_per_epoch == pytest.approx(3 * estimate.seconds_per_step)
-    assert "s per step" in estimate.describe() and isinstance(estimate, Estimate) and GIB == 2 ** 30
+    assert "s per step" in estimate.describe() and isinstance(estimate, Estimate) and GIB == 2**30
