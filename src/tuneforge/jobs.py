@@ -74,9 +74,13 @@ class JobStatus:
 
     def describe(self) -> str:
         """One line: state, step/total, loss, speed, ETA."""
-        parts = [self.state]
-        if self.step:
-            parts.append(f"step {self.step}/{self.total_steps or '?'}")
+        return ", ".join([self.state, *self.progress()]) + f" — {self.message}"
+
+    def progress(self) -> list[str]:
+        """The run's numbers as short phrases (step/total, loss, validation loss, speed, ETA); empty before step 1."""
+        if not self.step:
+            return []
+        parts = [f"step {self.step}/{self.total_steps or '?'}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.validation_loss is not None:
@@ -85,7 +89,7 @@ class JobStatus:
             parts.append(f"{self.tokens_per_second:,.0f} tokens/s")
         if self.running and self.eta:
             parts.append(f"ETA {self.eta}")
-        return ", ".join(parts) + f" — {self.message}"
+        return parts
 
 
 # ---------------------------------------------------------------------- starting

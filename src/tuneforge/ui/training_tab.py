@@ -104,16 +104,7 @@ def _status_markdown(status: jobs.JobStatus) -> str:
     name = status.run_dir.name
     lines = [f"**Run `{name}`: {status.state}**"]
     if status.step:
-        numbers = [f"step **{status.step}/{status.total_steps or '?'}**"]
-        if status.loss is not None:
-            numbers.append(f"loss **{status.loss:.4f}**")
-        if status.validation_loss is not None:
-            numbers.append(f"validation loss {status.validation_loss:.4f}")
-        if status.tokens_per_second:
-            numbers.append(f"{status.tokens_per_second:,.0f} tokens/s")
-        if status.running and status.eta:
-            numbers.append(f"ETA {status.eta}")
-        lines.append(" · ".join(numbers))
+        lines.append(" · ".join(status.progress()))
     lines.append(status.message)
     return "\n\n".join(lines)
 
