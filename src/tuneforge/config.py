@@ -421,6 +421,22 @@ class RunConfig:
         "gradients as the stock ones, fewer activations kept). Off: the stock "
         "transformers/PEFT forwards.",
     )
+    max_time: float | None = setting(
+        None,
+        "Train for at most this many minutes: the learning rate schedule is planned to end then "
+        "(from the measured step time), so a time-boxed run still ends with a decayed learning rate.",
+        min=0.01,
+    )
+    keep_best: bool = setting(
+        True,
+        "With validation data, keep the checkpoint of the lowest validation loss as checkpoints/best "
+        "(never pruned by save_total_limit).",
+    )
+    load_best_at_end: bool = setting(
+        False,
+        "With validation data, end the run with the weights of its lowest validation loss instead of "
+        "its last step's (saved as the run's adapter/model).",
+    )
     early_stopping_patience: int | None = setting(
         None, "Stop when the validation loss has not improved for this many evaluations.", min=1
     )
