@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SHARED_DATA
+from tests.e2e.conftest import PROMPT
 
 pytestmark = pytest.mark.e2e
-CHEESE = SHARED_DATA / "cheese_instructions.txt"
-PROMPT = "To make a cheese sandwich "
 
 
 def python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -53,35 +51,8 @@ def test_first_use_converts_atomically_and_a_second_load_takes_under_2_seconds(t
     assert float(timing.stdout.strip().splitlines()[-1]) < 2.0
 
 
-@pytest.fixture(scope="module")
-def cheese_run(tmp_path_factory):
-    """A short LoRA run on seed 001's cheese file, shared by the checks below."""
-    import tuneforge as tf
-
-    run_dir = tmp_path_factory.mktemp("cheese") / "run"
-    llm = tf.load("default")
-    before = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
-    run = llm.train(
-        CHEESE,
-        method="lora",
-        format="lines",
-        rank=16,
-        alpha=32,
-        target_modules="all-linear",
-        learning_rate=2e-3,
-        batch_size=16,
-        micro_batch_size=16,
-        max_steps=25,
-        warmup_steps=2,
-        output_dir=str(run_dir),
-        show_progress=False,
-    )
-    after = llm.generate(PROMPT, do_sample=False, max_new_tokens=20)
-    return run, before, after
-
-
 def test_lora_on_cheese_lowers_the_loss_and_learns_the_style(cheese_run):
-    run, before, after = cheese_run
+    run, before, after = cheese_run.run, cheese_run.before, cheese_run.after
     assert run.final_loss < run.losses[0] / 2
     assert before != after
     style_words = {"slice", "slices", "bread", "between", "cheese", "toast", "inside", "pieces"}
@@ -98,7 +69,7 @@ def test_plain_peft_loads_the_adapter_with_the_same_logits(cheese_run, default_m
 
     import tuneforge as tf
 
-    run, _, _ = cheese_run
+    run = cheese_run.run
     adapter = run.saved_to
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in Path(adapter).iterdir()}
     base = AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.float32)
@@ -113,7 +84,7 @@ def test_plain_peft_loads_the_adapter_with_the_same_logits(cheese_run, default_m
 
 
 def test_cli_generates_with_the_adapter_in_a_fresh_process(cheese_run):
-    run, _, after = cheese_run
+    run = cheese_run.run
     result = subprocess.run(
         [
             sys.executable,

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.e2e.conftest import CHEESE, PROMPT
 from tuneforge.cli import main as cli_eval
 
 pytestmark = pytest.mark.e2e
-CHEESE = SHARED_DATA / "cheese_instructions.txt"
-PROMPT = "To make a cheese sandwich "
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,36 +36,8 @@ def test_seed_001_script_runs_with_only_the_import_and_model_name_changed(tmp_pa
     assert (tmp_path / "preprocessed-data.json").exists()
 
 
-@pytest.fixture(scope="module")
-def cheese_adapter(tmp_path_factory):
-    """A short LoRA on 1,900 cheese lines; the last 100 lines are held out."""
-    import tuneforge as tf
-
-    root = tmp_path_factory.mktemp("cheese")
-    lines = CHEESE.read_text().splitlines()
-    (root / "train.txt").write_text("\n".join(lines[:-100]) + "\n")
-    (root / "heldout.txt").write_text("\n".join(lines[-100:]) + "\n")
-    llm = tf.load("default")
-    run = llm.train(
-        root / "train.txt",
-        method="lora",
-        format="lines",
-        rank=16,
-        alpha=32,
-        target_modules="all-linear",
-        learning_rate=2e-3,
-        batch_size=16,
-        micro_batch_size=16,
-        max_steps=25,
-        warmup_steps=2,
-        output_dir=str(root / "run"),
-        show_progress=False,
-    )
-    return run.saved_to, root / "heldout.txt", root
-
-
-def test_compare_shows_the_cheese_style_and_a_lower_heldout_perplexity(cheese_adapter, capsys):
-    adapter, heldout, root = cheese_adapter
+def test_compare_shows_the_cheese_style_and_a_lower_heldout_perplexity(cheese_run, capsys):
+    adapter, heldout, root = cheese_run.run.saved_to, cheese_run.heldout, cheese_run.root
     code = cli_eval(
         [
             "compare",
