@@ -113,10 +113,16 @@ def start(
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
     values.update(output_dir=str(run_dir), resume_from=None)
     run_config = from_dict(values)  # a bad value fails here, in the caller, not in the child's log
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    run_config.save(config_path)
-    return _launch(run_dir, train_command(config_path), cwd)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = _take_lock(run_dir)  # before writing: a refused Start must not touch the running job's files
+    try:
+        run_dir.mkdir(exist_ok=True)
+        config_path = run_dir / "config.yaml"
+        run_config.save(config_path)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return _launch(run_dir, train_command(config_path), cwd, lock_fd)
 
 
 def resume(
@@ -140,11 +146,11 @@ def resume(
     command = train_command(config_path, resume=current.checkpoints > 0)
     for key, value in (overrides or {}).items():
         command += [f"--{key}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    return _launch(run_dir, command, cwd)
+    return _launch(run_dir, command, cwd, _take_lock(run_dir))
 
 
-def _launch(run_dir: Path, command: list[str], cwd: str | Path | None) -> JobStatus:
-    lock_fd = _take_lock(run_dir)
+def _launch(run_dir: Path, command: list[str], cwd: str | Path | None, lock_fd: int) -> JobStatus:
+    """Start `command` as the job of `run_dir`, handing it the runs folder's lock (`lock_fd`, already taken)."""
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows each step as it happens
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
