@@ -309,6 +309,8 @@ class LLM:
             run_config = config.replace(**overrides)
         else:
             run_config = load_config(config, overrides)
+            for line in run_config.recipe_notes:  # an axolotl/LLaMA-Factory recipe: how its keys were read
+                print(line, flush=True)
         precision = pick_precision(run_config.precision, self.device)
         self.model, result = run_training(
             self.model,

@@ -482,6 +482,7 @@ class RunConfig:
         self.validate()
         self.given_keys: frozenset[str] = frozenset()  # the keys the caller gave (set by __init__, below)
         self.chosen: list[str] = []  # "key value: reason" for each value a recipe chose (recipe auto)
+        self.recipe_notes: list[str] = []  # how load_config read another tool's recipe, one line per key
 
     @property
     def auto_micro_batch(self) -> bool:
@@ -594,7 +595,8 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML (every key, defaults included; chosen values say why)."""
-        notes = "".join(f"# chosen: {line}\n" for line in self.chosen)
+        notes = "".join(f"# {line.strip()}\n" for line in self.recipe_notes)
+        notes += "".join(f"# chosen: {line}\n" for line in self.chosen)
         Path(path).write_text(notes + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
     def replace(self, **overrides: Any) -> RunConfig:
@@ -602,6 +604,7 @@ class RunConfig:
         copy = from_dict({**self.to_dict(), **overrides})
         copy.given_keys = self.given_keys | frozenset(overrides)
         copy.chosen = list(self.chosen)
+        copy.recipe_notes = list(self.recipe_notes)
         return copy
 
 
@@ -628,20 +631,44 @@ def field_help() -> dict[str, dataclasses.Field]:
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a RunConfig, naming the closest valid key for each unknown one."""
+    """Build a RunConfig; every unknown key is named at once, each with the closest valid key."""
     names = field_names()
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key '{key}' in {source}{hint}")
+    unknown = [str(key) for key in values if key not in names]
+    if unknown:
+        raise ConfigError(unknown_keys_message(unknown, source))
     return RunConfig(**values)
 
 
+def unknown_keys_message(unknown: list[str], source: str) -> str:
+    """'unknown key 'x' in run.yaml; did you mean 'y'?' — or all of several keys in one sentence."""
+    from tuneforge.foreign_recipes import foreign_name  # it reads this module's settings: imported late
+
+    names = field_names()
+    hints: dict[str, str | None] = {}
+    for key in unknown:
+        other_tool = foreign_name(key)
+        close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.5)
+        if other_tool:
+            hints[key] = f"did you mean '{other_tool[1]}', tuneforge's name for {other_tool[0]}'s {key}?"
+        else:
+            hints[key] = f"did you mean '{close[0]}'?" if close else None
+    valid = f"valid keys: {', '.join(names)}"
+    if len(unknown) == 1:
+        return f"unknown key '{unknown[0]}' in {source}; {hints[unknown[0]] or valid}"
+    listed = ", ".join(f"'{key}' ({hint})" if hint else f"'{key}'" for key, hint in hints.items())
+    tail = f"; {valid}" if None in hints.values() else ""
+    return f"{len(unknown)} unknown keys in {source}: {listed}{tail}"
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (or start from defaults) and apply `overrides` on top."""
+    """Read a YAML run config (or start from defaults) and apply `overrides` on top.
+
+    An axolotl or LLaMA-Factory recipe is read too (detected by its keys; see tuneforge.foreign_recipes):
+    the returned config's `recipe_notes` say how each of its keys was read, and which were ignored.
+    """
     values: dict[str, Any] = {}
     source = "config"
+    reading = None  # set when the file is another tool's recipe (axolotl, LLaMA-Factory)
     if path is not None:
         path = Path(path)
         source = str(path)
@@ -657,6 +684,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must be a mapping of keys to values, e.g. 'epochs: 3'")
+        from tuneforge.foreign_recipes import detect_tool, read_foreign_recipe  # imported late: it reads ours
+
+        tool = detect_tool(loaded)
+        if tool is not None:
+            reading = read_foreign_recipe(loaded, tool, source, path.parent, given=set(overrides or {}))
+            loaded = reading.values
         values.update(loaded)
     for key, value in (overrides or {}).items():
         values[key] = value
@@ -671,7 +704,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for key in ("output_dir", "resume_from", "copy_parameters_from", "allow_resume_mismatch"):  # per-run
             inherited.pop(key, None)
         values = {**inherited, **values}
-    return from_dict(values, source)
+    try:
+        config = from_dict(values, source)
+    except ConfigError as error:
+        if reading is None:
+            raise
+        raise ConfigError(reading.explain(str(error))) from None
+    if reading is not None:
+        config.recipe_notes = reading.notes()
+    return config
 
 
 # ---------------------------------------------------------------------- coercion

@@ -124,3 +124,26 @@ def test_other_tools_format_names_become_tuneforge_formats():
     assert (alpaca.format, alpaca.format_file) == ("formatted", "alpaca-format")
     assert RunConfig(format="alpaca", format_file="alpaca-chat-format").format_file == "alpaca-chat-format"
     assert (RunConfig(format="sharegpt").format, RunConfig(format="sharegpt").format_file) == ("chat", None)
+
+
+def test_every_unknown_key_is_named_in_one_error_each_with_its_hint(tmp_path):
+    (tmp_path / "run.yaml").write_text("learning_rat: 1e-3\nepoch: 3\nlora_r: 8\nzqxw: 1\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "run.yaml", {"micro_batch": 2})
+    message = str(refused.value)
+    assert message.startswith(f"5 unknown keys in {tmp_path / 'run.yaml'}: ")
+    assert "'learning_rat' (did you mean 'learning_rate'?)" in message
+    assert "'epoch' (did you mean 'epochs'?)" in message
+    assert "'lora_r' (did you mean 'rank', tuneforge's name for axolotl's lora_r?)" in message
+    assert "'micro_batch' (did you mean 'micro_batch_size'?)" in message
+    assert "'zqxw', 'micro_batch' (did you mean" in message  # the file's keys, then the overrides
+    assert "; valid keys: model, method," in message  # 'zqxw' has no close key: the valid keys, once
+    assert message.count("valid keys:") == 1
+
+
+def test_unknown_keys_that_all_have_a_hint_do_not_list_every_valid_key():
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {"epoch": 1, "rnak": 4})
+    assert str(refused.value) == (
+        "2 unknown keys in config: 'epoch' (did you mean 'epochs'?), 'rnak' (did you mean 'rank'?)"
+    )

@@ -8,7 +8,7 @@
     tuneforge demo
 
 Every RunConfig key is a flag of `train` (cli/flags.py), and RunConfig.validate checks them all before the
-model loads; the handler then calls `tuneforge.load(...).train(config=...)` and prints where the run went.
+model loads (an axolotl or LLaMA-Factory recipe is read too: its mapping is printed first); the handler then calls `tuneforge.load(...).train(config=...)` and prints where the run went.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuneforge.data import preflight
 
     config = run_config_from(args, args.config)
+    if os.environ.get("RANK", "0") == "0":  # one process of a multi-process run says it
+        print_recipe_notes(config)
     preflight(config)  # every data argument checked now, not after loading the model
     print(f"loading model '{config.model}' ...", flush=True)
     llm = tf.load(
@@ -51,6 +53,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{result.final_loss:.4f}; saved to {result.saved_to}; report: {result.run_dir / 'report.md'}"
     )
     return 0
+
+
+def print_recipe_notes(config: RunConfig) -> None:
+    """An axolotl/LLaMA-Factory recipe: how each of its keys was read, and every key ignored (load_config)."""
+    for line in config.recipe_notes:
+        print(line, flush=True)
 
 
 def launch_processes(nproc: int, argv: list[str]) -> int:
@@ -88,6 +96,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from tuneforge.train.estimate import estimate_run
 
     config = run_config_from(args, args.config)
+    print_recipe_notes(config)
     model = n_examples = None
     if args.measure:  # a short measured warm-up needs the model, prepared for its method, and the data
         import tuneforge as tf

@@ -1,0 +1,569 @@
+"""Recipes from other tools: an axolotl or LLaMA-Factory fine-tuning YAML read as tuneforge keys.
+
+    from tuneforge.config import load_config
+    config = load_config("examples/from_other_tools/axolotl_lora.yml")  # the tool is detected by its keys
+    print("\\n".join(config.recipe_notes))  # base_model: HuggingFaceTB/SmolLM2-135M -> model, ...
+
+Every key of the recipe is mapped (one line each), ignored (all listed in one warning) or refused (all in one
+ConfigError) when it would change what is trained in a way tuneforge cannot honour (a DPO stage, DoRA, a hub
+dataset ...), naming what tuneforge trains instead. Keys the recipe leaves out get the tool's own default
+where it differs from tuneforge's (axolotl trains 1 epoch, LLaMA-Factory rank 8), so the run is the recipe's.
+The tables below are the table in docs/data.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import RunConfig, check_range, coerce, field_help, field_names
+from tuneforge.errors import ConfigError
+
+AXOLOTL, LLAMA_FACTORY = "axolotl", "LLaMA-Factory"
+TOOLS = (AXOLOTL, LLAMA_FACTORY)
+MODEL_KEY = {AXOLOTL: "base_model", LLAMA_FACTORY: "model_name_or_path"}
+ARTICLE = {AXOLOTL: "an", LLAMA_FACTORY: "a"}
+# fmt: off
+# Keys only that tool uses (none is a tuneforge key): two of them, or the model key, name the tool.
+SIGNATURE = {
+    AXOLOTL: {"base_model", "sequence_len", "num_epochs", "lora_r", "lora_target_modules", "lora_target_linear",
+              "adapter", "datasets", "val_set_size", "load_in_4bit", "load_in_8bit", "train_on_inputs",
+              "sample_packing", "rl", "pretraining_dataset", "test_datasets", "dataset_prepared_path",
+              "special_tokens", "strict", "flash_attention", "wandb_project"},
+    LLAMA_FACTORY: {"model_name_or_path", "stage", "finetuning_type", "lora_rank", "lora_target", "dataset",
+                    "dataset_dir", "template", "per_device_train_batch_size", "num_train_epochs",
+                    "lr_scheduler_type", "val_size", "quantization_bit", "max_samples", "do_train",
+                    "overwrite_cache", "preprocessing_num_workers", "train_on_prompt", "eval_dataset"},
+}
+SHARED = ["gradient_accumulation_steps", "learning_rate", "max_steps", "warmup_steps", "warmup_ratio",
+          "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "output_dir",
+          "logging_steps", "save_steps", "save_total_limit", "eval_steps", "trust_remote_code", "lora_dropout"]
+# Keys whose value carries over unchanged under another (or the same) name.
+RENAMES = {
+    AXOLOTL: {**{k: k for k in SHARED}, "base_model": "model", "sequence_len": "cutoff_len",
+              "micro_batch_size": "micro_batch_size", "batch_size": "batch_size", "num_epochs": "epochs",
+              "lr_scheduler": "lr_scheduler", "lora_r": "rank", "lora_alpha": "alpha",
+              "lora_modules_to_save": "modules_to_save", "peft_layers_to_transform": "layers_to_transform",
+              "train_on_inputs": "train_on_source", "sample_packing": "packing", "val_set_size": "validation_split",
+              "early_stopping_patience": "early_stopping_patience", "load_best_model_at_end": "load_best_at_end",
+              "dataset_processes": "num_proc"},
+    LLAMA_FACTORY: {**{k: k for k in SHARED}, "model_name_or_path": "model", "cutoff_len": "cutoff_len",
+                    "per_device_train_batch_size": "micro_batch_size", "num_train_epochs": "epochs",
+                    "lr_scheduler_type": "lr_scheduler", "lora_rank": "rank", "lora_alpha": "alpha",
+                    "additional_target": "modules_to_save", "val_size": "validation_split", "data_seed": "data_seed",
+                    "preprocessing_num_workers": "num_proc", "packing": "packing", "neat_packing": "packing",
+                    "train_on_prompt": "train_on_source", "load_best_model_at_end": "load_best_at_end",
+                    "quantization_type": "quant_type", "double_quantization": "double_quant"},
+}
+# Tool keys spelled like a tuneforge key but meaning something else: ignored, never passed through.
+HOMONYMS = {"device", "device_map", "max_length", "tokenizer", "compile", "format"}
+# Keys refused when switched on: they change the training in a way tuneforge does not do.
+PLAIN_LORA = "tuneforge trains plain LoRA (or full fine-tuning): remove it"
+REFUSED_WHEN_SET = {
+    AXOLOTL: {"lora_model_dir": "starts from an existing adapter; tuneforge trains a new one on the base model",
+              "peft_use_dora": f"is DoRA; {PLAIN_LORA}", "peft_use_rslora": f"is rank-stabilised LoRA; {PLAIN_LORA}",
+              "loraplus_lr_ratio": f"is LoRA+; {PLAIN_LORA}", "relora_steps": f"is ReLoRA; {PLAIN_LORA}",
+              "unfrozen_parameters": "trains only some parameters; tuneforge trains LoRA or every weight",
+              "lisa_n_layers": "is LISA (a few layers at a time); tuneforge trains LoRA or every weight",
+              "reward_model": "trains a reward model; tuneforge trains language models on supervised data",
+              "process_reward_model": "trains a reward model; tuneforge trains language models on supervised data",
+              "resume_from_checkpoint": "names an axolotl checkpoint; tuneforge resumes its own (resume_from: latest)"},
+    LLAMA_FACTORY: {"adapter_name_or_path": "starts from an existing adapter; tuneforge trains a new one",
+                    "use_dora": f"is DoRA; {PLAIN_LORA}", "use_rslora": f"is rank-stabilised LoRA; {PLAIN_LORA}",
+                    "pissa_init": f"is PiSSA; {PLAIN_LORA}", "loraplus_lr_ratio": f"is LoRA+; {PLAIN_LORA}",
+                    "use_galore": "is GaLore; tuneforge's optimizers are listed under optimizer",
+                    "use_apollo": "is APOLLO; tuneforge's optimizers are listed under optimizer",
+                    "use_badam": "is BAdam; tuneforge's optimizers are listed under optimizer",
+                    "use_llama_pro": "adds layers (LLaMA Pro); tuneforge trains the model's own weights",
+                    "mask_history": "trains only the last turn; tuneforge trains every assistant turn",
+                    "resume_from_checkpoint": "names a LLaMA-Factory checkpoint; tuneforge resumes its own runs"},
+}
+# Keys of each tool tuneforge has no use for (ignored; others are ignored too, with a hint for a likely typo).
+UNUSED = {
+    AXOLOTL: {"strict", "dataset_prepared_path", "eval_sample_packing", "pad_to_sequence_len", "group_by_length",
+              "tf32", "flash_attention", "xformers_attention", "sdp_attention", "special_tokens", "tokens",
+              "evals_per_epoch", "saves_per_epoch", "eval_batch_size", "wandb_project", "wandb_entity",
+              "wandb_name", "wandb_watch", "wandb_log_model", "deepspeed", "fsdp", "fsdp_config", "debug",
+              "local_rank", "chat_template", "model_type", "tokenizer_type", "base_model_config",
+              "lora_fan_in_fan_out", "loss_watchdog_threshold", "loss_watchdog_patience", "hub_model_id"},
+    LLAMA_FACTORY: {"template", "max_samples", "overwrite_cache", "plot_loss", "overwrite_output_dir",
+                    "ddp_timeout", "per_device_eval_batch_size", "eval_strategy", "save_strategy", "do_eval",
+                    "do_predict", "flash_attn", "cache_dir", "deepspeed", "streaming", "save_only_model"},
+}
+IGNORED_BECAUSE = {
+    "template": "tuneforge renders chat with the model's own chat template",
+    "chat_template": "tuneforge renders chat with the model's own chat template",
+    "max_samples": "tuneforge trains on every record; shorten the file to match",
+    "evals_per_epoch": "give eval_steps",
+    "saves_per_epoch": "give save_steps",
+}
+STAGES = {"dpo": "trains on preference pairs (DPO)", "kto": "trains on answers marked good or bad (KTO)",
+          "rm": "trains a reward model", "ppo": "trains by reinforcement learning from a reward model (PPO)"}
+SUPERVISED = "tuneforge trains supervised fine-tuning (and continued pre-training on text)"
+OPTIMIZERS = {"adamw_bnb_8bit": "adamw_8bit", "adamw_hf": "adamw_torch", "adamw_torch_4bit": "adamw_torch"}
+AXOLOTL_TYPES = {"alpaca": {"format": "formatted", "format_file": "alpaca-format"}, "sharegpt": {"format": "chat"},
+                 "chat_template": {"format": "chat"}, "completion": {"format": "text"},
+                 "pretrain": {"format": "text"}, "input_output": {"format": "input_output"}}
+# What tuneforge's chat reader accepts for axolotl's and LLaMA-Factory's field and tag settings.
+CHAT_FIELDS = {"field_messages": ("messages", "conversations"), "message_field_role": ("role", "from"),
+               "message_field_content": ("content", "value"), "messages": ("conversations", "messages"),
+               "role_tag": ("from", "role"), "content_tag": ("value", "content"), "user_tag": ("human", "user"),
+               "assistant_tag": ("gpt", "assistant"), "observation_tag": ("observation", "tool"),
+               "function_tag": ("function_call",), "system_tag": ("system",), "system": ("system",),
+               "tools": ("tools",), "prompt": ("instruction",), "query": ("input",), "response": ("output",),
+               "history": ("history",)}
+NOT_TRAINED = {"chosen": "preference data (DPO/ORPO)", "rejected": "preference data (DPO/ORPO)",
+               "kto_tag": "KTO data", "images": "multimodal data", "videos": "multimodal data",
+               "audios": "multimodal data"}
+REMOTE = ("hf://", "s3://", "gs://", "gcs://", "http://", "https://", "az://", "abfs://", "adl://", "oci://")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+UNSET: tuple[Any, ...] = (None, False, "", [], {})
+# fmt: on
+
+
+def show(value: Any) -> str:
+    """A value as the YAML file spells it: true/false, null, comma-separated lists."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(show(v) for v in value)
+    return "null" if value is None else str(value)
+
+
+@dataclass
+class RecipeReading:
+    """What an other tool's recipe became: tuneforge values, and how each key was read."""
+
+    tool: str
+    source: str
+    base_dir: Path
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # tuneforge key -> the recipe key it came from
+    lines: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    skipped: int = 0  # keys without a value: they ask for nothing
+
+    def set(self, key: str, value: Any, **tuneforge: Any) -> None:
+        """`key: value` of the recipe becomes the tuneforge keys `tuneforge`."""
+        self.values.update(tuneforge)
+        self.origins.update(dict.fromkeys(tuneforge, key))
+        if len(tuneforge) == 1 and show(next(iter(tuneforge.values()))) == show(value):
+            self.lines.append(f"{key}: {show(value)} -> {next(iter(tuneforge))}")
+        else:
+            mapped = ", ".join(f"{name}: {show(v)}" for name, v in tuneforge.items())
+            self.lines.append(f"{key}: {show(value)} -> {mapped}")
+
+    def understood(self, key: str, value: Any, meaning: str) -> None:
+        self.lines.append(f"{key}: {show(value)} -> ({meaning})")
+
+    def refuse(self, key: str, value: Any, why: str) -> Any:
+        """Record a key tuneforge cannot honour (all are raised together); returns None, to `return` it."""
+        self.refused.append(f"{key}: {show(value)} {why}")
+        return None
+
+    def notes(self) -> list[str]:
+        """The lines to print: a header, one line per key, then every ignored key in one warning."""
+        skipped = f" ({self.skipped} keys without a value skipped)" if self.skipped else ""
+        header = f"read {self.source} as {ARTICLE[self.tool]} {self.tool} recipe{skipped}:"
+        notes = [header, *(f"  {line}" for line in self.lines)]
+        if self.ignored:
+            notes.append(
+                f"warning: ignored {len(self.ignored)} {self.tool} key{'s' * (len(self.ignored) > 1)} "
+                f"that tuneforge does not use: {', '.join(self.ignored)}"
+            )
+        return notes
+
+    def explain(self, message: str) -> str:
+        """A tuneforge ConfigError's message, with the recipe keys behind the tuneforge keys it names."""
+        behind = [
+            f"{key} is {original}"
+            for key, original in self.origins.items()
+            if key != original and not original.startswith("(") and re.search(rf"\b{key}\b", message)
+        ]
+        return message + (
+            f" (in the {self.tool} recipe {self.source}: {', '.join(behind)})" if behind else ""
+        )
+
+
+def detect_tool(values: Mapping[str, Any]) -> str | None:
+    """axolotl, LLaMA-Factory, or None (a tuneforge config), from the keys alone."""
+    keys = set(values)
+    for tool in TOOLS:
+        if MODEL_KEY[tool] in keys:
+            return tool
+    names = set(field_names())
+    native_only = len([k for k in keys if k in names and not any(k in RENAMES[t] for t in TOOLS)])
+    best = max(TOOLS, key=lambda tool: len(keys & SIGNATURE[tool]))
+    score = len(keys & SIGNATURE[best])
+    return best if score >= 2 and score > native_only else None
+
+
+def foreign_name(key: str) -> tuple[str, str] | None:
+    """(tool, tuneforge key) when `key` is another tool's name for a tuneforge key, e.g. lora_r -> rank."""
+    extra = {
+        "lora_target": "target_modules",
+        "lora_target_modules": "target_modules",
+        "lora_target_linear": "target_modules",
+        "adapter": "method",
+        "finetuning_type": "method",
+        "datasets": "data",
+        "dataset": "data",
+        "quantization_bit": "bits",
+        "optim": "optimizer",
+    }
+    for tool in TOOLS:
+        name = RENAMES[tool].get(key) or (extra.get(key) if key in SIGNATURE[tool] | {"optim"} else None)
+        if name and name != key:
+            return tool, name
+    return None
+
+
+def read_foreign_recipe(
+    recipe: Mapping[str, Any],
+    tool: str,
+    source: str,
+    base_dir: Path | None = None,
+    given: Collection[str] = (),
+) -> RecipeReading:
+    """Map `recipe` (the YAML of `tool`) to tuneforge keys; `given` are the keys the caller sets on top
+    (they win, so the tool's defaults skip them). Raises one ConfigError naming every refused key."""
+    reading = RecipeReading(tool, source, base_dir or Path("."))
+    handlers, names = SIMPLE_HANDLERS[tool], set(field_names())
+    for key, value in recipe.items():
+        key = str(key)
+        if value is None:
+            reading.skipped += 1
+        elif key in DATASET_HANDLERS[tool]:
+            DATASET_HANDLERS[tool][key](reading, key, value, recipe)
+        elif key in handlers:
+            try:
+                read = handlers[key](key, value, recipe)
+            except Refused as refusal:
+                reading.refuse(key, value, str(refusal))
+            else:
+                if isinstance(read, dict):
+                    reading.set(key, value, **read)
+                else:
+                    reading.understood(key, value, read)
+        elif key in REFUSED_WHEN_SET[tool]:
+            if value in UNSET:
+                reading.understood(key, value, "off, as in tuneforge")
+            else:
+                reading.refuse(key, value, REFUSED_WHEN_SET[tool][key])
+        elif key in RENAMES[tool]:
+            reading.set(key, value, **{RENAMES[tool][key]: value})
+        elif key in names and key not in HOMONYMS:
+            reading.set(key, value, **{key: value})  # a tuneforge key written into the recipe
+        else:
+            known = [*RENAMES[tool], *handlers, *DATASET_HANDLERS[tool]]
+            close = [] if key in UNUSED[tool] else difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+            why = IGNORED_BECAUSE.get(key) or (f"did you mean {close[0]}?" if close else None)
+            reading.ignored.append(f"{key} ({why})" if why else key)
+    if reading.refused:
+        raise ConfigError(
+            f"{source} is {ARTICLE[tool]} {tool} recipe tuneforge cannot train as written: "
+            + "; ".join(reading.refused)
+        )
+    apply_defaults(reading, recipe, set(given))
+    check_values(reading)
+    return reading
+
+
+def apply_defaults(reading: RecipeReading, recipe: Mapping[str, Any], given: set[str]) -> None:
+    """The tool's defaults for keys the recipe leaves out, where they differ from tuneforge's."""
+    values, tool = reading.values, reading.tool
+
+    def default(tool_key: str, key: str, value: Any, why: str = "") -> None:
+        if key not in values and key not in given:
+            reading.values[key], reading.origins[key] = value, f"({tool_key} not given)"
+            reading.lines.append(f"{tool_key} (not given) -> {key}: {show(value)} ({tool}'s default{why})")
+
+    if tool == AXOLOTL:
+        default("adapter", "method", "full", ": without an adapter every weight trains")
+        default("num_epochs", "epochs", 1.0)
+        default("micro_batch_size", "micro_batch_size", 1)
+        default("lr_scheduler", "lr_scheduler", "cosine")
+        default("sequence_len", "cutoff_len", 512)
+    else:
+        default("finetuning_type", "method", "qlora" if recipe.get("quantization_bit") else "lora")
+        default("per_device_train_batch_size", "micro_batch_size", 8)
+        default("learning_rate", "learning_rate", 5e-5)
+        default("cutoff_len", "cutoff_len", 2048)
+    if "batch_size" not in values and "batch_size" not in given:
+        default("gradient_accumulation_steps", "gradient_accumulation_steps", 1)
+    if values.get("method", "lora") in ("lora", "qlora"):
+        if tool == LLAMA_FACTORY:
+            default("lora_rank", "rank", 8)
+            rank = values.get("rank")
+            if isinstance(rank, int) and not isinstance(rank, bool):
+                default("lora_alpha", "alpha", 2 * rank, ": 2 x rank")
+            default("lora_target", "target_modules", ["all-linear"])
+        default("lora_dropout", "lora_dropout", 0.0)
+
+
+def check_values(reading: RecipeReading) -> None:
+    """Each mapped value against its tuneforge key's type and range; the error names the recipe's key."""
+    hints, fields = typing.get_type_hints(RunConfig), field_help()
+    for key, value in reading.values.items():
+        try:
+            check_range(fields[key], coerce(key, value, hints[key]))
+        except ConfigError as error:
+            original = reading.origins[key]
+            where = f"tuneforge's {key}, " if original != key else ""
+            raise ConfigError(
+                f"{original} in {reading.source} ({where}{ARTICLE[reading.tool]} {reading.tool} key): {error}"
+            ) from None
+
+
+# ---------------------------------------------------------------------- keys that need more than a rename
+class Refused(Exception):
+    """A key's value tuneforge cannot honour; the message says why and what it trains instead."""
+
+
+def refused(why: str) -> Any:
+    raise Refused(why)
+
+
+def precision(key: str, value: Any, recipe: Mapping[str, Any]) -> dict[str, Any] | str:
+    """bf16/fp16/pure_bf16: true sets the precision, 'auto' leaves it to the machine, false alone means fp32."""
+    if value is True or value == "full":
+        return {"precision": "fp16" if key == "fp16" else "bf16"}
+    if key == "pure_bf16":
+        return "off: bf16 and fp16 set the precision"
+    if value == "auto":
+        return {"precision": "auto"}
+    if value is False and recipe.get("bf16" if key == "fp16" else "fp16") not in (True, "full", "auto"):
+        return {"precision": "fp32"}
+    return "the other precision key sets the precision"
+
+
+# A handler gets (key, value, recipe) and returns the tuneforge values, or (in words) what the key means.
+Handler = Callable[[str, Any, Mapping[str, Any]], "dict[str, Any] | str"]
+WHY = {
+    "adapter": "is an adapter tuneforge does not train; it trains lora, qlora or full",
+    "quantized_full": "quantizes a model that is not trained with LoRA; tuneforge quantizes the base only for "
+    "LoRA (axolotl's adapter: qlora, LLaMA-Factory's finetuning_type: lora)",
+    "rl": f"is preference or reinforcement training, which tuneforge does not train; {SUPERVISED}: remove it "
+    "and give supervised data (e.g. only the chosen answers)",
+    "finetuning_type": "is a method tuneforge does not have; it trains lora, qlora (lora with quantization_bit) "
+    "or full",
+    "quantization_method": "is a quantization tuneforge does not use; it quantizes with bitsandbytes",
+    "do_train": "is not a training recipe; tuneforge train needs do_train: true",
+    "layers_pattern": "names several layer lists; tuneforge's layers_pattern takes one",
+}
+QUANTIZED = ("load_in_4bit", "load_in_8bit")
+
+
+def lora_or_qlora(value: Any, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    quantized = value == "qlora" or any(recipe.get(k) for k in (*QUANTIZED, "quantization_bit"))
+    return {"method": "qlora" if quantized else "lora"}
+
+
+def quantized_base(bits: int) -> Handler:
+    def handle(key: str, value: Any, recipe: Mapping[str, Any]) -> dict[str, Any] | str:
+        if value is not True:
+            return "the base is not quantized"
+        return {"bits": bits} if recipe.get("adapter") else refused(WHY["quantized_full"])
+
+    return handle
+
+
+# fmt: off
+COMMON: dict[str, Handler] = {
+    "bf16": precision, "fp16": precision,
+    "optimizer": lambda k, v, r: {"optimizer": OPTIMIZERS.get(str(v), v)},
+}
+SIMPLE_HANDLERS: dict[str, dict[str, Handler]] = {
+    AXOLOTL: {
+        **COMMON,
+        "adapter": lambda k, v, r: lora_or_qlora(v, r) if v in ("lora", "qlora") else refused(WHY["adapter"]),
+        "load_in_4bit": quantized_base(4), "load_in_8bit": quantized_base(8),
+        "lora_target_modules": lambda k, v, r: (
+            "covered by lora_target_linear: true" if r.get("lora_target_linear") is True else {"target_modules": v}),
+        "lora_target_linear": lambda k, v, r: (
+            {"target_modules": ["all-linear"]} if v is True else "lora_target_modules name the modules"),
+        "gradient_checkpointing": lambda k, v, r: {
+            "gradient_checkpointing": True if v in ("offload", "offload_disk") else v},
+        "peft_layers_pattern": lambda k, v, r: (
+            {"layers_pattern": v[0] if v else None} if isinstance(v, list) and len(v) < 2
+            else {"layers_pattern": v} if not isinstance(v, list) else refused(WHY["layers_pattern"])),
+        "dataset_exact_deduplication": lambda k, v, r: {"dedup": "exact" if v is True else "none"},
+        "rl": lambda k, v, r: refused(WHY["rl"]),
+    },
+    LLAMA_FACTORY: {
+        **COMMON, "pure_bf16": precision,
+        "optim": lambda k, v, r: {"optimizer": OPTIMIZERS.get(str(v), v)},
+        "stage": lambda k, v, r: (
+            "supervised fine-tuning, what tuneforge trains" if v == "sft"
+            else "continued pre-training: the dataset is read as text, every token trained" if v == "pt"
+            else refused(f"{STAGES.get(str(v), 'is not a stage tuneforge knows')}, which tuneforge does not train; "
+                         f"{SUPERVISED} (stage: sft or pt)")),
+        "finetuning_type": lambda k, v, r: (
+            lora_or_qlora(v, r) if v == "lora" else {"method": "full"} if v == "full"
+            else refused(WHY["finetuning_type"])),
+        "quantization_bit": lambda k, v, r: (
+            {"bits": v} if r.get("finetuning_type", "lora") == "lora" else refused(WHY["quantized_full"])),
+        "quantization_method": lambda k, v, r: (
+            "bitsandbytes, as tuneforge quantizes" if str(v).lower() in ("bitsandbytes", "bnb")
+            else refused(WHY["quantization_method"])),
+        "lora_target": lambda k, v, r: {"target_modules": ["all-linear"] if str(v).lower() == "all" else v},
+        "max_steps": lambda k, v, r: (
+            "no step limit" if isinstance(v, int) and v <= 0 else {"max_steps": v}),  # Hugging Face's -1
+        "report_to": lambda k, v, r: {
+            "report_to": [] if v in ("none", ["none"]) else [v] if isinstance(v, str) else v},
+        "disable_gradient_checkpointing": lambda k, v, r: {"gradient_checkpointing": v is not True},
+        "do_train": lambda k, v, r: "train" if v is True else refused(WHY["do_train"]),
+        "dataset_dir": lambda k, v, r: "where dataset_info.json is looked up",
+    },
+}
+# fmt: on
+
+
+# ---------------------------------------------------------------------- datasets
+# fmt: off
+DATA_WHY = {
+    "remote": "is not a local file or folder (a hub or remote dataset?); tuneforge trains on local files: "
+              "download it and give its path",
+    "several": "but tuneforge trains on one data file or folder: merge them into one file of one shape, or "
+               "keep one",
+    "type": "is not a data shape tuneforge reads (no type: pre-tokenized); it reads alpaca, sharegpt, "
+            "chat_template, completion and input_output: convert the records, or write a format_file",
+    "roles": "trains other roles; tuneforge trains the assistant turns, or every token with train_on_source",
+    "ranking": "is preference data (ranking: true), which tuneforge does not train",
+}
+# fmt: on
+
+
+def local_path(reading: RecipeReading, key: str, text: str) -> str | None:
+    """`text` when it names a local file or folder (here, else beside the recipe); None (refused) if remote."""
+    if not Path(text).expanduser().exists() and (reading.base_dir / text).exists():
+        return str(reading.base_dir / text)
+    if text.startswith(REMOTE) or (not Path(text).expanduser().exists() and HUB_ID.match(text)):
+        return reading.refuse(key, text, DATA_WHY["remote"])
+    return text
+
+
+def columns_readable(reading: RecipeReading, key: str, mapping: Mapping[str, Any]) -> bool:
+    """False (and refused) when a column or tag is data tuneforge does not train, or a name it does not read."""
+    for name, column in mapping.items():
+        if name in NOT_TRAINED:
+            return reading.refuse(
+                f"{key}.{name}", column, f"is {NOT_TRAINED[name]}, which tuneforge does not train"
+            )
+        if name in CHAT_FIELDS and str(column) not in CHAT_FIELDS[name]:
+            known = " or ".join(CHAT_FIELDS[name])
+            return reading.refuse(f"{key}.{name}", column, f"renames a field tuneforge reads as {known}: "
+                                  "rename it in the data file")  # fmt: skip
+    return True
+
+
+def axolotl_dataset(reading: RecipeReading, key: str, value: Any, recipe: Mapping[str, Any]) -> None:
+    """datasets, test_datasets, pretraining_dataset: one local entry with a type tuneforge reads."""
+    entries = value if isinstance(value, list) else [value]
+    if len(entries) != 1:
+        return reading.refuse(key, f"{len(entries)} entries", DATA_WHY["several"] + " entry {path, type}")
+    entry, where = entries[0], f"{key}[0]"
+    if not isinstance(entry, dict) or not entry.get("path"):
+        return reading.refuse(where, entry, "has no path; give the local data file as {path: ..., type: ...}")
+    files = entry.get("data_files") or []
+    files = files if isinstance(files, list) else [files]
+    if len(files) > 1:
+        return reading.refuse(f"{where}.data_files", files, DATA_WHY["several"])
+    local = local_path(reading, f"{where}.path", str(entry["path"]))
+    if local is None or not columns_readable(
+        reading, where, {k: entry[k] for k in entry if k in CHAT_FIELDS}
+    ):
+        return None
+    target = "validation_data" if key == "test_datasets" else "data"
+    reading.set(f"{where}.path", entry["path"], **{target: str(Path(local, *files))})
+    kind = entry.get("type", "pretrain" if key == "pretraining_dataset" else None)
+    if target == "data" and kind in AXOLOTL_TYPES:
+        reading.set(f"{where}.type", kind, **AXOLOTL_TYPES[kind])
+    elif target == "data":
+        reading.refuse(f"{where}.type", kind, DATA_WHY["type"])
+    for name, setting in entry.items():
+        at = f"{where}.{name}"
+        if name in ("path", "type", "data_files") or setting is None:
+            continue
+        if name in CHAT_FIELDS or (name == "roles_to_train" and not set(setting) - {"assistant", "gpt"}):
+            reading.understood(at, setting, "what tuneforge's chat reader reads")
+        elif name == "roles_to_train":
+            reading.refuse(at, setting, DATA_WHY["roles"])
+        elif name == "field":
+            reading.set(at, setting, text_column=setting)
+        elif name == "ds_type" or (name == "split" and setting == "train"):
+            reading.understood(at, setting, "tuneforge reads the file by its extension")
+        else:
+            reading.ignored.append(at)
+    return None
+
+
+def dataset_info(dataset_dir: str, base_dir: Path) -> tuple[dict[str, Any], Path] | None:
+    """LLaMA-Factory's dataset_info.json in dataset_dir (from here, else from the recipe's folder)."""
+    for folder in (Path(dataset_dir), base_dir / dataset_dir):
+        info = folder / "dataset_info.json"
+        if info.is_file():
+            try:
+                return json.loads(info.read_text()), folder
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{info} is not valid JSON (line {error.lineno}); fix it") from None
+    return None
+
+
+def llamafactory_dataset(reading: RecipeReading, key: str, value: Any, recipe: Mapping[str, Any]) -> None:
+    """dataset / eval_dataset: one name of dataset_info.json, or a local file path."""
+    names = [n.strip() for n in (value if isinstance(value, list) else str(value).split(",")) if n.strip()]
+    if len(names) != 1:
+        return reading.refuse(key, value, f"names {len(names)} datasets, {DATA_WHY['several']}")
+    name, target = names[0], "data" if key == "dataset" else "validation_data"
+    pretraining = recipe.get("stage") == "pt" and target == "data"
+    dataset_dir = str(recipe.get("dataset_dir") or "data")
+    found = dataset_info(dataset_dir, reading.base_dir)
+    if not (found and name in found[0]):
+        if "/" not in name and not Path(name).suffix:
+            lookup = (
+                f"{found[1] / 'dataset_info.json'} has no entry"
+                if found
+                else f"{dataset_dir}/dataset_info.json does not exist (here or beside the recipe)"
+            )
+            return reading.refuse(key, name, f"is a LLaMA-Factory dataset name and {lookup}; give dataset the "
+                                  "path of a local data file, or dataset_dir the folder of its dataset_info.json")  # fmt: skip
+        if (local := local_path(reading, key, name)) is not None:
+            reading.set(key, value, **{target: local}, **({"format": "text"} if pretraining else {}))
+        return None
+    entry, folder = found[0][name], found[1]
+    if any(entry.get(hub) for hub in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")):
+        return reading.refuse(key, name, DATA_WHY["remote"])
+    if entry.get("ranking"):
+        return reading.refuse(key, name, DATA_WHY["ranking"])
+    columns = dict(entry.get("columns") or {})
+    text_column = columns.pop("prompt", "text") if pretraining else None
+    if not columns_readable(reading, f"{key} {name}", {**columns, **(entry.get("tags") or {})}):
+        return None
+    shape: dict[str, Any] = {"format": "formatted", "format_file": "alpaca-format"}  # LLaMA-Factory's default
+    if pretraining:
+        shape = {"format": "text", "text_column": text_column}
+    elif entry.get("formatting") in ("sharegpt", "openai"):
+        shape = {"format": "chat"}
+    path = str(folder / str(entry.get("file_name", name)))
+    reading.set(key, value, **{target: path}, **(shape if target == "data" else {}))
+    return None
+
+
+# Keys that add several lines (a dataset's fields) get the reading itself.
+DatasetHandler = Callable[[RecipeReading, str, Any, Mapping[str, Any]], None]
+DATASET_HANDLERS: dict[str, dict[str, DatasetHandler]] = {
+    AXOLOTL: {
+        "datasets": axolotl_dataset,
+        "test_datasets": axolotl_dataset,
+        "pretraining_dataset": axolotl_dataset,
+    },
+    LLAMA_FACTORY: {"dataset": llamafactory_dataset, "eval_dataset": llamafactory_dataset},
+}
