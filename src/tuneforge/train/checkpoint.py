@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 import re
 import shutil
 from pathlib import Path
@@ -24,33 +23,12 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models.kind import is_peft
 from tuneforge.paths import write_folder_atomically
+from tuneforge.train.rng import jsonable_rng, restore_rng_state, rng_state
 from tuneforge.train.state import TrainState
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "run_config.json"  # the RunConfig the checkpoint was trained with
 _STEP = re.compile(r"^step-(\d+)$")
-
-
-def rng_state() -> dict:
-    import numpy as np
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
-    python_state = state["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    np.random.set_state(tuple(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _trainable_state(model) -> dict:
@@ -63,16 +41,24 @@ def _trainable_state(model) -> dict:
 
 
 def save_checkpoint(
-    run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int | None = None, config=None
+    run_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    keep: int | None = None,
+    config=None,
+    name: str | None = None,
 ) -> Path:
     """Write run_dir/checkpoints/step-<state.step> atomically; refuse weights that are not finite.
 
     `config` (the RunConfig) is saved beside the state as run_config.json, so a resume can list what changed.
+    `name` (e.g. "best") writes checkpoints/<name> instead, replacing the one there only once complete.
     """
     import torch
     from safetensors.torch import save_file
 
-    target = run_dir / "checkpoints" / f"step-{state.step}"
+    target = run_dir / "checkpoints" / (name or f"step-{state.step}")
     weights = {k: v.detach().contiguous().cpu() for k, v in _trainable_state(model).items()}
     broken = next(
         (
@@ -99,7 +85,7 @@ def save_checkpoint(
         save_file(unique, str(folder / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
-        torch.save(_jsonable_rng(rng_state()), folder / "rng.pt")
+        torch.save(jsonable_rng(rng_state()), folder / "rng.pt")
         if config is not None:
             (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=str))
         (folder / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1))
@@ -107,9 +93,15 @@ def save_checkpoint(
             model.save_pretrained(folder / "adapter")
 
     remove_unfinished(run_dir)
+    replaced = target.with_name(f".{target.name}.replaced")  # the previous checkpoints/<name>, until replaced
+    if name and target.exists():
+        target.rename(replaced)
     try:
         write_folder_atomically(target, write, marker=STATE_FILE)
+        shutil.rmtree(replaced, ignore_errors=True)
     except Exception as error:
+        if replaced.exists():
+            replaced.rename(target)
         if not _is_disk_full(error):
             raise
         earlier = list_checkpoints(run_dir)
@@ -138,21 +130,16 @@ def _is_disk_full(error: BaseException | None) -> bool:
 
 
 def remove_unfinished(run_dir: Path) -> None:
-    """Remove what a killed save or prune left (.step-N.tmp-*, .step-N.deleting); one process writes a run."""
+    """Remove what a killed save or prune left (.step-N.tmp-*, .step-N.deleting, .best.tmp-*); one process writes
+    a run. A killed replacement of checkpoints/best leaves the previous best (.best.replaced): it is put back."""
     folder = run_dir / "checkpoints"
     if folder.is_dir():
-        for leftover in folder.glob(".step-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _jsonable_rng(state: dict) -> dict:
-    # numpy's state tuple holds an ndarray; torch.save(weights_only) accepts tensors, not ndarrays
-    import torch
-
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state = dict(state)
-    state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
-    return state
+        for leftover in folder.glob(".*"):
+            kept = folder / leftover.name[1 : -len(".replaced")]
+            if leftover.name.endswith(".replaced") and not kept.exists():
+                leftover.rename(kept)
+            elif leftover.name.startswith((".step-", ".best.")):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 class DamagedCheckpointError(ConfigError):
@@ -225,15 +212,7 @@ def read_checkpoint(path: Path) -> dict:
 
 def apply_checkpoint(path: Path, files: dict, model, optimizer, scheduler) -> TrainState:
     """Put the read checkpoint into the model, optimizer, scheduler and RNG; return its trainer state."""
-    if is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, files["weights"])
-    else:
-        missing = model.load_state_dict(files["weights"], strict=False).missing_keys
-        tied = {n for n in missing if n.endswith("lm_head.weight")}
-        if set(missing) - tied:
-            raise ConfigError(f"checkpoint {path} lacks weights {sorted(set(missing) - tied)[:3]}")
+    _put_weights(path, files["weights"], model)
     try:
         optimizer.load_state_dict(files["optimizer"])
         scheduler.load_state_dict(files["scheduler"])
@@ -244,6 +223,25 @@ def apply_checkpoint(path: Path, files: dict, model, optimizer, scheduler) -> Tr
         ) from None
     restore_rng_state(files["rng"])
     return files["state"]
+
+
+def _put_weights(path: Path, weights: dict, model) -> None:
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        missing = model.load_state_dict(weights, strict=False).missing_keys
+        tied = {n for n in missing if n.endswith("lm_head.weight")}
+        if set(missing) - tied:
+            raise ConfigError(f"checkpoint {path} lacks weights {sorted(set(missing) - tied)[:3]}")
+
+
+def load_trainable_weights(path: Path, model) -> None:
+    """Put only the trainable weights of the checkpoint at `path` into `model` (load_best_at_end)."""
+    from safetensors.torch import load_file
+
+    _put_weights(path, _read(path, "trainable.safetensors", lambda f: load_file(str(f))), model)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
@@ -291,6 +289,9 @@ RESUMABLE_CHANGES = {
     "lean_layers",
     "early_stopping_patience",
     "stop_at_loss",
+    "max_time",  # the schedule is re-planned for the new length (train/schedule.py)
+    "keep_best",
+    "load_best_at_end",
     "save_steps",
     "save_total_limit",
     "logging_steps",
@@ -386,9 +387,7 @@ def open_resume_checkpoint(run_dir: Path, resume_from: str, log) -> tuple[Path, 
                 raise DamagedCheckpointError(f"checkpoint file {path / STATE_FILE} is missing")
             return path, read_checkpoint(path)
         except DamagedCheckpointError as error:
-            aside = path.with_name(
-                f"{path.name}.damaged"
-            )  # kept for a look, never picked or skipped over again
+            aside = path.with_name(f"{path.name}.damaged")  # kept for a look, never picked again
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
             log(

@@ -88,13 +88,36 @@ def warmup_steps(config, total_steps: int) -> int:
 
 
 def build_scheduler(optimizer, config, total_steps: int):
-    """One of transformers' schedulers (the names text-generation-webui and the HF Trainer use)."""
+    """One of transformers' schedulers (the names text-generation-webui and the HF Trainer use).
+
+    The scheduler carries its plan, `schedule_plan` (plain numbers, saved and restored with its state), so a
+    resumed or time-boxed run can re-plan the rest of the schedule (train/schedule.py).
+    """
     from transformers import get_scheduler
 
-    warmup = warmup_steps(config, total_steps)
+    name, warmup = _schedule_name_and_warmup(config, warmup_steps(config, total_steps), total_steps)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler.schedule_plan = [{"warmup_steps": warmup, "total_steps": total_steps}]
+    return scheduler
+
+
+def schedule_curve(config, warmup: int, total_steps: int):
+    """The learning rate multiplier by step of `build_scheduler`'s schedule with this warm-up and length."""
+    import torch
+    from transformers import get_scheduler
+
+    name, warmup = _schedule_name_and_warmup(config, warmup, total_steps)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    scheduler = get_scheduler(
+        name, torch.optim.SGD([parameter], lr=1.0), num_warmup_steps=warmup, num_training_steps=total_steps
+    )
+    return scheduler.lr_lambdas[0]
+
+
+def _schedule_name_and_warmup(config, warmup: int, total_steps: int) -> tuple[str, int]:
     name = config.lr_scheduler
     if name == "inverse_sqrt" and warmup == 0:
         warmup = max(1, math.ceil(0.1 * total_steps))  # inverse_sqrt divides by sqrt(warmup): needs >= 1
     if name == "constant" and warmup:
         name = "constant_with_warmup"  # transformers' "constant" would silently ignore the warm-up asked for
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return name, warmup

@@ -6,6 +6,7 @@ the trackers of report_to.
     metrics.record(step=1, loss=2.31, tokens=812, learning_rate=2e-4, grad_norm=0.9)
 
 On a terminal a live bar redraws in place; elsewhere (CI, log files) one plain line is printed per log step.
+A step much slower than the usual (another process on the same cores) is pointed out (`StepTimes`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 
 def format_duration(seconds: float) -> str:
@@ -76,10 +78,52 @@ class TrainingProgress:
         if self.enabled:
             self.console.print(text, soft_wrap=True)
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """A re-planned run (max_time): the bar and the ETA count to the new last step."""
+        self.total_steps = total_steps
+        if self._bar is not None:
+            self._bar.update(self._task, total=total_steps)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def slow_step_warning(
+    step: int, seconds: list[float], warned_at: int | None, warm_up: int = 3, window: int = 20
+) -> str | None:
+    """The warning for step `step` when it took (seconds[-1]) over 2.5x the median of the `window` steps before
+    it, not counting this run's first `warm_up` steps (allocation, compiling); at most one per 50 steps."""
+    usual_steps = seconds[warm_up:-1][-window:]
+    if len(usual_steps) < 3 or (warned_at is not None and step - warned_at < 50):
+        return None
+    usual, took = median(usual_steps), seconds[-1]
+    if took <= 2.5 * usual:
+        return None
+    return (
+        f"step {step} took {took:.2f} s, {took / usual:.1f}x the usual {usual:.2f} s: is another process "
+        "using the CPU?"
+    )
+
+
+class StepTimes:
+    """This run's step times (forward, backward and update; not evaluation or saving), for slow_step_warning."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.warned_at: int | None = None
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, step: int) -> str | None:
+        self.seconds.append(time.perf_counter() - self.started)
+        warning = slow_step_warning(step, self.seconds, self.warned_at)
+        if warning:
+            self.warned_at = step
+        return warning
 
 
 def keep_records_until(path: Path, step: int) -> None:
@@ -124,6 +168,10 @@ class MetricsLog:
             self.file = path.open("a")
         self.start = self.window_start = time.perf_counter()
         self.window_tokens = 0  # tokens trained since the last record, for its tokens/s
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.progress.set_total_steps(total_steps)
 
     def record(
         self,

@@ -37,6 +37,15 @@ class TrainState:
         else:
             self.evaluations_without_improvement += 1
 
+    @property
+    def best_step(self) -> int | None:
+        """The step of the lowest validation loss (the first, if equal), or None before any evaluation."""
+        return (
+            min(self.validation_losses, key=lambda evaluation: evaluation[1])[0]
+            if self.validation_losses
+            else None
+        )
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -50,13 +59,19 @@ class TrainResult:
     """What a run did: its folder, per-step losses, why it stopped and where the weights are."""
 
     run_dir: Path
-    total_steps: int
+    total_steps: int  # as planned at the end (max_time may have planned fewer than configured)
     state: TrainState = field(default_factory=TrainState)
     stopped_because: str = "finished"
     saved_to: Path | None = None
     seconds: float = 0.0
     resumed_from: Path | None = None
     tokenizer: object = None  # the tokenizer the run trained with (a new one for scratch + tokenizer: train)
+    best_checkpoint: Path | None = (
+        None  # checkpoints/best (keep_best): the lowest validation loss's checkpoint
+    )
+    loaded_best: bool = (
+        False  # load_best_at_end: the weights returned are best_checkpoint's, not the last step's
+    )
 
     @property
     def steps(self) -> int:
@@ -77,6 +92,14 @@ class TrainResult:
     @property
     def micro_batch_size(self) -> int:
         return self.state.micro_batch_size
+
+    @property
+    def best_step(self) -> int | None:
+        return self.state.best_step
+
+    @property
+    def best_validation_loss(self) -> float | None:
+        return self.state.best_validation
 
     @property
     def final_loss(self) -> float | None:

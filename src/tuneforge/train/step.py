@@ -13,14 +13,19 @@ halve the micro batch and start the step over without changing what it trains.
 
 from __future__ import annotations
 
+import math
 import signal
+import warnings
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from tuneforge.data.batching import collate
+from tuneforge.errors import TuneforgeError
 from tuneforge.train.batches import split_micro_batches
-from tuneforge.train.checkpoint import restore_rng_state, rng_state
+from tuneforge.train.checkpoint import list_checkpoints
 from tuneforge.train.loss import batch_loss_sum, example_loss_tokens
+from tuneforge.train.rng import restore_rng_state, rng_state
 
 
 class StepAbandoned(Exception):
@@ -153,3 +158,28 @@ def _forward_backward(
         step_loss += loss_sum.detach()
         del loss_sum
     return step_loss
+
+
+def check_step_loss(loss: float, grad_norm, step: int, config, run_dir: Path) -> None:
+    """Stop before a non-finite loss or gradient norm (None: not checked) is applied to the weights."""
+    grad_norm = None if grad_norm is None else float(grad_norm)
+    bad = (
+        f"the loss became {loss}"
+        if not math.isfinite(loss)
+        else f"the gradient norm became {grad_norm} (loss {loss:.4f})"
+        if grad_norm is not None and not math.isfinite(grad_norm)
+        else None
+    )
+    if bad:
+        last = list_checkpoints(run_dir)
+        kept = f"; the last good checkpoint is {last[-1]}" if last else ""
+        raise TuneforgeError(
+            f"{bad} at step {step}, so the run stopped before updating the weights; it diverged "
+            f"— lower learning_rate (now {config.learning_rate}) or use precision: fp32{kept}"
+        )
+    if loss == 0.0:
+        warnings.warn(
+            f"training loss is exactly 0 at step {step}: something is broken (e.g. every "
+            "label masked, or a corrupted model)",
+            stacklevel=4,
+        )

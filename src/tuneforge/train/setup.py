@@ -1,0 +1,199 @@
+"""Everything the training loop needs before step 1: CPU threads, the Accelerator, the order of the examples,
+the total steps, the optimizer and scheduler, the prepared model; then the starting state, fresh (with the
+automatic micro batch size) or a checkpoint's.
+
+    setup = set_up_training(model, tokenizer, data, config, run_dir, precision="fp32", device="cpu")
+    result = starting_result(setup, data, config, run_dir, progress, precision="fp32")
+    result.state.step   # 0, or the resumed checkpoint's step
+
+A resume whose length (max_steps, epochs) differs from the checkpoint's plan re-plans the rest of the learning
+rate schedule (train/schedule.py) and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.examples import PreparedData
+from tuneforge.errors import TuneforgeError
+from tuneforge.hardware import choose_threads, usable_cores
+from tuneforge.train.batches import StepOrder
+from tuneforge.train.checkpoint import (
+    apply_checkpoint,
+    check_identity,
+    check_resume_config,
+    open_resume_checkpoint,
+    run_identity,
+)
+from tuneforge.train.fused import compile_decoder_layers, lean_forwards
+from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
+from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
+from tuneforge.train.progress import TrainingProgress
+from tuneforge.train.schedule import follow_plan, replan_schedule
+from tuneforge.train.state import TrainResult, TrainState
+
+
+@dataclass
+class TrainingSetup:
+    """The parts of a run, built once: `model` is Accelerate's (DDP/FSDP/DeepSpeed wrapper), `bare_model` the
+    model underneath."""
+
+    accelerator: Any
+    order: StepOrder
+    total_steps: int
+    model: Any
+    bare_model: Any
+    optimizer: Any
+    scheduler: Any
+    trainable: list  # the parameters the optimizer moves (gradient clipping)
+    direct_head: bool  # call the decoder and head directly (one process): skips the wrapper's forward
+    lean: AbstractContextManager  # the lean forwards of train/fused.py while training
+    pad_token_id: int
+    threads_note: str | None  # the CPU thread choice, when it is not one per core
+    run_dir: Path
+
+
+def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path, precision: str, device: str):
+    import torch
+
+    threads, threads_note = cpu_threads(config.num_threads)
+    torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = _accelerator(precision, device, config, run_dir)
+    data_seed = config.data_seed if config.data_seed is not None else config.seed
+    order = StepOrder(
+        len(data.train),
+        config.examples_per_step,
+        data_seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * order.steps_per_epoch()))
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    bare_model = accelerator.unwrap_model(model)
+    if config.compile:
+        compile_decoder_layers(bare_model)
+    # Lean LoRA reads lora_A's weight without calling lora_A; DeepSpeed ZeRO-3 and FSDP gather sharded weights in
+    # module hooks, so there PEFT's own forward runs (DDP and one process keep the whole weights).
+    lean_lora_layers = accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP", "MEGATRON_LM")
+    return TrainingSetup(
+        accelerator=accelerator,
+        order=order,
+        total_steps=total_steps,
+        model=model,
+        bare_model=bare_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainable=[p for p in model.parameters() if p.requires_grad],
+        # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
+        direct_head=accelerator.num_processes == 1,
+        lean=lean_forwards(bare_model, lora=lean_lora_layers) if config.lean_layers else nullcontext(),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        threads_note=threads_note if threads != len(usable_cores()) else None,
+        run_dir=run_dir,
+    )
+
+
+def cpu_threads(num_threads: int | None) -> tuple[int, str]:
+    """Torch's CPU threads and why: num_threads, else OMP_NUM_THREADS (torchrun sets 1 per process), else one
+    per free core (hardware.choose_threads)."""
+    launcher = os.environ.get("OMP_NUM_THREADS", "")
+    if not num_threads and launcher.isdigit() and int(launcher) > 0:
+        return int(launcher), f"{launcher} CPU threads (OMP_NUM_THREADS)"
+    return choose_threads(num_threads)
+
+
+def starting_result(
+    setup: TrainingSetup,
+    data: PreparedData,
+    config,
+    run_dir: Path,
+    progress: TrainingProgress,
+    precision: str,
+) -> TrainResult:
+    """The run's result-to-be and its state: fresh, or the checkpoint's (which keeps its micro batch size)."""
+    state = TrainState(micro_batch_size=config.micro_batch_size, identity=run_identity(config, data))
+    result = TrainResult(run_dir=run_dir, total_steps=setup.total_steps, state=state)
+    if config.resume_from:
+        say = partial(tell, progress)
+        result.resumed_from, files = open_resume_checkpoint(run_dir, config.resume_from, say)
+        check_identity(result.resumed_from, state.identity)
+        check_resume_config(result.resumed_from, files, config, state.identity, say)
+        built = setup.scheduler.schedule_plan
+        result.state = state = apply_checkpoint(
+            result.resumed_from, files, setup.bare_model, setup.optimizer, setup.scheduler
+        )
+        plan = files["scheduler"].get("schedule_plan") or _plan_of_old_checkpoint(files, config, setup)
+        if plan != built:
+            follow_plan(setup.scheduler, config, plan)
+        replanned = replan_schedule(setup.scheduler, config, state.step, setup.total_steps)
+        if replanned:
+            say(
+                f"the checkpoint's learning rate schedule was planned for {plan[-1]['total_steps']} steps and "
+                f"this run has {setup.total_steps}, so it is re-planned: {replanned}"
+            )
+        progress.message(f"resumed from {result.resumed_from} at step {state.step}/{setup.total_steps}")
+    elif config.auto_micro_batch:
+        longest = max(len(e["input_ids"]) for e in data.train)
+        per_process = min(config.examples_per_step, -(-len(data.train) // setup.accelerator.num_processes))
+        state.micro_batch_size, why = auto_micro_batch_size(
+            setup.bare_model, per_process, longest, precision, setup.accelerator.device
+        )
+        progress.message(why)
+    return result
+
+
+def _plan_of_old_checkpoint(files: dict, config, setup: TrainingSetup) -> list[dict]:
+    """A checkpoint from before schedules carried their plan: planned from the settings it was saved with."""
+    saved = files.get("config") or {}
+    total = saved.get("max_steps") or math.ceil(saved.get("epochs", 0) * setup.order.steps_per_epoch())
+    if not total:
+        return setup.scheduler.schedule_plan
+    return [{"warmup_steps": warmup_steps(config, total), "total_steps": max(1, total)}]
+
+
+def tell(progress: TrainingProgress, text: str) -> None:
+    """A message that must be seen even with the progress display off (a warning then)."""
+    if progress.enabled:
+        progress.message(text)
+    else:
+        warnings.warn(text, stacklevel=3)
+
+
+def _accelerator(precision: str, device: str, config, run_dir: Path):
+    import importlib.util
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # One process may train several times with different precisions (tests, notebooks); Accelerate keeps a
+    # global state that refuses a new mixed_precision, so reset it (the process group itself is kept).
+    AcceleratorState._reset_state()
+    for tracker in config.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise TuneforgeError(f"report_to {tracker} needs the {tracker} package: pip install {tracker}")
+    mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=device == "cpu",
+        log_with=config.report_to or None,
+        project_dir=str(run_dir / "trackers"),
+    )
+    if config.report_to:
+        hyperparameters = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()
+        }
+        accelerator.init_trackers(run_dir.name, config=hyperparameters)
+    return accelerator
