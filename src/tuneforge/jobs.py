@@ -150,7 +150,7 @@ def resume(
 
 
 def _launch(run_dir: Path, command: list[str], cwd: str | Path | None, lock_fd: int) -> JobStatus:
-    """Start `command` as the job of `run_dir`, handing it the runs folder's lock (`lock_fd`, already taken)."""
+    """Start `command` as the job of `run_dir`; it inherits the lock `lock_fd` (taken by the caller)."""
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows each step as it happens
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

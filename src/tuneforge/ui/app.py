@@ -69,7 +69,7 @@ def server_app(demo, *, host: str, port: int, auth: str | None, max_upload_mb: i
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts(host, port))
     credentials = parse_auth(auth)
     demo.queue(default_concurrency_limit=1)
-    return gr.mount_gradio_app(
+    mounted = gr.mount_gradio_app(
         app,
         demo,
         path="",
@@ -82,6 +82,10 @@ def server_app(demo, *, host: str, port: int, auth: str | None, max_upload_mb: i
         footer_links=[],
         show_error=True,
     )
+    # gradio checks that a file named in a request was really uploaded only once the Blocks "launched";
+    # mount_gradio_app never sets that, so without it any server file could be named as an upload.
+    demo.has_launched = True
+    return mounted
 
 
 class RunningServer:
