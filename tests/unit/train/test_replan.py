@@ -8,29 +8,13 @@ import pytest
 import torch
 
 import tuneforge as tf
-from tests.reliability.conftest import assert_same_run
+from tests.reliability.conftest import RUN, assert_same_run
 from tuneforge.config import RunConfig
 from tuneforge.train.checkpoint import list_checkpoints
 from tuneforge.train.optim import build_scheduler
 from tuneforge.train.schedule import replan_schedule
 
-SETTINGS = dict(
-    method="lora",
-    rank=4,
-    alpha=8,
-    lora_dropout=0.1,
-    target_modules=["all-linear"],
-    batch_size=4,
-    micro_batch_size=2,
-    learning_rate=1e-2,
-    lr_scheduler="linear",
-    warmup_steps=0,
-    precision="fp32",
-    num_threads=1,
-    save_steps=1,
-    seed=3,
-    validation_split=0,
-)
+SETTINGS = {**RUN, "warmup_steps": 0, "validation_split": 0}  # the reliability suite's run, no warm-up
 
 
 def stepped(scheduler, optimizer, steps: int) -> list[float]:
