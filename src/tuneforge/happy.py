@@ -223,6 +223,7 @@ class HappyGeneration:
             target_modules=list(args.target_modules),
             max_steps=args.max_steps,
             seed=args.seed,
+            keep_best=False,  # HF Trainer keeps no best copy unless load_best_model_at_end
             report_to=trackers(args.report_to),
             data=data,
             model=self.llm.source.spec,

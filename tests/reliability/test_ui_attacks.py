@@ -201,12 +201,6 @@ def test_every_refusal_reads_the_same_whether_or_not_its_target_exists(served, a
     assert sorted(p.name for p in (attacked / "runs").iterdir()) == runs_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="existence oracle: Project.model takes a hub-id-shaped name as a hub id only when no such path "
-    "exists relative to the UI's working folder, so the two answers differ; fix: load such names as hub ids "
-    "without looking at the local disk (see docs/reliability.md, item 13)",
-)
 def test_a_hub_shaped_model_name_reads_the_same_whether_or_not_a_local_path_exists(
     served, attacked, monkeypatch
 ):
@@ -221,6 +215,25 @@ def test_a_hub_shaped_model_name_reads_the_same_whether_or_not_a_local_path_exis
         missing,
         attacked.parent / "outside",
     )
+
+
+def test_an_upload_named_as_a_link_replaces_the_link_and_never_writes_through_it(connect, attacked, tmp_path):
+    """An uploaded file whose name is a symlink in datasets/ pointing out: the file outside keeps its bytes;
+    the upload lands in datasets/ as a plain file."""
+    from gradio_client import handle_file
+
+    outside = attacked.parent / "outside" / "victim.txt"
+    outside.write_text(SECRET)
+    link = attacked / "datasets" / "victim.txt"
+    os.symlink(outside, link)
+    upload = tmp_path / "victim.txt"
+    upload.write_text("uploaded notes")
+    try:
+        connect().predict(handle_file(str(upload)), api_name="/add_dataset")
+        assert outside.read_text() == SECRET
+        assert not link.is_symlink() and link.read_text() == "uploaded notes"
+    finally:
+        link.unlink(missing_ok=True)
 
 
 def test_the_file_route_serves_nothing_outside_its_folders(served, attacked):

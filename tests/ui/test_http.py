@@ -65,7 +65,7 @@ def test_ui_refuses_paths_outside_the_project_folders(escape_project, name):
     }
     try:
         as_hub_id = project.model(name)  # owner/name-shaped: only ever a hub id, never a local path
-        assert as_hub_id == name and not os.path.exists(name)
+        assert as_hub_id == f"hub:{name}"
     except ConfigError as refused:
         assert "do not read" not in str(refused) and "exist" not in str(refused)
     if name == "secret.txt":  # links out only from datasets/; elsewhere it is a fine new run name

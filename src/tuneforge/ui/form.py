@@ -10,6 +10,7 @@ removed-records file) are chosen from the project's folders by the training tab,
 
 from __future__ import annotations
 
+import functools
 import typing
 
 from tuneforge.config import RunConfig, field_help
@@ -93,9 +94,14 @@ def label(name: str) -> str:
     return LABELS.get(name, name.replace("_", " ").capitalize())
 
 
+@functools.cache
+def _config_hints() -> dict:
+    return typing.get_type_hints(RunConfig)  # resolves every annotation: once, not per field per request
+
+
 def _kind(name: str) -> tuple[type, bool]:
     """(base type, optional) of a config field."""
-    hint = typing.get_type_hints(RunConfig)[name]
+    hint = _config_hints()[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = type(None) in typing.get_args(hint)
     if name == "micro_batch_size":  # int or 'auto'

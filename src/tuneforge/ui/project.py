@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from tuneforge.errors import ConfigError
+from tuneforge.models.loading import HUB_PREFIX
 from tuneforge.paths import resolve_inside
 
 FOLDERS = ("datasets", "models", "loras", "runs")
@@ -100,6 +101,25 @@ class Project:
         )
         return [f"runs/{run}/checkpoints/{name}" for _, name in steps]
 
+    def add_dataset(self, name: str, data: bytes) -> Path:
+        """Write an uploaded file as datasets/NAME (a plain name): through a temporary file renamed into place,
+        so an existing NAME that is a symlink is replaced, never followed to where it points."""
+        import os
+        import tempfile
+
+        folder = self.folder("datasets")
+        if not re.fullmatch(r"[\w-][\w.-]{0,99}", name):  # checked by hand: resolve_inside follows links
+            raise ConfigError(f"'{name[:80]}' is not a plain file name for datasets/")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(temporary, folder / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return folder / name
+
     # ------------------------------------------------------------------ choices, checked
     def dataset(self, name: str) -> Path:
         path = resolve_inside(self.folder("datasets"), name)
@@ -127,9 +147,11 @@ class Project:
             if not (path.is_dir() and _safetensors_model(path)):
                 raise ConfigError(f"'{name}' is not a model folder with config.json and .safetensors weights")
             return str(path)
-        # A hub id that names a local path (relative to where the UI runs) would be read from disk: refused.
-        if HUB_ID.match(name) and ".." not in name and not Path(name).exists():
-            return name
+        # Sent as hub:owner/name, which the loader never reads from this disk: the answer is the same
+        # whether or not a path of that name exists where the UI runs.
+        hub_id = name.removeprefix(HUB_PREFIX)
+        if HUB_ID.match(hub_id) and ".." not in hub_id:
+            return HUB_PREFIX + hub_id
         raise ConfigError(
             f"'{name[:80]}' is neither 'default', a folder of models/, nor a hub id like owner/model"
         )

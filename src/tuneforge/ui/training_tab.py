@@ -301,8 +301,7 @@ def training_tab(workspace: Workspace):
         if not path:
             return [gr.skip()] * 4
         source = Path(path)
-        target = project.folder("datasets") / jobs_safe_name(source.name)
-        target.write_bytes(source.read_bytes())
+        target = project.add_dataset(jobs_safe_name(source.name), source.read_bytes())
         gr.Info(f"added datasets/{target.name}")
         return refresh_datasets()
 

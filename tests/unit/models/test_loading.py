@@ -28,6 +28,23 @@ def test_unreachable_hub_id_fails_fast_with_offline_alternatives(monkeypatch):
     assert time.perf_counter() - start < 10
 
 
+def test_a_hub_prefixed_name_is_never_read_from_this_disk(monkeypatch, tmp_path, tiny_model_dir):
+    """hub:owner/name with a loadable folder ./owner/name right here: offline it is the same refusal as for
+    a name with no such folder, and the local folder is not loaded."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(tiny_model_dir, tmp_path / "owner" / "name")
+    assert resolve("owner/name").path == "owner/name"  # without the prefix the folder is what you meant
+    messages = []
+    for name in ("owner/name", "owner/missing"):
+        with pytest.raises(ModelError) as refused:
+            resolve(f"hub:{name}")
+        messages.append(str(refused.value).replace(name, "NAME"))
+    assert messages[0] == messages[1] and "not in the local Hugging Face cache" in messages[0]
+
+
 def test_interrupted_conversion_leaves_no_half_model(tmp_path):
     target = tmp_path / "models" / "converted"
 
