@@ -169,7 +169,8 @@ def run_training(
     launch.engine = AcceleratorState().distributed_type.value  # what the loop's Accelerator ran
     if not main_process:
         return model, result
-    result.saved_to = save_trained(model, tokenizer, run_dir)
+    result.saved_to = save_trained(model, tokenizer, run_dir, state_dict=result.gathered_state)
+    result.gathered_state = None  # saved; not kept in memory beside the model
     with fork_rng():
         samples_after = {p: generate(model, tokenizer, p, SAMPLE_SETTINGS) for p in prompts}
     write_report(

@@ -10,6 +10,8 @@ kernels come from a hub download we never make), so on a CPU QLoRA is for models
 
 from __future__ import annotations
 
+import os
+
 from tuneforge.errors import ConfigError
 
 
@@ -28,10 +30,15 @@ def bnb_config(
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     if bits == 4:
+        # FSDP shards a module's parameters only if they share one dtype: under an FSDP launch the packed 4-bit
+        # weights are stored in the compute dtype's bytes (bnb's quant_storage) instead of uint8
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+        storage = {"bnb_4bit_quant_storage": torch_dtype(compute_precision)} if fsdp else {}
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=quant_type,
             bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=torch_dtype(compute_precision),
+            **storage,
         )
     raise ConfigError(f"bits must be 4 or 8 for qlora; got {bits} (use method: lora for 16-bit)")

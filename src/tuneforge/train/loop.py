@@ -14,6 +14,7 @@ train/step.py (one optimizer step), train/validation.py (evaluation and checkpoi
 
 from __future__ import annotations
 
+import warnings
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,8 @@ from tuneforge.train.step import (
 )
 from tuneforge.train.stopping import TimeBudget, least_over_processes, reason_to_stop
 from tuneforge.train.validation import BestCheckpoint, overfitting_note, validation_loss
+
+SHARDED_ENGINES = ("FSDP", "DEEPSPEED")  # Accelerate's DistributedType values whose ranks hold weight shards
 
 __all__ = ["TrainResult", "save_run_checkpoint", "save_trained", "train"]
 
@@ -74,7 +77,10 @@ def train(
         config=config,
         stop=stop,
     )
-    keeps_best = bool(data.validation) and (config.keep_best or config.load_best_at_end)
+    sharded = (
+        run.accelerator.distributed_type.value in SHARDED_ENGINES
+    )  # no checkpoints yet: see save_run_checkpoint
+    keeps_best = bool(data.validation) and (config.keep_best or config.load_best_at_end) and not sharded
     best = BestCheckpoint(run_dir, run, config, stop, enabled=keeps_best)
     metrics = MetricsLog(
         run_dir / "metrics.jsonl",
@@ -122,6 +128,10 @@ def train(
     result.best_checkpoint = best.path if best.step(state) is not None else None
     if config.load_best_at_end:
         result.loaded_best = _load_best(best, run, state, progress)
+    if (
+        run.accelerator.distributed_type.value in SHARDED_ENGINES
+    ):  # every rank takes part in gathering the shards
+        result.gathered_state = run.accelerator.get_state_dict(run.model)
     model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     if config.gradient_checkpointing:
         disable_gradient_checkpointing(model)
@@ -214,6 +224,17 @@ def save_run_checkpoint(
     """
     import torch
 
+    if accelerator.distributed_type.value in SHARDED_ENGINES:
+        # each rank holds a shard of the weights and optimizer state, which save_checkpoint (whole tensors from
+        # one process) cannot write: a warning (shown once) instead of a checkpoint that would resume wrong
+        if accelerator.is_main_process:
+            warnings.warn(
+                f"no resumable checkpoint: checkpoints of {accelerator.distributed_type.value} runs are not "
+                "supported yet (the final adapter/model is saved whole, gathered from every rank); use DDP "
+                "where a run must resume",
+                stacklevel=2,
+            )
+        return None
     if not accelerator.is_main_process or any(
         p.name == f"step-{state.step}" for p in list_checkpoints(run_dir)
     ):
@@ -228,10 +249,12 @@ def save_run_checkpoint(
     return path
 
 
-def save_trained(model, tokenizer, run_dir: Path) -> Path:
-    """Save a LoRA run's adapter to <run>/adapter (PEFT format) or a full run's model to <run>/model."""
+def save_trained(model, tokenizer, run_dir: Path, state_dict: dict | None = None) -> Path:
+    """Save a LoRA run's adapter to <run>/adapter (PEFT format) or a full run's model to <run>/model.
+    `state_dict`: a sharded run's gathered weights (TrainResult.gathered_state): the same folder as one process
+    writes (PEFT keeps only the adapter's entries of it)."""
     target = run_dir / ("adapter" if is_peft(model) else "model")
-    model.save_pretrained(target)
+    model.save_pretrained(target, **({"state_dict": state_dict} if state_dict is not None else {}))
     if target.name == "model":
         tokenizer.save_pretrained(target)
     return target

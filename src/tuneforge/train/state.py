@@ -72,6 +72,9 @@ class TrainResult:
     loaded_best: bool = (
         False  # load_best_at_end: the weights returned are best_checkpoint's, not the last step's
     )
+    gathered_state: dict | None = (
+        None  # FSDP/DeepSpeed: the full state dict, gathered from every rank, that rank 0 saves
+    )
 
     @property
     def steps(self) -> int:

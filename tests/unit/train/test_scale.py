@@ -152,3 +152,42 @@ def test_fsdp_on_two_cpu_processes_matches_one_process(tmp_path):
             "benchmarks/gpu_check.sh runs the FSDP smoke test on GPUs"
         )
     pytest.fail("Accelerate now engages FSDP on CPU: add the 2-process full fine-tune comparison here")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_gathered_state_dict_saves_the_same_folder_as_the_model_itself(method, tiny_model_dir, tmp_path):
+    """A sharded run saves from the state dict gathered on rank 0 (Accelerator.get_state_dict); PEFT keeps only
+    the adapter's entries of the full dict, so the saved folder equals the one a single process writes."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.train.loop import save_trained
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if method == "lora":
+        config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        model = get_peft_model(model, config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    own = save_trained(model, tokenizer, tmp_path / "own")
+    gathered = save_trained(model, tokenizer, tmp_path / "gathered", state_dict=dict(model.state_dict()))
+    (own_file,) = own.glob("*.safetensors")
+    own_weights, gathered_weights = load_file(own_file), load_file(gathered / own_file.name)
+    assert own_weights.keys() == gathered_weights.keys() and len(own_weights) > 0
+    assert all(own_weights[k].equal(gathered_weights[k]) for k in own_weights)
+    if method == "lora":
+        assert all("lora_" in key for key in own_weights)
+
+
+def test_qlora_under_an_fsdp_launch_stores_its_4_bit_weights_in_the_compute_dtype(monkeypatch):
+    """FSDP shards only parameters of one dtype: launched with FSDP, the 4-bit base's packed weights are stored
+    as bf16 bytes (bnb_4bit_quant_storage), as the QLoRA + FSDP recipes of PEFT and Answer.AI do."""
+    import torch
+
+    from tuneforge.models.quantization import bnb_config
+
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert bnb_config(4, compute_precision="bf16").bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert bnb_config(4, compute_precision="bf16").bnb_4bit_quant_storage == torch.bfloat16
