@@ -127,6 +127,8 @@ def test_seed_000_journey_in_the_browser(page, project):
     wait_until(lambda: chart_points(page) >= 2, SLOW / 1000, "the chart's first points")
     first = chart_points(page)
     wait_until(lambda: chart_points(page) > first, 60, "the chart to gain points")
+    line = page.locator("#loss-chart [aria-roledescription='line mark']").first
+    assert line.get_attribute("stroke"), "the loss line is drawn without a colour (invisible)"
     shot(page, "training")
 
     before_reload = status_step(page)
