@@ -350,18 +350,19 @@ class RunConfig:
 
     # --- training ---
     recipe: str = setting(
-        "textgen",
-        "Where unset keys get their values: 'textgen' (text-generation-webui's "
-        "Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
-        "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same), or 'auto' (chosen from the "
-        "data and the machine, each value printed with its reason). Keys you give always win.",
+        "auto",
+        "Where unset keys get their values: 'auto' (chosen from the data and the machine: batch size, "
+        "epochs, learning rate, LoRA rank and all linear layers, warm-up, packing for short examples, a "
+        "validation split; each value printed with its reason and saved), or 'textgen' (text-generation-"
+        "webui's Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
+        "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same). Keys you give always win.",
         choices=RECIPES,
     )
     epochs: float = setting(3.0, "Epochs: passes over the training data.", min=0.0, min_exclusive=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
     batch_size: int | None = setting(
         None,
-        "Batch size: examples per optimizer step (default: 128, rounded "
+        "Batch size: examples per optimizer step (recipe textgen: 128, rounded "
         "down to a multiple of micro_batch_size). If it does not fit in memory, "
         "lower micro_batch_size instead; the batch is then accumulated.",
         min=1,
@@ -690,6 +691,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if tool is not None:
             reading = read_foreign_recipe(loaded, tool, source, path.parent, given=set(overrides or {}))
             loaded = reading.values
+            if "recipe" not in loaded and "recipe" not in (overrides or {}):
+                # another tool's recipe trains as written: what it leaves out takes fixed defaults, not auto
+                loaded["recipe"] = "textgen"
+                reading.lines.append(
+                    "recipe textgen (keys the recipe leaves out are not chosen from the data)"
+                )
         values.update(loaded)
     for key, value in (overrides or {}).items():
         values[key] = value

@@ -3,14 +3,16 @@
     from tuneforge.config import RunConfig
     from tuneforge.defaults import DataStats, Machine, choose_defaults
     config, choices = choose_defaults(RunConfig(recipe="auto"), DataStats("raw", 140, 35_840), Machine("cpu", 2))
-    print("\\n".join(c.describe() for c in choices))   # ... batch_size 8: 126 examples → 48 steps over 3 epochs
+    print("\\n".join(c.describe() for c in choices))   # ... batch_size 8: 126 examples → 16 steps over 1 epoch
 
-`recipe: textgen` (the default; `seed000` is the same) keeps text-generation-webui's Training-tab numbers,
-so a user following seed 000 gets them exactly. `recipe: auto` sizes the run to the data: a batch that gives
-enough steps to learn from a small file, fewer epochs for a large one, LoRA on all linear layers (the default
-of text-generation-webui, unsloth and the QLoRA paper today), a short warm-up, packing for short examples and
-a held-out validation split. `choose_defaults` is pure; `apply_defaults` is the one call the recipe makes
-right after the data is prepared (it also carves the validation split and packs the prepared examples).
+`recipe: auto` (the default) sizes the run to the data: a batch that gives enough steps to learn from a small
+file, fewer epochs for a large one, LoRA on all linear layers (the default of text-generation-webui, unsloth and
+the QLoRA paper today), a short warm-up, packing for short examples and a held-out validation split. Raw
+text's overlapping chunks count as the repeats they are (one epoch trains each token twice), LoRA on small
+data learns at 1e-3, and on a CPU a step and a validation pass are capped in tokens so each takes seconds.
+`recipe: textgen` (`seed000` is the same) keeps text-generation-webui's Training-tab numbers, so a user
+following seed 000 gets them exactly. `choose_defaults` is pure; `apply_defaults` is the one call the recipe
+makes right after the data is prepared (it also carves the validation split and packs the prepared examples).
 """
 
 from __future__ import annotations
@@ -32,8 +34,20 @@ TEXTGEN_RECIPE = {
     "learning_rate": 3e-4,
 }
 LORA_METHODS = ("lora", "qlora")
+# the keys recipe auto may choose (when not given); their flags' help says so instead of a fixed default
+AUTO_CHOSEN = (
+    "validation_split", "packing", "epochs", "micro_batch_size", "batch_size", "learning_rate", "rank", "alpha",
+    "target_modules", "warmup_ratio",
+)  # fmt: skip
 STEPS_PER_EPOCH = 16  # enough optimizer steps per pass for a small file to be learned, not just seen
 LARGE_DATA_EXAMPLES = 2_000  # beyond this many examples one or two passes are enough
+# On a CPU a step of 64 long examples takes minutes (benchmarks/outcome.py: a 3-step trial on 1,000 Alpaca
+# records); about 1,024 tokens per core keep a step to seconds, and ~4,096 held-out tokens an evaluation.
+CPU_STEP_TOKENS_PER_CORE = 1_024
+CPU_VALIDATION_TOKENS = 4_096
+# LoRA on small data: 2e-4 (QLoRA's rate, tuned for long runs) barely moves a model in the few dozen steps a
+# small file gives; benchmarks/outcome.py measured 1e-3 closing most of the gap to seed 004's full fine-tune.
+SMALL_DATA_LORA_LR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,9 @@ def choose_defaults(config, data: DataStats, machine: Machine):
     ):
         validation_split = 0.1 if examples < 1_000 else max(1, min(200, round(0.05 * examples)))
         held = max(1, round(examples * validation_split)) if validation_split < 1 else int(validation_split)
+        affordable = max(1, int(CPU_VALIDATION_TOKENS // max(1.0, data.mean_tokens)))
+        if machine.device == "cpu" and held > affordable:  # a count: evaluated at every eval_steps
+            validation_split, held = float(affordable), affordable
         choose(
             "validation_split",
             validation_split,
@@ -125,7 +142,13 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         )
         examples -= held
     packing = False
-    if data.shape != "raw" and "packing" not in given and data.mean_tokens < config.cutoff_len / 4:
+    sized = given & {"batch_size", "micro_batch_size", "gradient_accumulation_steps"}  # counted in examples
+    if (
+        data.shape != "raw"
+        and "packing" not in given
+        and not sized
+        and data.mean_tokens < config.cutoff_len / 4
+    ):
         packing = True
         per_block = max(1, int(config.cutoff_len // data.mean_tokens))
         choose(
@@ -148,7 +171,22 @@ def choose_defaults(config, data: DataStats, machine: Machine):
             3.0 if examples < LARGE_DATA_EXAMPLES else 1.0 if examples >= 10 * LARGE_DATA_EXAMPLES else 2.0
         )
         size = "small" if epochs == 3 else "large" if epochs == 1 else "medium-sized"
-        choose("epochs", epochs, f"{examples} training {unit} is {size} data")
+        reason = f"{examples} training {unit} is {size} data"
+        overlap = config.effective_overlap_len
+        short_lora = lora and size == "small" and "learning_rate" not in given
+        if short_lora:
+            # benchmarks/outcome.py, 10 Alpaca records: 3 epochs at 1e-3 raised the held-out response loss
+            # (2.16 -> 2.21) where 1 epoch lowered it (-> 2.12) in a third of the time
+            epochs = 1.0
+            reason += f": one pass at LoRA's small-data learning rate {SMALL_DATA_LORA_LR:g}; more overfit"
+        elif data.shape == "raw" and overlap and epochs > 1:
+            # neighbouring chunks share `overlap` tokens: one epoch already trains most tokens twice
+            repeats = config.cutoff_len / max(1, config.cutoff_len - overlap)
+            epochs = float(max(1, math.floor(epochs / repeats)))
+            reason += (
+                f"; raw chunks overlap by {overlap} tokens, so one epoch trains each token {repeats:.1f}x"
+            )
+        choose("epochs", epochs, reason)
     micro = config.micro_batch_size
     if (
         "micro_batch_size" not in given
@@ -159,11 +197,22 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         choose("micro_batch_size", "auto", "the largest micro batch that fits this GPU's free memory")
     if "batch_size" not in given and "gradient_accumulation_steps" not in given:
         batch = 2 ** max(0, min(6, round(math.log2(max(1, examples / STEPS_PER_EPOCH)))))  # 1 .. 64
-        if isinstance(micro, int) and batch % micro:
+        capped = ""
+        step_tokens = batch * (config.cutoff_len if packing else data.mean_tokens)
+        if machine.device == "cpu" and step_tokens > CPU_STEP_TOKENS_PER_CORE * machine.cores:
+            per_example = config.cutoff_len if packing else max(1.0, data.mean_tokens)
+            fit = CPU_STEP_TOKENS_PER_CORE * machine.cores / per_example
+            batch = 2 ** max(0, math.floor(math.log2(max(1, fit))))
+            capped = (
+                f" (about {CPU_STEP_TOKENS_PER_CORE:,} tokens a step per CPU core, so a step takes seconds)"
+            )
+        if "micro_batch_size" in given and isinstance(micro, int) and batch % micro:  # the user's micro batch
             batch = max(micro, batch - batch % micro)
         steps = math.ceil(examples / batch) * (epochs if "max_steps" not in given else 1)
-        over = f"over {epochs:g} epochs" if "max_steps" not in given else "per epoch"
-        choose("batch_size", batch, f"{examples} {unit} → {math.ceil(steps)} steps {over}")
+        over = (
+            f"over {epochs:g} epoch{'' if epochs == 1 else 's'}" if "max_steps" not in given else "per epoch"
+        )
+        choose("batch_size", batch, f"{examples} {unit} → {math.ceil(steps)} steps {over}{capped}")
         if micro == config.micro_batch_size and "micro_batch_size" not in given and isinstance(micro, int):
             micro = min(batch, 8 if machine.device != "cpu" else 4)
             if micro != config.micro_batch_size:
@@ -174,6 +223,12 @@ def choose_defaults(config, data: DataStats, machine: Machine):
                 )
     if config.method == "full":
         choose("learning_rate", 5e-5, "full fine-tuning moves every weight: seed 004's 5e-5")
+    elif lora and examples < LARGE_DATA_EXAMPLES:
+        choose(
+            "learning_rate",
+            SMALL_DATA_LORA_LR,
+            f"LoRA on small data ({examples} {unit}): a short run needs larger steps than QLoRA's 2e-4",
+        )
     elif lora:
         choose("learning_rate", 2e-4, "LoRA on all linear layers: the QLoRA paper's 2e-4")
     if lora:
@@ -205,8 +260,6 @@ def _applied(config, choices: list[Choice]):
 
 def apply_defaults(config, prepared, device: str, log=print):
     """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data."""
-    if "recipe" not in config.given_keys:
-        return config, prepared  # the untouched default recipe: the config's own defaults, as before
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device))
     for choice in choices:
         log(f"default chosen: {choice.describe()}")

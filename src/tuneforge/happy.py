@@ -155,9 +155,11 @@ class HappyGeneration:
         self.model_type = model_type
         self.model_name = model_name
         if load_path and (Path(load_path) / "adapter_config.json").is_file():
-            self.llm = tf.load(model_name, adapter=load_path, trust_remote_code=trust_remote_code)
+            self.llm = tf.load(
+                model_name, adapter=load_path, precision="fp32", trust_remote_code=trust_remote_code
+            )
         else:
-            self.llm = tf.load(load_path or model_name, trust_remote_code=trust_remote_code)
+            self.llm = tf.load(load_path or model_name, precision="fp32", trust_remote_code=trust_remote_code)
 
     @property
     def model(self):
@@ -224,6 +226,7 @@ class HappyGeneration:
             max_steps=args.max_steps,
             seed=args.seed,
             keep_best=False,  # HF Trainer keeps no best copy unless load_best_model_at_end
+            recipe="textgen",  # GENTrainArgs gives its values; the rest as before, not chosen from the data
             report_to=trackers(args.report_to),
             data=data,
             model=self.llm.source.spec,

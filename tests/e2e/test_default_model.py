@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_lora_on_cheese_lowers_the_loss_and_learns_the_style(cheese_run):
     assert run.final_loss < run.losses[0] / 2
     assert before != after
     style_words = {"slice", "slices", "bread", "between", "cheese", "toast", "inside", "pieces"}
-    learned = set(after.lower().replace(",", " ").split()) & style_words
+    learned = set(re.findall(r"[a-z]+", after.lower())) & style_words  # "in-between" counts as between
     assert len(learned) >= 3, after
     records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == run.steps

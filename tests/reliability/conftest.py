@@ -30,6 +30,7 @@ RUN = dict(
     num_threads=1,
     save_steps=1,
     seed=3,
+    recipe="textgen",  # fixed settings: no validation split or packing chosen from the data
 )
 
 

@@ -7,13 +7,23 @@ import pytest
 import yaml
 
 from tuneforge.config import RunConfig, load_config
-from tuneforge.defaults import TEXTGEN_RECIPE, DataStats, Machine, apply_defaults, choose_defaults
+from tuneforge.defaults import (
+    CPU_STEP_TOKENS_PER_CORE,
+    CPU_VALIDATION_TOKENS,
+    TEXTGEN_RECIPE,
+    DataStats,
+    Machine,
+    apply_defaults,
+    choose_defaults,
+)
 
 CPU = Machine("cpu", 2)
+GPU = Machine("cuda", 16)
 SMALL_PROSE = DataStats("raw", examples=140, tokens=140 * 256)
 LARGE_PROSE = DataStats("raw", examples=40_000, tokens=40_000 * 256)
 SHORT_LINES = DataStats("lines", examples=1_000, tokens=20_000)  # 20 tokens an example
 LONG_RECORDS = DataStats("formatted", examples=1_000, tokens=200_000)  # 200 tokens an example
+FEW_RECORDS = DataStats("formatted", examples=100, tokens=100 * 200)
 
 
 def chosen(config, data=SMALL_PROSE, machine=CPU):
@@ -30,24 +40,69 @@ def assert_every_change_is_reported(before, after, choices):
     assert after.chosen == [c.describe() for c in choices.values()]
 
 
-def test_small_data_gets_a_small_batch_enough_steps_three_epochs_and_a_held_out_split():
+def test_small_prose_gets_a_small_batch_one_fast_lora_epoch_and_a_held_out_split():
     config = RunConfig(recipe="auto")
     new, choices = chosen(config)
     assert new.validation_split == 0.1 and "14 of 140 examples held out" in choices["validation_split"].reason
-    assert new.epochs == 3 and new.examples_per_step == 8
-    assert choices["batch_size"].describe() == "batch_size 8: 126 examples → 48 steps over 3 epochs"
+    assert new.epochs == 1 and "one pass at LoRA's small-data learning rate" in choices["epochs"].reason
+    assert new.examples_per_step == 8
+    assert choices["batch_size"].describe() == "batch_size 8: 126 examples → 16 steps over 1 epoch"
     assert new.target_modules == ["all-linear"] and new.rank == 16 and new.alpha == 32
-    assert new.learning_rate == 2e-4 and new.warmup_ratio == 0.05
+    assert new.learning_rate == 1e-3 and new.warmup_ratio == 0.05  # a short LoRA run
     assert not new.packing  # raw text is cut into full chunks already
     assert_every_change_is_reported(config, new, choices)
 
 
+def test_small_records_get_one_lora_epoch_at_1e_3_and_three_at_a_given_learning_rate():
+    new, choices = chosen(RunConfig(recipe="auto"), FEW_RECORDS)
+    assert (new.epochs, new.learning_rate) == (1, 1e-3)  # more epochs at 1e-3 overfit (benchmarks/outcome.py)
+    given_rate = load_config(None, {"recipe": "auto", "learning_rate": 2e-4})
+    assert chosen(given_rate, FEW_RECORDS)[0].epochs == 3
+
+
+def test_full_fine_tuning_counts_raw_texts_overlapping_chunks_as_repeats():
+    overlapping, choices = chosen(RunConfig(recipe="auto", method="full"))
+    assert (
+        overlapping.epochs == 1 and "overlap by 128 tokens" in choices["epochs"].reason
+    )  # 128 of 256 shared
+    no_overlap = load_config(None, {"recipe": "auto", "method": "full", "overlap_len": 0})
+    assert chosen(no_overlap)[0].epochs == 3
+
+
 def test_large_data_gets_one_epoch_a_larger_batch_and_rank():
     config = RunConfig(recipe="auto")
-    new, choices = chosen(config, LARGE_PROSE)
+    new, choices = chosen(config, LARGE_PROSE, GPU)
     assert new.epochs == 1 and new.examples_per_step == 64 and new.rank == 32 and new.alpha == 64
     assert new.validation_split == 200  # a count: 5% of 40,000 would be slow to evaluate
+    assert new.learning_rate == 2e-4  # a long LoRA run: QLoRA's rate
     assert_every_change_is_reported(config, new, choices)
+
+
+def test_a_cpu_caps_the_tokens_of_a_step_and_of_the_validation_split():
+    config = RunConfig(recipe="auto")
+    new, choices = chosen(config, LARGE_PROSE, CPU)
+    assert (
+        new.examples_per_step * 256 <= CPU_STEP_TOKENS_PER_CORE * CPU.cores < 2 * new.examples_per_step * 256
+    )
+    assert "a step takes seconds" in choices["batch_size"].reason
+    assert new.validation_split * 256 <= CPU_VALIDATION_TOKENS and new.validation_split >= 1
+    assert_every_change_is_reported(config, new, choices)
+
+
+def test_a_three_step_trial_on_a_thousand_records_takes_seconds_a_step_on_a_cpu():
+    alpaca = DataStats("formatted", examples=1_000, tokens=218_000)  # roleplay_alpaca: ~218 tokens a record
+    new, choices = chosen(RunConfig(recipe="auto", max_steps=3), alpaca, CPU)
+    assert new.examples_per_step * alpaca.mean_tokens <= CPU_STEP_TOKENS_PER_CORE * CPU.cores
+    assert new.validation_split * alpaca.mean_tokens <= CPU_VALIDATION_TOKENS
+    assert "epochs" not in choices and new.max_steps == 3
+
+
+def test_a_small_batch_is_not_rounded_up_to_the_default_micro_batch():
+    # 22 chunks: 22 / 16 steps an epoch → batch 1, not the default micro_batch_size 4 (6 steps only)
+    new, choices = chosen(RunConfig(recipe="auto"), DataStats("raw", examples=22, tokens=22 * 256))
+    assert new.examples_per_step == 1 and new.micro_batch_size == 1
+    given = load_config(None, {"recipe": "auto", "micro_batch_size": 4})
+    assert chosen(given, DataStats("raw", examples=22, tokens=22 * 256))[0].examples_per_step == 4
 
 
 def test_short_examples_are_packed_and_long_ones_are_not():
@@ -58,6 +113,9 @@ def test_short_examples_are_packed_and_long_ones_are_not():
     long, long_choices = chosen(config, LONG_RECORDS)
     assert not long.packing and "packing" not in long_choices
     assert long.examples_per_step > short.examples_per_step  # 950 examples against ~75 packed blocks
+    sized = load_config(None, {"batch_size": 16, "micro_batch_size": 16})
+    _, sized_choices = chosen(sized, SHORT_LINES)
+    assert "packing" not in sized_choices  # a batch given in examples keeps examples, not packed blocks
 
 
 def test_full_fine_tuning_gets_a_lower_learning_rate_and_no_lora_settings():
@@ -146,17 +204,19 @@ def test_chosen_values_are_saved_with_their_reasons_in_config_yaml(tmp_path):
     assert yaml.safe_load(text)["batch_size"] == 8
 
 
-def test_without_a_recipe_given_the_prepared_data_and_config_are_untouched(tokenizer, tmp_path):
+def test_auto_is_the_default_recipe_and_textgen_leaves_the_prepared_data_untouched(tokenizer, tmp_path):
     from tuneforge.data.examples import prepare_examples
 
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
-    config = RunConfig(cutoff_len=128)
+    config = load_config(None, {"recipe": "textgen", "cutoff_len": 128})
     prepared = prepare_examples(path, tokenizer, config, use_cache=False)
-    assert apply_defaults(config, prepared, "cpu", log=lambda line: None) == (config, prepared)
+    textgen, same = apply_defaults(config, prepared, "cpu", log=lambda line: None)
+    assert same is prepared and textgen.batch_size == 128 and not textgen.packing
 
     printed = []
-    auto = load_config(None, {"recipe": "auto", "cutoff_len": 128})
+    auto = load_config(None, {"cutoff_len": 128})
+    assert auto.recipe == "auto"
     new, carved = apply_defaults(auto, prepared, "cpu", log=printed.append)
     assert printed == [f"default chosen: {line}" for line in new.chosen]
     assert any(line.startswith("default chosen: packing True: examples average") for line in printed)
@@ -172,7 +232,7 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
     run_dir = tmp_path / "run"
-    tiny_llm.train(path, recipe="auto", max_steps=2, cutoff_len=128, output_dir=str(run_dir))
+    tiny_llm.train(path, max_steps=2, cutoff_len=128, output_dir=str(run_dir))  # recipe auto: the default
     out = capsys.readouterr().out
     config_text = (run_dir / "config.yaml").read_text()
     chosen_lines = [
@@ -187,3 +247,8 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     saved = yaml.safe_load(config_text)
     assert saved["recipe"] == "auto" and saved["packing"] and saved["target_modules"] == ["all-linear"]
     assert saved["max_steps"] == 2 and saved["cutoff_len"] == 128  # given, so kept
+    report = (run_dir / "report.md").read_text()
+    assert "## Chosen for you (recipe auto)" in report
+    for line in chosen_lines:
+        key, _, reason = line.partition(" ")
+        assert f"- `{key}` {reason}" in report

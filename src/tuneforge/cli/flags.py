@@ -23,6 +23,7 @@ import typing
 from typing import Any
 
 from tuneforge.config import FALSE_WORDS, TRUE_WORDS, RunConfig, coerce, describe_range, load_config
+from tuneforge.defaults import AUTO_CHOSEN
 from tuneforge.errors import ConfigError
 
 # The run-config keys every model-loading verb takes (train, data, generate, logits, perplexity, ...).
@@ -127,9 +128,14 @@ def describe(f: dataclasses.Field, default: Any) -> str:
     notes = []
     if describe_range(meta):
         notes.append(describe_range(meta))
+    fixed = ""
     if default is not None and default != []:
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        notes.append(f"default: {shown!r}" if isinstance(shown, str) else f"default: {shown}")
+        fixed = f"{shown!r}" if isinstance(shown, str) else f"{shown}"
+    if f.name in AUTO_CHOSEN:
+        notes.append("default: chosen from the data by recipe auto" + (f", else {fixed}" if fixed else ""))
+    elif fixed:
+        notes.append(f"default: {fixed}")
     text = " ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
     return text.replace("%", "%%")
 

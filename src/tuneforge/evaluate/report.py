@@ -70,6 +70,10 @@ def write_report(
     ]
     if result.saved_to:
         lines.append(f"- saved to: `{result.saved_to}`")
+    chosen = getattr(config, "chosen", [])
+    if chosen:  # recipe auto: what was chosen for the user, and why (every key they gave was kept)
+        lines += ["", f"## Chosen for you (recipe {config.recipe})", ""]
+        lines += [f"- `{key}` {rest}" for key, _, rest in (line.partition(" ") for line in chosen)]
     if plot:
         lines += ["", "![loss curve](loss_curve.png)"]
     if samples_before:

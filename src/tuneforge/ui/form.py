@@ -14,6 +14,9 @@ import functools
 import typing
 
 from tuneforge.config import RunConfig, field_help
+from tuneforge.defaults import AUTO_CHOSEN
+
+AUTO_NOTE = " Left as shown, recipe auto chooses it from the data (printed in the log and the report)."
 
 # Labels in the seeds' words (text-generation-webui's Training tab); other fields get their name in words.
 LABELS = {
@@ -38,6 +41,7 @@ LABELS = {
 }
 MAIN_FIELDS = (
     "method",
+    "recipe",
     "rank",
     "alpha",
     "lora_dropout",
@@ -130,7 +134,8 @@ def config_widget(name: str, value=None):
     meta = f.metadata
     default = getattr(RunConfig(), name) if value is None else value
     kind, optional = _kind(name)
-    common = dict(label=label(name), info=meta["help"], elem_id=f"field-{name}")
+    info = meta["help"] + (AUTO_NOTE if name in AUTO_CHOSEN else "")
+    common = dict(label=label(name), info=info, elem_id=f"field-{name}")
     if meta.get("choices"):
         return gr.Dropdown(choices=list(meta["choices"]), value=default, **common)
     if kind is bool:
@@ -147,11 +152,18 @@ def config_widget(name: str, value=None):
 
 
 def form_values(raw: dict) -> dict:
-    """Widget values -> config keyword values (empty optional fields become None)."""
+    """Widget values -> config keyword values (empty optional fields become None). A field recipe auto
+    chooses is given only when changed from what the form showed, so an untouched form trains like
+    `tuneforge train --data FILE` does."""
     values = {}
+    shown = RunConfig()
     for name, value in raw.items():
         if name not in FORM_FIELDS:
             continue  # only the form's own fields; anything else a request carries is ignored
+        default = getattr(shown, name)
+        untouched = value in (None, "") if default is None else value == shown_value(name, default)
+        if name in AUTO_CHOSEN and untouched:
+            continue
         kind, optional = _kind(name)
         if isinstance(value, str):
             value = value.strip() if name not in ESCAPED else value

@@ -87,7 +87,7 @@ def config_file(tmp_path_factory, tiny_model_dir) -> Path:
         f"model: {tiny_model_dir}\ndata: {data}\nmax_steps: {STEPS}\nbatch_size: 8\n"
         "micro_batch_size: 2\nprecision: fp32\nrank: 4\nalpha: 8\nlearning_rate: 0.03\n"
         "target_modules: all-linear\nlora_dropout: 0\nsave_steps: 2\nnum_threads: 1\n"
-        "logging_steps: 1\n"
+        "logging_steps: 1\nrecipe: textgen\n"  # fixed settings: every example trains, none held out
     )
     return config
 

@@ -20,6 +20,7 @@ BASE = dict(
     target_modules=["all-linear"],
     precision="fp32",
     max_steps=6,
+    recipe="textgen",  # fixed settings: no validation split or packing chosen from the data
 )
 
 
