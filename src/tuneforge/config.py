@@ -616,8 +616,19 @@ _dataclass_init = RunConfig.__init__
 def _init_recording_given_keys(self, *args: Any, **kwargs: Any) -> None:
     # A key given at its default value still counts as given (recipe auto must not change it), which the
     # values alone cannot tell: the generated __init__ is wrapped to record the names it was called with.
+    given = frozenset([*field_names()[: len(args)], *kwargs])
+    batch, micro = kwargs.get("batch_size"), RunConfig.__dataclass_fields__["micro_batch_size"].default
+    if (
+        isinstance(batch, int)
+        and isinstance(micro, int)
+        and batch > 0
+        and not given & {"micro_batch_size", "gradient_accumulation_steps"}
+    ):
+        # a batch given without a micro batch: the default micro batch follows it (batch 6 -> micro 3), rather
+        # than an error about a key the user never set
+        kwargs["micro_batch_size"] = max(d for d in range(1, micro + 1) if batch % d == 0)
     _dataclass_init(self, *args, **kwargs)
-    self.given_keys = frozenset([*field_names()[: len(args)], *kwargs])
+    self.given_keys = given
 
 
 RunConfig.__init__ = _init_recording_given_keys  # type: ignore[method-assign]

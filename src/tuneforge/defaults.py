@@ -111,8 +111,8 @@ def choose_defaults(config, data: DataStats, machine: Machine):
     lora = config.method in LORA_METHODS
     if config.recipe in ("textgen", "seed000"):
         recipe = dict(TEXTGEN_RECIPE)
-        if "gradient_accumulation_steps" in given or "micro_batch_size" in given:
-            recipe.pop("micro_batch_size")
+        if given & {"gradient_accumulation_steps", "micro_batch_size", "batch_size"}:
+            recipe.pop("micro_batch_size")  # a given batch already sized the micro batch (RunConfig)
             if "gradient_accumulation_steps" in given:
                 recipe.pop("batch_size")  # the batch is micro x accumulation then
             elif isinstance(config.micro_batch_size, int):  # the recipe's batch, rounded to the given micro

@@ -195,6 +195,17 @@ def test_a_seed_recipe_keeps_a_given_micro_batch_and_rounds_its_batch_to_it():
     assert new.micro_batch_size == 6 and new.examples_per_step == 126 and "micro_batch_size" not in choices
 
 
+@pytest.mark.parametrize("recipe", ["auto", "textgen"])
+@pytest.mark.parametrize(("batch", "micro"), [(1, 1), (2, 2), (6, 3), (16, 4)])
+def test_a_batch_given_alone_sizes_the_micro_batch_instead_of_failing(recipe, batch, micro):
+    """`--batch_size 1` with no micro batch once failed: "must be a multiple of micro_batch_size (4)"."""
+    config = load_config(None, {"recipe": recipe, "batch_size": batch})
+    assert "micro_batch_size" not in config.given_keys
+    new, choices = chosen(config)
+    assert (new.examples_per_step, new.micro_batch_size) == (batch, micro)
+    assert "batch_size" not in choices
+
+
 def test_chosen_values_are_saved_with_their_reasons_in_config_yaml(tmp_path):
     new, choices = chosen(RunConfig(recipe="auto"))
     new.replace(output_dir=str(tmp_path)).save(tmp_path / "config.yaml")
