@@ -77,9 +77,7 @@ def train(
         config=config,
         stop=stop,
     )
-    sharded = (
-        run.accelerator.distributed_type.value in SHARDED_ENGINES
-    )  # no checkpoints yet: see save_run_checkpoint
+    sharded = run.accelerator.distributed_type.value in SHARDED_ENGINES  # no checkpoints: save_run_checkpoint
     keeps_best = bool(data.validation) and (config.keep_best or config.load_best_at_end) and not sharded
     best = BestCheckpoint(run_dir, run, config, stop, enabled=keeps_best)
     metrics = MetricsLog(
@@ -128,9 +126,7 @@ def train(
     result.best_checkpoint = best.path if best.step(state) is not None else None
     if config.load_best_at_end:
         result.loaded_best = _load_best(best, run, state, progress)
-    if (
-        run.accelerator.distributed_type.value in SHARDED_ENGINES
-    ):  # every rank takes part in gathering the shards
+    if sharded:  # every rank takes part in gathering the shards
         result.gathered_state = run.accelerator.get_state_dict(run.model)
     model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     if config.gradient_checkpointing:
