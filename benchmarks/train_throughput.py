@@ -228,6 +228,7 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
     from tuneforge.data import save_preprocessed_data
     from tuneforge.data.examples import PreparedData
     from tuneforge.data.packing import pack_examples
+    from tuneforge.hardware import pick_precision
 
     file, shape, targets, method = CASES[case]
     llm = tf.load("default", precision=precision, device=device)
@@ -249,6 +250,8 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
             logging_steps=1,
             precision=precision,
             lr_scheduler="linear",
+            warmup_ratio=0.0,  # the Trainer's default: the same learning rates at every step
+            validation_split=0,  # train on every example, as the Trainer does; no evaluation inside the timing
             seed=42,
             output_dir=str(Path(out) / "run"),
         )
@@ -266,7 +269,8 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         "final_loss": run.final_loss,
         "held_out_loss": held_out_loss(llm.model, held_out, llm.tokenizer.pad_token_id),
         "params": sum(p.numel() for p in llm.model.parameters()),
-        "precision": llm.precision,
+        # the compute precision (a full fine-tune keeps fp32 weights under bf16 autocast: llm.precision is theirs)
+        "precision": pick_precision(precision, llm.device),
     }
 
 

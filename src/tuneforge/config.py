@@ -414,7 +414,8 @@ class RunConfig:
     compile: bool = setting(
         False,
         "torch.compile the transformer blocks: faster steps after about a minute of "
-        "compiling, so worth it for runs of hundreds of steps.",
+        "compiling, so worth it for runs of hundreds of steps. Left unset under recipe auto, the run "
+        "turns it on after timing its first steps where this machine gains from it and the run repays it.",
     )
     lean_layers: bool = setting(
         True,

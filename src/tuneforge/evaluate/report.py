@@ -30,6 +30,14 @@ def write_report(
         if launch is not None
         else f"batch_size {config.examples_per_step} (micro batch {result.micro_batch_size})"
     )
+    compiled_after = getattr(result, "compiled_after", None)
+    compile_state = (
+        "on"
+        if config.compile
+        else f"on after step {compiled_after} (recipe auto: the run repays it)"
+        if compiled_after
+        else "off"
+    )
     label, reason = diagnose_fit(result.losses, result.validation_losses)
     plot = plot_loss_curve(
         result.losses, result.validation_losses, run_dir / "loss_curve.png", title=f"{run_dir.name}: {label}"
@@ -43,7 +51,7 @@ def write_report(
         f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
         f"{batch}, "
         f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
-        f"{'on' if config.compile else 'off'}; full list in config.yaml",
+        f"{compile_state}; full list in config.yaml",
         f"- steps: {result.steps}/{result.total_steps} ({result.stopped_because})",
     ]
     if launch is not None:

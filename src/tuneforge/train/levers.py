@@ -7,8 +7,10 @@
 Packing is exact per example (positions restart, no attention or loss across examples:
 tests/unit/test_packed_attention.py), and it wins when unpacked micro batches would be mostly padding: it is
 chosen when it computes at most PACK_WORK_RATIO of the padded tokens. torch.compile pays for itself when the
-time it saves over the run beats its compile time; on CPUs it was measured at 1.00x (2 cores, no AMX) and
-1.05x (AMX) the eager step time, so there it is never chosen for speed.
+time it saves over the run beats its compile time. Measured on SmolLM2-135M, LoRA q,v, seq 256 x 4, 2 cores
+(benchmarks/train_throughput.py): 1.00x the eager step on a CPU without AMX, 1.16x in bf16 on one with AMX
+(1.93 -> 1.67 s a step, ~20 s to compile), so a CPU compiles only with AMX, bf16 and a long run. With recipe
+auto the loop decides after timing its first steps (`compile_kind` names the row of COMPILE_SPEEDUP).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ PACK_WORK_RATIO = (
 )  # pack when packed micro batches hold at most this share of the unpacked padded tokens
 MIN_EXAMPLES_TO_PACK = 8
 # eager step time / compiled step time, and seconds to compile the blocks once, by device (measured/typical)
-COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.0}
-COMPILE_SECONDS = {"cuda": 60.0, "cpu": 60.0}
+COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.0, "cpu-amx": 1.15}
+COMPILE_SECONDS = {"cuda": 60.0, "cpu": 60.0, "cpu-amx": 60.0}
+AUTO_COMPILE_AFTER = 3  # steps timed before the loop decides (the first one includes one-time work)
 COMPILE_MARGIN = 2.0  # the saving must be this many times the compile time: estimates are rough
 
 
@@ -68,6 +71,15 @@ def should_pack(lengths: Sequence[int], cutoff_len: int, micro_batch_size: int =
     )
 
 
+def compile_kind(device: str, precision: str) -> str:
+    """The COMPILE_SPEEDUP row for a run on `device` in `precision`: cpu-amx is bf16 on a CPU with AMX."""
+    from tuneforge.hardware import cpu_has_amx
+
+    if device == "cpu" and precision == "bf16" and cpu_has_amx():
+        return "cpu-amx"
+    return device
+
+
 def should_compile(
     total_steps: int,
     device: str,
@@ -82,12 +94,15 @@ def should_compile(
     """
     if device not in COMPILE_SPEEDUP:
         return False, f"not compiled: torch.compile is not used on {device}"
-    if device == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if device.startswith("cpu") and not (
+        shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    ):
         return False, "not compiled: torch.compile on a CPU needs a C++ compiler (none found)"
     speedup = COMPILE_SPEEDUP[device] if speedup is None else speedup
     compile_seconds = COMPILE_SECONDS[device] if compile_seconds is None else compile_seconds
     if speedup <= 1.0:
-        return False, f"not compiled: on {device} compiled steps are measured no faster than eager ones"
+        where = "a CPU without AMX (or not in bf16)" if device == "cpu" else device
+        return False, f"not compiled: on {where} compiled steps are measured no faster than eager ones"
     if seconds_per_step is None:
         # unknown step time: assume a 0.5 s step, the order of a small model's step on a GPU
         seconds_per_step = 0.5

@@ -22,6 +22,8 @@ from pathlib import Path
 from tuneforge.data.examples import PreparedData
 from tuneforge.models.kind import is_peft
 from tuneforge.train.checkpoint import list_checkpoints, save_checkpoint
+from tuneforge.train.fused import compile_decoder_layers
+from tuneforge.train.levers import AUTO_COMPILE_AFTER, COMPILE_SPEEDUP, should_compile
 from tuneforge.train.memory import disable_gradient_checkpointing
 from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
@@ -103,6 +105,8 @@ def train(
                 checkpoint(state)
                 break
             _note(progress, step_times.stop(step))
+            if _compile_if_it_repays(run, step, result.total_steps, step_times.seconds, progress):
+                result.compiled_after = step
             _plan_for_time(run, config, budget, step, result, metrics)
             validation = validation_loss(run, data, config, state, step, result.total_steps)
             metrics.record(
@@ -167,6 +171,23 @@ def _optimizer_step(
     run.optimizer.zero_grad(set_to_none=True)
     state.record_step(done.loss, done.tokens)
     return done, grad_norm
+
+
+def _compile_if_it_repays(run: TrainingSetup, step: int, total_steps: int, seconds: list, progress) -> bool:
+    """recipe auto: once AUTO_COMPILE_AFTER steps are timed, torch.compile the blocks if the steps left save
+    more than the compile costs on this machine (train/levers.py); said either way where compiling can win.
+    Whether it compiled."""
+    if run.compile_kind is None or len(seconds) != AUTO_COMPILE_AFTER:
+        return False
+    timed = sorted(seconds[1:])  # the first step also pays one-time work (optimizer state, kernel choice)
+    compile_now, why = should_compile(
+        total_steps - step, run.compile_kind, seconds_per_step=timed[len(timed) // 2]
+    )
+    if compile_now:
+        compile_decoder_layers(run.bare_model)
+    if compile_now or COMPILE_SPEEDUP.get(run.compile_kind, 1.0) > 1.0:
+        progress.message(f"after step {step}: {why}")
+    return compile_now
 
 
 def _plan_for_time(run: TrainingSetup, config, budget: TimeBudget, step: int, result, metrics) -> None:

@@ -115,27 +115,64 @@ def _linear_cross_entropy_class():
         def forward(ctx, hidden, weight, bias, targets, chunk):
             need_hidden, need_weight = hidden.requires_grad, weight.requires_grad
             need_bias = bias is not None and bias.requires_grad
-            total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-            grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
-            for start in range(0, hidden.shape[0], chunk):
-                h, t = hidden[start : start + chunk], targets[start : start + chunk]
-                logits = torch.nn.functional.linear(h, weight, bias).float()
-                log_norm = torch.logsumexp(logits, dim=-1)
-                total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                if not (need_hidden or need_weight or need_bias):
-                    continue
-                # d(sum of losses)/d(logits) = softmax(logits) - one_hot(target), made in place in `logits`
-                grad_logits = logits.sub_(log_norm[:, None]).exp_()
-                grad_logits[torch.arange(len(t), device=t.device), t] -= 1
-                grad_logits = grad_logits.to(h.dtype)
-                if need_hidden:
-                    grad_hidden[start : start + chunk] = grad_logits @ weight.to(h.dtype)
-                if need_weight:
-                    grad_weight += (grad_logits.t() @ h).float()
-                if need_bias:
-                    grad_bias += grad_logits.float().sum(0)
+            device = hidden.device.type
+            # Every matmul runs in autocast's dtype when it is on (as nn.Linear and autograd would), else in
+            # the inputs' own; each cast of the head is made once, not once per chunk.
+            compute = (
+                torch.get_autocast_dtype(device)
+                if torch.is_autocast_enabled(device)
+                else torch.promote_types(hidden.dtype, weight.dtype)
+            )
+            with torch.autocast(device, enabled=False):
+                w = weight.detach().to(compute)
+                b = None if bias is None else bias.detach().to(compute)
+                h_all = hidden.detach().to(compute)
+                total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+                grad_hidden = torch.empty_like(hidden) if need_hidden else None
+                grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+                grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+                # Two (chunk x vocab) buffers reused by every chunk: a fresh 50 MB tensor per chunk is mapped
+                # from the OS and page-faulted in each time (glibc mmaps anything over 32 MB), which measured
+                # ~1.7x slower on a CPU than the same arithmetic in place.
+                rows = min(chunk, hidden.shape[0])
+                low = torch.empty(rows, w.shape[0], device=hidden.device, dtype=compute)
+                in_place = compute == torch.float32  # fp32 logits: the matmul's buffer is the softmax's
+                logits32 = low if in_place else torch.empty_like(low, dtype=torch.float32)
+                # the head's gradient of one chunk, added to the fp32 total (full fine-tuning of the head)
+                chunk_grad_weight = torch.empty_like(weight, dtype=compute) if need_weight else None
+                for start in range(0, hidden.shape[0], chunk):
+                    h, t = h_all[start : start + chunk], targets[start : start + chunk]
+                    n = len(t)
+                    if b is None:
+                        torch.mm(h, w.t(), out=low[:n])
+                    else:
+                        torch.addmm(b, h, w.t(), out=low[:n])
+                    logits = logits32[:n]
+                    if not in_place:
+                        logits.copy_(low[:n])
+                    # log-sum-exp in place: shift by the row maximum, exponentiate, sum
+                    logits.sub_(logits.amax(dim=-1, keepdim=True))
+                    target_logits = logits.gather(1, t[:, None]).squeeze(1)
+                    sums = logits.exp_().sum(dim=-1)
+                    total += (sums.log() - target_logits).sum()
+                    if not (need_hidden or need_weight or need_bias):
+                        continue
+                    # d(sum of losses)/d(logits) = softmax(logits) - one_hot(target), made in place
+                    grad_logits = logits.div_(sums[:, None])
+                    grad_logits[torch.arange(n, device=t.device), t] -= 1
+                    if need_bias:
+                        grad_bias += grad_logits.sum(0)  # from the fp32 values, before any cast
+                    if not in_place:
+                        grad_logits = low[:n].copy_(grad_logits)  # back to the matmuls' dtype
+                    if need_hidden:
+                        rows_out = grad_hidden[start : start + chunk]
+                        if hidden.dtype == compute:
+                            torch.mm(grad_logits, w, out=rows_out)
+                        else:
+                            rows_out.copy_(grad_logits @ w)
+                    if need_weight:
+                        chunk_hidden = h_all[start : start + chunk]
+                        grad_weight += torch.mm(grad_logits.t(), chunk_hidden, out=chunk_grad_weight)
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
             ctx.weight_dtype = weight.dtype
             return total

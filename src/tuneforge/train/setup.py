@@ -33,6 +33,7 @@ from tuneforge.train.checkpoint import (
     run_identity,
 )
 from tuneforge.train.fused import compile_decoder_layers, lean_forwards
+from tuneforge.train.levers import compile_kind
 from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 from tuneforge.train.progress import TrainingProgress
@@ -58,6 +59,8 @@ class TrainingSetup:
     pad_token_id: int
     threads_note: str | None  # the CPU thread choice, when it is not one per core
     run_dir: Path
+    # recipe auto, compile not given: the loop compiles after timing its first steps if the run repays it
+    compile_kind: str | None = None  # levers.COMPILE_SPEEDUP's row for this machine; None: never auto
 
 
 def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path, precision: str, device: str):
@@ -103,6 +106,21 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
+        compile_kind=compile_kind(accelerator.device.type, precision)
+        if _may_auto_compile(config, accelerator)
+        else None,
+    )
+
+
+def _may_auto_compile(config, accelerator) -> bool:
+    """recipe auto may turn compile on (measured, in the loop) when the user left it unset, on one process and
+    without gradient checkpointing (compile is tested on neither combination)."""
+    return (
+        config.recipe == "auto"
+        and not config.compile
+        and "compile" not in config.given_keys
+        and accelerator.num_processes == 1
+        and not config.gradient_checkpointing
     )
 
 

@@ -75,6 +75,7 @@ class TrainResult:
     gathered_state: dict | None = (
         None  # FSDP/DeepSpeed: the full state dict, gathered from every rank, that rank 0 saves
     )
+    compiled_after: int | None = None  # recipe auto compiled the blocks after this step (train/levers.py)
 
     @property
     def steps(self) -> int:

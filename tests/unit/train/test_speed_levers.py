@@ -150,3 +150,60 @@ def test_compile_is_chosen_when_the_run_repays_it(monkeypatch):
     monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: None)
     compile_now, reason = should_compile(1000, "cpu", seconds_per_step=2.0, speedup=1.3, compile_seconds=60)
     assert not compile_now and "C++ compiler" in reason
+
+
+def test_compile_kind_is_amx_only_for_bf16_on_an_amx_cpu(monkeypatch):
+    from tuneforge.train.levers import compile_kind
+
+    monkeypatch.setattr("tuneforge.hardware.cpu_has_amx", lambda: True)
+    assert compile_kind("cpu", "bf16") == "cpu-amx"
+    assert compile_kind("cpu", "fp32") == "cpu"  # fp32 on AMX: the compiled step measured no faster
+    assert compile_kind("cuda", "bf16") == "cuda"
+    monkeypatch.setattr("tuneforge.hardware.cpu_has_amx", lambda: False)
+    assert compile_kind("cpu", "bf16") == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("kind", "total_steps", "compiled", "said"),
+    [
+        ("cpu-amx", 2_000, True, "compiled: 1997 steps"),  # 1997 x 2 s x (1 - 1/1.15) = 521 s saved
+        ("cpu-amx", 40, False, "not compiled: 37 steps would save"),
+        ("cpu", 100_000, False, None),  # a CPU without AMX: never, and nothing said
+        (None, 100_000, False, None),  # the user set compile, or another recipe: the loop leaves it
+    ],
+)
+def test_the_loop_compiles_after_timing_its_first_steps_when_the_run_repays_it(
+    monkeypatch, kind, total_steps, compiled, said
+):
+    from types import SimpleNamespace
+
+    from tuneforge.train import loop
+
+    monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: f"/usr/bin/{name}")
+    calls, messages = [], []
+    monkeypatch.setattr(loop, "compile_decoder_layers", lambda model: calls.append(model))
+    run = SimpleNamespace(compile_kind=kind, bare_model="the model")
+    progress = SimpleNamespace(message=messages.append)
+    answers = [
+        loop._compile_if_it_repays(run, step, total_steps, seconds, progress)  # decided at step 3 only
+        for step, seconds in enumerate(([9.0], [9.0, 2.0], [9.0, 2.0, 2.0], [9.0, 2.0, 2.0, 2.0]), start=1)
+    ]
+    assert calls == (["the model"] if compiled else [])
+    assert answers == [False, False, compiled, False]  # the loop records compiled_after from this
+    if said is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and said in messages[0] and messages[0].startswith("after step 3: ")
+
+
+def test_recipe_auto_may_compile_only_when_compile_was_left_unset():
+    from types import SimpleNamespace
+
+    from tuneforge.train.setup import _may_auto_compile
+
+    one = SimpleNamespace(num_processes=1)
+    assert _may_auto_compile(RunConfig(), one)
+    assert not _may_auto_compile(RunConfig(compile=False), one)  # given: the user's word wins
+    assert not _may_auto_compile(RunConfig(recipe="textgen"), one)
+    assert not _may_auto_compile(RunConfig(gradient_checkpointing=True), one)
+    assert not _may_auto_compile(RunConfig(), SimpleNamespace(num_processes=2))
