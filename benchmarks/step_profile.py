@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,17 +61,10 @@ def profile_run(case: str, steps: int, extra: dict) -> dict:
 
     import tuneforge as tf
     import tuneforge.train.loop as loop
-    from tuneforge.data import save_preprocessed_data
-    from tuneforge.data.examples import PreparedData
     from tuneforge.hardware import pick_precision
 
-    file, shape, targets, method = bench.CASES[case]
+    method = bench.CASES[case][3]
     llm = tf.load("default", precision="auto", device="cpu")
-    train, _ = bench.examples_for(case, llm.tokenizer)
-    if extra.pop("packing", False):
-        from tuneforge.data.packing import pack_examples
-
-        train = pack_examples(train, bench.SEQ)
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
     original = loop._optimizer_step
     first, last = bench.WARMUP + 1, bench.WARMUP + steps
@@ -87,31 +79,7 @@ def profile_run(case: str, steps: int, extra: dict) -> dict:
 
     loop._optimizer_step = profiled_step  # a benchmark's hook: the loop has no per-step callback to use
     try:
-        with tempfile.TemporaryDirectory() as out:
-            data = save_preprocessed_data(PreparedData(shape, train), Path(out) / "train.prepared")
-            settings = dict(
-                method=method,
-                rank=bench.RANK,
-                alpha=2 * bench.RANK,
-                lora_dropout=0.05,
-                target_modules=targets or ["q_proj"],
-                learning_rate=2e-4,
-                batch_size=bench.BATCH,
-                micro_batch_size=bench.BATCH,
-                max_steps=last,
-                logging_steps=1,
-                precision="auto",
-                lr_scheduler="linear",
-                warmup_ratio=0.0,
-                validation_split=0,
-                seed=42,
-                output_dir=str(Path(out) / "run"),
-                **extra,
-            )
-            llm.train(str(data), show_progress=False, **settings)
-            records = [
-                json.loads(line) for line in Path(out, "run", "metrics.jsonl").read_text().splitlines()
-            ]
+        _, records, _ = bench.train_tuneforge(llm, case, "auto", last, extra)
     finally:
         loop._optimizer_step = original
     seconds: dict[str, float] = {}

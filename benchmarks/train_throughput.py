@@ -221,17 +221,15 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
     }
 
 
-def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device: str) -> dict:
-    import torch
-
-    import tuneforge as tf
+def train_tuneforge(llm, case: str, precision: str, max_steps: int, extra: dict) -> tuple:
+    """tuneforge's run of `case` with the Trainer's settings: (result, metrics.jsonl records, held-out examples).
+    `extra`: settings on top (compile, num_threads, ...); packing: true packs the same examples first."""
     from tuneforge.data import save_preprocessed_data
     from tuneforge.data.examples import PreparedData
     from tuneforge.data.packing import pack_examples
-    from tuneforge.hardware import pick_precision
 
     file, shape, targets, method = CASES[case]
-    llm = tf.load("default", precision=precision, device=device)
+    extra = dict(extra)
     train, held_out = examples_for(case, llm.tokenizer)
     if extra.pop("packing", False):  # pack the same training examples into blocks of SEQ tokens
         train = pack_examples(train, SEQ)
@@ -246,7 +244,7 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
             learning_rate=2e-4,
             batch_size=BATCH,
             micro_batch_size=BATCH,
-            max_steps=steps + WARMUP,
+            max_steps=max_steps,
             logging_steps=1,
             precision=precision,
             lr_scheduler="linear",
@@ -258,6 +256,17 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         settings.update(extra)
         run = llm.train(str(data), show_progress=False, **settings)
         records = [json.loads(line) for line in Path(out, "run", "metrics.jsonl").read_text().splitlines()]
+    return run, records, held_out
+
+
+def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device: str) -> dict:
+    import torch
+
+    import tuneforge as tf
+    from tuneforge.hardware import pick_precision
+
+    llm = tf.load("default", precision=precision, device=device)
+    run, records, held_out = train_tuneforge(llm, case, precision, steps + WARMUP, extra)
     timed = records[WARMUP:]
     seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)

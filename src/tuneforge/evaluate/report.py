@@ -30,12 +30,11 @@ def write_report(
         if launch is not None
         else f"batch_size {config.examples_per_step} (micro batch {result.micro_batch_size})"
     )
-    compiled_after = getattr(result, "compiled_after", None)
     compile_state = (
         "on"
         if config.compile
-        else f"on after step {compiled_after} (recipe auto: the run repays it)"
-        if compiled_after
+        else f"on after step {result.compiled_after} (recipe auto: the run repays it)"
+        if result.compiled_after
         else "off"
     )
     label, reason = diagnose_fit(result.losses, result.validation_losses)
