@@ -170,44 +170,57 @@ def _read(path: Path, name: str, loader):
         ) from None
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Every file of the checkpoint at `path`, read and checked, before anything of the run is changed."""
+def train_state(file: Path) -> TrainState:
+    """A trainer_state.json file, checked."""
+    saved = json.loads(file.read_text())
+    if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+        raise ValueError("not a trainer state (no integer 'step')")
+    return TrainState.from_json(saved)
+
+
+def read_rng(path: Path, name: str = "rng.pt") -> dict:
+    """A checkpoint's RNG state file, read with weights_only and checked."""
     import numpy as np
+    import torch
+
+    rng = _read(path, name, lambda f: torch.load(f, weights_only=True))
+    try:
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        rng["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+        if not (isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8):
+            raise TypeError("torch RNG state is not a byte tensor")
+    except Exception:
+        raise DamagedCheckpointError(
+            f"checkpoint file {path / name} is not a tuneforge RNG state; resume "
+            "from another checkpoint or start a new run"
+        ) from None
+    return rng
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Every file of the checkpoint at `path`, read and checked, before anything of the run is changed.
+    A sharded run's checkpoint (train/sharded.py) is read up to its shards, which need the engine."""
     import torch
     from safetensors.torch import load_file
 
-    def state(file: Path) -> TrainState:
-        saved = json.loads(file.read_text())
-        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
-            raise ValueError("not a trainer state (no integer 'step')")
-        return TrainState.from_json(saved)
+    from tuneforge.train.sharded import is_sharded_checkpoint, read_sharded_checkpoint
+
+    if is_sharded_checkpoint(path):
+        return read_sharded_checkpoint(path)
 
     def tensors(file: Path):
         return torch.load(file, weights_only=True)  # never arbitrary pickle (CVE-2025-32434)
 
-    files = {
-        "state": _read(path, STATE_FILE, state),
+    return {
+        "state": _read(path, STATE_FILE, train_state),
         "weights": _read(path, "trainable.safetensors", lambda f: load_file(str(f))),
         "optimizer": _read(path, "optimizer.pt", tensors),
         "scheduler": _read(path, "scheduler.pt", tensors),
-        "rng": _read(path, "rng.pt", tensors),
+        "rng": read_rng(path),
         "config": _read(path, CONFIG_FILE, lambda f: json.loads(f.read_text()))
         if (path / CONFIG_FILE).exists()
         else None,
     }
-    try:
-        kind, keys, pos, has_gauss, cached = files["rng"]["numpy"]
-        files["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-        if not (
-            isinstance(files["rng"]["torch"], torch.Tensor) and files["rng"]["torch"].dtype == torch.uint8
-        ):
-            raise TypeError("torch RNG state is not a byte tensor")
-    except Exception:
-        raise DamagedCheckpointError(
-            f"checkpoint file {path / 'rng.pt'} is not a tuneforge RNG state; resume "
-            "from another checkpoint or start a new run"
-        ) from None
-    return files
 
 
 def apply_checkpoint(path: Path, files: dict, model, optimizer, scheduler) -> TrainState:

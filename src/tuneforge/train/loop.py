@@ -28,6 +28,7 @@ from tuneforge.train.memory import disable_gradient_checkpointing
 from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
 from tuneforge.train.setup import TrainingSetup, set_up_training, starting_result
+from tuneforge.train.sharded import save_sharded_checkpoint
 from tuneforge.train.state import TrainResult, TrainState
 from tuneforge.train.step import (
     StepGradients,
@@ -79,8 +80,14 @@ def train(
         config=config,
         stop=stop,
     )
-    sharded = run.accelerator.distributed_type.value in SHARDED_ENGINES  # no checkpoints: save_run_checkpoint
+    sharded = run.accelerator.distributed_type.value in SHARDED_ENGINES  # checkpoints/best is one process's
     keeps_best = bool(data.validation) and (config.keep_best or config.load_best_at_end) and not sharded
+    if sharded and (config.keep_best or config.load_best_at_end) and run.accelerator.is_main_process:
+        warnings.warn(
+            f"keep_best/load_best_at_end are off under {run.accelerator.distributed_type.value}: checkpoints/best "
+            "is one process's checkpoint; the save_steps checkpoints are written and resumable",
+            stacklevel=2,
+        )
     best = BestCheckpoint(run_dir, run, config, stop, enabled=keeps_best)
     metrics = MetricsLog(
         run_dir / "metrics.jsonl",
@@ -241,20 +248,16 @@ def save_run_checkpoint(
     """
     import torch
 
-    if accelerator.distributed_type.value in SHARDED_ENGINES:
-        # each rank holds a shard of the weights and optimizer state, which save_checkpoint (whole tensors from
-        # one process) cannot write: a warning (shown once) instead of a checkpoint that would resume wrong
-        if accelerator.is_main_process:
-            warnings.warn(
-                f"no resumable checkpoint: checkpoints of {accelerator.distributed_type.value} runs are not "
-                "supported yet (the final adapter/model is saved whole, gathered from every rank); use DDP "
-                "where a run must resume",
-                stacklevel=2,
+    if any(p.name == f"step-{state.step}" for p in list_checkpoints(run_dir)):
+        return None  # every rank sees the same folder: the last save ended with all ranks waiting for it
+    if (
+        accelerator.distributed_type.value in SHARDED_ENGINES
+    ):  # every rank writes its shards (train/sharded.py)
+        with signals_wait_for_save(stop if stop is not None else {}):
+            return save_sharded_checkpoint(
+                run_dir, accelerator, model, optimizer, scheduler, state, keep=keep, config=config
             )
-        return None
-    if not accelerator.is_main_process or any(
-        p.name == f"step-{state.step}" for p in list_checkpoints(run_dir)
-    ):
+    if not accelerator.is_main_process:
         return None
     bare_model = accelerator.unwrap_model(model)
     with signals_wait_for_save(stop if stop is not None else {}):

@@ -38,6 +38,7 @@ from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkp
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 from tuneforge.train.progress import TrainingProgress
 from tuneforge.train.schedule import follow_plan, replan_schedule
+from tuneforge.train.sharded import apply_sharded_checkpoint, check_engine
 from tuneforge.train.state import TrainResult, TrainState
 
 
@@ -150,9 +151,15 @@ def starting_result(
         check_identity(result.resumed_from, state.identity)
         check_resume_config(result.resumed_from, files, config, state.identity, say)
         built = setup.scheduler.schedule_plan
-        result.state = state = apply_checkpoint(
-            result.resumed_from, files, setup.bare_model, setup.optimizer, setup.scheduler
-        )
+        check_engine(result.resumed_from, files.get("engine"), setup.accelerator)
+        if "engine" in files:  # a sharded run's checkpoint: every rank loads its shards (train/sharded.py)
+            result.state = state = apply_sharded_checkpoint(
+                result.resumed_from, files, setup.accelerator, setup.model, setup.optimizer, setup.scheduler
+            )
+        else:
+            result.state = state = apply_checkpoint(
+                result.resumed_from, files, setup.bare_model, setup.optimizer, setup.scheduler
+            )
         plan = files["scheduler"].get("schedule_plan") or _plan_of_old_checkpoint(files, config, setup)
         if plan != built:
             follow_plan(setup.scheduler, config, plan)
