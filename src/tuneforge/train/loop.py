@@ -241,7 +241,8 @@ def save_run_checkpoint(
     config=None,
     stop: dict | None = None,
 ) -> Path | None:
-    """Checkpoint `state` once per step, on the main process; then `on_checkpoint`, leaving the RNG untouched.
+    """Checkpoint `state` once per step, on the main process (FSDP/DeepSpeed: every rank, its shards); then
+    `on_checkpoint` (one process only), leaving the RNG untouched.
 
     A second Ctrl-C/SIGTERM during the save waits for it to complete (then stops), so the checkpoint of the last
     finished step is always whole.
@@ -252,7 +253,7 @@ def save_run_checkpoint(
         return None  # every rank sees the same folder: the last save ended with all ranks waiting for it
     if (
         accelerator.distributed_type.value in SHARDED_ENGINES
-    ):  # every rank writes its shards (train/sharded.py)
+    ):  # every rank writes its shards: train/sharded.py
         with signals_wait_for_save(stop if stop is not None else {}):
             return save_sharded_checkpoint(
                 run_dir, accelerator, model, optimizer, scheduler, state, keep=keep, config=config
