@@ -44,7 +44,7 @@ def test_small_prose_gets_a_small_batch_one_fast_lora_epoch_and_a_held_out_split
     config = RunConfig(recipe="auto")
     new, choices = chosen(config)
     assert new.validation_split == 0.1 and "14 of 140 examples held out" in choices["validation_split"].reason
-    assert new.epochs == 1 and "one pass at LoRA's small-data learning rate" in choices["epochs"].reason
+    assert new.epochs == 1 and "one pass trains each token 2.0x" in choices["epochs"].reason  # 128/256
     assert new.examples_per_step == 8
     assert choices["batch_size"].describe() == "batch_size 8: 126 examples → 16 steps over 1 epoch"
     assert new.target_modules == ["all-linear"] and new.rank == 16 and new.alpha == 32
@@ -53,11 +53,22 @@ def test_small_prose_gets_a_small_batch_one_fast_lora_epoch_and_a_held_out_split
     assert_every_change_is_reported(config, new, choices)
 
 
-def test_small_records_get_one_lora_epoch_at_1e_3_and_three_at_a_given_learning_rate():
+def test_small_lora_data_trains_each_token_twice_at_1e_3_and_three_epochs_at_a_given_learning_rate():
+    # benchmarks/outcome_sweep.py: a third token pass at 1e-3 overfits (raw prose and Alpaca records alike)
     new, choices = chosen(RunConfig(recipe="auto"), FEW_RECORDS)
-    assert (new.epochs, new.learning_rate) == (1, 1e-3)  # more epochs at 1e-3 overfit (benchmarks/outcome.py)
+    assert (new.epochs, new.learning_rate) == (2, 1e-3) and "2 passes train each token 2.0x" in str(choices)
+    no_overlap = load_config(None, {"recipe": "auto", "overlap_len": 0})
+    assert chosen(no_overlap)[0].epochs == 2  # raw chunks that share nothing count as separate examples
     given_rate = load_config(None, {"recipe": "auto", "learning_rate": 2e-4})
     assert chosen(given_rate, FEW_RECORDS)[0].epochs == 3
+
+
+def test_under_twenty_examples_get_one_pass_and_no_validation_split():
+    ten_records = DataStats("formatted", examples=10, tokens=10 * 220)
+    new, choices = chosen(RunConfig(recipe="auto"), ten_records)
+    assert new.epochs == 1 and "a second memorises them" in choices["epochs"].reason
+    assert new.validation_split == 0 and "validation_split" not in choices
+    assert_every_change_is_reported(RunConfig(recipe="auto"), new, choices)
 
 
 def test_full_fine_tuning_counts_raw_texts_overlapping_chunks_as_repeats():
