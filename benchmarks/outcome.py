@@ -1,6 +1,6 @@
 """Outcomes, not speed: held-out quality and wall time of tuneforge's defaults against the seeds' recipes.
 
-    python benchmarks/outcome.py                  # every shape + the big-file check (~13 min on 2 cores)
+    python benchmarks/outcome.py                  # every shape + the big-file check (~22 min on 2 cores)
     python benchmarks/outcome.py --shapes instructions --recipes seed004 auto --skip-big
     python benchmarks/outcome.py --shapes shakespeare --chars 20000 --prose-recipes seed004 happy auto
     python benchmarks/outcome.py --prose2 path/to/lee_background.cor
@@ -410,10 +410,12 @@ def main() -> None:
     parser.add_argument(
         "--prose2", help="lee_background.cor or gensim's wheel (default: found or downloaded)"
     )
-    parser.add_argument("--prose2-chars", type=int, default=9_000, help="prefix of the sentence text to use")
-    parser.add_argument("--records", type=int, default=10, help="instruction records trained on")
     parser.add_argument(
-        "--heldout", type=int, default=6, help="instruction records held out (the file's last)"
+        "--prose2-chars", type=int, default=30_000, help="prefix of the sentence text (678 held-out tokens)"
+    )
+    parser.add_argument("--records", type=int, default=40, help="instruction records trained on")
+    parser.add_argument(
+        "--heldout", type=int, default=24, help="instruction records held out (the file's last)"
     )
     parser.add_argument("--new-tokens", type=int, default=48, help="greedy tokens per answer for ROUGE-L")
     parser.add_argument("--skip-big", action="store_true", help="skip the big-file check")

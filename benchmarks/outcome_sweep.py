@@ -1,6 +1,6 @@
 """Why recipe auto picks what it picks: the same held-out score for auto with other settings, one run each.
 
-    python benchmarks/outcome_sweep.py --shape sentences --chars 30000 \
+    python benchmarks/outcome_sweep.py --shape sentences \
         "base:" "full-1e-4:--method full --learning_rate 1e-4" "2-epochs:--epochs 2"
 
 Each `name:flags` trains `tuneforge train --recipe auto` plus those flags on the slice benchmarks/outcome.py
@@ -24,9 +24,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="name:flags, e.g. 'lr-2e-4:--learning_rate 2e-4'")
     parser.add_argument("--shape", choices=outcome.SHAPES, default="sentences")
-    parser.add_argument("--chars", type=int, default=9_000, help="prefix of the text (raw prose shapes)")
-    parser.add_argument("--records", type=int, default=10, help="instruction records trained on")
-    parser.add_argument("--heldout", type=int, default=6, help="instruction records held out")
+    parser.add_argument(
+        "--chars", type=int, help="prefix of the text (default: outcome.py's, 9,000 Shakespeare, 30,000 Lee)"
+    )
+    parser.add_argument("--records", type=int, default=40, help="instruction records trained on")
+    parser.add_argument("--heldout", type=int, default=24, help="instruction records held out")
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--prose2", help="lee_background.cor or gensim's wheel")
     args = parser.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
 
     print(f"machine: {outcome.machine()}\ncommand: python {' '.join(sys.argv)}", flush=True)
     slices = argparse.Namespace(
-        shapes=[args.shape], chars=args.chars, prose2=args.prose2, prose2_chars=args.chars,
+        shapes=[args.shape], chars=args.chars or 9_000, prose2=args.prose2, prose2_chars=args.chars or 30_000,
         records=args.records, heldout=args.heldout,
     )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(default_checkpoint())
