@@ -9,9 +9,12 @@ wrapping, torch DCP shard files and tuneforge's save/resume path (train/sharded.
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,13 +46,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def run_two(script: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), "train", *args]
     done = subprocess.run(
-        command,
+        torchrun(script, *args),
         capture_output=True,
         text=True,
         timeout=400,
-        env={"HF_HUB_OFFLINE": "1", **{k: v for k, v in __import__("os").environ.items()}},
+        env={"HF_HUB_OFFLINE": "1", **os.environ},
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done
@@ -59,23 +61,44 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="torchrun not installed")
-def test_fsdp_run_resumes_from_its_sharded_checkpoint_as_the_uninterrupted_run(tmp_path, tiny_model_dir):
-    from safetensors.torch import load_file
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="no torchrun")
 
-    script = tmp_path / "fsdp_train.py"
+
+def torchrun(script: Path, *args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), "train", *args]
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, tiny_model_dir) -> dict:
+    """The uninterrupted 2-process FSDP run: {script, config, whole}."""
+    folder = tmp_path_factory.mktemp("sharded")
+    script = folder / "fsdp_train.py"
     script.write_text(FORCED_FSDP)
-    data = tmp_path / "lines.txt"
+    data = folder / "lines.txt"
     data.write_text("".join(f"line {i} of the cheese sandwich notes, kept short.\n" for i in range(24)))
-    config = tmp_path / "run.yaml"
+    config = folder / "run.yaml"
     config.write_text(
         f"model: {tiny_model_dir}\ndata: {data}\nmethod: full\nmax_steps: {STEPS}\nbatch_size: 4\n"
         "micro_batch_size: 2\nprecision: fp32\nlearning_rate: 0.001\nsave_steps: 3\nnum_threads: 1\n"
         "logging_steps: 1\nrecipe: textgen\n"
     )
-    whole = tmp_path / "whole"
+    whole = folder / "whole"
     done = run_two(script, str(config), "--output_dir", str(whole))
     assert "world size: 2 processes" in (whole / "report.md").read_text(), done.stdout[-2000:]
+    return {"script": script, "config": config, "whole": whole}
+
+
+def assert_same_model(a_dir: Path, b_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(a_dir / "model" / "model.safetensors"), load_file(b_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@needs_torchrun
+def test_fsdp_run_resumes_from_its_sharded_checkpoint_as_the_uninterrupted_run(sharded, tmp_path):
+    script, config, whole = sharded["script"], sharded["config"], sharded["whole"]
     step3 = whole / "checkpoints" / "step-3"
     engine = json.loads((step3 / "sharded" / "engine.json").read_text())
     assert engine == {"engine": "FSDP", "world_size": 2}
@@ -90,12 +113,40 @@ def test_fsdp_run_resumes_from_its_sharded_checkpoint_as_the_uninterrupted_run(t
     done = run_two(script, str(config), "--output_dir", str(resumed), "--resume_from", "latest")
     assert "resumed from" in done.stdout + done.stderr
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-4)
-    a, b = (
-        load_file(whole / "model" / "model.safetensors"),
-        load_file(resumed / "model" / "model.safetensors"),
+    assert_same_model(whole, resumed)
+
+
+@needs_torchrun
+def test_kill_minus_nine_of_the_launcher_then_resume_ends_as_the_uninterrupted_run(sharded, tmp_path):
+    from tuneforge.train.checkpoint import list_checkpoints
+
+    script, config, whole = sharded["script"], sharded["config"], sharded["whole"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with (tmp_path / "killed.log").open("w") as log:
+        launcher = subprocess.Popen(
+            torchrun(script, str(config), "--output_dir", str(killed)),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(killed) and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(launcher.pid, signal.SIGKILL)  # torchrun and both ranks at once, as a lost machine would
+        launcher.wait()
+    assert list_checkpoints(killed) and not (killed / "model").exists(), "the run ended before it was killed"
+    done = run_two(script, str(config), "--output_dir", str(killed), "--resume_from", "latest")
+    assert "resumed from" in done.stdout + done.stderr
+    final, expected = (
+        json.loads((run / "checkpoints" / f"step-{STEPS}" / "trainer_state.json").read_text())
+        for run in (killed, whole)
     )
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert final["step"] == STEPS
+    assert final["losses"] == pytest.approx(expected["losses"], rel=1e-4)
+    assert_same_model(whole, killed)
+    assert not list((killed / "checkpoints").glob(".*")), "a killed save's temporary folder was left behind"
 
 
 def test_a_sharded_checkpoint_refuses_another_engine(tmp_path):
