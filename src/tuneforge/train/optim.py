@@ -17,13 +17,15 @@ from tuneforge.errors import ConfigError
 
 
 def _parameter_groups(model, weight_decay: float) -> list[dict]:
-    """Biases and norm weights get no weight decay (the usual AdamW practice)."""
+    """Biases and norm weights get no weight decay (the usual AdamW practice). An empty group is left out:
+    DeepSpeed drops it from the optimizer, and the schedule built before would then count one group too many."""
     decay: list = []
     no_decay: list = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(model, config):

@@ -84,6 +84,8 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        _size_deepspeed_micro_batch(accelerator, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     bare_model = accelerator.unwrap_model(model)
@@ -195,6 +197,17 @@ def tell(progress: TrainingProgress, text: str) -> None:
         progress.message(text)
     else:
         warnings.warn(text, stacklevel=3)
+
+
+def _size_deepspeed_micro_batch(accelerator, config) -> None:
+    """DeepSpeed's prepare() reads its micro batch from a dataloader, which the loop does not use (it batches
+    each step itself, train/batches.py), so say it here; DeepSpeed only checks and reports it."""
+    deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    if deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        micro = config.micro_batch_size
+        if not isinstance(micro, int):  # auto: sized later from free memory; one process's share of a step
+            micro = max(1, config.examples_per_step // accelerator.num_processes)
+        deepspeed_config["train_micro_batch_size_per_gpu"] = micro
 
 
 def _accelerator(precision: str, device: str, config, run_dir: Path):

@@ -154,10 +154,26 @@ def _forward_backward(
             with accelerator.autocast():
                 loss_sum = batch_loss_sum(model, batch, direct=direct_head)
             # DDP averages gradients over processes; scale back up to a per-token mean.
-            accelerator.backward(loss_sum * accelerator.num_processes / max(tokens, 1))
+            with _deepspeed_boundary(accelerator, last):
+                accelerator.backward(loss_sum * accelerator.num_processes / max(tokens, 1))
         step_loss += loss_sum.detach()
         del loss_sum
     return step_loss
+
+
+@contextmanager
+def _deepspeed_boundary(accelerator, last: bool):
+    """Under DeepSpeed, Accelerate's backward also runs the engine's step whenever `sync_gradients` is set; the
+    loop accumulates its own micro batches, so only the step's last backward may be the boundary. Accelerate's
+    `accumulate()` sets the same flag, but counts a fixed accumulation, which out-of-memory back-off changes."""
+    if accelerator.distributed_type.value != "DEEPSPEED" or last:
+        yield
+        return
+    accelerator.gradient_state._set_sync_gradients(False)
+    try:
+        yield
+    finally:
+        accelerator.gradient_state._set_sync_gradients(True)
 
 
 def check_step_loss(loss: float, grad_norm, step: int, config, run_dir: Path) -> None:

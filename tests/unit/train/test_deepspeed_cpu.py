@@ -1,0 +1,111 @@
+"""DeepSpeed ZeRO-2 through the shipped Accelerate config, on 2 CPU processes: same run as one process, and resumable.
+
+    python -m pytest tests/unit/train/test_deepspeed_cpu.py -q
+
+DeepSpeed has a CPU accelerator (gloo collectives), but Accelerate engages DeepSpeed only when the Accelerator
+is not made with `cpu=True`, which tuneforge passes on a machine without a GPU. So each rank here starts
+`tuneforge train` through the CLI with that one flag cleared; `accelerate launch --config_file
+examples/distributed/zero2.yaml` then runs DeepSpeed's real engine, ZeRO-2 optimizer and checkpoint files.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install 'tuneforge[deepspeed]')"
+)
+
+BIN = Path(sys.executable).parent
+ZERO2 = Path(__file__).parents[3] / "examples" / "distributed" / "zero2.yaml"
+STEPS = 4
+DEEPSPEED_ON_CPU = """
+import sys
+import accelerate
+
+class Accelerator(accelerate.Accelerator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "cpu": False})  # DeepSpeed's CPU accelerator takes over
+
+accelerate.Accelerator = Accelerator
+from tuneforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run(command: list[str]) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
+
+
+def zero2(script: Path, *args: str) -> str:
+    # the shipped config as written, in fp32 here so the comparison can be exact
+    launch = [str(BIN / "accelerate"), "launch", "--config_file", str(ZERO2), "--mixed_precision", "no"]
+    return run([*launch, str(script), "train", *args])
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def adapter(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_adapter(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir) -> dict:
+    folder = tmp_path_factory.mktemp("deepspeed")
+    script = folder / "deepspeed_on_cpu.py"
+    script.write_text(DEEPSPEED_ON_CPU)
+    data = folder / "lines.txt"
+    data.write_text("".join(f"line {i} of the cheese sandwich notes, kept short.\n" for i in range(24)))
+    config = folder / "run.yaml"
+    config.write_text(
+        f"model: {tiny_model_dir}\ndata: {data}\nmethod: lora\nmax_steps: {STEPS}\nbatch_size: 4\n"
+        "micro_batch_size: 2\nprecision: fp32\nlearning_rate: 0.01\nsave_steps: 2\nnum_threads: 1\n"
+        "logging_steps: 1\nrecipe: textgen\nlora_dropout: 0\n"  # each rank draws its own dropout masks
+    )
+    sharded, single = folder / "zero2", folder / "one"
+    zero2_log = zero2(script, str(config), "--output_dir", str(sharded))
+    run([sys.executable, "-m", "tuneforge", "train", str(config), "--output_dir", str(single)])
+    return {"script": script, "config": config, "zero2": sharded, "one": single, "log": zero2_log}
+
+
+def test_zero2_on_two_processes_trains_as_one_process_does(runs):
+    report = (runs["zero2"] / "report.md").read_text()
+    assert "world size: 2 processes" in report and "engine DEEPSPEED" in report, runs["log"][-2000:]
+    assert losses(runs["zero2"]) == pytest.approx(losses(runs["one"]), rel=1e-4)
+    assert losses(runs["one"])[-1] < losses(runs["one"])[0]
+    assert_same_adapter(adapter(runs["zero2"]), adapter(runs["one"]))  # gathered to the usual PEFT folder
+
+
+def test_zero2_resumes_from_its_deepspeed_checkpoint_as_the_uninterrupted_run(runs, tmp_path):
+    step2 = runs["zero2"] / "checkpoints" / "step-2"
+    assert json.loads((step2 / "sharded" / "engine.json").read_text()) == {
+        "engine": "DEEPSPEED",
+        "world_size": 2,
+    }
+    resumed = tmp_path / "resumed"  # as a kill after step 2 would leave the run: checkpoint step-2 only
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step2, resumed / "checkpoints" / "step-2")
+    lines = (runs["zero2"] / "metrics.jsonl").read_text().splitlines()[:2]
+    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    log = zero2(runs["script"], str(runs["config"]), "--output_dir", str(resumed), "--resume_from", "latest")
+    assert "resumed from" in log
+    assert losses(resumed) == pytest.approx(losses(runs["zero2"]), rel=1e-4)
+    assert_same_adapter(adapter(resumed), adapter(runs["zero2"]))
