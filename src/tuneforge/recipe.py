@@ -29,7 +29,7 @@ from tuneforge.models.loading import ModelSource
 from tuneforge.models.preparation import prepare_base
 from tuneforge.models.scratch import train_bpe_tokenizer
 from tuneforge.train.estimate import estimate_run
-from tuneforge.train.launch import detect_launch
+from tuneforge.train.launch import detect_launch, launched_sharding
 from tuneforge.train.loop import TrainResult, save_trained, train
 
 SAMPLE_SETTINGS = GenerationSettings(max_new_tokens=40, do_sample=True, temperature=0.7, seed=0)
@@ -137,7 +137,7 @@ def run_training(
                 model,
                 world_size=launch.world_size,
                 device=device,
-                sharding="ddp" if launch.world_size > 1 else "none",
+                sharding=launched_sharding(launch.world_size, device),
             )
             .describe()
             .replace("\n", "; ")

@@ -112,6 +112,26 @@ def test_shipped_config_parses_and_builds_the_plugin_the_docs_describe(name, mon
     assert got == expected
 
 
+ESTIMATED_AS = {
+    "ddp.yaml": "ddp",
+    "fsdp_offload.yaml": "fsdp_offload",
+    "qlora_fsdp.yaml": "fsdp",
+    "zero2.yaml": "zero2",
+    "zero3_offload.yaml": "zero3_offload",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATED_AS))
+def test_the_estimate_before_step_1_assumes_the_sharding_each_shipped_config_launches(name):
+    from tuneforge.train.estimate import SHARDING
+    from tuneforge.train.launch import launched_sharding
+
+    _, env = launch_environment(CONFIGS / name)
+    assert launched_sharding(2, "cuda", env) == ESTIMATED_AS[name] and ESTIMATED_AS[name] in SHARDING
+    assert launched_sharding(2, "cpu", env) == "ddp"  # Accelerate shards only on accelerators
+    assert launched_sharding(1, "cuda", env) == "none"
+
+
 def _has_accelerator() -> bool:
     import torch
 
