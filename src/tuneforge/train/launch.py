@@ -123,7 +123,8 @@ def launched_sharding(world_size: int, device: str, environ: dict | None = None)
         )
         if stage == 3:
             return "zero3_offload" if offload else "zero3"
-        return "zero2" if stage == 2 else "ddp"  # stage 1 shards only optimizer states: DDP's estimate errs high
+        # stage 1 shards only optimizer states: DDP's estimate errs high
+        return "zero2" if stage == 2 else "ddp"
     return "ddp"
 
 
