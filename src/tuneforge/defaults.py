@@ -186,14 +186,13 @@ def choose_defaults(config, data: DataStats, machine: Machine):
             # with under MIN_HOLD_OUT_EXAMPLES a second pass memorises them (10 records: 2.116 -> 2.136).
             few = data.examples < MIN_HOLD_OUT_EXAMPLES
             epochs = 1.0 if few else float(max(1, round(TOKEN_PASSES_AT_SMALL_DATA_LR / repeats)))
-            reason += f": at LoRA's small-data learning rate {SMALL_DATA_LORA_LR:g}, " + (
-                f"one pass (under {MIN_HOLD_OUT_EXAMPLES} examples a second memorises them)"
-                if few
-                else f"{'one pass trains' if epochs == 1 else f'{epochs:g} passes train'} each token "
-                f"{epochs * repeats:.1f}x"
-                + (f" (raw chunks overlap by {overlap} tokens)" if overlap else "")
-                + "; more overfit"
-            )
+            if few:
+                how = f"one pass (under {MIN_HOLD_OUT_EXAMPLES} examples a second memorises them)"
+            else:
+                passes = "one pass trains" if epochs == 1 else f"{epochs:g} passes train"
+                chunks = f" (raw chunks overlap by {overlap} tokens)" if overlap else ""
+                how = f"{passes} each token {epochs * repeats:.1f}x{chunks}; more overfit"
+            reason += f": at LoRA's small-data learning rate {SMALL_DATA_LORA_LR:g}, {how}"
         elif overlap and epochs > 1:
             epochs = float(max(1, math.floor(epochs / repeats)))
             reason += (

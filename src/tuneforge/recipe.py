@@ -137,7 +137,7 @@ def run_training(
                 model,
                 world_size=launch.world_size,
                 device=device,
-                sharding=launched_sharding(launch.world_size, device),
+                sharding=launched_sharding(launch, device),
             )
             .describe()
             .replace("\n", "; ")

@@ -105,17 +105,18 @@ def detect_launch(
     return Launch(world_size=world_size, asked=asked, launcher=launcher, engine_asked=engine_asked)
 
 
-def launched_sharding(world_size: int, device: str, environ: dict | None = None) -> str:
-    """The memory split the estimate before step 1 assumes (a key of train/estimate.py's SHARDING), read from
-    the variables `accelerate launch` sets for its config file; Accelerate shards only on accelerators."""
+def launched_sharding(launch: Launch, device: str, environ: dict | None = None) -> str:
+    """The memory split the estimate before step 1 assumes (a key of train/estimate.py's SHARDING): the engine
+    the launch asked for, with the stage and offload `accelerate launch` sets for its config file in the
+    environment; Accelerate shards only on accelerators."""
     env = os.environ if environ is None else environ
-    if world_size <= 1:
+    if launch.world_size <= 1:
         return "none"
     if device == "cpu":
         return "ddp"
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if launch.engine_asked == "FSDP":
         return "fsdp_offload" if env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true" else "fsdp"
-    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if launch.engine_asked == "DEEPSPEED":
         stage = _int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")) or 0
         offload = any(
             env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{part}_DEVICE", "none") not in ("none", "")

@@ -10,13 +10,14 @@ examples/distributed/zero2.yaml` then runs DeepSpeed's real engine, ZeRO-2 optim
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+from tests.unit.train.sharded_runs import LINES, assert_same_weights, left_at_checkpoint, losses
 
 pytestmark = pytest.mark.skipif(
     find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install 'tuneforge[deepspeed]')"
@@ -52,19 +53,9 @@ def zero2(script: Path, *args: str) -> str:
     return run([*launch, str(script), "train", *args])
 
 
-def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def adapter(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_adapter(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+def assert_same_adapter(a_run: Path, b_run: Path) -> None:
+    adapter = Path("adapter") / "adapter_model.safetensors"
+    assert_same_weights(a_run / adapter, b_run / adapter)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,7 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict:
     script = folder / "deepspeed_on_cpu.py"
     script.write_text(DEEPSPEED_ON_CPU)
     data = folder / "lines.txt"
-    data.write_text("".join(f"line {i} of the cheese sandwich notes, kept short.\n" for i in range(24)))
+    data.write_text(LINES)
     config = folder / "run.yaml"
     # micro batch 1: each rank accumulates 2 micro batches a step, so the engine must step on the last only
     config.write_text(
@@ -92,7 +83,7 @@ def test_zero2_on_two_processes_trains_as_one_process_does(runs):
     assert "world size: 2 processes" in report and "engine DEEPSPEED" in report, runs["log"][-2000:]
     assert losses(runs["zero2"]) == pytest.approx(losses(runs["one"]), rel=1e-4)
     assert losses(runs["one"])[-1] < losses(runs["one"])[0]
-    assert_same_adapter(adapter(runs["zero2"]), adapter(runs["one"]))  # gathered to the usual PEFT folder
+    assert_same_adapter(runs["zero2"], runs["one"])  # gathered to the usual PEFT folder
 
 
 def test_zero2_resumes_from_its_deepspeed_checkpoint_as_the_uninterrupted_run(runs, tmp_path):
@@ -101,12 +92,8 @@ def test_zero2_resumes_from_its_deepspeed_checkpoint_as_the_uninterrupted_run(ru
         "engine": "DEEPSPEED",
         "world_size": 2,
     }
-    resumed = tmp_path / "resumed"  # as a kill after step 2 would leave the run: checkpoint step-2 only
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(step2, resumed / "checkpoints" / "step-2")
-    lines = (runs["zero2"] / "metrics.jsonl").read_text().splitlines()[:2]
-    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    resumed = left_at_checkpoint(runs["zero2"], 2, tmp_path / "resumed")
     log = zero2(runs["script"], str(runs["config"]), "--output_dir", str(resumed), "--resume_from", "latest")
     assert "resumed from" in log
     assert losses(resumed) == pytest.approx(losses(runs["zero2"]), rel=1e-4)
-    assert_same_adapter(adapter(resumed), adapter(runs["zero2"]))
+    assert_same_adapter(resumed, runs["zero2"])

@@ -124,12 +124,13 @@ ESTIMATED_AS = {
 @pytest.mark.parametrize("name", sorted(ESTIMATED_AS))
 def test_the_estimate_before_step_1_assumes_the_sharding_each_shipped_config_launches(name):
     from tuneforge.train.estimate import SHARDING
-    from tuneforge.train.launch import launched_sharding
+    from tuneforge.train.launch import detect_launch, launched_sharding
 
     _, env = launch_environment(CONFIGS / name)
-    assert launched_sharding(2, "cuda", env) == ESTIMATED_AS[name] and ESTIMATED_AS[name] in SHARDING
-    assert launched_sharding(2, "cpu", env) == "ddp"  # Accelerate shards only on accelerators
-    assert launched_sharding(1, "cuda", env) == "none"
+    two, one = (detect_launch(n, env, launcher_command=["accelerate", "launch"]) for n in (2, 1))
+    assert launched_sharding(two, "cuda", env) == ESTIMATED_AS[name] and ESTIMATED_AS[name] in SHARDING
+    assert launched_sharding(two, "cpu", env) == "ddp"  # Accelerate shards only on accelerators
+    assert launched_sharding(one, "cuda", env) == "none"
 
 
 def _has_accelerator() -> bool:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.train.sharded_runs import LINES, assert_same_weights, left_at_checkpoint, losses
+
 BIN = Path(sys.executable).parent
 STEPS = 6
 
@@ -57,10 +59,6 @@ def run_two(script: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="no torchrun")
 
 
@@ -75,7 +73,7 @@ def sharded(tmp_path_factory, tiny_model_dir) -> dict:
     script = folder / "fsdp_train.py"
     script.write_text(FORCED_FSDP)
     data = folder / "lines.txt"
-    data.write_text("".join(f"line {i} of the cheese sandwich notes, kept short.\n" for i in range(24)))
+    data.write_text(LINES)
     config = folder / "run.yaml"
     config.write_text(
         f"model: {tiny_model_dir}\ndata: {data}\nmethod: full\nmax_steps: {STEPS}\nbatch_size: 4\n"
@@ -89,11 +87,7 @@ def sharded(tmp_path_factory, tiny_model_dir) -> dict:
 
 
 def assert_same_model(a_dir: Path, b_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    a, b = load_file(a_dir / "model" / "model.safetensors"), load_file(b_dir / "model" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert_same_weights(a_dir / "model" / "model.safetensors", b_dir / "model" / "model.safetensors")
 
 
 @needs_torchrun
@@ -105,11 +99,7 @@ def test_fsdp_run_resumes_from_its_sharded_checkpoint_as_the_uninterrupted_run(s
     assert (step3 / "rng-0.pt").is_file() and (step3 / "rng-1.pt").is_file()
     assert not list((whole / "checkpoints").glob(".*")), "a save left its temporary folder"
 
-    resumed = tmp_path / "resumed"  # the run as a kill after step 3 would leave it: checkpoint step-3 only
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(step3, resumed / "checkpoints" / "step-3")
-    lines = (whole / "metrics.jsonl").read_text().splitlines()[:3]
-    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    resumed = left_at_checkpoint(whole, 3, tmp_path / "resumed")
     done = run_two(script, str(config), "--output_dir", str(resumed), "--resume_from", "latest")
     assert "resumed from" in done.stdout + done.stderr
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-4)
