@@ -87,6 +87,13 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
     if accelerator.distributed_type.value == "DEEPSPEED":
         _size_deepspeed_micro_batch(accelerator, config)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        # The engine steps its own optimizer: with offload Accelerate swaps AdamW for DeepSpeedCPUAdam, and
+        # loading a checkpoint gives that optimizer new param groups. A schedule on the torch optimizer inside
+        # the engine's ZeRO optimizer sets the learning rate the engine uses, resumed or not.
+        scheduler = build_scheduler(
+            getattr(model.optimizer, "optimizer", model.optimizer), config, total_steps
+        )
     model.train()
     bare_model = accelerator.unwrap_model(model)
     if config.compile:

@@ -1,11 +1,14 @@
-"""DeepSpeed ZeRO-2 through the shipped Accelerate config, on 2 CPU processes: same run as one process, and resumable.
+"""DeepSpeed ZeRO-2 and ZeRO-3 with offload through the shipped Accelerate configs, on 2 CPU processes: the same
+run as one process, and resumable.
 
     python -m pytest tests/unit/train/test_deepspeed_cpu.py -q
 
 DeepSpeed has a CPU accelerator (gloo collectives), but Accelerate engages DeepSpeed only when the Accelerator
 is not made with `cpu=True`, which tuneforge passes on a machine without a GPU. So each rank here starts
 `tuneforge train` through the CLI with that one flag cleared; `accelerate launch --config_file
-examples/distributed/zero2.yaml` then runs DeepSpeed's real engine, ZeRO-2 optimizer and checkpoint files.
+examples/distributed/zero2.yaml` (or zero3_offload.yaml) then runs DeepSpeed's real engine, its ZeRO optimizer
+(ZeRO-3: parameters partitioned and gathered in module hooks, optimizer states and parameters in CPU memory) and
+its checkpoint files.
 """
 
 import json
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 BIN = Path(sys.executable).parent
-ZERO2 = Path(__file__).parents[3] / "examples" / "distributed" / "zero2.yaml"
+CONFIGS = Path(__file__).parents[3] / "examples" / "distributed"
 STEPS = 4
 DEEPSPEED_ON_CPU = """
 import sys
@@ -47,10 +50,10 @@ def run(command: list[str]) -> str:
     return done.stdout + done.stderr
 
 
-def zero2(script: Path, *args: str) -> str:
+def deepspeed(config_file: str, script: Path, *args: str) -> str:
     # the shipped config as written, in fp32 here so the comparison can be exact
-    launch = [str(BIN / "accelerate"), "launch", "--config_file", str(ZERO2), "--mixed_precision", "no"]
-    return run([*launch, str(script), "train", *args])
+    launch = [str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / config_file)]
+    return run([*launch, "--mixed_precision", "no", str(script), "train", *args])
 
 
 def assert_same_adapter(a_run: Path, b_run: Path) -> None:
@@ -59,7 +62,7 @@ def assert_same_adapter(a_run: Path, b_run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir) -> dict:
+def one_process(tmp_path_factory, tiny_model_dir) -> dict:
     folder = tmp_path_factory.mktemp("deepspeed")
     script = folder / "deepspeed_on_cpu.py"
     script.write_text(DEEPSPEED_ON_CPU)
@@ -72,28 +75,45 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict:
         "micro_batch_size: 1\nprecision: fp32\nlearning_rate: 0.01\nsave_steps: 2\nnum_threads: 1\n"
         "logging_steps: 1\nrecipe: textgen\nlora_dropout: 0\n"  # each rank draws its own dropout masks
     )
-    sharded, single = folder / "zero2", folder / "one"
-    zero2_log = zero2(script, str(config), "--output_dir", str(sharded))
+    single = folder / "one"
     run([sys.executable, "-m", "tuneforge", "train", str(config), "--output_dir", str(single)])
-    return {"script": script, "config": config, "zero2": sharded, "one": single, "log": zero2_log}
+    return {"script": script, "config": config, "run": single}
 
 
-def test_zero2_on_two_processes_trains_as_one_process_does(runs):
-    report = (runs["zero2"] / "report.md").read_text()
+@pytest.fixture(scope="module", params=["zero2.yaml", "zero3_offload.yaml"])
+def runs(request, one_process) -> dict:
+    sharded = one_process["run"].with_name(request.param.removesuffix(".yaml"))
+    log = deepspeed(
+        request.param, one_process["script"], str(one_process["config"]), "--output_dir", str(sharded)
+    )
+    return {
+        **one_process,
+        "config_file": request.param,
+        "sharded": sharded,
+        "one": one_process["run"],
+        "log": log,
+    }
+
+
+def test_deepspeed_on_two_processes_trains_as_one_process_does(runs):
+    report = (runs["sharded"] / "report.md").read_text()
     assert "world size: 2 processes" in report and "engine DEEPSPEED" in report, runs["log"][-2000:]
-    assert losses(runs["zero2"]) == pytest.approx(losses(runs["one"]), rel=1e-4)
+    assert losses(runs["sharded"]) == pytest.approx(losses(runs["one"]), rel=1e-4)
     assert losses(runs["one"])[-1] < losses(runs["one"])[0]
-    assert_same_adapter(runs["zero2"], runs["one"])  # gathered to the usual PEFT folder
+    assert_same_adapter(runs["sharded"], runs["one"])  # gathered to the usual PEFT folder
 
 
-def test_zero2_resumes_from_its_deepspeed_checkpoint_as_the_uninterrupted_run(runs, tmp_path):
-    step2 = runs["zero2"] / "checkpoints" / "step-2"
+def test_deepspeed_resumes_from_its_checkpoint_as_the_uninterrupted_run(runs, tmp_path):
+    step2 = runs["sharded"] / "checkpoints" / "step-2"
     assert json.loads((step2 / "sharded" / "engine.json").read_text()) == {
         "engine": "DEEPSPEED",
         "world_size": 2,
     }
-    resumed = left_at_checkpoint(runs["zero2"], 2, tmp_path / "resumed")
-    log = zero2(runs["script"], str(runs["config"]), "--output_dir", str(resumed), "--resume_from", "latest")
+    resumed = left_at_checkpoint(runs["sharded"], 2, tmp_path / "resumed")
+    config = str(runs["config"])
+    log = deepspeed(
+        runs["config_file"], runs["script"], config, "--output_dir", str(resumed), "--resume_from", "latest"
+    )
     assert "resumed from" in log
-    assert losses(resumed) == pytest.approx(losses(runs["zero2"]), rel=1e-4)
-    assert_same_adapter(resumed, runs["zero2"])
+    assert losses(resumed) == pytest.approx(losses(runs["sharded"]), rel=1e-4)
+    assert_same_adapter(resumed, runs["sharded"])
