@@ -112,11 +112,17 @@ def matmul_peak_gflops(dtype_name: str, device: str) -> float:
 
 
 def held_out_loss(model, held_out, pad_id) -> float:
+    import torch
+
     from tuneforge.models.kind import is_quantized
     from tuneforge.train.loss import evaluate_loss
 
-    if not is_quantized(model):  # a 4-bit base stays 4-bit; its adapters and norms are fp32 already
+    if not is_quantized(model):
         model.float()
+    else:  # a 4-bit base stays 4-bit; every other weight is scored in fp32 (tuneforge keeps them in bf16)
+        for param in model.parameters():
+            if param.dtype in (torch.bfloat16, torch.float16) and type(param).__name__ != "Params4bit":
+                param.data = param.data.float()
     return evaluate_loss(model, held_out, 4, pad_id, next(model.parameters()).device)
 
 
