@@ -36,6 +36,7 @@ PLAIN_HEAD_MODELS = {
     "starcoder2",
 }
 CHUNK_TOKENS = 256  # positions per head+loss chunk: (256 x 49152) fp32 logits = 50 MB at a time
+HEAD_GRAD_CHUNKS = 4  # chunks whose head gradient is summed in the compute dtype before the fp32 total
 
 
 def token_loss_sum(logits, labels):
@@ -129,7 +130,13 @@ def _linear_cross_entropy_class():
                 h_all = hidden.detach().to(compute)
                 total = torch.zeros((), device=hidden.device, dtype=torch.float32)
                 grad_hidden = torch.empty_like(hidden) if need_hidden else None
-                grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+                # The head's gradient (full fine-tuning) is summed by addmm itself in the matmuls' dtype, and
+                # added to the fp32 total every HEAD_GRAD_CHUNKS chunks instead of a (vocab x hidden) cast-and-add
+                # per chunk: on an AMX CPU the head gradient's cost over 1,024 tokens fell 270 -> 100 ms, a full
+                # fine-tune step 1.87-1.92 -> 1.76-1.79 s (benchmarks/step_profile.py --case full). The sum is
+                # rounded to bf16 at most that many times, where one matmul over all tokens (autograd's) rounds once.
+                pending = torch.zeros_like(weight, dtype=compute) if need_weight else None
+                grad_weight = None
                 grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
                 # Two (chunk x vocab) buffers reused by every chunk: a fresh 50 MB tensor per chunk is mapped
                 # from the OS and page-faulted in each time (glibc mmaps anything over 32 MB), which measured
@@ -138,9 +145,8 @@ def _linear_cross_entropy_class():
                 low = torch.empty(rows, w.shape[0], device=hidden.device, dtype=compute)
                 in_place = compute == torch.float32  # fp32 logits: the matmul's buffer is the softmax's
                 logits32 = low if in_place else torch.empty_like(low, dtype=torch.float32)
-                # the head's gradient of one chunk, added to the fp32 total (full fine-tuning of the head)
-                chunk_grad_weight = torch.empty_like(weight, dtype=compute) if need_weight else None
-                for start in range(0, hidden.shape[0], chunk):
+                starts = range(0, hidden.shape[0], chunk)
+                for index, start in enumerate(starts):
                     h, t = h_all[start : start + chunk], targets[start : start + chunk]
                     n = len(t)
                     if b is None:
@@ -172,7 +178,16 @@ def _linear_cross_entropy_class():
                             rows_out.copy_(grad_logits @ w)
                     if need_weight:
                         chunk_hidden = h_all[start : start + chunk]
-                        grad_weight += torch.mm(grad_logits.t(), chunk_hidden, out=chunk_grad_weight)
+                        pending.addmm_(grad_logits.t(), chunk_hidden)
+                        last = index == len(starts) - 1
+                        if pending.dtype != torch.float32 and (last or (index + 1) % HEAD_GRAD_CHUNKS == 0):
+                            grad_weight = (
+                                pending.float() if grad_weight is None else grad_weight.add_(pending)
+                            )
+                            if not last:
+                                pending.zero_()
+                if need_weight and grad_weight is None:  # fp32 compute: summed in fp32 all along
+                    grad_weight = pending
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
             ctx.weight_dtype = weight.dtype
             return total
@@ -183,7 +198,7 @@ def _linear_cross_entropy_class():
             scale = grad_output.to(torch.float32)
             return (
                 None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-                None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
+                None if grad_weight is None else grad_weight.mul_(scale).to(ctx.weight_dtype),
                 None if grad_bias is None else (grad_bias * scale).to(ctx.weight_dtype),
                 None,
                 None,

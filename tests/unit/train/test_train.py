@@ -193,7 +193,8 @@ def test_fused_head_in_bf16_equals_plain_cross_entropy(setting):
     weight = (torch.randn(301, 16) * 0.5).to(dtype).requires_grad_()
     targets = torch.randint(0, 301, (37,))
     results = []
-    for fused, chunk in ((False, 0), (True, 8), (True, 64)):
+    # chunk 2: 19 chunks, so the head gradient is added to its fp32 total several times (loss.HEAD_GRAD_CHUNKS)
+    for fused, chunk in ((False, 0), (True, 8), (True, 64), (True, 2)):
         hidden.grad = weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if fused:
