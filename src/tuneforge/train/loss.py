@@ -137,6 +137,8 @@ def _linear_cross_entropy_class():
                 # rounded to bf16 at most that many times, where one matmul over all tokens (autograd's) rounds once.
                 pending = torch.zeros_like(weight, dtype=compute) if need_weight else None
                 grad_weight = None
+                # fp16's range (65504) could overflow a sum over chunks: there each chunk is added at once
+                flush_every = HEAD_GRAD_CHUNKS if compute == torch.bfloat16 else 1
                 grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
                 # Two (chunk x vocab) buffers reused by every chunk: a fresh 50 MB tensor per chunk is mapped
                 # from the OS and page-faulted in each time (glibc mmaps anything over 32 MB), which measured
@@ -180,7 +182,7 @@ def _linear_cross_entropy_class():
                         chunk_hidden = h_all[start : start + chunk]
                         pending.addmm_(grad_logits.t(), chunk_hidden)
                         last = index == len(starts) - 1
-                        if pending.dtype != torch.float32 and (last or (index + 1) % HEAD_GRAD_CHUNKS == 0):
+                        if pending.dtype != torch.float32 and (last or (index + 1) % flush_every == 0):
                             grad_weight = (
                                 pending.float() if grad_weight is None else grad_weight.add_(pending)
                             )
