@@ -18,7 +18,7 @@ from tuneforge.errors import ConfigError
 
 def _parameter_groups(model, weight_decay: float) -> list[dict]:
     """Biases and norm weights get no weight decay (the usual AdamW practice). An empty group is left out:
-    DeepSpeed drops it from the optimizer, and the schedule built before would then count one group too many."""
+    DeepSpeed drops it from the optimizer, and a schedule over the groups then counts one group too many."""
     decay: list = []
     no_decay: list = []
     for name, param in model.named_parameters():

@@ -82,18 +82,16 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * order.steps_per_epoch()))
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_steps)
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    torch_optimizer = build_optimizer(model, config)
+    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
+    if deepspeed:
         _size_deepspeed_micro_batch(accelerator, config)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.distributed_type.value == "DEEPSPEED":
-        # The engine steps its own optimizer: with offload Accelerate swaps AdamW for DeepSpeedCPUAdam, and
-        # loading a checkpoint gives that optimizer new param groups. A schedule on the torch optimizer inside
-        # the engine's ZeRO optimizer sets the learning rate the engine uses, resumed or not.
-        scheduler = build_scheduler(
-            getattr(model.optimizer, "optimizer", model.optimizer), config, total_steps
-        )
+    model, optimizer = accelerator.prepare(model, torch_optimizer)
+    # The schedule drives the optimizer that steps. DeepSpeed's engine steps its own: with offload Accelerate
+    # swaps AdamW for DeepSpeedCPUAdam, and loading a checkpoint gives that one new param groups, so there the
+    # schedule is built on the torch optimizer inside the engine's ZeRO optimizer (resumed or not).
+    stepped = getattr(model.optimizer, "optimizer", model.optimizer) if deepspeed else torch_optimizer
+    scheduler = build_scheduler(stepped, config, total_steps)
     model.train()
     bare_model = accelerator.unwrap_model(model)
     if config.compile:

@@ -77,22 +77,16 @@ def one_process(tmp_path_factory, tiny_model_dir) -> dict:
     )
     single = folder / "one"
     run([sys.executable, "-m", "tuneforge", "train", str(config), "--output_dir", str(single)])
-    return {"script": script, "config": config, "run": single}
+    return {"script": script, "config": config, "one": single}
 
 
 @pytest.fixture(scope="module", params=["zero2.yaml", "zero3_offload.yaml"])
 def runs(request, one_process) -> dict:
-    sharded = one_process["run"].with_name(request.param.removesuffix(".yaml"))
+    sharded = one_process["one"].with_name(request.param.removesuffix(".yaml"))
     log = deepspeed(
         request.param, one_process["script"], str(one_process["config"]), "--output_dir", str(sharded)
     )
-    return {
-        **one_process,
-        "config_file": request.param,
-        "sharded": sharded,
-        "one": one_process["run"],
-        "log": log,
-    }
+    return {**one_process, "config_file": request.param, "sharded": sharded, "log": log}
 
 
 def test_deepspeed_on_two_processes_trains_as_one_process_does(runs):
