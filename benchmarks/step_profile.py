@@ -45,6 +45,7 @@ CATEGORIES = (
         ),
     ),
 )  # fmt: skip
+TOP_OPS = 25  # the ops listed one by one, by self time
 HEAD = "LinearCrossEntropy"  # train/loss.py's fused head + cross-entropy (an autograd Function)
 
 
@@ -83,14 +84,17 @@ def profile_run(case: str, steps: int, extra: dict) -> dict:
     finally:
         loop._optimizer_step = original
     seconds: dict[str, float] = {}
+    ops: dict[str, float] = {}
     head = 0.0
     for event in profiler.key_averages():
+        ops[event.key] = event.self_cpu_time_total / 1e6
         if event.key == HEAD:
             head += event.cpu_time_total / 1e6
         seconds[category(event.key)] = seconds.get(category(event.key), 0.0) + event.self_cpu_time_total / 1e6
     timed = records[first - 1 : last]
     return {
         "seconds": seconds,
+        "ops": dict(sorted(ops.items(), key=lambda item: -item[1])[:TOP_OPS]),
         "head_s": head,
         "tokens": sum(r["tokens"] for r in timed),
         "params": sum(p.numel() for p in llm.model.parameters()),
@@ -120,6 +124,9 @@ def main() -> None:
         print(f"| {label} | {value / args.steps:.3f} | {value / total:.0%} |")
     print(f"| (of all these: the fused loss head) | {result['head_s'] / args.steps:.3f} | "
           f"{result['head_s'] / total:.0%} |")  # fmt: skip
+    print(f"\n| top {TOP_OPS} ops by self time | s per step | category |\n|---|---|---|")
+    for name, value in result["ops"].items():
+        print(f"| {name} | {value / args.steps:.3f} | {category(name)} |")
     flops = (6 if result["method"] == "full" else 4) * result["params"] * result["tokens"]
     peak = peaks["bf16" if result["precision"] == "bf16" else "fp32"] * 1e9
     mfu = flops / total / peak
