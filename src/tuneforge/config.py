@@ -419,8 +419,9 @@ class RunConfig:
     )
     lean_layers: bool = setting(
         True,
-        "Memory-lean forwards for SwiGLU MLPs and LoRA layers (same losses and "
-        "gradients as the stock ones, fewer activations kept). Off: the stock "
+        "Lean forwards: SwiGLU MLPs and LoRA layers that keep fewer activations, and on "
+        "a CPU attention of short sequences as two matmuls, faster there than flash "
+        "attention (same losses and gradients as the stock ones). Off: the stock "
         "transformers/PEFT forwards.",
     )
     max_time: float | None = setting(

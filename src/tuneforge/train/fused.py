@@ -195,18 +195,23 @@ def lean_lora(model):
 
 
 @contextmanager
-def lean_forwards(model, lora: bool = True, fused: bool | None = None):
+def lean_forwards(model, lora: bool = True, fused: bool | None = None, attention: bool = False):
     """lean_mlp and, with `lora`, lean_lora together: the block a training run's steps run in.
 
     With `lora` and `fused` (default FUSED_PROJECTIONS), the frozen q/k/v and gate/up projections also run as
-    one matmul each (fused_projections); with `lora` false (sharded weights) they stay separate.
+    one matmul each (fused_projections); with `lora` false (sharded weights) they stay separate. With
+    `attention` (a CPU run), short sequences' attention runs as matmuls (train/attention.py).
     """
+    from tuneforge.train.attention import matmul_attention
+
     with ExitStack() as stack:
         stack.enter_context(lean_mlp(model))
         if lora:
             stack.enter_context(lean_lora(model))
             if FUSED_PROJECTIONS if fused is None else fused:
                 stack.enter_context(fused_projections(model))
+        if attention:
+            stack.enter_context(matmul_attention(model))
         yield
 
 

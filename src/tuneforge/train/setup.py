@@ -110,7 +110,9 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         trainable=[p for p in model.parameters() if p.requires_grad],
         # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
         direct_head=accelerator.num_processes == 1,
-        lean=lean_forwards(bare_model, lora=lean_lora_layers) if config.lean_layers else nullcontext(),
+        lean=lean_forwards(bare_model, lora=lean_lora_layers, attention=accelerator.device.type == "cpu")
+        if config.lean_layers
+        else nullcontext(),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,

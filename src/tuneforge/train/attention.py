@@ -1,0 +1,156 @@
+"""Attention for training steps on a CPU: the scores made by two matmuls where that beats flash attention.
+
+    with matmul_attention(model):            # the loop's lean forwards enter it on a CPU
+        batch_loss_sum(model, batch).backward()
+
+torch's CPU flash attention walks the sequence in blocks and its backward pass recomputes them; at training
+shapes of short sequences that costs more than making the (query x key) scores outright with one batched
+matmul, a softmax and a second matmul. Measured on SmolLM2-135M's shapes (9 query heads on 3 key/value heads,
+head dim 64, bf16, 2 cores with AMX), forward and backward of one layer: batch 4 x 256 tokens 8.6-9.5 ms
+flash, 5.2-8.3 ms here; 8 x 128 tokens 11.8 vs 2.5-3.6 ms; 2 x 512 about even (12 vs 10-13 ms). So the
+matmul path runs for queries of at most MAX_SEQUENCE tokens whose scores fit SCORE_ELEMENTS; anything else
+(longer sequences, attention dropout, soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA
+function unchanged. The scores are kept for the backward pass (batch x heads x seq x seq values, 4.7 MB a layer
+at 4 x 256 in bf16), where flash attention keeps one value a row.
+
+It is exact up to rounding: query heads are grouped by the key/value head they share (no repeated keys), the
+causal or packed mask is applied before the softmax, and torch's CPU softmax accumulates in fp32 whatever the
+input dtype (tests/unit/train/test_matmul_attention.py checks losses and gradients against SDPA's).
+transformers has no such kernel (its "eager" attention repeats the key/value heads and upcasts the scores).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+NAME = "tuneforge_matmul"  # the attention implementation registered with transformers
+MAX_SEQUENCE = 384  # longest query run by matmuls: about where flash attention's blocks catch up (measured)
+SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer may keep: 16 MB in bf16
+
+_REGISTERED = False
+_MASKED_SOFTMAX = None  # the autograd Function, built on first use (torch is imported lazily)
+
+
+def _masked_softmax_class():
+    import torch
+
+    class MaskedScoresSoftmax(torch.autograd.Function):
+        """softmax(grouped @ key.T, with the scores where `allowed` is False set to the lowest value).
+
+        The mask is applied in place on the fresh scores, and the backward pass is the softmax's and the
+        matmul's alone: the probabilities are exactly 0 where masked, so the softmax's gradient is 0 there
+        already, and autograd's masked_fill backward (another pass over the scores) is not needed.
+        """
+
+        @staticmethod
+        @torch.amp.custom_fwd(device_type="cpu")  # the backward runs under the forward's autocast state
+        def forward(ctx, grouped, key, allowed):
+            scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv_heads, rows, length)
+            if (
+                allowed is not None
+            ):  # the lowest value, not -inf: a row with nothing to attend to gives no NaN
+                scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+            probabilities = torch.softmax(scores, dim=-1)  # a CPU softmax accumulates in fp32 for bf16 input
+            ctx.save_for_backward(grouped, key, probabilities)
+            return probabilities
+
+        @staticmethod
+        @torch.amp.custom_bwd(device_type="cpu")
+        def backward(ctx, grad):
+            grouped, key, probabilities = ctx.saved_tensors
+            grad_scores = torch._softmax_backward_data(grad, probabilities, -1, probabilities.dtype)
+            grad_grouped = torch.matmul(grad_scores, key) if ctx.needs_input_grad[0] else None
+            grad_key = None
+            if ctx.needs_input_grad[1]:
+                grad_key = torch.matmul(grad_scores.transpose(-1, -2), grouped)
+            return grad_grouped, grad_key, None
+
+    return MaskedScoresSoftmax
+
+
+def _matmul_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """transformers' attention-function signature: (batch, heads, seq, dim) in, ((batch, seq, heads, dim), None)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    usable = (
+        query.device.type == "cpu"
+        and not dropout
+        and key.shape[2] == length  # no KV cache: training and scoring shapes
+        and 1 < length <= MAX_SEQUENCE
+        and batch * heads * length * length <= SCORE_ELEMENTS
+        and heads % kv_heads == 0
+        and all(kwargs.get(name) is None for name in ("softcap", "position_bias", "s_aux", "sinks"))
+        and (attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4))
+    )
+    if not usable:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    groups = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    # each key/value head's query heads stacked along the rows (groups x length of them): no repeated keys
+    grouped = (query * scale).reshape(batch, kv_heads, groups * length, dim)
+    allowed = None  # True where a query may attend, in the scores' row order
+    if attention_mask is None:
+        if is_causal if is_causal is not None else getattr(module, "is_causal", True):
+            causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+            allowed = causal.repeat(groups, 1)
+    else:  # sdpa_mask's format: (batch or 1, 1, length, length)
+        allowed = attention_mask[:, :, -length:, -length:].repeat(1, 1, groups, 1)
+    probabilities = _MASKED_SOFTMAX.apply(grouped, key, allowed)
+    output = torch.matmul(probabilities, value)
+    return output.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make NAME an attention implementation transformers models can switch to (masks as SDPA's)."""
+    global _REGISTERED, _MASKED_SOFTMAX
+    if _REGISTERED:
+        return
+    # built before any forward pass: torch.compile cannot trace a class definition
+    _MASKED_SOFTMAX = _masked_softmax_class()
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, _matmul_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    _REGISTERED = True
+
+
+def _switchable(model) -> bool:
+    config = getattr(model, "config", None)
+    return (
+        config is not None
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+        and hasattr(model, "set_attn_implementation")
+        and getattr(model, "_can_set_attn_implementation", lambda: False)()
+    )
+
+
+@contextmanager
+def matmul_attention(model):
+    """Run `model`'s SDPA attention through _matmul_attention_forward inside the block (a no-op for a model
+    on another implementation or one that cannot switch)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not _switchable(base):
+        yield
+        return
+    register()
+    base.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation("sdpa")
