@@ -259,3 +259,34 @@ def test_qlora_keeps_unquantized_weights_in_the_compute_dtype_as_exact_as_peft_f
     # measured: 3% apart from PEFT's; each ~26% from fp32 compute (this tiny model amplifies bf16 rounding)
     assert error(grads, peft_grads) < 0.06
     assert error(grads, fp32_grads) <= 1.1 * error(peft_grads, fp32_grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.3])
+def test_lora_dropout_in_the_compute_dtype_gives_peft_s_fp32_dropout_bit_for_bit(dtype, p):
+    """A bf16/fp16 input's LoRA dropout, computed in that dtype on a CPU, equals PEFT's (cast to the fp32
+    adapter, native_dropout, cast back): the same mask, the same generator state after it, the same output and
+    gradients."""
+    from tuneforge.train.fused import dropout_linear
+
+    x = torch.randn(3, 17, 24).to(dtype).requires_grad_()
+    weight = torch.randn(8, 24, requires_grad=True)
+    grad = torch.randn(3, 17, 8).to(dtype)
+
+    torch.manual_seed(11)
+    cast = x.float()
+    dropped = torch.nn.functional.dropout(cast, p, training=True)  # PEFT's nn.Dropout on the cast input
+    want = torch.nn.functional.linear(dropped.to(dtype), weight.to(dtype))
+    want_next = torch.rand(4)
+    want.backward(grad)
+    want_grads = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+
+    torch.manual_seed(11)
+    got = dropout_linear(x, weight, p, dtype)
+    got_next = torch.rand(4)
+    got.backward(grad)
+    assert torch.equal(got, want)
+    assert torch.equal(got_next, want_next)  # the dropout drew exactly as many numbers
+    assert torch.equal(x.grad, want_grads[0])
+    assert torch.allclose(weight.grad, want_grads[1], rtol=1e-6, atol=1e-6)  # another matmul order
