@@ -7,11 +7,12 @@ torch's CPU flash attention walks the sequence in blocks and its backward pass r
 shapes of short sequences that costs more than making the (query x key) scores outright with one batched
 matmul, a softmax and a second matmul. Measured on SmolLM2-135M's shapes (9 query heads on 3 key/value heads,
 head dim 64, bf16, 2 cores with AMX), forward and backward of one layer: batch 4 x 256 tokens 8.6-9.5 ms
-flash, 5.2-8.3 ms here; 8 x 128 tokens 11.8 vs 2.5-3.6 ms; 2 x 512 about even (12 vs 10-13 ms). So the
-matmul path runs for queries of at most MAX_SEQUENCE tokens whose scores fit SCORE_ELEMENTS; anything else
-(longer sequences, attention dropout, soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA
-function unchanged. The scores are kept for the backward pass (batch x heads x seq x seq values, 4.7 MB a layer
-at 4 x 256 in bf16), where flash attention keeps one value a row.
+flash, 5.2-8.3 ms here; 8 x 128 tokens 11.8 vs 2.5-3.6 ms; 2 x 512 about even (12 vs 10-13 ms); a whole
+LoRA q,v step 1.84-1.89 -> 1.25-1.28 s (benchmarks/step_profile.py). So the matmul path runs for queries of at
+most MAX_SEQUENCE tokens whose scores fit SCORE_ELEMENTS; anything else (longer sequences, attention dropout,
+soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA function unchanged. The
+probabilities are kept for the backward pass (batch x heads x seq x seq values, 4.7 MB a layer at 4 x 256 in
+bf16), where flash attention keeps one value a row; train/memory.py's estimate already counts them.
 
 It is exact up to rounding: query heads are grouped by the key/value head they share (no repeated keys), the
 causal or packed mask is applied before the softmax, and torch's CPU softmax accumulates in fp32 whatever the
