@@ -258,6 +258,7 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
         str(text), output_dir=str(tmp_path / "eager"), show_progress=False, **settings
     )
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graphs earlier tests compiled stay counted otherwise
     from tuneforge.train import fused
 
     fused._SILU_MUL = fused._DROPOUT_LINEAR = None  # as in a fresh process, where compile meets them first
