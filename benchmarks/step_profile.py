@@ -30,7 +30,7 @@ CATEGORIES = (
     ("attention", ("scaled_dot_product", "flash_attention")),
     ("fused by torch.compile", ("Compiled", "cpp_fused", "Torch-Compiled", "inductor")),
     ("optimizer", ("_fused_adamw", "_foreach_", "aten::_fused_adam")),
-    ("dropout masks", ("bernoulli", "native_dropout")),
+    ("dropout masks", ("bernoulli", "native_dropout", "keep_mask", "aten::random_")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     (
         "elementwise",

@@ -15,10 +15,10 @@ A PEFT LoRA layer computes base(x) + B(A(dropout(x))) * scaling, and A's matmul 
 of x: with all-linear LoRA that is 7 copies of a layer's inputs (q, k and v each copy the same one), plus, under
 bf16 autocast, a cast copy of each. `dropout_linear` fuses dropout into A's matmul and keeps x itself — one
 tensor shared by the sibling projections — and the dropout mask as 1 byte a value, recomputing x * mask in the
-backward pass. It draws the same mask as PEFT's dropout (`native_dropout`, the kernel `nn.Dropout` runs), so
-the results are the same. PEFT has no such option (its forward is per module and cannot see its siblings).
-On a CPU a bf16 input is dropped out in bf16, where PEFT casts it to the fp32 adapter and back: the same
-mask and the same bits, without the casts.
+backward pass. It draws the same mask as PEFT's dropout module (`native_dropout` on a GPU; on a CPU
+train/dropout.py's quicker masks, which the loop's quick_dropout gives PEFT's dropout too), so the results are
+the same. PEFT has no such option (its forward is per module and cannot see its siblings). A bf16 input is
+dropped out in bf16, where PEFT casts it to the fp32 adapter and back: the same bits, without the casts.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def _silu_mul_class():
 
 def _build_functions() -> None:
     # built before a forward pass runs, not inside one: torch.compile cannot trace a class definition
+    from tuneforge.train.dropout import build_keep_mask
+
+    build_keep_mask()
     global _SILU_MUL, _DROPOUT_LINEAR
     if _SILU_MUL is None:
         _SILU_MUL, _DROPOUT_LINEAR = _silu_mul_class(), _dropout_linear_class()
@@ -67,59 +70,47 @@ def silu_mul(gate, up):
 def _dropout_linear_class():
     import torch
 
-    def dropped_in_compute_dtype(x, dtype, p: float) -> bool:
-        # PEFT casts a bf16/fp16 input to the adapter's fp32 for dropout and the result back for the matmul. On a
-        # CPU the same values come from the input's own dtype: native_dropout draws its mask as a bool tensor's
-        # bernoulli_ (same generator draws), where(mask, x, 0) is exact, and x * scale is computed in fp32 and
-        # rounded once either way (tests/unit/train/test_speed_levers.py checks it bit for bit). That skips two
-        # casts and an fp32 pass per adapter: an all-linear LoRA step 2.47-2.51 -> 2.31-2.34 s (AMX CPU).
-        # Not under torch.compile: compiled, this path trained differently (held-out loss 3.998 -> 4.020 on the
-        # default model, LoRA q,v, 8 steps; the compiled-vs-eager test in test_speed_levers.py fails with it),
-        # where the native_dropout path matches eager (3.9978 both).
-        return (
-            not torch.compiler.is_compiling()
-            and x.dtype == dtype
-            and dtype in (torch.bfloat16, torch.float16)
-            and (p == 0 or x.device.type == "cpu")
-        )
+    from tuneforge.train.dropout import keep_mask, keep_probability, quick_dropout_applies
 
     class DropoutLinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, p, dtype):
             # as PEFT: x cast to the adapter's dtype, dropout, then the matmul in autocast's dtype if it is on;
-            # the casts and the dropped-out copy are temporaries here, not kept
-            ctx.p, ctx.dtype = p, dtype
-            if dropped_in_compute_dtype(x, dtype, p):
-                mask = (
-                    torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
-                    if p > 0
-                    else None
-                )
+            # the casts and the dropped-out copy are temporaries here, not kept. Where x already has the compute
+            # dtype, dropout runs in it: where() is exact and x * scale is rounded once either way (the same
+            # bits as PEFT's detour through fp32, tested), without two casts
+            ctx.dtype = dtype if x.dtype == dtype else weight.dtype
+            if quick_dropout_applies(x, p):  # a CPU: train/dropout.py's masks, as PEFT's under quick_dropout
+                mask, ctx.scale = keep_mask(x, p), 1.0 / keep_probability(p)
                 # where(), not x * mask: a bool mask multiplied is first copied to x's dtype
-                dropped = torch.where(mask, x, 0).mul_(1.0 / (1.0 - p)) if mask is not None else x
+                dropped = torch.where(mask, x.to(ctx.dtype), 0).mul_(ctx.scale)
+            elif p > 0:  # a GPU: torch's dropout, as PEFT's (its generator is parallel there)
+                ctx.dtype = weight.dtype
+                dropped, mask = torch.native_dropout(x.to(weight.dtype), p, True)
+                ctx.scale = 1.0 / (1.0 - p)
             else:
-                cast = x.to(weight.dtype)
-                dropped, mask = torch.native_dropout(cast, p, True) if p > 0 else (cast, None)
+                dropped, mask, ctx.scale = x.to(ctx.dtype), None, 1.0
+            ctx.compute_dtype = dtype
             ctx.save_for_backward(x, mask, weight)
             return torch.nn.functional.linear(dropped.to(dtype), weight.to(dtype))
 
         @staticmethod
         def backward(ctx, grad):
             x, mask, weight = ctx.saved_tensors
-            grad = grad.to(ctx.dtype)
-            scale = 1.0 / (1.0 - ctx.p)
+            dtype, scale = ctx.compute_dtype, ctx.scale
+            grad = grad.to(dtype)
             grad_x = grad_weight = None
             if ctx.needs_input_grad[0]:
-                grad_x = grad @ weight.to(ctx.dtype)
+                grad_x = grad @ weight.to(dtype)
                 if mask is not None:
                     grad_x = torch.where(mask, grad_x, 0).mul_(scale)  # native_dropout_backward's values
                 grad_x = grad_x.to(x.dtype)
             if ctx.needs_input_grad[1]:
                 # exactly as the forward pass computed it
-                dropped = x if x.dtype == ctx.dtype else x.to(weight.dtype)
+                dropped = x.to(ctx.dtype)
                 if mask is not None:
                     dropped = torch.where(mask, dropped, 0).mul_(scale)
-                dropped = dropped.to(ctx.dtype)
+                dropped = dropped.to(dtype)
                 grad_weight = grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
                 grad_weight = grad_weight.to(weight.dtype)
             return grad_x, grad_weight, None, None

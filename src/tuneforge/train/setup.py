@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from tuneforge.train.checkpoint import (
     open_resume_checkpoint,
     run_identity,
 )
+from tuneforge.train.dropout import quick_dropout
 from tuneforge.train.fused import compile_decoder_layers, lean_forwards
 from tuneforge.train.levers import compile_kind
 from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
@@ -110,9 +111,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         trainable=[p for p in model.parameters() if p.requires_grad],
         # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
         direct_head=accelerator.num_processes == 1,
-        lean=lean_forwards(bare_model, lora=lean_lora_layers, attention=accelerator.device.type == "cpu")
-        if config.lean_layers
-        else nullcontext(),
+        lean=_step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
@@ -120,6 +119,18 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         if _may_auto_compile(config, accelerator)
         else None,
     )
+
+
+@contextmanager
+def _step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
+    """What a run's steps run in: on a CPU quick LoRA dropout masks (train/dropout.py; lean_layers or not, so
+    the losses do not depend on it), and the lean forwards of train/fused.py unless lean_layers is off."""
+    with ExitStack() as stack:
+        if device == "cpu":
+            stack.enter_context(quick_dropout(model))
+        if lean_layers:
+            stack.enter_context(lean_forwards(model, lora=lean_lora_layers, attention=device == "cpu"))
+        yield
 
 
 def _may_auto_compile(config, accelerator) -> bool:

@@ -266,9 +266,10 @@ def test_qlora_keeps_unquantized_weights_in_the_compute_dtype_as_exact_as_peft_f
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("p", [0.0, 0.05, 0.3])
 def test_lora_dropout_in_the_compute_dtype_gives_peft_s_fp32_dropout_bit_for_bit(dtype, p):
-    """A bf16/fp16 input's LoRA dropout, computed in that dtype on a CPU, equals PEFT's (cast to the fp32
-    adapter, native_dropout, cast back): the same mask, the same generator state after it, the same output and
-    gradients."""
+    """A bf16/fp16 input's LoRA dropout, computed in that dtype on a CPU, equals PEFT's under quick_dropout
+    (cast to the fp32 adapter, dropout, cast back): the same mask, the same generator state after it, the same
+    output and gradients."""
+    from tuneforge.train.dropout import drop_out
     from tuneforge.train.fused import dropout_linear
 
     x = torch.randn(3, 17, 24).to(dtype).requires_grad_()
@@ -277,7 +278,7 @@ def test_lora_dropout_in_the_compute_dtype_gives_peft_s_fp32_dropout_bit_for_bit
 
     torch.manual_seed(11)
     cast = x.float()
-    dropped = torch.nn.functional.dropout(cast, p, training=True)  # PEFT's nn.Dropout on the cast input
+    dropped = drop_out(cast, p) if p > 0 else cast  # PEFT's dropout module on the cast input
     want = torch.nn.functional.linear(dropped.to(dtype), weight.to(dtype))
     want_next = torch.rand(4)
     want.backward(grad)
@@ -299,37 +300,34 @@ def test_lora_dropout_in_the_compute_dtype_gives_peft_s_fp32_dropout_bit_for_bit
     reason="torch.compile on a CPU needs a C++ compiler",
 )
 def test_a_compiled_lora_run_with_dropout_gives_the_eager_losses(tiny_model_dir, lines_file, tmp_path):
-    """compile: true changes how a step runs, not what it computes: with inductor told to draw random numbers as
-    eager does, the losses of a LoRA run with dropout equal the eager run's within bf16 rounding. (Lean LoRA's
-    bf16 dropout is eager-only: compiled, it trained differently — 2.3% off here, and a held-out loss 3.998 ->
-    4.020 on the default model — so under torch.compile the fp32 native_dropout path runs.)"""
-    import torch._inductor.config
-
+    """compile: true changes how a step runs, not what it computes: the quick dropout masks are a custom op
+    compile leaves alone, so a compiled LoRA run with dropout draws the eager run's masks and its losses equal
+    the eager run's within bf16 rounding. (An earlier bf16 dropout, bernoulli_ on a bool mask, trained
+    differently compiled — 2.3% off here, a held-out loss 3.998 -> 4.020 on the default model; this test
+    caught it.)"""
     import tuneforge as tf
 
     losses = {}
     for compiled in (False, True):
         llm = tf.load(str(tiny_model_dir), precision="bf16")
-        # Inductor's own patch(): monkeypatch's undo deletes the option from the config module for later tests.
-        with torch._inductor.config.patch(fallback_random=True):  # eager's generator draws
-            run = llm.train(
-                lines_file,
-                output_dir=str(tmp_path / str(compiled)),
-                compile=compiled,
-                lora_dropout=0.3,
-                rank=8,
-                alpha=16,
-                target_modules=["all-linear"],
-                max_steps=4,
-                batch_size=4,
-                micro_batch_size=4,
-                learning_rate=1e-2,
-                lr_scheduler="constant",
-                warmup_ratio=0.0,
-                validation_split=0,
-                precision="bf16",
-                recipe="textgen",
-                show_progress=False,
-            )
+        run = llm.train(
+            lines_file,
+            output_dir=str(tmp_path / str(compiled)),
+            compile=compiled,
+            lora_dropout=0.3,
+            rank=8,
+            alpha=16,
+            target_modules=["all-linear"],
+            max_steps=4,
+            batch_size=4,
+            micro_batch_size=4,
+            learning_rate=1e-2,
+            lr_scheduler="constant",
+            warmup_ratio=0.0,
+            validation_split=0,
+            precision="bf16",
+            recipe="textgen",
+            show_progress=False,
+        )
         losses[compiled] = run.losses
     assert losses[True] == pytest.approx(losses[False], rel=2e-3)
