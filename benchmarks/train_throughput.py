@@ -12,7 +12,8 @@ each tuneforge run is compared with the FASTEST of these on this machine (on a C
 For QLoRA the base is loaded with a bitsandbytes 4-bit config.
 Every run trains on the same examples in the same order (the Trainer is given tuneforge's seeded step order) and
 each is a fresh subprocess, so its peak memory is its own. Reported per run: tokens/s over all tokens (padding
-included) and over useful (loss-carrying) tokens, peak RSS (and peak GPU memory on CUDA), model FLOPs
+included) and over useful (loss-carrying) tokens, peak RSS of loading and training (and peak GPU memory on
+CUDA; taken before the held-out loss, which scores every model in fp32 and so copies a bf16 one), model FLOPs
 utilisation against the matmul peak (measured here) of the precision the run computed in, loss of the last step,
 and held-out loss (fp32, the same 16 held-out examples and the same evaluation code for every run). The `busy`
 case times tuneforge's step with a second process burning every core: torch's default threads, then the thread
@@ -217,7 +218,10 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
     all_tokens = sum(int(b["input_ids"].numel()) for b in batches[WARMUP:])
     useful = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches[WARMUP:])
     seconds = times[-1] - times[WARMUP - 1]  # the same window as tuneforge's: end of warm-up to end of run
+    # loading and training; held_out_loss's fp32 copy is the benchmark's, not the run's
+    peaks = peak_memory_mb()
     return {
+        **peaks,
         "tokens_per_s": all_tokens / seconds,
         "useful_tokens_per_s": useful / seconds,
         "final_loss": losses[-1],
@@ -277,7 +281,10 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
     timed = records[WARMUP:]
     seconds = records[-1]["elapsed_s"] - records[WARMUP - 1]["elapsed_s"]
     useful = sum(r["tokens"] for r in timed)
+    # loading and training; held_out_loss's fp32 copy is the benchmark's, not the run's
+    peaks = peak_memory_mb()
     return {
+        **peaks,
         "tokens_per_s": useful / seconds,
         "useful_tokens_per_s": useful / seconds,
         "step_s": seconds / steps,
@@ -295,7 +302,6 @@ def run_worker(args) -> None:
         result = worker_hf(args.case, args.precision, args.steps, args.device, **json.loads(args.extra))
     else:
         result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra), args.device)
-    result.update(peak_memory_mb())
     print("RESULT " + json.dumps(result))
 
 
@@ -347,6 +353,12 @@ def main() -> None:
         type=int,
         default=1,
         help="make every run N times, interleaved, and keep each one's fastest",
+    )
+    parser.add_argument(
+        "--packed-micro-batch",
+        type=int,
+        metavar="N",
+        help="also run the packed rows with micro_batch_size N (blocks per forward pass; default 4)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -416,6 +428,9 @@ def case_runs(case: str, args) -> dict:
         plan["tuneforge-compile"] = ("tuneforge", "auto", {"compile": True})
     if case in ("lines", "full-lines"):
         plan["tuneforge-packed"] = ("tuneforge", "auto", {"packing": True})
+        if args.packed_micro_batch:  # fewer blocks per forward pass: less activation memory, more passes
+            micro = {"packing": True, "micro_batch_size": args.packed_micro_batch}
+            plan[f"tuneforge-packed-micro{args.packed_micro_batch}"] = ("tuneforge", "auto", micro)
     runs: dict = {}
     for _ in range(max(1, args.repeats)):
         for name, (impl, precision, extra) in plan.items():

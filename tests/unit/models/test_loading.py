@@ -78,3 +78,35 @@ def test_tiny_model_loads_from_a_local_folder(tiny_model_dir):
 def test_same_seed_gives_the_same_sample(tiny_llm):
     first = tiny_llm.generate("Hello", max_new_tokens=8, seed=7)
     assert tiny_llm.generate("Hello", max_new_tokens=8, seed=7) == first
+
+
+def test_a_converted_gguf_loaded_in_bf16_reads_a_bf16_copy_with_the_same_bits(
+    monkeypatch, tmp_path, tiny_model_dir
+):
+    """A GGUF's conversion is fp32 (exact); a bf16 load makes a bf16 copy beside it once (reading a fp32 file
+    in bf16 maps all of it: 1.2 GB peak for the default model) and reads that, with the same weights. Other
+    folders, fp32 loads and 4-bit bases (quantized from the fp32 weights) read the folder itself."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.loading import BF16_COPY_SUFFIX, load_model, weights_folder
+
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    converted = tmp_path / "home" / "models" / "tiny-0123abcd"
+    shutil.copytree(tiny_model_dir, converted)
+    copy = converted.with_name(converted.name + BF16_COPY_SUFFIX)
+    assert weights_folder(str(converted), torch.float32) == str(converted) and not copy.exists()
+    assert weights_folder(str(tiny_model_dir), torch.bfloat16) == str(tiny_model_dir)  # not a conversion
+
+    model, _, source = load_model(str(converted), precision="bf16", device="cpu")
+    assert copy.is_dir() and source.path == str(converted)  # the run still names the conversion,
+    assert model.name_or_path == str(converted)  # and so does an adapter's base_model_name_or_path
+    want = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.bfloat16).state_dict()
+    got = model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert weights_folder(str(converted), torch.bfloat16) == str(copy)
+    assert weights_folder(str(copy), torch.bfloat16) == str(copy)  # a copy is not copied again
+    assert sorted(p.name for p in converted.parent.iterdir()) == [converted.name, copy.name]  # no temporaries
