@@ -137,6 +137,20 @@ def weights_folder(path: str, dtype) -> str:
     return str(copy)
 
 
+def _own_unquantized_weights(model) -> None:
+    """Copy a 4/8-bit model's unquantized weights (embeddings, norms) out of the checkpoint file's mapping.
+
+    On a CPU from_pretrained leaves them as views of the memory-mapped safetensors file, which keeps the whole
+    mapping, and every page that quantizing the other weights read, resident: 0.40 GiB of the default model's
+    fp32 file after a QLoRA reload (measured in /proc/self/smaps); owned copies cost their own 0.11 GiB.
+    """
+    import torch
+
+    for param in {id(p): p for p in model.parameters()}.values():  # tied weights once
+        if type(param) is torch.nn.Parameter:  # bitsandbytes' quantized Params4bit/Int8Params own their bytes
+            param.data = param.data.clone()
+
+
 def resolve(spec: str) -> ModelSource:
     """Map what the user wrote to a folder or hub id that `from_pretrained` can read."""
     if spec.startswith(HUB_PREFIX):
@@ -294,6 +308,8 @@ def load_model(
         raise
     if weights != source.path:  # adapters and saved runs name the conversion, which has the tokenizer
         model.config.name_or_path = model.name_or_path = source.path
+    if quantization and device == "cpu":
+        _own_unquantized_weights(model)
     if not quantization:  # quantized weights are placed by device_map and cannot be moved afterwards
         model.to(device)  # type: ignore[arg-type]  # transformers mistypes to(); a device string works
     model.eval()
