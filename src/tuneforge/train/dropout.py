@@ -16,8 +16,6 @@ generator is parallel).
 """
 
 # no `from __future__ import annotations`: torch.library reads the op's annotations as types
-import types
-from contextlib import contextmanager
 from typing import Any
 
 LEVELS = 1 << 16  # a value's random draw: 16 bits of a 64-bit word
@@ -98,17 +96,10 @@ def lora_dropouts(model) -> list:
     return found
 
 
-@contextmanager
 def quick_dropout(model):
     """Within the block, the LoRA dropouts of `model` draw their masks with keep_mask on a CPU (elsewhere, and
     outside training, torch's dropout runs); their own forward comes back afterwards. Lean LoRA
     (train/fused.py) draws the same masks, so a run's losses do not depend on which forwards ran."""
-    build_keep_mask()
-    modules = lora_dropouts(model)
-    for module in modules:
-        module.forward = types.MethodType(_quick_dropout_forward, module)
-    try:
-        yield len(modules)
-    finally:
-        for module in modules:
-            del module.forward
+    from tuneforge.train.fused import forward_swapped  # builds keep_mask too
+
+    return forward_swapped(lora_dropouts(model), _quick_dropout_forward)

@@ -144,7 +144,7 @@ def swiglu_mlps(model) -> list:
 
 
 @contextmanager
-def _forward_swapped(modules: list, forward):
+def forward_swapped(modules: list, forward):
     """Within the block, each of `modules` runs `forward`; the class's own forward comes back afterwards."""
     _build_functions()
     for module in modules:
@@ -158,7 +158,7 @@ def _forward_swapped(modules: list, forward):
 
 def lean_mlp(model):
     """Within the block, SwiGLU MLPs of `model` use silu_mul; their own forward comes back afterwards."""
-    return _forward_swapped(swiglu_mlps(model), _lean_forward)
+    return forward_swapped(swiglu_mlps(model), _lean_forward)
 
 
 def _plain_lora_adapter(layer) -> str | None:
@@ -210,7 +210,7 @@ def lora_linear_layers(model) -> list:
 
 def lean_lora(model):
     """Within the block, PEFT LoRA linear layers of `model` use dropout_linear; PEFT's forward comes back after."""
-    return _forward_swapped(lora_linear_layers(model), _lean_lora_forward)
+    return forward_swapped(lora_linear_layers(model), _lean_lora_forward)
 
 
 @contextmanager
