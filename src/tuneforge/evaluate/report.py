@@ -33,6 +33,9 @@ def write_report(
     compile_state = (
         "on"
         if config.compile
+        else f"off: tried after step {result.compiled_after}, undone after step "
+        f"{result.compile_undone_after} (its steps were no faster here)"
+        if result.compiled_after and result.compile_undone_after
         else f"on after step {result.compiled_after} (recipe auto: the run repays it)"
         if result.compiled_after
         else "off"

@@ -388,14 +388,25 @@ def compile_decoder_layers(model) -> int:
     Per block rather than the whole model (as torchtune does): the blocks share one compiled graph, so
     compilation takes about as long as for a single block, and the chunked loss head stays eager.
     """
+    blocks = _decoder_blocks(model)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def uncompile_decoder_layers(model) -> int:
+    """Undo compile_decoder_layers: each block runs its eager forward again (Module.compile keeps the compiled
+    callable beside the module, so dropping it is the whole undo); returns how many blocks it undid."""
+    blocks = [block for block in _decoder_blocks(model) if block._compiled_call_impl is not None]
+    for block in blocks:
+        block._compiled_call_impl = None
+    return len(blocks)
+
+
+def _decoder_blocks(model) -> Any:
     import torch
 
     from tuneforge.train.loss import _causal_lm
 
     decoder = _causal_lm(model).base_model
-    blocks: Any = max(
-        (m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[]
-    )
-    for block in blocks:
-        block.compile()
-    return len(blocks)
+    return max((m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])

@@ -3,14 +3,18 @@
     from tuneforge.train.levers import should_compile, should_pack
     pack, why = should_pack([len(e["input_ids"]) for e in examples], cutoff_len=256, micro_batch_size=4)
     compile_now, why = should_compile(total_steps=2000, device="cuda", seconds_per_step=0.4)
+    keep, why = compile_kept(eager_seconds=[4.8, 4.7], compiled_seconds=[4.4, 4.5, 4.4])
 
 Packing is exact per example (positions restart, no attention or loss across examples:
 tests/unit/test_packed_attention.py), and it wins when unpacked micro batches would be mostly padding: it is
 chosen when it computes at most PACK_WORK_RATIO of the padded tokens. torch.compile pays for itself when the
-time it saves over the run beats its compile time. Measured on SmolLM2-135M, LoRA q,v, seq 256 x 4, 2 cores
-(benchmarks/train_throughput.py): 1.00x the eager step on a CPU without AMX, 1.16x in bf16 on one with AMX
-(1.93 -> 1.67 s a step, ~20 s to compile), so a CPU compiles only with AMX, bf16 and a long run. With recipe
-auto the loop decides after timing its first steps (`compile_kind` names the row of COMPILE_SPEEDUP).
+time it saves over the run beats its compile time. Measured on SmolLM2-135M, seq 256 x 4, 2 cores
+(benchmarks/train_throughput.py, eager step / compiled step): in bf16 on a CPU with AMX 1.16x (1.93 -> 1.67 s,
+~20 s to compile); in fp32 on an AMD EPYC with AVX2 only 1.07-1.09x for LoRA q,v, all-linear LoRA and a full
+fine-tune (4.78 -> 4.43 s a LoRA q,v step), where a Xeon without AMX measured 1.00x and another run of the
+full fine-tune 0.94x. So a CPU compiles only for a long run, and the loop keeps a compile only when the run's
+own compiled steps are measured faster than its eager ones (`compile_kept`). With recipe auto the loop decides
+after timing its first steps (`compile_kind` names the row of COMPILE_SPEEDUP).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ PACK_WORK_RATIO = (
 )  # pack when packed micro batches hold at most this share of the unpacked padded tokens
 MIN_EXAMPLES_TO_PACK = 8
 # eager step time / compiled step time, and seconds to compile the blocks once, by device (measured/typical)
-COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.0, "cpu-amx": 1.15}
+COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.07, "cpu-amx": 1.15}
 COMPILE_SECONDS = {"cuda": 60.0, "cpu": 60.0, "cpu-amx": 60.0}
 AUTO_COMPILE_AFTER = 3  # steps timed before the loop decides (the first one includes one-time work)
 COMPILE_MARGIN = 2.0  # the saving must be this many times the compile time: estimates are rough
+COMPILE_TRIAL_STEPS = 3  # compiled steps timed (after the one that compiles) before the compile is judged
+KEEP_COMPILE_BELOW = 0.98  # kept when its median step takes less than this share of the eager median
 
 
 def padded_tokens(lengths: Sequence[int], micro_batch_size: int) -> int:
@@ -101,8 +107,7 @@ def should_compile(
     speedup = COMPILE_SPEEDUP[device] if speedup is None else speedup
     compile_seconds = COMPILE_SECONDS[device] if compile_seconds is None else compile_seconds
     if speedup <= 1.0:
-        where = "a CPU without AMX (or not in bf16)" if device == "cpu" else device
-        return False, f"not compiled: on {where} compiled steps are measured no faster than eager ones"
+        return False, f"not compiled: on {device} compiled steps are measured no faster than eager ones"
     if seconds_per_step is None:
         # unknown step time: assume a 0.5 s step, the order of a small model's step on a GPU
         seconds_per_step = 0.5
@@ -116,3 +121,21 @@ def should_compile(
         f"compiled: {total_steps} steps of ~{seconds_per_step:.2f} s save ~{saved:.0f} s against a "
         f"~{compile_seconds:.0f} s compile (set compile: false to skip)"
     )
+
+
+def compile_kept(eager_seconds: Sequence[float], compiled_seconds: Sequence[float]) -> tuple[bool, str]:
+    """Whether a run's compiled steps are faster enough than its eager ones to keep the compile, and why
+    (medians, so one slow spell of a shared machine does not decide)."""
+    eager, compiled = _median(eager_seconds), _median(compiled_seconds)
+    if compiled < KEEP_COMPILE_BELOW * eager:
+        return True, f"compile kept: compiled steps take {compiled:.2f} s against {eager:.2f} s eager"
+    return False, (
+        f"compile undone: compiled steps take {compiled:.2f} s against {eager:.2f} s eager, no faster on "
+        f"this machine"
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

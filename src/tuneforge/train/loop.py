@@ -22,8 +22,14 @@ from pathlib import Path
 from tuneforge.data.examples import PreparedData
 from tuneforge.models.kind import is_peft
 from tuneforge.train.checkpoint import list_checkpoints, save_checkpoint
-from tuneforge.train.fused import compile_decoder_layers
-from tuneforge.train.levers import AUTO_COMPILE_AFTER, COMPILE_SPEEDUP, should_compile
+from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
+from tuneforge.train.levers import (
+    AUTO_COMPILE_AFTER,
+    COMPILE_SPEEDUP,
+    COMPILE_TRIAL_STEPS,
+    compile_kept,
+    should_compile,
+)
 from tuneforge.train.memory import disable_gradient_checkpointing
 from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
@@ -114,6 +120,10 @@ def train(
             _note(progress, step_times.stop(step))
             if _compile_if_it_repays(run, step, result.total_steps, step_times.seconds, progress):
                 result.compiled_after = step
+            elif result.compiled_after and _undo_compile_if_no_faster(
+                run, step, step_times.seconds, progress
+            ):
+                result.compile_undone_after = step  # its steps were no faster: eager again
             _plan_for_time(run, config, budget, step, result, metrics)
             validation = validation_loss(run, data, config, state, step, result.total_steps)
             metrics.record(
@@ -195,6 +205,19 @@ def _compile_if_it_repays(run: TrainingSetup, step: int, total_steps: int, secon
     if compile_now or COMPILE_SPEEDUP.get(run.compile_kind, 1.0) > 1.0:
         progress.message(f"after step {step}: {why}")
     return compile_now
+
+
+def _undo_compile_if_no_faster(run: TrainingSetup, step: int, seconds: list, progress) -> bool:
+    """COMPILE_TRIAL_STEPS steps after recipe auto compiled (the first of them pays the compile), compare the
+    compiled steps with the eager ones and go back to eager forwards if they are not faster. Whether it undid."""
+    if len(seconds) != AUTO_COMPILE_AFTER + 1 + COMPILE_TRIAL_STEPS:
+        return False
+    eager, compiled = seconds[1:AUTO_COMPILE_AFTER], seconds[AUTO_COMPILE_AFTER + 1 :]
+    keep, why = compile_kept(eager, compiled)
+    if not keep:
+        uncompile_decoder_layers(run.bare_model)
+    progress.message(f"after step {step}: {why}")
+    return not keep
 
 
 def _plan_for_time(run: TrainingSetup, config, budget: TimeBudget, step: int, result, metrics) -> None:

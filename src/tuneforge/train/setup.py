@@ -34,6 +34,7 @@ from tuneforge.train.checkpoint import (
 )
 from tuneforge.train.dropout import quick_dropout
 from tuneforge.train.fused import compile_decoder_layers, lean_forwards
+from tuneforge.train.host_memory import reuse_freed_memory
 from tuneforge.train.levers import compile_kind
 from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
@@ -57,7 +58,7 @@ class TrainingSetup:
     scheduler: Any
     trainable: list  # the parameters the optimizer moves (gradient clipping)
     direct_head: bool  # call the decoder and head directly (one process): skips the wrapper's forward
-    lean: AbstractContextManager  # the lean forwards of train/fused.py while training
+    lean: AbstractContextManager  # what the steps run in: lean forwards, CPU dropout masks and memory reuse
     pad_token_id: int
     threads_note: str | None  # the CPU thread choice, when it is not one per core
     run_dir: Path
@@ -124,10 +125,12 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
 @contextmanager
 def _step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
     """What a run's steps run in: on a CPU quick LoRA dropout masks (train/dropout.py; lean_layers or not, so
-    the losses do not depend on it), and the lean forwards of train/fused.py unless lean_layers is off."""
+    the losses do not depend on it) and freed memory kept for the next step (train/host_memory.py), and the
+    lean forwards of train/fused.py unless lean_layers is off."""
     with ExitStack() as stack:
         if device == "cpu":
             stack.enter_context(quick_dropout(model))
+            stack.enter_context(reuse_freed_memory())
         if lean_layers:
             stack.enter_context(lean_forwards(model, lora=lean_lora_layers, attention=device == "cpu"))
         yield

@@ -76,6 +76,7 @@ class TrainResult:
         None  # FSDP/DeepSpeed: the full state dict, gathered from every rank, that rank 0 saves
     )
     compiled_after: int | None = None  # recipe auto compiled the blocks after this step (train/levers.py)
+    compile_undone_after: int | None = None  # ... and went back to eager after this one: it was no faster
 
     @property
     def steps(self) -> int:

@@ -147,7 +147,8 @@ def test_compile_is_chosen_when_the_run_repays_it(monkeypatch):
     assert should_compile(5000, "cuda", seconds_per_step=0.5)[0]
     assert not should_compile(10**6, "mps")[0]
     monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: f"/usr/bin/{name}")
-    assert not should_compile(100_000, "cpu", seconds_per_step=2.0)[0]  # measured no faster on CPUs
+    assert not should_compile(500, "cpu", seconds_per_step=2.0)[0]  # ~65 s saved at 1.07x: not 2 compiles
+    assert should_compile(100_000, "cpu", seconds_per_step=2.0)[0]  # and the loop checks it did speed up
     assert should_compile(1000, "cpu", seconds_per_step=2.0, speedup=1.3, compile_seconds=60)[0]
     monkeypatch.setattr("tuneforge.train.levers.shutil.which", lambda name: None)
     compile_now, reason = should_compile(1000, "cpu", seconds_per_step=2.0, speedup=1.3, compile_seconds=60)
@@ -170,7 +171,8 @@ def test_compile_kind_is_amx_only_for_bf16_on_an_amx_cpu(monkeypatch):
     [
         ("cpu-amx", 2_000, True, "compiled: 1997 steps"),  # 1997 x 2 s x (1 - 1/1.15) = 521 s saved
         ("cpu-amx", 40, False, "not compiled: 37 steps would save"),
-        ("cpu", 100_000, False, None),  # a CPU without AMX: never, and nothing said
+        ("cpu", 100_000, True, "compiled: 99997 steps"),  # without AMX: only long runs (1.07x measured)
+        ("cpu", 400, False, "not compiled: 397 steps would save ~52 s"),
         (None, 100_000, False, None),  # the user set compile, or another recipe: the loop leaves it
     ],
 )
@@ -196,6 +198,35 @@ def test_the_loop_compiles_after_timing_its_first_steps_when_the_run_repays_it(
         assert messages == []
     else:
         assert len(messages) == 1 and said in messages[0] and messages[0].startswith("after step 3: ")
+
+
+@pytest.mark.parametrize(
+    ("compiled_seconds", "undone", "said"),
+    [
+        ([1.7, 1.8, 1.7], False, "compile kept: compiled steps take 1.70 s against 2.00 s eager"),
+        ([2.0, 1.9, 2.1], True, "compile undone: compiled steps take 2.00 s against 2.00 s eager"),
+        # the median: one quick step decides nothing, nor does one slow spell
+        ([1.5, 9.0, 2.1], True, "compile undone: compiled steps take 2.10 s"),
+    ],
+)
+def test_the_loop_undoes_a_compile_whose_steps_are_no_faster(monkeypatch, compiled_seconds, undone, said):
+    from types import SimpleNamespace
+
+    from tuneforge.train import loop
+
+    calls, messages = [], []
+    monkeypatch.setattr(loop, "uncompile_decoder_layers", lambda model: calls.append(model))
+    run = SimpleNamespace(bare_model="the model")
+    progress = SimpleNamespace(message=messages.append)
+    eager = [9.0, 2.0, 2.0]  # steps 1-3; compiled after step 3, and step 4 pays the compile
+    times = [*eager, 60.0, *compiled_seconds, 1.0]
+    answers = [
+        loop._undo_compile_if_no_faster(run, step, times[:step], progress)
+        for step in range(4, len(times) + 1)
+    ]
+    assert answers == [False, False, False, undone, False]  # judged once, after 3 compiled steps
+    assert calls == (["the model"] if undone else [])
+    assert len(messages) == 1 and messages[0].startswith("after step 7: ") and said in messages[0]
 
 
 def test_recipe_auto_may_compile_only_when_compile_was_left_unset():

@@ -278,11 +278,13 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
     assert graphs[4] == graphs[-1]  # nothing compiled after step 2 (4 micro batches)
 
 
+@pytest.mark.parametrize("undone", [False, True])
 def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
-    tiny_model_dir, tmp_path, monkeypatch
+    tiny_model_dir, tmp_path, monkeypatch, undone
 ):
     """The loop's own decision (here forced: the tiny model's run is too short to repay a compile) compiles
-    the blocks after step 3, inside the lean forwards, without changing the losses; the report says so."""
+    the blocks after step 3, inside the lean forwards, without changing the losses; the report says so. When
+    the compiled steps are judged no faster (forced too), the blocks run eager again after step 7."""
     import torch._dynamo
 
     from tuneforge.train import fused, loop
@@ -290,8 +292,9 @@ def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
     text = tmp_path / "same_length.txt"
     text.write_text(" ".join(f"cheese number {i} melts on bread." for i in range(400)))
     settings = dict(
-        format="raw", cutoff_len=64, overlap_len=0, batch_size=4, micro_batch_size=2, max_steps=6,
+        format="raw", cutoff_len=64, overlap_len=0, batch_size=4, micro_batch_size=2,
         learning_rate=1e-2, rank=4, alpha=8, lora_dropout=0.0, precision="fp32", validation_split=0,
+        max_steps=8 if undone else 6,
     )  # fmt: skip
     eager = tf.load(str(tiny_model_dir), precision="fp32").train(
         str(text), output_dir=str(tmp_path / "eager"), show_progress=False, compile=False, **settings
@@ -301,9 +304,14 @@ def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
     monkeypatch.setattr(
         loop, "should_compile", lambda *args, **kwargs: (True, "compiled: forced by the test")
     )
+    if undone:
+        monkeypatch.setattr(loop, "compile_kept", lambda *args: (False, "compile undone: forced by the test"))
+    if undone:
+        monkeypatch.setattr(loop, "compile_kept", lambda *args: (False, "compile undone: forced by the test"))
     graphs = []
     llm = tf.load(str(tiny_model_dir), precision="fp32")
-    hook = llm.model.model.layers[0].register_forward_pre_hook(
+    layers = llm.model.model.layers
+    hook = layers[0].register_forward_pre_hook(
         lambda module, args: graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     )
     auto = llm.train(str(text), output_dir=str(tmp_path / "auto"), show_progress=False, **settings)
@@ -312,4 +320,11 @@ def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
     # eager for steps 1-3 (6 micro batches: no new graph), compiled after (counters outlive dynamo's reset)
     assert graphs[5] == graphs[0] and graphs[-1] > graphs[5]
     assert auto.losses == pytest.approx(eager.losses, rel=1e-4)
-    assert "compile on after step 3" in (tmp_path / "auto" / "report.md").read_text()
+    report = (tmp_path / "auto" / "report.md").read_text()
+    if undone:
+        assert auto.compile_undone_after == 7
+        assert all(layer._compiled_call_impl is None for layer in layers)
+        assert "tried after step 3, undone after step 7" in report
+    else:
+        assert auto.compile_undone_after is None
+        assert "compile on after step 3" in report
