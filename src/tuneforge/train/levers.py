@@ -1,14 +1,11 @@
-"""Whether a run should pack its examples and torch.compile its blocks: pure decisions from the run's numbers.
+"""Whether a run should torch.compile its blocks: pure decisions from the run's numbers.
 
-    from tuneforge.train.levers import should_compile, should_pack
-    pack, why = should_pack([len(e["input_ids"]) for e in examples], cutoff_len=256, micro_batch_size=4)
+    from tuneforge.train.levers import compile_kept, should_compile
     compile_now, why = should_compile(total_steps=2000, device="cuda", seconds_per_step=0.4)
     keep, why = compile_kept(eager_seconds=[4.8, 4.7], compiled_seconds=[4.4, 4.5, 4.4])
 
-Packing is exact per example (positions restart, no attention or loss across examples:
-tests/unit/test_packed_attention.py), and it wins when unpacked micro batches would be mostly padding: it is
-chosen when it computes at most PACK_WORK_RATIO of the padded tokens. torch.compile pays for itself when the
-time it saves over the run beats its compile time. Measured on SmolLM2-135M, seq 256 x 4, 2 cores
+(Whether to pack short examples is a default chosen from the data: defaults.py.) torch.compile pays for itself
+when the time it saves over the run beats its compile time. Measured on SmolLM2-135M, seq 256 x 4, 2 cores
 (benchmarks/train_throughput.py, eager step / compiled step): in bf16 on a CPU with AMX 1.16x (1.93 -> 1.67 s,
 ~20 s to compile); in fp32 on an AMD EPYC with AVX2 only 1.07-1.09x for LoRA q,v, all-linear LoRA and a full
 fine-tune (4.78 -> 4.43 s a LoRA q,v step), where a Xeon without AMX measured 1.00x and another run of the
@@ -22,10 +19,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
-PACK_WORK_RATIO = (
-    2 / 3
-)  # pack when packed micro batches hold at most this share of the unpacked padded tokens
-MIN_EXAMPLES_TO_PACK = 8
 # eager step time / compiled step time, and seconds to compile the blocks once, by device (measured/typical)
 COMPILE_SPEEDUP = {"cuda": 1.25, "cpu": 1.07, "cpu-amx": 1.15}
 COMPILE_SECONDS = {"cuda": 60.0, "cpu": 60.0, "cpu-amx": 60.0}
@@ -33,48 +26,6 @@ AUTO_COMPILE_AFTER = 3  # steps timed before the loop decides (the first one inc
 COMPILE_MARGIN = 2.0  # the saving must be this many times the compile time: estimates are rough
 COMPILE_TRIAL_STEPS = 3  # compiled steps timed (after the one that compiles) before the compile is judged
 KEEP_COMPILE_BELOW = 0.98  # kept when its median step takes less than this share of the eager median
-
-
-def padded_tokens(lengths: Sequence[int], micro_batch_size: int) -> int:
-    """Tokens computed for `lengths` in micro batches of `micro_batch_size`, each padded to its longest."""
-    return sum(
-        max(lengths[i : i + micro_batch_size]) * len(lengths[i : i + micro_batch_size])
-        for i in range(0, len(lengths), micro_batch_size)
-    )
-
-
-def packed_lengths(lengths: Sequence[int], cutoff_len: int) -> list[int]:
-    """Block lengths of data.packing.pack_examples (greedy, in order, an example never split)."""
-    blocks: list[int] = []
-    current = 0
-    for length in lengths:
-        if current and current + length > cutoff_len:
-            blocks.append(current)
-            current = 0
-        current += length
-    return blocks + ([current] if current else [])
-
-
-def should_pack(lengths: Sequence[int], cutoff_len: int, micro_batch_size: int = 4) -> tuple[bool, str]:
-    """Whether packing the examples of `lengths` (tokens each, in training order) into blocks of
-    `cutoff_len` saves enough computation, and why."""
-    lengths = [int(n) for n in lengths if n > 0]
-    if len(lengths) < MIN_EXAMPLES_TO_PACK:
-        return False, f"not packed: {len(lengths)} examples are too few to gain from packing"
-    unpacked = padded_tokens(lengths, micro_batch_size)
-    packed = padded_tokens(packed_lengths(lengths, cutoff_len), micro_batch_size)
-    ratio = packed / unpacked
-    mean = sum(lengths) / len(lengths)
-    if ratio > PACK_WORK_RATIO:
-        return False, (
-            f"not packed: examples average {mean:.0f} of {cutoff_len} tokens, packing would compute "
-            f"{ratio:.0%} of the padded tokens"
-        )
-    return True, (
-        f"packed: examples average {mean:.0f} of {cutoff_len} tokens, so blocks of {cutoff_len} "
-        f"compute {ratio:.0%} of the tokens padded micro batches would (set packing: false to keep "
-        f"one example per row)"
-    )
 
 
 def compile_kind(device: str, precision: str) -> str:

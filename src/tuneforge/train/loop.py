@@ -33,7 +33,7 @@ from tuneforge.train.levers import (
 from tuneforge.train.memory import disable_gradient_checkpointing
 from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
-from tuneforge.train.setup import TrainingSetup, set_up_training, starting_result
+from tuneforge.train.setup import TrainingSetup, set_up_training, starting_result, unwrap_model
 from tuneforge.train.sharded import save_sharded_checkpoint
 from tuneforge.train.state import TrainResult, TrainState
 from tuneforge.train.step import (
@@ -149,7 +149,7 @@ def train(
         result.loaded_best = _load_best(best, run, state, progress)
     if sharded:  # every rank takes part in gathering the shards
         result.gathered_state = run.accelerator.get_state_dict(run.model)
-    model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    model = unwrap_model(run.accelerator, run.model, keep_fp32_wrapper=False)
     if config.gradient_checkpointing:
         disable_gradient_checkpointing(model)
     model.eval()
@@ -283,7 +283,7 @@ def save_run_checkpoint(
             )
     if not accelerator.is_main_process:
         return None
-    bare_model = accelerator.unwrap_model(model)
+    bare_model = unwrap_model(accelerator, model)
     with signals_wait_for_save(stop if stop is not None else {}):
         path = save_checkpoint(run_dir, bare_model, optimizer, scheduler, state, keep=keep, config=config)
     if on_checkpoint is not None:

@@ -95,7 +95,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
     stepped = getattr(model.optimizer, "optimizer", model.optimizer) if deepspeed else torch_optimizer
     scheduler = build_scheduler(stepped, config, total_steps)
     model.train()
-    bare_model = accelerator.unwrap_model(model)
+    bare_model = unwrap_model(accelerator, model)
     if config.compile:
         compile_decoder_layers(bare_model)
     # Lean LoRA reads lora_A's weight without calling lora_A; DeepSpeed ZeRO-3 and FSDP gather sharded weights in
@@ -229,6 +229,24 @@ def _size_deepspeed_micro_batch(accelerator, config) -> None:
         if not isinstance(micro, int):  # auto: sized later from free memory; one process's share of a step
             micro = max(1, config.examples_per_step // accelerator.num_processes)
         deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+
+
+def unwrap_model(accelerator, model, keep_fp32_wrapper: bool = True):
+    """accelerator.unwrap_model, without importing DeepSpeed when the run has not.
+
+    Accelerate imports DeepSpeed in it whenever the package is installed, only to ask whether the model is a
+    DeepSpeedEngine: 1.8 s and a "Setting accelerator to CPU" log line in every run on a CPU. A model cannot be
+    one while DeepSpeed was never imported, so then Accelerate is told it is absent for this call.
+    """
+    import sys
+    from unittest import mock
+
+    import accelerate.utils.other as other
+
+    if "deepspeed" in sys.modules or not hasattr(other, "is_deepspeed_available"):
+        return accelerator.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
+    with mock.patch.object(other, "is_deepspeed_available", return_value=False):
+        return accelerator.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
 
 
 def _accelerator(precision: str, device: str, config, run_dir: Path):

@@ -112,12 +112,17 @@ def test_packed_positions_restart_and_no_loss_crosses_examples(tokenizer, config
         ],
         block_size=6,
     )
+    # best fit: the 2-token example fills the 4-token one's block exactly, the 3-token one stays alone
     assert blocks == [
-        {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2]},
-        {"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4], "position_ids": [0, 1, 2, 3]},
+        {
+            "input_ids": [5, 6, 1, 2, 3, 4],
+            "labels": [-100, 6, -100, 2, 3, 4],
+            "position_ids": [0, 1, 0, 1, 2, 3],
+        },
+        {"input_ids": [7, 8, 9], "labels": [-100, 8, 9], "position_ids": [0, 1, 2]},
     ]
     batch = collate(blocks, pad_token_id=0, pad_to_multiple_of=1)
-    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3], [0, 1, 2, 0, 1, 2]]
     prepared = prepare_examples(alpaca_file, tokenizer, config(packing=True, cutoff_len=128))
     assert prepared.counts["packed_blocks"] == len(prepared.train) < 20
     assert "position_ids" in prepared.train[0] and "position_ids" not in collate(ALPACA_IDS, 0)

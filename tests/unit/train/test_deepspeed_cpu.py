@@ -111,3 +111,27 @@ def test_deepspeed_resumes_from_its_checkpoint_as_the_uninterrupted_run(runs, tm
     assert "resumed from" in log
     assert losses(resumed) == pytest.approx(losses(runs["sharded"]), rel=1e-4)
     assert_same_adapter(resumed, runs["sharded"])
+
+
+UNWRAP_WITHOUT_DEEPSPEED = """
+import sys
+import torch
+from accelerate import Accelerator
+from tuneforge.train.setup import unwrap_model
+
+accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+model = accelerator.prepare(torch.nn.Linear(4, 4))
+assert "_original_forward" in model.__dict__  # Accelerate's autocast wrapper
+assert unwrap_model(accelerator, model) is model
+assert unwrap_model(accelerator, model, keep_fp32_wrapper=False) is model
+assert "_original_forward" not in model.__dict__  # taken off again, as accelerator.unwrap_model does
+print("deepspeed imported:", "deepspeed" in sys.modules)
+"""
+
+
+def test_a_run_deepspeed_does_not_drive_never_imports_it():
+    """Accelerate's unwrap_model imports DeepSpeed whenever it is installed (1.8 s and a log line a run)."""
+    done = subprocess.run([sys.executable, "-c", UNWRAP_WITHOUT_DEEPSPEED], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "deepspeed imported: False" in done.stdout
+    assert "Setting accelerator to CPU" not in done.stderr

@@ -10,7 +10,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.batching import collate
 from tuneforge.hardware import choose_threads, usable_cores
 from tuneforge.models.loading import load_model
-from tuneforge.train.levers import should_compile, should_pack
+from tuneforge.train.levers import should_compile
 from tuneforge.train.optim import build_optimizer, fused_adamw_supported
 
 
@@ -131,15 +131,6 @@ def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range():
     assert choose_threads(requested=3, load=5.0)[0] == 3
     threads, _ = choose_threads()  # a real /proc/stat sample
     assert 1 <= threads <= len(usable_cores())
-
-
-def test_packing_is_chosen_for_short_lines_only():
-    short = [20, 35, 12, 50, 18, 40, 25, 30] * 8
-    pack, reason = should_pack(short, cutoff_len=256, micro_batch_size=4)
-    assert pack and "packed" in reason
-    long = [250, 240, 256, 230] * 8
-    assert not should_pack(long, cutoff_len=256, micro_batch_size=4)[0]
-    assert not should_pack([20, 30], cutoff_len=256)[0]  # too few examples to gain
 
 
 def test_compile_is_chosen_when_the_run_repays_it(monkeypatch):
