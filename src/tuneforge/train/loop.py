@@ -33,7 +33,13 @@ from tuneforge.train.levers import (
 from tuneforge.train.memory import disable_gradient_checkpointing
 from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
-from tuneforge.train.setup import TrainingSetup, set_up_training, starting_result, unwrap_model
+from tuneforge.train.setup import (
+    TrainingSetup,
+    deepspeed_not_imported,
+    set_up_training,
+    starting_result,
+    unwrap_model,
+)
 from tuneforge.train.sharded import save_sharded_checkpoint
 from tuneforge.train.state import TrainResult, TrainState
 from tuneforge.train.step import (
@@ -298,7 +304,8 @@ def save_trained(model, tokenizer, run_dir: Path, state_dict: dict | None = None
     `state_dict`: a sharded run's gathered weights (TrainResult.gathered_state): the same folder as one process
     writes (PEFT keeps only the adapter's entries of it)."""
     target = run_dir / ("adapter" if is_peft(model) else "model")
-    model.save_pretrained(target, **({"state_dict": state_dict} if state_dict is not None else {}))
+    with deepspeed_not_imported():
+        model.save_pretrained(target, **({"state_dict": state_dict} if state_dict is not None else {}))
     if target.name == "model":
         tokenizer.save_pretrained(target)
     return target

@@ -231,12 +231,13 @@ def _size_deepspeed_micro_batch(accelerator, config) -> None:
         deepspeed_config["train_micro_batch_size_per_gpu"] = micro
 
 
-def unwrap_model(accelerator, model, keep_fp32_wrapper: bool = True):
-    """accelerator.unwrap_model, without importing DeepSpeed when the run has not.
+@contextmanager
+def deepspeed_not_imported():
+    """Within: Accelerate does not import DeepSpeed to ask whether a model is a DeepSpeedEngine.
 
-    Accelerate imports DeepSpeed in it whenever the package is installed, only to ask whether the model is a
-    DeepSpeedEngine: 1.8 s and a "Setting accelerator to CPU" log line in every run on a CPU. A model cannot be
-    one while DeepSpeed was never imported, so then Accelerate is told it is absent for this call.
+    Its unwrap_model (which transformers' save_pretrained calls too) imports DeepSpeed whenever the package is
+    installed: 1.8 s and a "Setting accelerator to CPU" log line in every run on a CPU. A model cannot be one
+    while DeepSpeed was never imported, so then Accelerate is told the package is absent.
     """
     import sys
     from unittest import mock
@@ -244,8 +245,15 @@ def unwrap_model(accelerator, model, keep_fp32_wrapper: bool = True):
     import accelerate.utils.other as other
 
     if "deepspeed" in sys.modules or not hasattr(other, "is_deepspeed_available"):
-        return accelerator.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
+        yield
+        return
     with mock.patch.object(other, "is_deepspeed_available", return_value=False):
+        yield
+
+
+def unwrap_model(accelerator, model, keep_fp32_wrapper: bool = True):
+    """accelerator.unwrap_model, without importing DeepSpeed when the run has not (deepspeed_not_imported)."""
+    with deepspeed_not_imported():
         return accelerator.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
 
 

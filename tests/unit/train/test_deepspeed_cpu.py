@@ -113,10 +113,13 @@ def test_deepspeed_resumes_from_its_checkpoint_as_the_uninterrupted_run(runs, tm
     assert_same_adapter(resumed, runs["sharded"])
 
 
-UNWRAP_WITHOUT_DEEPSPEED = """
+UNWRAP_AND_SAVE_WITHOUT_DEEPSPEED = """
 import sys
+from pathlib import Path
 import torch
 from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from tuneforge.train.loop import save_trained
 from tuneforge.train.setup import unwrap_model
 
 accelerator = Accelerator(cpu=True, mixed_precision="bf16")
@@ -125,13 +128,18 @@ assert "_original_forward" in model.__dict__  # Accelerate's autocast wrapper
 assert unwrap_model(accelerator, model) is model
 assert unwrap_model(accelerator, model, keep_fp32_wrapper=False) is model
 assert "_original_forward" not in model.__dict__  # taken off again, as accelerator.unwrap_model does
+tiny = sys.argv[1]
+saved = save_trained(AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny), Path(sys.argv[2]))
+assert (saved / "model.safetensors").is_file()  # a full model, saved by transformers' save_pretrained
 print("deepspeed imported:", "deepspeed" in sys.modules)
 """
 
 
-def test_a_run_deepspeed_does_not_drive_never_imports_it():
-    """Accelerate's unwrap_model imports DeepSpeed whenever it is installed (1.8 s and a log line a run)."""
-    done = subprocess.run([sys.executable, "-c", UNWRAP_WITHOUT_DEEPSPEED], capture_output=True, text=True)
+def test_a_run_deepspeed_does_not_drive_never_imports_it(tiny_model_dir, tmp_path):
+    """Accelerate's unwrap_model, also called by transformers' save_pretrained, imports DeepSpeed whenever it is
+    installed (1.8 s and a log line a run)."""
+    script = [sys.executable, "-c", UNWRAP_AND_SAVE_WITHOUT_DEEPSPEED, str(tiny_model_dir), str(tmp_path)]
+    done = subprocess.run(script, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "deepspeed imported: False" in done.stdout
     assert "Setting accelerator to CPU" not in done.stderr
