@@ -306,8 +306,6 @@ def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
     )
     if undone:
         monkeypatch.setattr(loop, "compile_kept", lambda *args: (False, "compile undone: forced by the test"))
-    if undone:
-        monkeypatch.setattr(loop, "compile_kept", lambda *args: (False, "compile undone: forced by the test"))
     graphs = []
     llm = tf.load(str(tiny_model_dir), precision="fp32")
     layers = llm.model.model.layers
