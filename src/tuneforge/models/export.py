@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tuneforge.errors import ModelError
 from tuneforge.models.kind import is_peft, is_quantized
+from tuneforge.models.saving import save_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ VERIFY_PROMPTS = [
 def save_folder(model, tokenizer, path: str | Path) -> Path:
     """Write a plain model (no adapter) and its tokenizer as a Hugging Face safetensors folder."""
     path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
+    save_pretrained(model, path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
 
@@ -74,7 +75,7 @@ def merged_copy(peft_model, source_path: str, trust_remote_code: bool = False):
         stacklevel=2,
     )
     with tempfile.TemporaryDirectory() as folder:
-        peft_model.save_pretrained(folder, selected_adapters=[peft_model.active_adapter])
+        save_pretrained(peft_model, folder, selected_adapters=[peft_model.active_adapter])
         adapter_dir = (
             Path(folder) / peft_model.active_adapter
             if peft_model.active_adapter != "default"

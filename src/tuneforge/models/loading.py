@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tuneforge.errors import ModelError
 from tuneforge.hardware import pick_device, pick_precision, torch_dtype
+from tuneforge.models.saving import save_pretrained
 from tuneforge.paths import tuneforge_home, write_folder_atomically
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     model.config.name_or_path = gguf.stem
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        save_pretrained(model, folder)
         tokenizer.save_pretrained(folder)
 
     return write_folder_atomically(target, write)
@@ -130,7 +131,7 @@ def weights_folder(path: str, dtype) -> str:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16)
 
         def write(tmp: Path) -> None:
-            model.save_pretrained(tmp)
+            save_pretrained(model, tmp)
             (tmp / BF16_COPY_MARKER).write_text(f"bf16 copy of {folder.name}\n")
 
         write_folder_atomically(copy, write)

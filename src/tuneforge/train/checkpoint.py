@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models.kind import is_peft
+from tuneforge.models.saving import save_pretrained
 from tuneforge.paths import write_folder_atomically
 from tuneforge.train.rng import jsonable_rng, restore_rng_state, rng_state
 from tuneforge.train.state import TrainState
@@ -90,7 +91,7 @@ def save_checkpoint(
             (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=str))
         (folder / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1))
         if is_peft(model):  # a checkpoint's adapter is usable on its own, in PEFT's format
-            model.save_pretrained(folder / "adapter")
+            save_pretrained(model, folder / "adapter")
 
     remove_unfinished(run_dir)
     replaced = target.with_name(f".{target.name}.replaced")  # the previous checkpoints/<name>, until replaced

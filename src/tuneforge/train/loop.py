@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tuneforge.data.examples import PreparedData
 from tuneforge.models.kind import is_peft
+from tuneforge.models.saving import save_pretrained
 from tuneforge.train.checkpoint import list_checkpoints, save_checkpoint
 from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
 from tuneforge.train.levers import (
@@ -35,7 +36,6 @@ from tuneforge.train.progress import MetricsLog, StepTimes, TrainingProgress
 from tuneforge.train.schedule import replan_schedule
 from tuneforge.train.setup import (
     TrainingSetup,
-    deepspeed_not_imported,
     set_up_training,
     starting_result,
     unwrap_model,
@@ -304,8 +304,7 @@ def save_trained(model, tokenizer, run_dir: Path, state_dict: dict | None = None
     `state_dict`: a sharded run's gathered weights (TrainResult.gathered_state): the same folder as one process
     writes (PEFT keeps only the adapter's entries of it)."""
     target = run_dir / ("adapter" if is_peft(model) else "model")
-    with deepspeed_not_imported():
-        model.save_pretrained(target, **({"state_dict": state_dict} if state_dict is not None else {}))
+    save_pretrained(model, target, **({"state_dict": state_dict} if state_dict is not None else {}))
     if target.name == "model":
         tokenizer.save_pretrained(target)
     return target

@@ -24,6 +24,7 @@ from typing import Any
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import TuneforgeError
 from tuneforge.hardware import choose_threads, usable_cores
+from tuneforge.models.saving import deepspeed_not_imported
 from tuneforge.train.batches import StepOrder
 from tuneforge.train.checkpoint import (
     apply_checkpoint,
@@ -229,26 +230,6 @@ def _size_deepspeed_micro_batch(accelerator, config) -> None:
         if not isinstance(micro, int):  # auto: sized later from free memory; one process's share of a step
             micro = max(1, config.examples_per_step // accelerator.num_processes)
         deepspeed_config["train_micro_batch_size_per_gpu"] = micro
-
-
-@contextmanager
-def deepspeed_not_imported():
-    """Within: Accelerate does not import DeepSpeed to ask whether a model is a DeepSpeedEngine.
-
-    Its unwrap_model (which transformers' save_pretrained calls too) imports DeepSpeed whenever the package is
-    installed: 1.8 s and a "Setting accelerator to CPU" log line in every run on a CPU. A model cannot be one
-    while DeepSpeed was never imported, so then Accelerate is told the package is absent.
-    """
-    import sys
-    from unittest import mock
-
-    import accelerate.utils.other as other
-
-    if "deepspeed" in sys.modules or not hasattr(other, "is_deepspeed_available"):
-        yield
-        return
-    with mock.patch.object(other, "is_deepspeed_available", return_value=False):
-        yield
 
 
 def unwrap_model(accelerator, model, keep_fp32_wrapper: bool = True):

@@ -131,13 +131,20 @@ assert "_original_forward" not in model.__dict__  # taken off again, as accelera
 tiny = sys.argv[1]
 saved = save_trained(AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny), Path(sys.argv[2]))
 assert (saved / "model.safetensors").is_file()  # a full model, saved by transformers' save_pretrained
+from peft import LoraConfig, get_peft_model
+from tuneforge.models.export import merge_adapter
+from tuneforge.models.saving import save_pretrained
+adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny), LoraConfig(r=2, target_modules=["q_proj"]))
+save_pretrained(adapter, Path(sys.argv[2]) / "adapter")  # as a checkpoint and LLM.save write adapters
+merged = merge_adapter(tiny, Path(sys.argv[2]) / "adapter", Path(sys.argv[2]) / "merged")  # the merge verb
+assert (merged / "model.safetensors").is_file()
 print("deepspeed imported:", "deepspeed" in sys.modules)
 """
 
 
 def test_a_run_deepspeed_does_not_drive_never_imports_it(tiny_model_dir, tmp_path):
-    """Accelerate's unwrap_model, also called by transformers' save_pretrained, imports DeepSpeed whenever it is
-    installed (1.8 s and a log line a run)."""
+    """Accelerate's unwrap_model, also called by transformers' and PEFT's save_pretrained, imports DeepSpeed
+    whenever it is installed (1.8 s and a log line a run, a checkpoint, a merge)."""
     script = [sys.executable, "-c", UNWRAP_AND_SAVE_WITHOUT_DEEPSPEED, str(tiny_model_dir), str(tmp_path)]
     done = subprocess.run(script, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

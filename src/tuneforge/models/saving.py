@@ -1,0 +1,35 @@
+"""Writing Hugging Face folders (models, adapters) without importing DeepSpeed.
+
+Accelerate's unwrap_model, which transformers' and PEFT's save_pretrained call, imports DeepSpeed whenever the
+package is installed (tuneforge's set-up installs it for the `deepspeed` extra) to ask whether the model is a
+DeepSpeedEngine: 1.8 s and a "Setting accelerator to CPU" log line in every command that saves. A model
+cannot be one while DeepSpeed was never imported, so then Accelerate is told the package is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def deepspeed_not_imported() -> Iterator[None]:
+    """Within: Accelerate does not import DeepSpeed to ask whether a model is a DeepSpeedEngine."""
+    from unittest import mock
+
+    import accelerate.utils.other as other
+
+    if "deepspeed" in sys.modules or not hasattr(other, "is_deepspeed_available"):
+        yield
+        return
+    with mock.patch.object(other, "is_deepspeed_available", return_value=False):
+        yield
+
+
+def save_pretrained(model: Any, folder: str | Path, **kwargs: Any) -> None:
+    """model.save_pretrained(folder, **kwargs) for a transformers model or a PEFT model, DeepSpeed left alone."""
+    with deepspeed_not_imported():
+        model.save_pretrained(folder, **kwargs)
