@@ -31,6 +31,7 @@ from tuneforge.models.adapters import (
     load_adapter,
     merge_active_adapter,
     remove_adapter,
+    set_active_adapter,
 )
 from tuneforge.models.kind import is_peft, is_quantized
 from tuneforge.models.loading import ModelSource, load_model
@@ -242,6 +243,18 @@ class LLM:
         """
         self.model, name = add_adapter(self.model, path, name)
         return name
+
+    @property
+    def active_adapter(self) -> str:
+        """The adapter whose weights act now, or "base" when none is loaded."""
+        return active_adapter_name(self.model)
+
+    def set_adapter(self, name: str) -> None:
+        """Make adapter `name` the active one from now on (`use_adapter` for one block only).
+
+        >>> llm.set_adapter("cheese")
+        """
+        set_active_adapter(self.model, name)
 
     @contextmanager
     def use_adapter(self, name: str | None):

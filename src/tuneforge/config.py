@@ -114,7 +114,7 @@ class RunConfig:
     tokenizer: str = setting(
         "default",
         "scratch: 'default' (the base model's tokenizer) or 'train' (a byte-level "
-        "BPE tokenizer trained on the data, as seed 002 describes).",
+        "BPE tokenizer trained on the data).",
         choices=("default", "train"),
         group="scratch",
     )
@@ -136,13 +136,13 @@ class RunConfig:
     )
     precision: str = setting(
         "auto",
-        "Number format for compute: 'auto' picks bf16 where the hardware has it "
-        "(this is ~5x faster on CPUs with AVX512-BF16), else fp32.",
+        "Number format for compute: 'auto' picks bf16 on GPUs that have it and, on a CPU, whichever of "
+        "bf16 and fp32 a matmul measured faster once (bf16 wins with AMX, often loses without).",
         choices=PRECISIONS,
         group="model",
     )
     device: str = setting(
-        "auto", "Where to train: 'auto' uses CUDA when present, else the CPU.", choices=DEVICES, group="model"
+        "auto", "Where to run: 'auto' uses CUDA when present, else the CPU.", choices=DEVICES, group="model"
     )
     trust_remote_code: bool = setting(
         False, "Run Python code shipped with a hub model. Off unless you trust it.", group="model"
@@ -229,7 +229,7 @@ class RunConfig:
     clean: bool = setting(
         False,
         "Drop records containing stock refusal phrases ('As an AI language model', "
-        "'I cannot fulfill', ...; seed 002's noise).",
+        "'I cannot fulfill', ...), common noise in scraped chat data.",
         group="data",
     )
     filter_patterns: list[str] = setting(
@@ -257,7 +257,7 @@ class RunConfig:
     )
     diversity_clusters: int | None = setting(
         None,
-        "Cluster records by k-means over text features into this many clusters (seed 002's clustering).",
+        "Cluster records by k-means over text features into this many clusters (for a diverse subset).",
         min=2,
         group="data",
     )
@@ -354,7 +354,7 @@ class RunConfig:
         "Where unset keys get their values: 'auto' (chosen from the data and the machine: batch size, "
         "epochs, learning rate, LoRA rank and all linear layers, warm-up, packing for short examples, a "
         "validation split; each value printed with its reason and saved), or 'textgen' (text-generation-"
-        "webui's Training tab, as seed 000 trains: batch 128, micro batch 4, rank 32, alpha 64, "
+        "webui's Training tab: batch 128, micro batch 4, rank 32, alpha 64, "
         "q_proj/v_proj, 3 epochs, lr 3e-4; 'seed000' is the same). Keys you give always win.",
         choices=RECIPES,
     )
@@ -463,7 +463,9 @@ class RunConfig:
         "Also send metrics to experiment trackers (through Accelerate): "
         "tensorboard, wandb (WANDB_MODE=offline works), mlflow, trackio, ...",
     )
-    num_threads: int | None = setting(None, "CPU threads for torch (default: all cores).", min=1)
+    num_threads: int | None = setting(
+        None, "CPU threads for torch (default: one per core that other processes leave free).", min=1
+    )
 
     # --- output ---
     output_dir: str | None = setting(
@@ -697,7 +699,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f"{path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
             ) from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must be a mapping of keys to values, e.g. 'epochs: 3'")
+            data_like = path.suffix not in (".yaml", ".yml")
+            raise ConfigError(
+                f"{path} is not a run config (a YAML mapping of keys to values, e.g. 'epochs: 3')"
+                + (f"; to train on it, pass it as data: --data {path}" if data_like else "")
+            )
         from tuneforge.foreign_recipes import detect_tool, read_foreign_recipe  # imported late: it reads ours
 
         tool = detect_tool(loaded)

@@ -18,7 +18,6 @@ makes right after the data is prepared (it also carves the validation split and 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ CPU_VALIDATION_TOKENS = 4_096
 SMALL_DATA_LORA_LR = 1e-3
 TOKEN_PASSES_AT_SMALL_DATA_LR = 2  # how often a short LoRA run at that rate trains each token (see the rule)
 MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and one pass is enough
+RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
 
 
 @dataclass(frozen=True)
@@ -270,54 +270,17 @@ def _applied(config, choices: list[Choice]):
     return chosen, choices
 
 
-def apply_defaults(config, prepared, device: str, log=print):
-    """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data."""
+def apply_defaults(config, prepared, tokenizer, device: str, log=print):
+    """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data.
+
+    A chosen validation split or packing prepares the data again with the chosen config, so a run's data is
+    always prepare_examples(data, its saved config.yaml): resuming from that file finds the same examples and
+    the same fingerprint (the second preparation is cached for it)."""
+    from tuneforge.data.examples import prepare_examples
+
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device))
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
-    keys = {c.key for c in choices}
-    if "validation_split" in keys:
-        prepared = _carve_validation(prepared, config)
-    if "packing" in keys:
-        from tuneforge.data.packing import pack_dataset
-        from tuneforge.data.prepared import ExampleTable
-
-        def pack(table, name):
-            rows = getattr(table, "rows", None)
-            if rows is None or not len(table):
-                return table
-            core = rows.remove_columns([c for c in rows.column_names if c not in ("input_ids", "labels")])
-            return ExampleTable(pack_dataset(core, config.cutoff_len, config.num_proc, name))
-
-        prepared = dataclasses.replace(
-            prepared,
-            train=pack(prepared.train, "defaults-packed"),
-            validation=pack(prepared.validation, "defaults-packed-val"),
-        )
+    if {c.key for c in choices} & RESHAPE_DATA:
+        prepared = prepare_examples(config.data, tokenizer, config)
     return config, prepared
-
-
-def _carve_validation(prepared, config):
-    """Hold out examples for validation: raw text's last chunks (one chunk dropped between, so the overlap of
-    neighbouring chunks does not leak), other shapes a seeded random choice."""
-    from tuneforge.data.examples import split_examples
-    from tuneforge.data.prepared import ExampleTable
-
-    n = len(prepared.train)
-    order = list(range(n))
-    if prepared.shape == "raw":
-        held = (
-            max(1, round(n * config.validation_split))
-            if config.validation_split < 1
-            else int(config.validation_split)
-        )
-        train_idx, val_idx = order[: n - held - 1], order[n - held :]
-    else:
-        train_idx, val_idx = split_examples(order, config.validation_split, config.seed)
-    rows = getattr(prepared.train, "rows", None)
-    if hasattr(rows, "select"):
-        train, validation = ExampleTable(rows.select(train_idx)), ExampleTable(rows.select(val_idx))
-    else:
-        train, validation = [prepared.train[i] for i in train_idx], [prepared.train[i] for i in val_idx]
-    counts = {**prepared.counts, "train_examples": len(train), "validation_examples": len(validation)}
-    return dataclasses.replace(prepared, train=train, validation=validation, counts=counts)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.train.batches import planned_steps
 
 # HappyTransformer 3.x's own messages (happy_transformer.py), so `except ValueError` code keeps working.
 DICT_TRAIN_ARGS = (
@@ -242,13 +243,14 @@ class HappyGeneration:
         save_target = data_save_path(args)
         if save_target:
             save_prepared_data(prepared, save_target)
-        total = total_steps(config, len(prepared.train))
+        total = planned_steps(config, len(prepared.train))  # as the loop counts them (one process)
         config = config.replace(
             save_steps=steps_from_ratio(args.save_steps, total),
             eval_steps=steps_from_ratio(args.eval_steps, total),
             logging_steps=steps_from_ratio(args.logging_steps, total) or total,
         )
         if config.save_steps or config.report_to or args.output_dir != V3_OUTPUT_DIR:  # files asked for
+            replace_checkpoints(args.output_dir)
             return self.llm.train(config=config.replace(output_dir=args.output_dir))
         folder = tempfile.TemporaryDirectory(prefix="happy-run-", dir=temporary_runs_home())
         with folder:
@@ -341,14 +343,6 @@ def steps_from_ratio(value: float, total: int) -> int | None:
     return max(1, math.ceil(total * value)) if value < 1 else int(value)
 
 
-def total_steps(config, n_examples: int) -> int:
-    """Optimizer steps of the run, as the loop counts them (one process)."""
-    from tuneforge.train.batches import StepOrder
-
-    steps_per_epoch = StepOrder(n_examples, config.examples_per_step, config.seed).steps_per_epoch()
-    return config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-
-
 def temporary_runs_home() -> Path:
     """Temporary run folders sit in tuneforge's cache (same disk as the models), not in a RAM-backed /tmp."""
     from tuneforge.paths import tuneforge_home
@@ -365,6 +359,19 @@ def data_save_path(args) -> str:
     if args.save_preprocessed_data:
         return args.save_preprocessed_data_path or "preprocessed-data.json"
     return ""
+
+
+def replace_checkpoints(run_dir: str) -> None:
+    """HappyTransformer's Trainer writes over an earlier run in the same output_dir, and its API cannot resume
+    one: an earlier run's checkpoints there are removed (said so), so they never mix with this run's."""
+    from tuneforge.train.checkpoint import list_checkpoints
+
+    earlier = list_checkpoints(Path(run_dir))
+    if earlier:
+        warnings.warn(
+            f"output_dir {run_dir}: replacing the earlier run's {len(earlier)} checkpoints", stacklevel=3
+        )
+        shutil.rmtree(earlier[0].parent)
 
 
 def save_prepared_data(prepared, path: str) -> Path:

@@ -194,9 +194,14 @@ def choose_threads(requested: int | None = None, load: float | None = None) -> t
     `load` is how many cores other processes keep busy (measured by busy_cores() when None). A core counts as
     free when it is at least half idle, and a run always gets one thread.
     """
-    if requested:
-        return requested, f"{requested} CPU threads (num_threads)"
     cores = len(usable_cores())
+    if requested:
+        over = (
+            f"; more than the {cores} cores, so threads wait for each other: expect it slower"
+            if requested > cores
+            else ""
+        )
+        return requested, f"{requested} CPU threads (num_threads){over}"
     load = busy_cores() if load is None else max(0.0, load)
     free = max(1, min(cores, math.floor(cores - load + 0.5)))
     if free == cores:

@@ -19,16 +19,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
+from tuneforge.config import RunConfig
 from tuneforge.data.examples import prepare_examples
+from tuneforge.data.prepared import PreparedData
 from tuneforge.defaults import apply_defaults
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.report import write_report
 from tuneforge.generate import GenerationSettings, generate
 from tuneforge.models.adapters import count_parameters
 from tuneforge.models.loading import ModelSource
+from tuneforge.models.methods import with_attached_adapter
 from tuneforge.models.preparation import prepare_base
 from tuneforge.models.scratch import train_bpe_tokenizer
-from tuneforge.train.estimate import estimate_run
+from tuneforge.train.batches import planned_steps
+from tuneforge.train.checkpoint import list_checkpoints, refuse_resume_early, run_identity
+from tuneforge.train.estimate import Estimate, estimate_run
 from tuneforge.train.launch import detect_launch, launched_sharding
 from tuneforge.train.loop import TrainResult, save_trained, train
 
@@ -82,9 +87,9 @@ def run_training(
     if config.method == "scratch" and config.tokenizer == "train":
         tokenizer = scratch_tokenizer(config)
         log(f"trained a byte-level BPE tokenizer with {len(tokenizer):,} tokens on the data")
-    prepared = prepare_examples(config.data, tokenizer, config)  # bad data fails before anything slow
-    prepared = drop_examples_without_loss(prepared, config, log)
-    config, prepared = apply_defaults(config, prepared, device, log)  # recipe auto/seed000: chosen, printed
+    config, prepared = ready_data(
+        config, model, tokenizer, device, log
+    )  # bad data fails before anything slow
     log(f"data: {prepared.describe()}")
 
     from accelerate import PartialState
@@ -100,6 +105,14 @@ def run_training(
         from accelerate.utils import broadcast_object_list
 
         run_dir = broadcast_object_list([run_dir])[0]
+    if config.resume_from:  # refused before config.yaml is rewritten with this run's settings
+        refuse_resume_early(run_dir, config, run_identity(config, prepared))
+    earlier = list_checkpoints(run_dir) if not config.resume_from else []
+    if earlier:  # a fresh run's checkpoints would sit beside them, and resume_from: latest pick up either
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); continue "
+            f"it with --resume_from latest, or train into another output_dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     config = config.replace(output_dir=str(run_dir))
     if main_process:
@@ -118,6 +131,7 @@ def run_training(
         source=source,
         trust_remote_code=trust_remote_code,
     )  # seeds the RNG with config.seed
+    refuse_examples_past_positions(model, prepared, config)
     if on_prepared is not None:
         on_prepared(model)
     # sampling must not move the global RNG: dropout and data order draw from it after the seed
@@ -185,6 +199,104 @@ def run_training(
         launch=launch,
     )
     return model, result
+
+
+def ready_data(config, model, tokenizer, device: str, log=print):
+    """(config, prepared data) as a run trains them: the data prepared, examples without loss dropped (and
+    named), an attached adapter's shape kept, and the recipe's defaults chosen (printed) and applied."""
+    prepared = prepare_examples(config.data, tokenizer, config)
+    warn_about_cut_examples(prepared.counts, config, log)
+    prepared = drop_examples_without_loss(prepared, config, log)
+    config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
+    config, reshaped = apply_defaults(config, prepared, tokenizer, device, log)  # recipe auto/seed000: chosen
+    if reshaped is not prepared:  # split or packed as chosen: its examples without loss were named above
+        prepared = drop_examples_without_loss(reshaped, config, log=lambda line: None)
+    return config, prepared
+
+
+def check_data(config) -> None:
+    """Prepare (and cache) a run's data with only its model's tokenizer, so a mistake in a record stops the
+    run before the model loads (seconds on a CPU); the run then reads the data from the cache."""
+    if config.method == "scratch" and config.tokenizer == "train":
+        return  # its tokenizer is trained on the data first
+    from tuneforge.models.loading import load_tokenizer, resolve
+
+    prepare_examples(config.data, load_tokenizer(resolve(config.model), config.trust_remote_code), config)
+
+
+def run_settings(config, device: str, tokenizer=None, log=print):
+    """(config, prepared data) a run of `config` would train with, the model not loaded (only its tokenizer):
+    `tuneforge estimate` estimates the run `train` starts, recipe auto's choices included (printed)."""
+    from tuneforge.models.loading import load_tokenizer, resolve
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve(config.model), config.trust_remote_code)
+    return ready_data(config, None, tokenizer, device, log)
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run will do, before it starts (the UI's preview): its config with the recipe's choices, its data,
+    its optimizer steps and the memory estimate."""
+
+    config: RunConfig
+    prepared: PreparedData
+    steps: int
+    estimate: Estimate
+    notes: list[str]  # the lines a run prints while readying its data ("default chosen: ...")
+
+    def describe(self) -> str:
+        unit = "packed blocks" if self.config.packing else "training examples"
+        return "\n".join(
+            [
+                *self.notes,
+                f"data: {self.prepared.describe()}",
+                f"{len(self.prepared.train)} {unit}, batch {self.config.examples_per_step} → "
+                f"{self.steps} optimizer steps",
+                f"estimate: {self.estimate.describe()}",
+            ]
+        )
+
+
+def plan_run(config, model, tokenizer, device: str) -> RunPlan:
+    """The run `config` describes, readied as run_training readies it but not started (nothing is written)."""
+    notes: list[str] = []
+    config, prepared = ready_data(config, model, tokenizer, device, notes.append)
+    steps = planned_steps(config, len(prepared.train))
+    return RunPlan(config, prepared, steps, estimate_run(config, device=device), notes)
+
+
+def warn_about_cut_examples(counts: dict, config, log=print) -> None:
+    """Say so when cutoff_len cut many examples or left some without a token to learn (their prompts filled
+    it): the data line counts them, but a run quietly training on a tenth of its answers needs a warning."""
+    examples = counts.get("train_examples", 0) + counts.get("dropped_without_loss", 0)
+    cut, empty = counts.get("truncated", 0), counts.get("dropped_without_loss", 0)
+    if examples and (cut >= max(1, examples // 10) or empty):
+        log(
+            f"warning: cutoff_len {config.cutoff_len} cut {cut} of {examples} examples"
+            + (f" and left {empty} with no token to learn from (dropped)" if empty else "")
+            + f"; raise cutoff_len (e.g. {2 * config.cutoff_len}) to keep their answers"
+        )
+
+
+def refuse_examples_past_positions(model, prepared, config) -> None:
+    """Learned position embeddings (GPT-2's n_positions) end where they end: a longer example would fail inside
+    the forward pass. input_output data is bounded by source_max_len + target_max_len, not cutoff_len."""
+    limit = getattr(getattr(model, "config", None), "n_positions", None)
+    if not isinstance(limit, int):
+        return  # rotary positions (Llama and most models since) have no hard end
+    tables = [prepared.train, prepared.validation]
+    longest = max(
+        (n for table in tables for n in getattr(table, "lengths", [len(e["input_ids"]) for e in table])),
+        default=0,
+    )
+    if longest > limit:
+        raise ConfigError(
+            f"the longest prepared example has {longest} tokens but the model has {limit} positions "
+            f"(n_positions); keep examples within it (cutoff_len, or for input_output data source_max_len + "
+            f"target_max_len, now {config.source_max_len} + {config.target_max_len})"
+            + (", or raise n_positions" if config.method == "scratch" else "")
+        )
 
 
 def drop_examples_without_loss(prepared, config, log=print):

@@ -18,6 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
 FACE_MODULES = ("tuneforge.api", "tuneforge.happy", "tuneforge.demo", "tuneforge.cli", "tuneforge.ui")
 HEAVY = ("torch", "peft", "bitsandbytes")
 PARAMETER_CALLS = ("parameters", "named_parameters", "requires_grad_")
+# PEFT's adapter surgery called on a held model (`llm.model.set_adapter(...)`): models/adapters.py owns it
+ADAPTER_CALLS = (
+    "set_adapter", "add_adapter", "load_adapter", "delete_adapter", "disable_adapter", "merge_and_unload",
+    "unload", "get_base_model", "save_pretrained",
+)  # fmt: skip
 # The package's public door re-exports `load` and `LLM` from tuneforge.api: the one core-side file allowed to.
 PUBLIC_DOOR = PACKAGE / "__init__.py"
 KNOWN_VIOLATIONS: set[str] = set()  # "path: what" lines; keep it empty
@@ -102,6 +107,14 @@ def face_violations(path: Path, root: Path = PACKAGE) -> list[str]:
             and node.func.attr in PARAMETER_CALLS
         ):
             problems.append((node.lineno, f"calls .{node.func.attr}()"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ADAPTER_CALLS
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "model"
+        ):
+            problems.append((node.lineno, f"calls .model.{node.func.attr}()"))
         elif isinstance(node, ast.Attribute) and node.attr == "requires_grad":
             problems.append((node.lineno, "touches .requires_grad"))
     return first_per_line(problems, path.relative_to(root.parent))
@@ -149,6 +162,8 @@ def test_the_core_never_imports_a_face():
             ["calls .named_parameters()", "touches .requires_grad"],
         ),
         ("model.requires_grad_(False)\n", ["calls .requires_grad_()"]),
+        ("llm.model.set_adapter(name, inference_mode=True)\n", ["calls .model.set_adapter()"]),
+        ("base = self.model.get_base_model()\nllm.set_adapter(name)\n", ["calls .model.get_base_model()"]),
         ("import transformers\nfrom tuneforge.recipe import run_training\nllm.model.eval()\n", []),
     ],
 )

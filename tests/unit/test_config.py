@@ -64,6 +64,14 @@ def test_overrides_win_over_the_yaml_file(tmp_path):
     assert config.epochs == 1 and config.rank == 4
 
 
+def test_a_data_file_given_as_the_config_says_to_pass_it_as_data(tmp_path):
+    (tmp_path / "cheese.txt").write_text("Cheese is made from milk.\nBrie is soft.\n")
+    with pytest.raises(
+        ConfigError, match=r"cheese.txt is not a run config .*pass it as data: --data .*cheese.txt"
+    ):
+        load_config(tmp_path / "cheese.txt")  # `tuneforge train cheese.txt`
+
+
 def test_invalid_yaml_names_line_and_column(tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: 3\nrank: [1,\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+ is not valid YAML"):

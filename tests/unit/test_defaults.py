@@ -231,15 +231,15 @@ def test_auto_is_the_default_recipe_and_textgen_leaves_the_prepared_data_untouch
 
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
-    config = load_config(None, {"recipe": "textgen", "cutoff_len": 128})
+    config = load_config(None, {"recipe": "textgen", "cutoff_len": 128, "data": str(path)})
     prepared = prepare_examples(path, tokenizer, config, use_cache=False)
-    textgen, same = apply_defaults(config, prepared, "cpu", log=lambda line: None)
+    textgen, same = apply_defaults(config, prepared, tokenizer, "cpu", log=lambda line: None)
     assert same is prepared and textgen.batch_size == 128 and not textgen.packing
 
     printed = []
-    auto = load_config(None, {"cutoff_len": 128})
+    auto = load_config(None, {"cutoff_len": 128, "data": str(path)})
     assert auto.recipe == "auto"
-    new, carved = apply_defaults(auto, prepared, "cpu", log=printed.append)
+    new, carved = apply_defaults(auto, prepared, tokenizer, "cpu", log=printed.append)
     assert printed == [f"default chosen: {line}" for line in new.chosen]
     assert any(line.startswith("default chosen: packing True: examples average") for line in printed)
     assert len(prepared.train) == 60 and len(carved.validation) > 0  # 6 held-out lines, packed into a block
@@ -274,3 +274,17 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     for line in chosen_lines:
         key, _, reason = line.partition(" ")
         assert f"- `{key}` {reason}" in report
+
+
+def test_a_run_warns_when_cutoff_len_cuts_many_examples_or_empties_some():
+    from tuneforge.recipe import warn_about_cut_examples
+
+    said: list[str] = []
+    counts = {"train_examples": 7, "dropped_without_loss": 5, "truncated": 12}  # 12 Alpaca records at 64
+    warn_about_cut_examples(counts, RunConfig(cutoff_len=64), said.append)
+    assert said == [
+        "warning: cutoff_len 64 cut 12 of 12 examples and left 5 with no token to learn from (dropped); "
+        "raise cutoff_len (e.g. 128) to keep their answers"
+    ]
+    warn_about_cut_examples({"train_examples": 100, "truncated": 9}, RunConfig(), said.append)
+    assert len(said) == 1  # a few long examples cut: the data line's count is enough

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from tuneforge.cli.flags import MODEL_KEYS, add_setting_flags, add_verb, run_config_from
 from tuneforge.config import RunConfig
@@ -81,6 +82,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> RunConfig:
     from tuneforge.data import preflight
 
+    positional = getattr(args, "data_file", None)
+    if positional and Path(positional).suffix in (".yaml", ".yml") and args.config is None:
+        args.config, args.data_file = positional, None  # `data inspect run.yaml`: the run config's data
     config = run_config_from(args, args.config)
     if not config.data:
         raise DataError("no data given; pass a file or folder, e.g. tuneforge data inspect data.jsonl")

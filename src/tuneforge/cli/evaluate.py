@@ -81,7 +81,9 @@ def _evaluation_format(config: RunConfig) -> str:
 # ---------------------------------------------------------------------------------------------- verbs
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    variants = load_variants(run_config_from(args), args.adapter, include_base=False)
+    variants = load_variants(
+        run_config_from(args, settings_class=GenerationSettings), args.adapter, include_base=False
+    )
     for variant in variants:
         prefix = f"[{variant.label}] " if len(variants) > 1 else ""
         with variant.active():
@@ -96,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_logits(args: argparse.Namespace) -> int:
-    variants = load_variants(run_config_from(args), args.adapter)
+    variants = load_variants(run_config_from(args, settings_class=GenerationSettings), args.adapter)
     columns = []
     for variant in variants:
         with variant.active():
@@ -127,9 +129,11 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                 f"(max_length {r['max_length']}, stride {r['stride']})"
             )
         return 0
-    config = run_config_from(args)
+    config = run_config_from(args, settings_class=GenerationSettings)
     if not config.data:
         raise TuneforgeError("give a text file to evaluate, e.g. tuneforge perplexity heldout.txt")
+    if Path(config.data).is_dir():
+        raise TuneforgeError(f"'{config.data}' is a folder; give the text file to evaluate")
     if not Path(config.data).is_file():
         raise TuneforgeError(f"data file '{config.data}' does not exist")
     shape = _evaluation_format(config)
@@ -158,7 +162,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.heldout and not Path(args.heldout).is_file():
         raise TuneforgeError(f"held-out file '{args.heldout}' does not exist")
-    config, settings = run_config_from(args), settings_from(args)
+    config, settings = run_config_from(args, settings_class=GenerationSettings), settings_from(args)
     result = compare(
         load_variants(config, args.adapter),
         args.prompts,
@@ -179,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from tuneforge.models.export import merge_adapter
 
-    config = run_config_from(args)
+    config = run_config_from(args, settings_class=GenerationSettings)
     if not args.adapter or len(args.adapter) != 1:
         raise TuneforgeError("give exactly one --adapter to merge into the base model")
     precision = (
@@ -194,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tuneforge as tf
     from tuneforge.models.export import VERIFY_PROMPTS
 
-    config = run_config_from(args)
+    config = run_config_from(args, settings_class=GenerationSettings)
     if len(args.adapter or []) > 1:
         raise TuneforgeError("give at most one --adapter to export")
     precision = "fp32" if config.precision == "auto" else config.precision
@@ -224,13 +228,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parsers
-def _add_model_flags(parser: argparse.ArgumentParser, adapters: bool = True) -> None:
+def _add_model_flags(parser: argparse.ArgumentParser, adapters: bool = True, several: bool = True) -> None:
     if adapters:
         parser.add_argument(
             "--adapter",
             action="append",
             default=None,
-            help="LoRA adapter folder, or a whole model folder (a checkpoint); repeat to compare several.",
+            help="LoRA adapter folder (a run's <run>/adapter), or a whole model folder (a checkpoint)"
+            + ("; repeat to compare several." if several else "."),
         )
     add_setting_flags(parser, RunConfig, MODEL_KEYS)
 
@@ -334,7 +339,7 @@ def add_eval_commands(subparsers) -> None:
         subparsers, "merge", help="Merge a LoRA adapter into its base: one Hugging Face safetensors folder."
     )
     merge.add_argument("--output", required=True, help="Folder to write the merged model into.")
-    _add_model_flags(merge)
+    _add_model_flags(merge, several=False)
 
     export = add_verb(
         subparsers, "export", help="Export a model (adapter merged) to a GGUF file and check it loads back."
@@ -348,4 +353,4 @@ def add_eval_commands(subparsers) -> None:
         action="store_true",
         help="Skip loading the file back to compare.",
     )
-    _add_model_flags(export)
+    _add_model_flags(export, several=False)

@@ -147,9 +147,15 @@ def given_settings(args: argparse.Namespace, settings_class: type) -> dict[str, 
     }
 
 
-def run_config_from(args: argparse.Namespace, config_file: str | None = None) -> RunConfig:
-    """The RunConfig keys given as flags over the YAML `config_file`; a positional data file is --data."""
+def run_config_from(
+    args: argparse.Namespace, config_file: str | None = None, settings_class: type | None = None
+) -> RunConfig:
+    """The RunConfig keys given as flags over the YAML `config_file`; a positional data file is --data.
+    Keys of `settings_class` (a verb's other settings, e.g. generation's `seed`) are that class's, not a run's."""
     overrides = given_settings(args, RunConfig)
+    if settings_class is not None:
+        for name in given_settings(args, settings_class):
+            overrides.pop(name, None)
     positional = getattr(args, "data_file", None)
     if positional:
         if overrides.get("data", positional) != positional:

@@ -27,11 +27,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_processes(args.nproc, args.argv)
     import tuneforge as tf
     from tuneforge.data import preflight
+    from tuneforge.recipe import check_data
 
     config = run_config_from(args, args.config)
     if os.environ.get("RANK", "0") == "0":  # one process of a multi-process run says it
         print_recipe_notes(config)
     preflight(config)  # every data argument checked now, not after loading the model
+    check_data(config)  # and every record, with the tokenizer alone
     print(f"loading model '{config.model}' ...", flush=True)
     llm = tf.load(
         config.model,
@@ -97,20 +99,31 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     config = run_config_from(args, args.config)
     print_recipe_notes(config)
-    model = n_examples = None
+    model = n_examples = llm = None
     if args.measure:  # a short measured warm-up needs the model, prepared for its method, and the data
         import tuneforge as tf
-        from tuneforge.data import preflight, prepare_examples
+        from tuneforge.data import preflight
 
         preflight(config)  # refuses a config without data
-        assert config.data is not None
         llm = tf.load(
             config.model,
             device=config.device,
             precision=config.precision,
             trust_remote_code=config.trust_remote_code,
         )
-        n_examples = len(prepare_examples(config.data, llm.tokenizer, config).train)
+    if config.data:  # the run `train` would start: recipe auto chooses its values from the data (printed)
+        from tuneforge.hardware import pick_device
+        from tuneforge.recipe import run_settings
+
+        tokenizer = llm.tokenizer if llm is not None else None
+        config, prepared = run_settings(config, pick_device(config.device), tokenizer)
+        n_examples = len(prepared.train)
+    else:
+        print(
+            "no data given: the keys as given, where train would choose batch size, rank, packing and "
+            "more from the data (recipe auto); pass --data for the run it would start"
+        )
+    if llm is not None:
         model = llm.prepared_for(config)
     estimate = estimate_run(
         config,

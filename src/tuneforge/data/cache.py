@@ -78,6 +78,10 @@ def data_fingerprint(files: list[Path], validation_files: list[Path], tokenizer,
     file_fingerprint(files, digest)
     digest.update(b"--validation--")
     file_fingerprint(validation_files, digest)
+    format_file = Path(config.format_file).expanduser() if getattr(config, "format_file", None) else None
+    if format_file is not None and format_file.is_file():  # its templates render the examples: edits count
+        digest.update(b"--format--")
+        file_fingerprint([format_file], digest)
     return digest.hexdigest()[:24]
 
 

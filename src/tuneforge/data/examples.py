@@ -186,6 +186,30 @@ def split_examples(examples: list, validation_split: float, seed: int) -> tuple[
     )
 
 
+def hold_out_last_chunks(
+    lengths: list[int], validation_split: float, overlap_len: int
+) -> tuple[list[int], list[int]]:
+    """Raw text's split: (training, held-out) chunk indices. The last chunks are held out and the chunks before
+    them that share tokens with them (neighbours overlap by `overlap_len`) are trained on by neither, so no
+    held-out token is ever trained on; a random choice of overlapping chunks would leak most of them."""
+    n = len(lengths)
+    if validation_split <= 0 or n < 2:
+        return list(range(n)), []
+    held = int(validation_split) if validation_split >= 1 else max(1, round(n * validation_split))
+    first_held = keep = n - held
+    shared = overlap_len  # tokens of the first held-out chunk that chunk keep-1 may still hold
+    while keep > 0 and shared > 0:
+        keep -= 1
+        shared -= lengths[keep] - overlap_len  # chunk keep starts this many tokens before the next one
+    if keep < 1:
+        raise DataError(
+            f"validation_split {validation_split:g} would hold out all {n} chunks of the text (with the "
+            f"{first_held - keep} before them that overlap the held-out ones); use a smaller count or "
+            "fraction, or give validation_data"
+        )
+    return list(range(keep)), list(range(first_held, n))
+
+
 def prepare_examples(
     path: str | Path,
     tokenizer,
@@ -299,8 +323,10 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
         )
         raise DataError(f"data '{path}' gave no training example with 2 or more tokens that carry loss{hint}")
     if shape == "raw" and validation_records is None:
-        order = list(range(len(train)))
-        train_idx, val_idx = split_examples(order, config.validation_split, config.seed)
+        overlap = config.cutoff_len // 2 if config.overlap_len is None else config.overlap_len
+        train_idx, val_idx = hold_out_last_chunks(
+            ExampleTable(train).lengths, config.validation_split, overlap
+        )
         train, validation = train.select(train_idx), train.select(val_idx) if val_idx else None
     counts["train_examples"] = len(train)
     counts["validation_examples"] = len(validation) if validation is not None else 0

@@ -90,7 +90,10 @@ def data_files(path: str | Path) -> list[Path]:
     """The file itself, or every readable file in a folder (recursively, sorted, hidden files skipped)."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file '{path}' does not exist; check the path given as data")
+        where = (
+            "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        )
+        raise DataError(f"data file '{path}' does not exist{where}; check the path given as data")
     if path.is_file():
         return [path]
     files = sorted(

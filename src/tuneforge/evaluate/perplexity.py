@@ -25,6 +25,7 @@ from tuneforge.errors import TuneforgeError
 
 IGNORE_INDEX = -100  # labels that carry no loss (as in tuneforge.data)
 SHAPES = ("auto", "raw", "lines")
+RECORD_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql")  # files of records, not text
 
 
 class EvaluationError(TuneforgeError, ValueError):
@@ -79,6 +80,25 @@ def window_nll(
     return total, count
 
 
+def _unpacked(example: dict) -> list[dict]:
+    """A packed block's examples, each scored on its own as training saw it (its position_ids restart at 0 where
+    an example starts); scoring the block as one text would let each example see the ones before it."""
+    positions = example.get("position_ids")
+    if positions is None:
+        return [example]
+    positions = list(positions)
+    starts = [i for i, position in enumerate(positions) if position == 0] or [0]
+    ends = starts[1:] + [len(positions)]
+    labels = example.get("labels")
+    return [
+        {
+            "input_ids": list(example["input_ids"][start:end]),
+            "labels": list(labels[start:end]) if labels is not None else None,
+        }
+        for start, end in zip(starts, ends, strict=True)
+    ]
+
+
 def _default_max_length(model) -> int:
     # Long windows cost memory quadratically in attention; 1024 tokens is cheap on a CPU yet long-context.
     return min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
@@ -118,10 +138,10 @@ def perplexity(
     if shape not in SHAPES:
         raise EvaluationError(f"shape '{shape}' is not one of {', '.join(SHAPES)}")
     from tuneforge.data.examples import detect_shape
-    from tuneforge.data.sources import read_text
+    from tuneforge.data.sources import inner_suffix, read_text
 
-    max_length = max_length or _default_max_length(model)
-    stride = stride or max(1, max_length // 2)
+    max_length = max_length if max_length is not None else _default_max_length(model)
+    stride = stride if stride is not None else max(1, max_length // 2)
     was_training = model.training
     model.eval()
     try:
@@ -132,11 +152,18 @@ def perplexity(
             name = data_label or f"{len(examples)} prepared examples"
             total, count = 0.0, 0
             for i in range(len(examples)):  # a list, or tuneforge.data's ExampleTable
-                example = examples[i]
-                nll, n = window_nll(model, example["input_ids"], max_length, stride, example.get("labels"))
-                total, count = total + nll, count + n
+                for example in _unpacked(examples[i]):
+                    ids, labels = example["input_ids"], example.get("labels")
+                    nll, n = window_nll(model, ids, max_length, stride, labels)
+                    total, count = total + nll, count + n
         else:
             if _is_file(data):
+                if inner_suffix(Path(data)) in RECORD_SUFFIXES:
+                    raise EvaluationError(
+                        f"{data} holds records, not plain text: its JSON or table syntax would be scored; "
+                        "score records as training renders them (`tuneforge evaluate`: response loss and task "
+                        "scores), or give a text file"
+                    )
                 name, texts = data_label or str(data), [read_text(data)]
             elif isinstance(data, str):
                 name, texts = data_label or "text", [data]

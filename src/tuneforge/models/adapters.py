@@ -127,6 +127,19 @@ def active_adapter_name(model) -> str:
     return model.active_adapter if is_peft(model) else BASE
 
 
+def set_active_adapter(model, name: str) -> None:
+    """From now on only adapter `name` acts (use active_adapter for a block)."""
+    loaded = adapter_names(model)
+    if name not in loaded:
+        raise ModelError(f"no adapter named '{name}' is loaded; loaded: {', '.join(loaded) or 'none'}")
+    model.set_adapter(name, inference_mode=True)
+
+
+def base_model(model):
+    """The base model under any adapters (the model itself when it has none)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
 def add_adapter(model, path: str | Path, name: str | None = None):
     """Load the adapter saved at `path` beside any already on `model` and make it the active one.
 
@@ -177,9 +190,9 @@ def remove_adapter(model, name: str | None = None):
     if not is_peft(model):
         return model
     loaded = adapter_names(model)
+    if name is not None and name not in loaded:
+        raise ModelError(f"no adapter named '{name}' is loaded; loaded: {', '.join(loaded)}")
     if name is not None and len(loaded) > 1:
-        if name not in loaded:
-            raise ModelError(f"no adapter named '{name}' is loaded")
         model.delete_adapter(name)
         return model
     return model.unload()

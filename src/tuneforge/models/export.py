@@ -53,6 +53,13 @@ VERIFY_PROMPTS = [
 def save_folder(model, tokenizer, path: str | Path) -> Path:
     """Write a plain model (no adapter) and its tokenizer as a Hugging Face safetensors folder."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"'{path}' is a file; give a folder to write the model to")
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise ModelError(
+            f"'{path}' already holds files that are not a model (a run folder?); give a new or empty folder, "
+            "or an earlier merged model's folder to replace it"
+        )
     save_pretrained(model, path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
@@ -139,6 +146,10 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     import gguf
     import numpy as np
 
+    if Path(path).is_dir():
+        raise ModelError(
+            f"'{path}' is a folder; give the GGUF file to write, e.g. {Path(path) / 'model.gguf'}"
+        )
     config = model.config
     if config.model_type != "llama":
         raise ModelError(f"GGUF export supports llama-architecture models; this one is '{config.model_type}'")

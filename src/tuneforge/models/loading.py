@@ -233,8 +233,10 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_o
     tokenizer = AutoTokenizer.from_pretrained(
         source.path, trust_remote_code=trust_remote_code, local_files_only=local_only
     )
-    if tokenizer.pad_token is None:  # batching needs a pad token; padded positions never carry loss
-        tokenizer.pad_token = tokenizer.eos_token
+    if (
+        tokenizer.pad_token is None
+    ):  # batching needs a pad token; padded positions never carry loss or attention
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
     return tokenizer
 
 

@@ -14,18 +14,44 @@ from tuneforge.models.adapters import attach_lora
 from tuneforge.models.kind import is_peft, is_quantized
 
 
+def with_attached_adapter(model, config):
+    """`config` with the attached adapter's rank, alpha and target modules, which a run continuing it trains;
+    a different rank or alpha given by the user is refused (recipe auto must not choose new ones either)."""
+    if config.method not in ("lora", "qlora") or not is_peft(model):
+        return config
+    adapter = model.peft_config[model.active_adapter]  # named after its folder when loaded, not "default"
+    found = {"rank": adapter.r, "alpha": adapter.lora_alpha}
+    for key, value in found.items():
+        asked = getattr(config, key)
+        if key in config.given_keys and asked != value:
+            raise ConfigError(
+                f"the loaded adapter '{model.active_adapter}' has {key} {value:g} but {key} {asked:g} was "
+                f"asked for; a LoRA's {key} cannot change: use {key}: {value:g} or start from the base"
+            )
+    targets = adapter.target_modules
+    targets = [targets] if isinstance(targets, str) else sorted(targets)
+    named = "target_modules" in config.given_keys and config.target_modules != ["all-linear"]
+    if named and sorted(config.target_modules) != targets:
+        raise ConfigError(
+            f"the loaded adapter '{model.active_adapter}' trains {', '.join(targets)}, not "
+            f"{', '.join(config.target_modules)}; its modules cannot change: leave target_modules out or "
+            "start from the base"
+        )
+    if (
+        all(getattr(config, key) == value for key, value in found.items())
+        and config.target_modules == targets
+    ):
+        return config
+    return config.replace(**found, target_modules=targets)
+
+
 def prepare_for_training(model, config):
     """Return the model with exactly the weights the method trains set to require grad."""
     import torch
 
     if config.method in ("lora", "qlora"):
         if is_peft(model):  # continue training the adapter already attached (e.g. a second llm.train call)
-            current = model.peft_config["default"].r
-            if current != config.rank:
-                raise ConfigError(
-                    f"the loaded adapter has rank {current} but rank {config.rank} was asked for; "
-                    f"a LoRA's rank cannot change: use rank: {current} or start from the base"
-                )
+            config = with_attached_adapter(model, config)  # refuses another rank or alpha
             for name, param in model.named_parameters():
                 param.requires_grad_("lora_" in name or "modules_to_save" in name)
             return model

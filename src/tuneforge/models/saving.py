@@ -8,7 +8,9 @@ cannot be one while DeepSpeed was never imported, so then Accelerate is told the
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,3 +35,21 @@ def save_pretrained(model: Any, folder: str | Path, **kwargs: Any) -> None:
     """model.save_pretrained(folder, **kwargs) for a transformers model or a PEFT model, DeepSpeed left alone."""
     with deepspeed_not_imported():
         model.save_pretrained(folder, **kwargs)
+
+
+def save_active_adapter(model: Any, folder: str | Path, **kwargs: Any) -> None:
+    """A PEFT model's active adapter alone, at the root of `folder`, as a run's adapter folder holds it.
+
+    PEFT writes an adapter not named "default" (one loaded from a folder is named after it) into
+    folder/<name>/, where nothing that reads a run's adapter looks; it is written beside and moved up.
+    """
+    name = model.active_adapter
+    if name == "default":
+        save_pretrained(model, folder, **kwargs)
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as tmp:
+        save_pretrained(model, tmp, selected_adapters=[name], **kwargs)
+        for item in (Path(tmp) / name).iterdir():
+            os.replace(item, folder / item.name)

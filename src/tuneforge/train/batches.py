@@ -16,6 +16,7 @@ FOLDER/examples-rank<R>.jsonl, so a test (or a doubtful user) can see that proce
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -75,6 +76,12 @@ class StepOrder:
     def steps_per_epoch(self) -> int:
         full, rest = divmod(self.n_examples, self.batch_size)
         return full + (1 if rest >= self.world_size else 0)
+
+
+def planned_steps(config, n_examples: int, world_size: int = 1) -> int:
+    """Optimizer steps of a run over `n_examples` prepared examples: max_steps, else epochs' worth."""
+    per_epoch = StepOrder(n_examples, config.examples_per_step, 0, world_size=world_size).steps_per_epoch()
+    return config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
 
 
 def split_micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:

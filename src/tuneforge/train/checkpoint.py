@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models.kind import is_peft
-from tuneforge.models.saving import save_pretrained
+from tuneforge.models.saving import save_active_adapter
 from tuneforge.paths import write_folder_atomically
 from tuneforge.train.rng import jsonable_rng, restore_rng_state, rng_state
 from tuneforge.train.state import TrainState
@@ -37,7 +37,7 @@ def _trainable_state(model) -> dict:
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(model)
+        return get_peft_model_state_dict(model, adapter_name=model.active_adapter)  # named after its folder
     return {k: v for k, v in model.state_dict().items()}
 
 
@@ -91,7 +91,7 @@ def save_checkpoint(
             (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=str))
         (folder / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1))
         if is_peft(model):  # a checkpoint's adapter is usable on its own, in PEFT's format
-            save_pretrained(model, folder / "adapter")
+            save_active_adapter(model, folder / "adapter")
 
     remove_unfinished(run_dir)
     replaced = target.with_name(f".{target.name}.replaced")  # the previous checkpoints/<name>, until replaced
@@ -243,7 +243,7 @@ def _put_weights(path: Path, weights: dict, model) -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, weights)
+        set_peft_model_state_dict(model, weights, adapter_name=model.active_adapter)
     else:
         missing = model.load_state_dict(weights, strict=False).missing_keys
         tied = {n for n in missing if n.endswith("lm_head.weight")}
@@ -352,6 +352,25 @@ def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, l
             "or pass --allow_resume_mismatch true to resume anyway"
         )
     log(f"resuming from {checkpoint} with changed settings: {listed}")
+
+
+def refuse_resume_early(run_dir: Path, config, identity: dict) -> None:
+    """The resume's refusals, read from the checkpoint's two small files before the run writes anything to its
+    folder (a refused resume must not leave its settings in the run's config.yaml); the loop reads and checks
+    the whole checkpoint again, and says what is wrong with a missing or damaged one."""
+    checkpoints = list_checkpoints(run_dir) if config.resume_from == "latest" else [Path(config.resume_from)]
+    if not checkpoints:
+        return
+    path = checkpoints[-1]
+    try:
+        files = {
+            "state": _read(path, STATE_FILE, train_state),
+            "config": json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else None,
+        }
+    except (DamagedCheckpointError, OSError, ValueError):
+        return
+    check_identity(path, identity)
+    check_resume_config(path, files, config, identity, log=lambda line: None)
 
 
 def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:

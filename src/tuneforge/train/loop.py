@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tuneforge.data.examples import PreparedData
 from tuneforge.models.kind import is_peft
-from tuneforge.models.saving import save_pretrained
+from tuneforge.models.saving import save_active_adapter, save_pretrained
 from tuneforge.train.checkpoint import list_checkpoints, save_checkpoint
 from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
 from tuneforge.train.levers import (
@@ -116,6 +116,9 @@ def train(
         while state.step < result.total_steps:  # max_time may re-plan the total after the first steps
             step = state.step + 1
             step_times.start()
+            learning_rate = run.scheduler.get_last_lr()[
+                0
+            ]  # the rate this step applies (the scheduler moves on)
             done, grad_norm = _optimizer_step(run, data, config, state, step, stop, progress.message)
             if (
                 done.loss is None
@@ -132,9 +135,7 @@ def train(
                 result.compile_undone_after = step  # its steps were no faster: eager again
             _plan_for_time(run, config, budget, step, result, metrics)
             validation = validation_loss(run, data, config, state, step, result.total_steps)
-            metrics.record(
-                step, done.loss, done.tokens, run.scheduler.get_last_lr()[0], grad_norm, validation
-            )
+            metrics.record(step, done.loss, done.tokens, learning_rate, grad_norm, validation)
             if validation is not None:
                 best.keep(run.bare_model, state)
                 _note(progress, overfitting_note(state.validation_losses))
@@ -304,7 +305,8 @@ def save_trained(model, tokenizer, run_dir: Path, state_dict: dict | None = None
     `state_dict`: a sharded run's gathered weights (TrainResult.gathered_state): the same folder as one process
     writes (PEFT keeps only the adapter's entries of it)."""
     target = run_dir / ("adapter" if is_peft(model) else "model")
-    save_pretrained(model, target, **({"state_dict": state_dict} if state_dict is not None else {}))
+    save = save_active_adapter if is_peft(model) else save_pretrained
+    save(model, target, **({"state_dict": state_dict} if state_dict is not None else {}))
     if target.name == "model":
         tokenizer.save_pretrained(target)
     return target

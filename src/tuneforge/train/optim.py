@@ -83,10 +83,11 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
 
 
 def warmup_steps(config, total_steps: int) -> int:
-    """warmup_steps when set, else warmup_ratio of all steps."""
+    """warmup_steps when set, else warmup_ratio of all steps but the last: a warm-up's first step runs at
+    learning rate 0, so a 1-step run (a trial, `--max_steps 1`) warmed up for its one step trained nothing."""
     if config.warmup_steps:
         return config.warmup_steps
-    return math.ceil(config.warmup_ratio * total_steps)
+    return min(math.ceil(config.warmup_ratio * total_steps), max(0, total_steps - 1))
 
 
 def build_scheduler(optimizer, config, total_steps: int):

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.examples import PreparedData
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.hardware import choose_threads, usable_cores
 from tuneforge.models.saving import deepspeed_not_imported
-from tuneforge.train.batches import StepOrder
+from tuneforge.train.batches import StepOrder, planned_steps
 from tuneforge.train.checkpoint import (
     apply_checkpoint,
     check_identity,
@@ -82,7 +82,13 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
     )
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * order.steps_per_epoch()))
+    if order.steps_per_epoch() == 0:  # every process needs an example of each step
+        raise ConfigError(
+            f"{len(data.train)} training examples in steps of {config.examples_per_step} cannot give each of "
+            f"the {accelerator.num_processes} processes one; train on more data, with a batch_size of at "
+            "least the number of processes, or with fewer processes"
+        )
+    total_steps = planned_steps(config, len(data.train), accelerator.num_processes)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     torch_optimizer = build_optimizer(model, config)

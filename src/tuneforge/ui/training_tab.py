@@ -9,8 +9,6 @@ gr.Timer polls those files, so a reloaded page, a second browser or a restarted 
 
 from __future__ import annotations
 
-import math
-
 import yaml
 
 from tuneforge import jobs
@@ -283,12 +281,14 @@ def training_tab(workspace: Workspace):
     @shows_errors
     def preview_data(*values):
         from tuneforge.data.inspection import inspect_data
+        from tuneforge.recipe import plan_run
 
         _, settings = form.config(values)
         config = from_dict(settings)
         inspection = inspect_data(config.data, workspace.tokenizer(), config, n_examples=2)
-        estimate = _estimate(workspace, config, len(inspection.prepared.train))
-        return f"```text\n{inspection.render()}\n```\n\n{estimate}"
+        llm = workspace.require()
+        plan = plan_run(config, llm.model, llm.tokenizer, llm.device)  # as Start will run it, defaults chosen
+        return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
     @shows_errors
     def copy_parameters(name: str):
@@ -338,21 +338,3 @@ def jobs_safe_name(name: str) -> str:
 
     cleaned = re.sub(r"[^\w.-]", "_", name).lstrip(".") or "upload.txt"
     return cleaned[:100]
-
-
-def _estimate(workspace: Workspace, config, examples: int) -> str:
-    """Steps and the activation memory of one micro batch (the part that grows with the settings)."""
-    from tuneforge.train.memory import activation_bytes_per_token
-
-    llm = workspace.require()
-    batch = config.examples_per_step
-    steps = config.max_steps or max(1, math.ceil(config.epochs * math.ceil(examples / batch)))
-    micro = config.micro_batch_size if isinstance(config.micro_batch_size, int) else 1
-    precision = llm.precision if config.precision == "auto" else config.precision
-    per_token = activation_bytes_per_token(llm.model.config, config.cutoff_len, precision)
-    activations = per_token * config.cutoff_len * micro
-    return (
-        f"**Estimate:** {examples} training examples, batch {batch} → **{steps} optimizer steps**; "
-        f"one micro batch of {micro} × {config.cutoff_len} tokens keeps about "
-        f"**{activations / 1024**2:,.1f} MiB** of activations for the backward pass ({precision})."
-    )

@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from tuneforge.errors import ModelError
+from tuneforge.models.adapters import base_model
 from tuneforge.ui.project import Project
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Workspace:
                     name = adapter_name(choice, taken=set(llm.adapters))
                     llm.load_adapter(path, name=name)
                     self.loras[name] = choice
-                llm.model.set_adapter(name, inference_mode=True)
+                llm.set_adapter(name)
         return self.describe()
 
     def remove_loras(self) -> str:
@@ -78,7 +79,7 @@ class Workspace:
         """The active adapter's name, or None for the plain base model."""
         if self.llm is None or not self.llm.adapters:
             return None
-        return self.llm.model.active_adapter
+        return self.llm.active_adapter
 
     def tokenizer(self):
         return self.require().tokenizer
@@ -88,7 +89,7 @@ class Workspace:
         if self.llm is None:
             return "No model loaded."
         llm = self.llm
-        base = llm.model.get_base_model() if llm.adapters else llm.model
+        base = base_model(llm.model)
         parameters = base.num_parameters()
         lines = [
             f"**Model:** `{self.model_name}` — {parameters / 1e6:,.1f} M parameters, dtype `{base.dtype}`, "

@@ -164,6 +164,18 @@ def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(
     assert "two data files given" in capsys.readouterr().err
 
 
+def test_a_bad_record_stops_train_before_the_model_loads(capsys, monkeypatch, tiny_model_dir, tmp_path):
+    import tuneforge
+
+    (tmp_path / "a.json").write_text(
+        '[{"instruction": "a", "output": "b"}, {"instruction": "c", "outpt": "d"}]'
+    )
+    monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded before the data"))
+    assert main(["train", "--data", str(tmp_path / "a.json"), "--model", str(tiny_model_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "record 1 has non-empty keys: instruction, outpt" in error
+
+
 def test_bad_generation_setting_is_one_line_before_any_model_loads(capsys):
     assert main(["generate", "--model", "no/such-model", "--temperature", "hot", "hi"]) == 2
     error = capsys.readouterr().err

@@ -67,6 +67,27 @@ def test_same_prepare_is_a_cache_hit_and_any_change_a_miss(tokenizer, config, al
     )
 
 
+def test_editing_the_format_file_in_place_prepares_again(
+    tokenizer, config, alpaca_file, private_cache, tmp_path
+):
+    template = tmp_path / "qa-format.json"
+    template.write_text(
+        json.dumps(
+            {
+                "instruction,output": "Q: %instruction%\nA: %output%",
+                "instruction,input,output": "Q: %instruction% %input%\nA: %output%",
+            }
+        )
+    )
+    settings = dict(format="formatted", format_file=str(template))
+    first = prepare_examples(alpaca_file, tokenizer, config(**settings))
+    template.write_text(template.read_text().replace("Q: ", "Question: "))  # same path, new templates
+    edited = prepare_examples(alpaca_file, tokenizer, config(**settings))
+    assert not edited.cache_hit
+    assert tokenizer.decode(edited.train[0]["input_ids"]).startswith("Question: ")
+    assert not tokenizer.decode(first.train[0]["input_ids"]).startswith("Question: ")
+
+
 def test_raw_text_keeps_the_tail_and_splits_over_chunks(tokenizer, config, tmp_path):
     text = "\n".join(f"Line {i} of a long poem about cheese." for i in range(60))
     (tmp_path / "poem.txt").write_text(text + "\n\n\nA separate story.\n")
@@ -76,6 +97,42 @@ def test_raw_text_keeps_the_tail_and_splits_over_chunks(tokenizer, config, tmp_p
     decoded = [tokenizer.decode(c["input_ids"]) for c in chunks]
     assert any(d.startswith("A separate story.") for d in decoded)  # hard cut: never joined to the poem
     assert any("Line 59 of a long poem about cheese." in d for d in decoded)  # the tail is kept
+
+
+@pytest.mark.parametrize("overlap_len", [None, 0, 48])
+def test_raw_text_held_out_chunks_share_no_token_with_training(tokenizer, config, tmp_path, overlap_len):
+    """Neighbouring chunks overlap (half of cutoff_len unless set), so the held-out chunks are the last ones and
+    those overlapping them train neither; a random pick of chunks leaked most held-out text into training."""
+    import random
+
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "green",
+        "silver",
+        "march",
+        "quiet",
+        "candle",
+        "harbor",
+        "meadow",
+        "lantern",
+        "copper",
+    ]
+    rng = random.Random(0)
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(120))
+    (tmp_path / "prose.txt").write_text(text)
+    settings = dict(format="raw", validation_split=0.2, overlap_len=overlap_len, newline_favor_len=0)
+    prepared = prepare_examples(tmp_path / "prose.txt", tokenizer, config(**settings))
+    train, held = [c["input_ids"] for c in prepared.train], [c["input_ids"] for c in prepared.validation]
+    assert len(held) >= 2 and len(train) >= 8
+
+    def windows(chunks, n=12):  # long enough to be unique in this random text
+        return {tuple(c[i : i + n]) for c in chunks for i in range(len(c) - n + 1)}
+
+    assert not windows(held) & windows(train)
+    assert text.splitlines()[-1] in tokenizer.decode(held[-1])  # the end of the text is held out
 
 
 def test_lines_text_and_input_output_shapes(tokenizer, config, tmp_path):
@@ -178,6 +235,9 @@ def test_cli_inspect_prints_the_report(tokenizer, alpaca_file, tmp_path, capsys,
     )
     assert dispatch(args) == 0
     assert "records per template" in capsys.readouterr().out
+    (tmp_path / "run.yaml").write_text(f"data: {alpaca_file}\ncutoff_len: 64\noverlap_len: 8\n")
+    assert dispatch(parser.parse_args(["data", "inspect", str(tmp_path / "run.yaml")])) == 0
+    assert "records per template" in capsys.readouterr().out  # the config's data, not the YAML as text
     with pytest.raises(DataError, match="format file 'nope' does not exist"):
         dispatch(parser.parse_args(["data", "prepare", str(alpaca_file), "--format_file", "nope"]))
 

@@ -1,10 +1,12 @@
 """Several adapters side by side, merging (same logits as the adapter), comparison tables and GGUF export."""
 
+import os
+
 import pytest
 import torch
 
 import tuneforge as tf
-from tuneforge.errors import ModelError
+from tuneforge.errors import ConfigError, ModelError
 from tuneforge.evaluate.compare import record_gallery
 from tuneforge.generate import GenerationSettings
 
@@ -37,8 +39,32 @@ def test_adapters_load_side_by_side_and_base_means_no_adapter(tiny_llm, tiny_mod
         pass
     tiny_llm.unload_adapter("one")
     assert tiny_llm.adapters == ["two"]
+    with pytest.raises(ModelError, match="no adapter named 'one' is loaded; loaded: two"):
+        tiny_llm.unload_adapter("one")  # a wrong name removes nothing, even of the last adapter
+    assert tiny_llm.adapters == ["two"]
     tiny_llm.unload_adapter()
     assert tiny_llm.adapters == [] and torch.allclose(logits(tiny_llm.model, tiny_llm.tokenizer), plain)
+
+
+def test_training_a_loaded_adapter_continues_it_with_its_own_shape(
+    tiny_model_dir, adapter_dirs, lines_file, tmp_path
+):
+    """An adapter loaded from a folder is named after it ('one'), and a run continuing it keeps its rank and
+    alpha: recipe auto chooses none for it, and a different one given is refused before anything runs."""
+    import yaml
+
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    assert llm.load_adapter(adapter_dirs[0]) == "one"
+    with pytest.raises(ConfigError, match="adapter 'one' has rank 4 but rank 8 was asked for"):
+        llm.train(lines_file, rank=8, max_steps=1, show_progress=False, output_dir=str(tmp_path / "no"))
+    run = llm.train(lines_file, max_steps=2, show_progress=False, output_dir=str(tmp_path / "run"))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["rank"], saved["alpha"]) == (4, 8)  # a new adapter on this data would get rank 16
+    assert run.final_loss is not None
+    reloaded = tf.load(str(tiny_model_dir), adapter=run.saved_to, precision="fp32")
+    assert torch.allclose(
+        logits(reloaded.model, reloaded.tokenizer), logits(llm.model, llm.tokenizer), atol=1e-5
+    )
 
 
 def test_merged_folder_loads_in_plain_transformers_with_the_adapters_logits(
@@ -59,6 +85,27 @@ def test_merged_folder_loads_in_plain_transformers_with_the_adapters_logits(
 def test_merge_without_an_adapter_is_a_clear_error(tiny_llm):
     with pytest.raises(ModelError, match="no adapter to merge"):
         tiny_llm.merge()
+
+
+def test_merge_and_export_refuse_a_target_they_would_not_write_or_would_spoil(tiny_llm, tmp_path):
+    from tuneforge.models.export import export_gguf, save_folder
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("rank: 8\n")
+    with pytest.raises(ModelError, match="is a file; give a folder"):
+        save_folder(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "notes.txt")
+    with pytest.raises(ModelError, match="already holds files that are not a model"):
+        save_folder(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "run")
+    with pytest.raises(ModelError, match="is a folder; give the GGUF file"):
+        export_gguf(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "run")
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and os.listdir(tmp_path / "run") == [
+        "config.yaml"
+    ]
+    save_folder(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "merged")
+    save_folder(
+        tiny_llm.model, tiny_llm.tokenizer, tmp_path / "merged"
+    )  # an earlier model's folder: replaced
 
 
 def test_perplexity_for_base_and_adapters_in_one_call(tiny_llm, adapter_dirs, tmp_path):

@@ -43,6 +43,11 @@ def test_generate_streams_the_same_text_as_without_streaming(capsys, tiny_model_
     code, whole, _ = run(capsys, *common)
     assert code == 0 and whole.startswith("you can")
     assert run(capsys, *common, "--stream")[1] == whole
+    unseeded = [
+        part if part != "3" else "none" for part in common
+    ]  # the help's "'none': a new draw each call"
+    code, _, err = run(capsys, *unseeded)
+    assert code == 0, err
 
 
 def test_logits_shows_base_and_adapter_side_by_side(capsys, tiny_model_dir, adapter_dirs):

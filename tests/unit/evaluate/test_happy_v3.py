@@ -196,5 +196,8 @@ def test_save_steps_keep_checkpoints_in_output_dir_as_happytransformer_does(work
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-11", "step-6"]  # every ceil(5.5) steps
     assert run.run_dir.resolve() == (work / "happy_transformer").resolve()
     assert [p.name for p in work.iterdir()] == ["happy_transformer"] and os.listdir(checkpoints / "step-11")
+    with pytest.warns(UserWarning, match="replacing the earlier run's 2 checkpoints"):  # as its Trainer would
+        happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=4, save_steps=2))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-2", "step-4"]  # this run's alone
     chosen = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=1, output_dir="mine"))
     assert chosen.saved_to.resolve() == work / "mine" / "model"  # an output_dir of your own keeps the run

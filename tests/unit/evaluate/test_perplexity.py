@@ -102,6 +102,20 @@ def test_prepared_examples_score_only_tokens_with_labels(tiny_llm):
     assert full.tokens == len(ids) - 1 and part.tokens == len(ids) - 4
 
 
+def test_packed_examples_are_scored_each_on_its_own_as_unpacked(tiny_llm):
+    """Recipe auto packs short examples, and its validation set reaches perplexity() packed: each example in a
+    block must be scored without seeing the ones before it, as training's attention does."""
+    from tuneforge.data.packing import pack_examples
+
+    lines = [line for line in TEXT.splitlines() if line][:3]
+    examples = [{"input_ids": ids, "labels": ids} for ids in tiny_llm.tokenizer(lines)["input_ids"]]
+    blocks = pack_examples(examples, 64)
+    assert len(blocks) == 1 and "position_ids" in blocks[0]
+    packed = perplexity(tiny_llm.model, tiny_llm.tokenizer, blocks, max_length=64)
+    apart = perplexity(tiny_llm.model, tiny_llm.tokenizer, examples, max_length=64)
+    assert packed.tokens == apart.tokens and packed.loss == pytest.approx(apart.loss, rel=1e-5)
+
+
 def test_history_keeps_every_evaluation_and_the_table_shows_the_change(tiny_llm, tmp_path):
     first = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=32, label="base")
     second = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT[:80], max_length=32, label="other")
@@ -119,3 +133,11 @@ def test_bad_window_sizes_are_explained(tiny_llm):
         perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=8, stride=9)
     with pytest.raises(EvaluationError, match="fewer than 2 tokens"):
         perplexity(tiny_llm.model, tiny_llm.tokenizer, "you", max_length=8)
+    with pytest.raises(EvaluationError, match=r"stride \(0\) must be between 1"):  # not quietly the default
+        perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=8, stride=0)
+
+
+def test_a_file_of_records_is_refused_not_scored_as_json_text(tiny_llm, tmp_path):
+    (tmp_path / "alpaca.json").write_text('[{"instruction": "Say hi", "output": "Hi"}]')
+    with pytest.raises(EvaluationError, match="holds records, not plain text.*tuneforge evaluate"):
+        perplexity(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "alpaca.json")

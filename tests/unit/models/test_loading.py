@@ -132,3 +132,21 @@ def test_a_4_bit_load_on_a_cpu_leaves_no_weight_inside_the_checkpoint_file_s_map
     plain = [p for p in model.parameters() if type(p) is torch.nn.Parameter]
     assert plain and len(plain) < len(list(model.parameters()))  # embeddings/norms, and quantized layers
     assert not any(start <= p.data_ptr() < end for p in plain for start, end in mapped)
+
+
+def test_a_tokenizer_without_pad_or_end_token_still_batches(tmp_path):
+    """Padding carries no loss or attention, so any token pads; without one step 1 failed inside torch."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tuneforge.data.batching import collate
+    from tuneforge.models.loading import ModelSource, load_tokenizer
+
+    words = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "cheese": 2}, unk_token=None))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(ModelSource("words", str(tmp_path)))
+    assert tokenizer.eos_token is None and tokenizer.pad_token_id is not None
+    ids = tokenizer(["hello world cheese", "cheese"])["input_ids"]
+    batch = collate([{"input_ids": i, "labels": i} for i in ids], tokenizer.pad_token_id)
+    assert batch["attention_mask"][1].tolist() == [1] + [0] * 7 and (batch["labels"][1][1:] == -100).all()

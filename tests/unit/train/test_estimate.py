@@ -90,3 +90,20 @@ def test_measure_times_real_steps_and_an_epoch(tiny_model_dir, tiny_llm):
     assert 0 < estimate.seconds_per_step < 60
     assert estimate.seconds_per_epoch == pytest.approx(3 * estimate.seconds_per_step)
     assert "s per step" in estimate.describe() and isinstance(estimate, Estimate) and GIB == 2**30
+
+
+def test_the_estimate_verb_estimates_the_run_train_would_start(tiny_model_dir, lines_file, capsys):
+    """Recipe auto chooses rank, batch, packing from the data: `tuneforge estimate --data` chooses (and prints)
+    them as `train` does, instead of estimating the keys' defaults (batch 128 of unpacked lines)."""
+    from tuneforge.cli import main
+
+    assert (
+        main(["estimate", "--data", str(lines_file), "--model", str(tiny_model_dir), "--cutoff_len", "64"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "default chosen: rank 16" in out and "default chosen: packing True" in out
+    chosen = config(tiny_model_dir, rank=16, alpha=32, target_modules=["all-linear"], micro_batch_size=1)
+    expected = estimate_run(chosen.replace(batch_size=1), device="cpu")
+    assert f"trainable: {expected.trainable_parameters:,} " in out
+    assert "tokens per step: up to 64\n" in out  # one packed block a step, not 128 examples

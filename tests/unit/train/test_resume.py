@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import tuneforge as tf
@@ -56,6 +57,28 @@ def simulate_crash_after(run_dir, step):
     (run_dir / "checkpoints" / ".step-9.tmp-half").mkdir()  # a half-written checkpoint must be ignored
 
 
+def test_a_recipe_auto_run_resumes_from_its_saved_config_as_the_uninterrupted_run(
+    tiny_model_dir, lines_file, tmp_path
+):
+    """What `tuneforge train RUN/config.yaml --resume_from latest`, jobs.resume and the UI's Resume button do:
+    the validation split and packing recipe auto chose stand in that file as given values, and the data they
+    give (and its fingerprint) must be the data the run started with."""
+    settings = dict(precision="fp32", max_steps=6, save_steps=3, rank=4, learning_rate=1e-2, seed=3)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    for folder in (whole, broken):
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            lines_file, output_dir=str(folder), show_progress=False, **settings
+        )
+    saved = yaml.safe_load((broken / "config.yaml").read_text())
+    assert saved["recipe"] == "auto" and saved["packing"] and saved["validation_split"] > 0  # chosen
+    simulate_crash_after(broken, 3)
+    run = tf.load(str(tiny_model_dir), precision="fp32").train(
+        config=broken / "config.yaml", resume_from="latest", show_progress=False
+    )
+    assert run.resumed_from.name == "step-3"
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_path, method):
@@ -86,14 +109,30 @@ def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_fil
     llm.train(
         lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **dict(SETTINGS, max_steps=4)
     )
-    with pytest.raises(TuneforgeError, match="rank"):
-        tf.load(str(tiny_model_dir), precision="fp32").train(
-            lines_file,
-            output_dir=str(tmp_path / "run"),
-            show_progress=False,
-            resume_from="latest",
-            **dict(SETTINGS, max_steps=4, rank=8),
-        )
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    for changed, refusal in [(dict(rank=8), "rank"), (dict(learning_rate=0.5), "learning_rate: 0.01 -> 0.5")]:
+        with pytest.raises(TuneforgeError, match=refusal):
+            tf.load(str(tiny_model_dir), precision="fp32").train(
+                lines_file,
+                output_dir=str(tmp_path / "run"),
+                show_progress=False,
+                resume_from="latest",
+                **dict(SETTINGS, max_steps=6, **changed),
+            )
+        assert (tmp_path / "run" / "config.yaml").read_text() == saved  # the refused settings left no trace
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tiny_model_dir, lines_file, tmp_path):
+    """Its checkpoints would sit beside the earlier run's (a step-N already there was kept, not replaced), and
+    resume_from: latest would then continue whichever is newer."""
+    settings = dict(
+        SETTINGS, max_steps=4, save_steps=2, output_dir=str(tmp_path / "run"), show_progress=False
+    )
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **settings)
+    before = (tmp_path / "run" / "checkpoints" / "step-4" / "trainable.safetensors").read_bytes()
+    with pytest.raises(TuneforgeError, match=r"holds checkpoints of an earlier run \(step-2, step-4\)"):
+        tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **dict(settings, seed=4))
+    assert (tmp_path / "run" / "checkpoints" / "step-4" / "trainable.safetensors").read_bytes() == before
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp_path):

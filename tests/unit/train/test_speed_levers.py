@@ -127,8 +127,12 @@ def test_threads_follow_the_free_cores(monkeypatch, load, cores, want):
     assert str(threads) in reason and (("busy" in reason) == (threads < cores))
 
 
-def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range():
-    assert choose_threads(requested=3, load=5.0)[0] == 3
+def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert choose_threads(requested=2, load=5.0) == (2, "2 CPU threads (num_threads)")
+    threads, reason = choose_threads(requested=64)  # kept, but said to be slower than one per core
+    assert threads == 64 and "more than the 2 cores" in reason and "slower" in reason
+    monkeypatch.undo()
     threads, _ = choose_threads()  # a real /proc/stat sample
     assert 1 <= threads <= len(usable_cores())
 

@@ -100,7 +100,8 @@ def test_max_time_plans_the_schedule_to_end_decayed_when_the_time_is_up(
     assert run.steps == 6 and run.total_steps == 6
     assert "max_time of 1 minute" in run.stopped_because
     rates = [m["learning_rate"] for m in metrics(tmp_path / "run")]
-    assert rates[-1] == 0.0 and rates == sorted(rates, reverse=True)  # decayed to the end by the deadline
+    assert rates == sorted(rates, reverse=True)  # logged: the rate each step applied
+    assert 0 < rates[-1] < rates[2] / 2  # steps 4-6 decay towards 0 at the deadline
     assert rates[2] > 1e-2 * 16 / 20  # steps 1-3 followed the 20-step plan, then it was re-planned
 
 

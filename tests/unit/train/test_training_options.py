@@ -7,6 +7,7 @@ import torch
 
 import tuneforge as tf
 from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import ConfigError
 from tuneforge.evaluate.curves import diagnose_fit
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 
@@ -42,6 +43,9 @@ def test_each_optimizer_lowers_the_loss(tiny_model_dir, lines_file, tmp_path, op
 def test_warmup_ratio_sets_the_warmup_steps():
     assert warmup_steps(RunConfig(warmup_ratio=0.1), 50) == 5
     assert warmup_steps(RunConfig(warmup_steps=3, warmup_ratio=0.5), 50) == 3
+    # a warm-up's first step runs at rate 0: a ratio never warms up a run's every step (1 step: none at all)
+    assert warmup_steps(RunConfig(warmup_ratio=0.05), 1) == 0
+    assert warmup_steps(RunConfig(warmup_ratio=1.0), 4) == 3
 
 
 @pytest.mark.parametrize(
@@ -173,6 +177,26 @@ def test_scratch_builds_a_new_model_with_a_trained_tokenizer(tiny_model_dir, lin
     assert run.final_loss < run.losses[0]
     reloaded = tf.load(str(run.saved_to), precision="fp32")
     assert len(reloaded.tokenizer) == 300
+
+
+def test_examples_longer_than_learned_positions_are_refused_before_training(tiny_model_dir, tmp_path):
+    """input_output data is bounded by source_max_len + target_max_len (QLoRA's recipe), not cutoff_len; on a
+    GPT-2 with 64 positions a 120-token example failed inside the forward pass."""
+    pairs = [{"input": "say " * 80, "output": "ok " * 40} for _ in range(4)]
+    (tmp_path / "io.jsonl").write_text("\n".join(json.dumps(pair) for pair in pairs))
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    scratch = dict(method="scratch", n_layer=1, n_head=2, n_embd=16, n_positions=64, cutoff_len=64)
+    with pytest.raises(
+        ConfigError, match="has 12[0-9] tokens but the model has 64 positions.*raise n_positions"
+    ):
+        llm.train(
+            tmp_path / "io.jsonl",
+            **scratch,
+            recipe="textgen",
+            max_steps=1,
+            output_dir=str(tmp_path / "run"),
+            show_progress=False,
+        )
 
 
 def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
