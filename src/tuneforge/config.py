@@ -527,6 +527,11 @@ class RunConfig:
             self.format, shipped_format_file = alias
             if shipped_format_file and coerce("format_file", self.format_file, str | None) is None:
                 self.format_file = shipped_format_file
+        elif self.format not in DATA_FORMATS:  # the other tools' names are choices too, e.g. 'alpacca'
+            known = [*DATA_FORMATS, *FORMAT_ALIASES]
+            close = difflib.get_close_matches(str(self.format).lower(), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"format must be one of {', '.join(known)}; got '{self.format}'{hint}")
         validate_fields(self)
         if isinstance(self.micro_batch_size, str) and self.micro_batch_size.strip().lower() == "auto":
             self.micro_batch_size = "auto"
@@ -676,6 +681,22 @@ def unknown_keys_message(unknown: list[str], source: str) -> str:
     return f"{len(unknown)} unknown keys in {source}: {listed}{tail}"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key '{key}' is given twice (first on line {first_line[key]}); keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config (or start from defaults) and apply `overrides` on top.
 
@@ -691,7 +712,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -26,7 +26,8 @@ from tuneforge.defaults import apply_defaults
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.report import write_report
 from tuneforge.generate import GenerationSettings, generate
-from tuneforge.models.adapters import count_parameters
+from tuneforge.models.adapters import check_module_names, count_parameters
+from tuneforge.models.kind import is_peft
 from tuneforge.models.loading import ModelSource
 from tuneforge.models.methods import with_attached_adapter
 from tuneforge.models.preparation import prepare_base
@@ -87,10 +88,11 @@ def run_training(
     if config.method == "scratch" and config.tokenizer == "train":
         tokenizer = scratch_tokenizer(config)
         log(f"trained a byte-level BPE tokenizer with {len(tokenizer):,} tokens on the data")
-    config, prepared = ready_data(
-        config, model, tokenizer, device, log
-    )  # bad data fails before anything slow
+    # bad data fails before anything slow
+    config, prepared = ready_data(config, model, tokenizer, device, log)
     log(f"data: {prepared.describe()}")
+    if config.method in ("lora", "qlora") and not is_peft(model):  # a mistyped module, before the run folder
+        check_module_names(model, config.target_modules, config.modules_to_save)
 
     from accelerate import PartialState
 

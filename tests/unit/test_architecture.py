@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
 FACE_MODULES = ("tuneforge.api", "tuneforge.happy", "tuneforge.demo", "tuneforge.cli", "tuneforge.ui")
 HEAVY = ("torch", "peft", "bitsandbytes")
-PARAMETER_CALLS = ("parameters", "named_parameters", "requires_grad_")
+PARAMETER_CALLS = ("parameters", "named_parameters", "requires_grad_", "named_modules", "named_children")
 # PEFT's adapter surgery called on a held model (`llm.model.set_adapter(...)`): models/adapters.py owns it
 ADAPTER_CALLS = (
     "set_adapter", "add_adapter", "load_adapter", "delete_adapter", "disable_adapter", "merge_and_unload",

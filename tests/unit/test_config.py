@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneforge.config import RunConfig, load_config
+from tuneforge.config import RunConfig, field_names, load_config
 from tuneforge.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -62,6 +62,14 @@ def test_overrides_win_over_the_yaml_file(tmp_path):
     (tmp_path / "run.yaml").write_text("epochs: 5\nrank: 4\n")
     config = load_config(tmp_path / "run.yaml", {"epochs": "1"})
     assert config.epochs == 1 and config.rank == 4
+
+
+def test_a_key_given_twice_and_a_misspelt_format_are_named(tmp_path):
+    (tmp_path / "run.yaml").write_text("rank: 8\nepochs: 2\nrank: 16\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:3:1 .*key 'rank' is given twice \(first on line 1\)"):
+        load_config(tmp_path / "run.yaml")  # PyYAML alone keeps the last, silently
+    with pytest.raises(ConfigError, match="did you mean 'alpaca'"):
+        load_config(None, {"format": "alpacca"})
 
 
 def test_a_data_file_given_as_the_config_says_to_pass_it_as_data(tmp_path):
@@ -155,3 +163,8 @@ def test_unknown_keys_that_all_have_a_hint_do_not_list_every_valid_key():
     assert str(refused.value) == (
         "2 unknown keys in config: 'epoch' (did you mean 'epochs'?), 'rnak' (did you mean 'rank'?)"
     )
+
+
+def test_the_readme_lists_every_run_config_key():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [name for name in field_names() if f"`{name}`" not in readme] == []

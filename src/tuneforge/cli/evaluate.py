@@ -42,6 +42,16 @@ def load_variants(config: RunConfig, adapters: list[str] | None, include_base: b
     load: dict[str, Any] = dict(
         device=config.device, precision=config.precision, trust_remote_code=config.trust_remote_code
     )
+    for path in adapters or []:  # named before the base model loads
+        folder = Path(path)
+        if not folder.exists():
+            raise ModelError(f"adapter folder '{path}' does not exist")
+        if not (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            run = next((folder / n for n in ("adapter", "model") if (folder / n).is_dir()), None)
+            raise ModelError(
+                f"'{path}' is neither an adapter folder (adapter_config.json) nor a model folder (config.json)"
+                + (f"; a run folder? its trained weights are in {run}" if run else "")
+            )
     base = tf.load(config.model, **load)
     variants = [Variant(BASE, base, BASE)] if include_base or not adapters else []
     for path in adapters or []:
@@ -51,11 +61,6 @@ def load_variants(config: RunConfig, adapters: list[str] | None, include_base: b
             variants.append(Variant(name, base, name))
         elif (folder / "config.json").is_file():
             variants.append(Variant(_unique_label(folder, variants), tf.load(str(folder), **load), None))
-        else:
-            raise ModelError(
-                f"'{path}' is neither an adapter folder (adapter_config.json) nor a model folder "
-                "(config.json)"
-            )
     return variants
 
 
@@ -84,16 +89,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     variants = load_variants(
         run_config_from(args, settings_class=GenerationSettings), args.adapter, include_base=False
     )
+    # a completion continues the prompt; a chat answer is a reply to it, on its own line
+    shown = f"user: {args.prompt}\nassistant: " if settings.chat else args.prompt
     for variant in variants:
         prefix = f"[{variant.label}] " if len(variants) > 1 else ""
         with variant.active():
             if args.stream:
-                print(f"{prefix}{args.prompt}", end="", flush=True)
+                print(f"{prefix}{shown}", end="", flush=True)
                 for piece in variant.llm.stream(args.prompt, settings):
                     print(piece, end="", flush=True)
                 print()
             else:
-                print(f"{prefix}{args.prompt}{variant.llm.generate(args.prompt, settings)}")
+                print(f"{prefix}{shown}{variant.llm.generate(args.prompt, settings)}")
     return 0
 
 
@@ -163,10 +170,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.heldout and not Path(args.heldout).is_file():
         raise TuneforgeError(f"held-out file '{args.heldout}' does not exist")
     config, settings = run_config_from(args, settings_class=GenerationSettings), settings_from(args)
+    seeds = args.seeds
+    if hasattr(args, "seed"):  # one seed given as --seed: those are the seeds (--seeds says several)
+        if seeds is not None:
+            raise TuneforgeError("give --seeds (one or more) or --seed, not both")
+        seeds = [args.seed]
     result = compare(
         load_variants(config, args.adapter),
         args.prompts,
-        seeds=args.seeds,
+        seeds=seeds if seeds is not None else [0, 1],
         settings=settings,
         heldout=args.heldout,
         max_length=args.max_length,
@@ -328,7 +340,7 @@ def add_eval_commands(subparsers) -> None:
         help="Base vs adapters/checkpoints on the same prompts and seeds, as Markdown/HTML.",
     )
     comp.add_argument("prompts", nargs="+", help="Prompts to continue.")
-    comp.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds per prompt (default: 0 1).")
+    comp.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds per prompt (default: 0 1).")
     comp.add_argument("--heldout", default=None, help="Held-out text file: adds each model's perplexity.")
     comp.add_argument("--output", default=None, help="Folder to write compare.md and compare.html into.")
     _add_window_flags(comp)

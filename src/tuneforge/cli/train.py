@@ -140,7 +140,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_modules(args: argparse.Namespace) -> int:
     import tuneforge as tf
-    from tuneforge.models.adapters import linear_module_names
+    from tuneforge.models.adapters import embedding_module_names, linear_module_names
 
     llm = tf.load(args.model, precision="fp32")
     config = llm.model.config
@@ -150,9 +150,8 @@ def cmd_modules(args: argparse.Namespace) -> int:
     )
     print("linear modules (usable as target_modules): " + ", ".join(linear_module_names(llm.model)))
     print(
-        "embedding/output modules: "
-        + ", ".join(name for name, _ in llm.model.named_children() if name)
-        + " (e.g. embed_tokens, lm_head)"
+        "embedding and output modules (usable as modules_to_save): "
+        + ", ".join(embedding_module_names(llm.model))
     )
     return 0
 

@@ -35,6 +35,28 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
+def embedding_module_names(model) -> list[str]:
+    """Short names of the input embedding and the output head (what `modules_to_save` can name)."""
+    names = []
+    for wanted in (model.get_input_embeddings(), model.get_output_embeddings()):
+        found = next((name for name, module in model.named_modules() if module is wanted and name), None)
+        if wanted is not None and found and found.rsplit(".", 1)[-1] not in names:
+            names.append(found.rsplit(".", 1)[-1])
+    return names
+
+
+def check_module_names(model, target_modules: list[str], modules_to_save: list[str] | None = None) -> None:
+    """Refuse target_modules or modules_to_save this model does not have, naming the ones it has."""
+    known = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    wanted = [t for t in target_modules if t != "all-linear"] + list(modules_to_save or [])
+    missing = [t for t in wanted if t not in known]
+    if missing:
+        raise ModelError(
+            f"modules {missing} are not in this model; it has linear layers "
+            f"{', '.join(linear_module_names(model))} (or use all-linear); see tuneforge modules"
+        )
+
+
 def attach_lora(
     model,
     rank: int,
@@ -52,14 +74,8 @@ def attach_lora(
     targets: str | list[str] = (
         "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
     )
-    known = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    check_module_names(model, targets if isinstance(targets, list) else [], modules_to_save)
     wanted = (targets if isinstance(targets, list) else []) + list(modules_to_save or [])
-    missing = [t for t in wanted if t not in known]
-    if missing:
-        raise ModelError(
-            f"modules {missing} are not in this model; it has linear layers "
-            f"{', '.join(linear_module_names(model))} (or use all-linear); see tuneforge modules"
-        )
     # peft types lora_alpha int (a float works) and bias a Literal (checked by LoraConfig itself)
     lora = LoraConfig(
         r=rank,

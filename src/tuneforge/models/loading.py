@@ -169,6 +169,11 @@ def resolve(spec: str) -> ModelSource:
         if not (target / "config.json").is_file():
             convert_gguf(path, target)
         return ModelSource(spec, str(target))
+    if path.is_file():
+        raise ModelError(
+            f"model '{spec}' is a file; give a model folder (config.json + *.safetensors), a .gguf file or a "
+            "hub id (a data file goes to --data)"
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(

@@ -191,3 +191,13 @@ def test_ui_refuses_to_listen_beyond_this_machine_without_auth():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["2", "False", "False"]  # refused before anything heavy is imported
     assert done.stderr.count("\n") == 1 and "--auth user:password" in done.stderr
+
+
+def test_modules_names_the_linear_layers_and_the_embedding_and_head(capsys, tiny_model_dir):
+    assert main(["modules", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "usable as target_modules): down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"
+        in out
+    )
+    assert "usable as modules_to_save): embed_tokens, lm_head\n" in out

@@ -43,11 +43,26 @@ def test_generate_streams_the_same_text_as_without_streaming(capsys, tiny_model_
     code, whole, _ = run(capsys, *common)
     assert code == 0 and whole.startswith("you can")
     assert run(capsys, *common, "--stream")[1] == whole
-    unseeded = [
-        part if part != "3" else "none" for part in common
-    ]  # the help's "'none': a new draw each call"
+    code, chat, _ = run(capsys, *common[:-1], "--chat", "true", "you can")
+    assert code == 0 and chat.startswith("user: you can\nassistant: ")  # a reply, not glued to the prompt
+    unseeded = [part if part != "3" else "none" for part in common]  # help: "'none': a new draw each call"
     code, _, err = run(capsys, *unseeded)
     assert code == 0, err
+
+
+def test_a_run_folder_given_as_the_adapter_points_at_its_adapter_before_the_model_loads(
+    capsys, monkeypatch, tiny_model_dir, adapter_dirs, tmp_path
+):
+    import shutil
+
+    import tuneforge
+
+    shutil.copytree(adapter_dirs[0], tmp_path / "run" / "adapter")
+    monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded first"))
+    code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "run", "hi")
+    assert code == 2 and f"a run folder? its trained weights are in {tmp_path / 'run' / 'adapter'}" in err
+    code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "nope", "hi")
+    assert code == 2 and "adapter folder" in err and "does not exist" in err
 
 
 def test_logits_shows_base_and_adapter_side_by_side(capsys, tiny_model_dir, adapter_dirs):
@@ -115,6 +130,10 @@ def test_compare_and_merge_write_their_files(capsys, tiny_model_dir, adapter_dir
     )
     assert code == 0 and "| prompt | seed | base | one | two |" in out
     assert (tmp_path / "cmp" / "compare.html").is_file()
+    code, out, _ = run(
+        capsys, "compare", "--model", tiny_model_dir, "--max-new-tokens", "2", "--seed", "5", "hi"
+    )
+    assert code == 0 and "| hi | 5 |" in out  # --seed alone is the one seed, not silently 0 and 1
     code, out, _ = run(
         capsys,
         "merge",

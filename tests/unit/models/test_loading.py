@@ -13,6 +13,12 @@ def test_missing_local_path_is_named():
         resolve("./no/such/model")
 
 
+def test_a_file_given_as_the_model_is_explained(tmp_path):
+    (tmp_path / "cheese.txt").write_text("Cheese is made from milk.\n")
+    with pytest.raises(ModelError, match="is a file; give a model folder"):
+        resolve(str(tmp_path / "cheese.txt"))
+
+
 def test_folder_without_config_is_explained(tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         resolve(str(tmp_path))

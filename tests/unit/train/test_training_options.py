@@ -179,6 +179,18 @@ def test_scratch_builds_a_new_model_with_a_trained_tokenizer(tiny_model_dir, lin
     assert len(reloaded.tokenizer) == 300
 
 
+def test_a_mistyped_target_module_is_refused_before_the_run_folder_exists(tiny_llm, lines_file, tmp_path):
+    from tuneforge.errors import ModelError
+
+    with pytest.raises(
+        ModelError, match=r"modules \['q_projj'\] are not in this model; it has linear layers"
+    ):
+        tiny_llm.train(
+            lines_file, target_modules=["q_projj"], output_dir=str(tmp_path / "run"), show_progress=False
+        )
+    assert not (tmp_path / "run").exists()  # not a folder holding only the failed run's config.yaml
+
+
 def test_examples_longer_than_learned_positions_are_refused_before_training(tiny_model_dir, tmp_path):
     """input_output data is bounded by source_max_len + target_max_len (QLoRA's recipe), not cutoff_len; on a
     GPT-2 with 64 positions a 120-token example failed inside the forward pass."""
