@@ -595,6 +595,12 @@ class RunConfig:
             raise ConfigError(
                 f"report_to {unknown[0]!r} is not a tracker tuneforge knows; use any of {', '.join(TRACKERS)}"
             )
+        # without a folder, resume_from latest would start a new dated one and find no checkpoint in it
+        if self.resume_from == "latest" and not self.output_dir:
+            raise ConfigError(
+                "resume_from: latest needs the run to continue: pass its config.yaml (tuneforge train "
+                "runs/NAME/config.yaml --resume_from latest) or its folder as output_dir"
+            )
         if not self.target_modules:
             raise ConfigError(
                 "target_modules is empty; name at least one module, e.g. q_proj,v_proj or all-linear"

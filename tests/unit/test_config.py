@@ -168,3 +168,9 @@ def test_unknown_keys_that_all_have_a_hint_do_not_list_every_valid_key():
 def test_the_readme_lists_every_run_config_key():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert [name for name in field_names() if f"`{name}`" not in readme] == []
+
+
+def test_resume_from_latest_without_the_run_folder_is_explained():
+    with pytest.raises(ConfigError, match="resume_from: latest needs the run to continue"):
+        load_config(None, {"resume_from": "latest"})
+    assert load_config(None, {"resume_from": "latest", "output_dir": "runs/x"}).resume_from == "latest"

@@ -3,7 +3,7 @@ steps than the checkpoint was planned for, or a max_time budget measured after t
 
     scheduler = build_scheduler(optimizer, config, total_steps=4)   # ... 4 steps trained, then resumed:
     replan_schedule(scheduler, config, step=4, total_steps=8)
-    # -> "the learning rate now decays from 2.50e-03 at step 5 to 0.00e+00 at step 8 (no new warm-up)"
+    # -> "the learning rate decays from 2.50e-03 at step 5 to 0.00e+00 after step 8"
 
 The rule: still inside the warm-up, the warm-up is kept and the decay then ends at the new end; after it, the
 decay continues from the learning rate the next step would have had (the last step's, when the old schedule
@@ -67,4 +67,4 @@ def replan_schedule(scheduler, config, step: int, total_steps: int) -> str | Non
         )
         start = f"decays from {scheduler.get_last_lr()[0]:.2e} at step {step + 1}"
     end = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](total_steps)
-    return f"the learning rate {start} to {end:.2e} at step {total_steps}"
+    return f"the learning rate {start} to {end:.2e} after step {total_steps}"
