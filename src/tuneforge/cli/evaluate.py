@@ -281,7 +281,16 @@ def _add_window_flags(parser: argparse.ArgumentParser) -> None:
         "smaller gives more context per token and is slower (default: max_length / 2).",
     )
     # --shape is this verb's older name for the format key
-    add_setting_flags(parser, RunConfig, ["format"], aliases={"format": ["--shape"]})
+    add_setting_flags(
+        parser,
+        RunConfig,
+        ["format"],
+        aliases={"format": ["--shape"]},
+        helps={
+            "format": "How the text is read: 'raw' (one text), 'lines' (each line on its own, as line-per-"
+            "example training reads it) or 'auto' (as training detects it). (default: 'auto')"
+        },
+    )
 
 
 def add_eval_commands(subparsers) -> None:
@@ -311,7 +320,7 @@ def add_eval_commands(subparsers) -> None:
     ppl.add_argument(
         "data_file", nargs="?", metavar="DATA", help="Text file to evaluate on (or --data FILE)."
     )
-    add_setting_flags(ppl, RunConfig, ["data"])
+    add_setting_flags(ppl, RunConfig, ["data"], helps={"data": "Text file to evaluate on."})
     _add_window_flags(ppl)
     ppl.add_argument(
         "--history",

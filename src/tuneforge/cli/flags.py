@@ -82,20 +82,22 @@ def add_setting_flags(
     names: typing.Iterable[str] | None = None,
     *,
     aliases: dict[str, list[str]] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
     """Add a flag for each setting in `names` (default: all) of the dataclass `settings_class`, grouped by the
-    settings' group; `aliases` adds extra option strings (e.g. {"format": ["--shape"]})."""
+    settings' group; `aliases` adds extra option strings (e.g. {"format": ["--shape"]}), `helps` replaces a
+    setting's help where this verb reads it differently (perplexity's data is a text to score)."""
     fields = {f.name: f for f in dataclasses.fields(settings_class)}
     hints = typing.get_type_hints(settings_class)
     defaults = settings_class()
-    groups: dict[str, Any] = {}
+    # one group per title, also over several calls (perplexity adds data and format separately)
+    groups: dict[str, Any] = {group.title: group for group in parser._action_groups if group.title}
     for name in names or fields:
         f = fields[name]
-        group_name = f.metadata.get("group", "training")
+        group = f.metadata.get("group", "training")
+        group_name = f"{GROUP_TITLES.get(group, group)} settings"
         if group_name not in groups:
-            groups[group_name] = parser.add_argument_group(
-                f"{GROUP_TITLES.get(group_name, group_name)} settings"
-            )
+            groups[group_name] = parser.add_argument_group(group_name)
         kwargs: dict[str, Any] = {"metavar": "VALUE", "type": functools.partial(_typed, name, hints[name])}
         if hints[name] is bool:
             kwargs.update(action=BoolFlag, metavar="true|false")
@@ -106,7 +108,7 @@ def add_setting_flags(
             *(aliases or {}).get(name, []),
             dest=name,
             default=argparse.SUPPRESS,
-            help=describe(f, getattr(defaults, name)),
+            help=(helps or {}).get(name) or describe(f, getattr(defaults, name)),
             **kwargs,
         )
 

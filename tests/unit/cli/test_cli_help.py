@@ -17,7 +17,10 @@ def test_every_verb_and_sub_verb_prints_its_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*verb.split(), "--help"])
     assert exit_info.value.code == 0
-    assert f"usage: tuneforge {verb}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"usage: tuneforge {verb}" in out
+    headings = [line for line in out.splitlines() if line.endswith(" settings:")]
+    assert len(headings) == len(set(headings)), headings  # one heading per group (perplexity had two)
 
 
 def test_python_dash_m_tuneforge_runs_the_command():
