@@ -36,7 +36,7 @@ from tuneforge.models.adapters import (
 from tuneforge.models.kind import is_peft, is_quantized
 from tuneforge.models.loading import ModelSource, load_model
 from tuneforge.models.methods import required_weight_dtype
-from tuneforge.models.saving import save_pretrained
+from tuneforge.models.saving import save_active_adapter, save_pretrained
 from tuneforge.recipe import run_training
 from tuneforge.train.loop import TrainResult
 
@@ -367,7 +367,10 @@ class LLM:
     def save(self, path: str | Path) -> Path:
         """Save the adapter (PEFT format) if one is attached, else the whole model and tokenizer."""
         path = Path(path)
-        save_pretrained(self.model, path)
+        if is_peft(self.model):  # the active adapter, at the folder's root (as a run's <run>/adapter)
+            save_active_adapter(self.model, path)
+        else:
+            save_pretrained(self.model, path)
         if not is_peft(self.model):
             self.tokenizer.save_pretrained(path)
         return path

@@ -693,7 +693,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                raise yaml.constructor.ConstructorError(
+                    problem=f"a key must be a name, not {type(key).__name__}",
+                    problem_mark=key_node.start_mark,
+                )
             if key in first_line:
                 raise yaml.constructor.ConstructorError(
                     problem=f"key '{key}' is given twice (first on line {first_line[key]}); keep one",

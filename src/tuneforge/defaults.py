@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 # text-generation-webui's Training tab, as seed 000 trains
@@ -276,8 +277,11 @@ def apply_defaults(config, prepared, tokenizer, device: str, log=print):
     A chosen validation split or packing prepares the data again with the chosen config, so a run's data is
     always prepare_examples(data, its saved config.yaml): resuming from that file finds the same examples and
     the same fingerprint (the second preparation is cached for it)."""
+    from tuneforge.data.cache import MARKER
     from tuneforge.data.examples import prepare_examples
 
+    if config.data and (Path(config.data) / MARKER).is_file():  # saved preprocessed data trains as saved
+        config = config.replace(validation_split=config.validation_split, packing=config.packing)
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device))
     for choice in choices:
         log(f"default chosen: {choice.describe()}")

@@ -8,6 +8,7 @@ save the adapter in PEFT's format.
 
 from __future__ import annotations
 
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -65,6 +66,10 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     if max_steps:
         settings["max_steps"] = max_steps
     print("\n--- training ---", flush=True)
+    earlier = Path(output_dir) / "checkpoints"
+    if earlier.is_dir():  # the demo's own folder: an earlier (interrupted) demo's checkpoints make way
+        print(f"replacing the earlier demo's checkpoints in {earlier}")
+        shutil.rmtree(earlier)
     run = llm.train(str(data), **settings)
     after = _show(llm, "after training")
     changed = sum(before[k] != after[k] for k in before)

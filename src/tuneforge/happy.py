@@ -21,6 +21,8 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,8 +252,8 @@ class HappyGeneration:
             logging_steps=steps_from_ratio(args.logging_steps, total) or total,
         )
         if config.save_steps or config.report_to or args.output_dir != V3_OUTPUT_DIR:  # files asked for
-            replace_checkpoints(args.output_dir)
-            return self.llm.train(config=config.replace(output_dir=args.output_dir))
+            with replacing_checkpoints(args.output_dir):
+                return self.llm.train(config=config.replace(output_dir=args.output_dir))
         folder = tempfile.TemporaryDirectory(prefix="happy-run-", dir=temporary_runs_home())
         with folder:
             result = self.llm.train(config=config.replace(output_dir=folder.name))
@@ -361,17 +363,32 @@ def data_save_path(args) -> str:
     return ""
 
 
-def replace_checkpoints(run_dir: str) -> None:
-    """HappyTransformer's Trainer writes over an earlier run in the same output_dir, and its API cannot resume
-    one: an earlier run's checkpoints there are removed (said so), so they never mix with this run's."""
+@contextmanager
+def replacing_checkpoints(run_dir: str) -> Iterator[None]:
+    """HappyTransformer's Trainer writes its checkpoints over an earlier run's in the same output_dir, and its
+    API cannot resume one: an earlier run's checkpoints there are set aside (said so) while this run trains, so
+    the two never mix, then removed; if this run fails before writing any, they are put back."""
     from tuneforge.train.checkpoint import list_checkpoints
 
     earlier = list_checkpoints(Path(run_dir))
-    if earlier:
-        warnings.warn(
-            f"output_dir {run_dir}: replacing the earlier run's {len(earlier)} checkpoints", stacklevel=3
-        )
-        shutil.rmtree(earlier[0].parent)
+    if not earlier:
+        yield
+        return
+    folder = earlier[0].parent
+    aside = folder.with_name(".checkpoints.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    folder.rename(aside)
+    warnings.warn(
+        f"output_dir {run_dir}: replacing the earlier run's {len(earlier)} checkpoints", stacklevel=3
+    )
+    try:
+        yield
+    except BaseException:
+        if not folder.exists():
+            aside.rename(folder)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_prepared_data(prepared, path: str) -> Path:

@@ -93,6 +93,7 @@ def run_training(
     log(f"data: {prepared.describe()}")
     if config.method in ("lora", "qlora") and not is_peft(model):  # a mistyped module, before the run folder
         check_module_names(model, config.target_modules, config.modules_to_save)
+    refuse_examples_past_positions(model, prepared, config)  # before the run folder, too
 
     from accelerate import PartialState
 
@@ -133,7 +134,6 @@ def run_training(
         source=source,
         trust_remote_code=trust_remote_code,
     )  # seeds the RNG with config.seed
-    refuse_examples_past_positions(model, prepared, config)
     if on_prepared is not None:
         on_prepared(model)
     # sampling must not move the global RNG: dropout and data order draw from it after the seed
@@ -284,14 +284,18 @@ def warn_about_cut_examples(counts: dict, config, log=print) -> None:
 def refuse_examples_past_positions(model, prepared, config) -> None:
     """Learned position embeddings (GPT-2's n_positions) end where they end: a longer example would fail inside
     the forward pass. input_output data is bounded by source_max_len + target_max_len, not cutoff_len."""
-    limit = getattr(getattr(model, "config", None), "n_positions", None)
+    if config.method == "scratch":  # built later, as config says
+        limit = config.n_positions if config.architecture == "gpt2" else None
+    else:
+        limit = getattr(getattr(model, "config", None), "n_positions", None)
     if not isinstance(limit, int):
         return  # rotary positions (Llama and most models since) have no hard end
-    tables = [prepared.train, prepared.validation]
-    longest = max(
-        (n for table in tables for n in getattr(table, "lengths", [len(e["input_ids"]) for e in table])),
-        default=0,
-    )
+    lengths = [
+        n
+        for table in (prepared.train, prepared.validation)
+        for n in (table.lengths if hasattr(table, "lengths") else [len(e["input_ids"]) for e in table])
+    ]
+    longest = max(lengths, default=0)
     if longest > limit:
         raise ConfigError(
             f"the longest prepared example has {longest} tokens but the model has {limit} positions "

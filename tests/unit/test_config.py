@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneforge.config import RunConfig, field_names, load_config
+from tuneforge.config import RunConfig, UniqueKeyLoader, field_names, load_config
 from tuneforge.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -70,6 +70,13 @@ def test_a_key_given_twice_and_a_misspelt_format_are_named(tmp_path):
         load_config(tmp_path / "run.yaml")  # PyYAML alone keeps the last, silently
     with pytest.raises(ConfigError, match="did you mean 'alpaca'"):
         load_config(None, {"format": "alpacca"})
+    # merge keys still read as YAML says (a key merged in may be given again)
+    assert yaml.load("a: &b {rank: 8}\nrun: {<<: *b, rank: 16}\n", Loader=UniqueKeyLoader)["run"] == {
+        "rank": 16
+    }
+    with pytest.raises(ConfigError, match="a key must be a name, not list"):
+        (tmp_path / "listkey.yaml").write_text("? [1, 2]\n: x\n")
+        load_config(tmp_path / "listkey.yaml")
 
 
 def test_a_data_file_given_as_the_config_says_to_pass_it_as_data(tmp_path):

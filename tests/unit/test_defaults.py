@@ -248,6 +248,21 @@ def test_auto_is_the_default_recipe_and_textgen_leaves_the_prepared_data_untouch
     assert not held_out & {tuple(e["input_ids"]) for e in carved.train}
 
 
+def test_saved_preprocessed_data_trains_as_saved_without_a_chosen_split_or_packing(tokenizer, tmp_path):
+    from tuneforge.data import save_preprocessed_data
+    from tuneforge.data.examples import prepare_examples
+
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
+    config = load_config(None, {"recipe": "textgen", "cutoff_len": 128, "data": str(path)})
+    save_preprocessed_data(prepare_examples(path, tokenizer, config, use_cache=False), tmp_path / "saved")
+    auto = load_config(None, {"cutoff_len": 128, "data": str(tmp_path / "saved")})
+    saved = prepare_examples(tmp_path / "saved", tokenizer, auto)
+    new, same = apply_defaults(auto, saved, tokenizer, "cpu", log=lambda line: None)
+    assert same is saved and len(same.train) == 60  # what the folder holds, as the config now says
+    assert not new.packing and new.validation_split == 0 and new.batch_size is not None
+
+
 def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves_it(
     tiny_llm, tmp_path, capsys
 ):

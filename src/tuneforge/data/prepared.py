@@ -43,7 +43,8 @@ class ExampleTable(Sequence):
         if hasattr(self.rows, "data"):
             import pyarrow.compute as pc
 
-            return pc.list_value_length(self.rows.data.column("input_ids")).to_pylist()
+            # through the dataset, not .data: after a select() .data is still the whole table
+            return pc.list_value_length(self.rows.with_format("arrow")["input_ids"]).to_pylist()
         return [len(row["input_ids"]) for row in self.rows]
 
 

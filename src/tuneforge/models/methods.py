@@ -15,34 +15,47 @@ from tuneforge.models.kind import is_peft, is_quantized
 
 
 def with_attached_adapter(model, config):
-    """`config` with the attached adapter's rank, alpha and target modules, which a run continuing it trains;
-    a different rank or alpha given by the user is refused (recipe auto must not choose new ones either)."""
+    """`config` describing the attached adapter, which a run continuing it trains: its rank, alpha, target
+    modules, dropout, bias, modules_to_save and layers, all counted as given (recipe auto chooses none of them,
+    and a resume from the saved config.yaml rebuilds this adapter). A different rank, alpha or target modules
+    given by the user is refused."""
     if config.method not in ("lora", "qlora") or not is_peft(model):
         return config
-    adapter = model.peft_config[model.active_adapter]  # named after its folder when loaded, not "default"
-    found = {"rank": adapter.r, "alpha": adapter.lora_alpha}
-    for key, value in found.items():
-        asked = getattr(config, key)
-        if key in config.given_keys and asked != value:
-            raise ConfigError(
-                f"the loaded adapter '{model.active_adapter}' has {key} {value:g} but {key} {asked:g} was "
-                f"asked for; a LoRA's {key} cannot change: use {key}: {value:g} or start from the base"
-            )
-    targets = adapter.target_modules
-    targets = [targets] if isinstance(targets, str) else sorted(targets)
-    named = "target_modules" in config.given_keys and config.target_modules != ["all-linear"]
-    if named and sorted(config.target_modules) != targets:
+    name = model.active_adapter  # named after its folder when loaded, not "default"
+    adapter = model.peft_config[name]
+    targets = getattr(adapter, "target_modules", None)
+    if not hasattr(adapter, "r") or not isinstance(targets, (set, list, tuple)):
         raise ConfigError(
-            f"the loaded adapter '{model.active_adapter}' trains {', '.join(targets)}, not "
+            f"the loaded adapter '{name}' is not a LoRA naming its target modules (PEFT type "
+            f"{getattr(adapter, 'peft_type', '?')}, targets {targets!r}); tuneforge continues those only: "
+            "start from the base"
+        )
+    layers = adapter.layers_to_transform
+    found = {
+        "rank": adapter.r,
+        "alpha": adapter.lora_alpha,
+        "target_modules": sorted(targets),
+        "lora_dropout": adapter.lora_dropout,
+        "bias": adapter.bias,
+        "modules_to_save": sorted(adapter.modules_to_save or []),
+        "layers_to_transform": [layers] if isinstance(layers, int) else list(layers or []),
+        "layers_pattern": adapter.layers_pattern if isinstance(adapter.layers_pattern, str) else None,
+    }
+    for key in ("rank", "alpha"):
+        asked = getattr(config, key)
+        if key in config.given_keys and asked != found[key]:
+            raise ConfigError(
+                f"the loaded adapter '{name}' has {key} {found[key]:g} but {key} {asked:g} was asked for; a "
+                f"LoRA's {key} cannot change: use {key}: {found[key]:g} or start from the base"
+            )
+    named = "target_modules" in config.given_keys and config.target_modules != ["all-linear"]
+    if named and sorted(config.target_modules) != found["target_modules"]:
+        raise ConfigError(
+            f"the loaded adapter '{name}' trains {', '.join(found['target_modules'])}, not "
             f"{', '.join(config.target_modules)}; its modules cannot change: leave target_modules out or "
             "start from the base"
         )
-    if (
-        all(getattr(config, key) == value for key, value in found.items())
-        and config.target_modules == targets
-    ):
-        return config
-    return config.replace(**found, target_modules=targets)
+    return config.replace(**found)
 
 
 def prepare_for_training(model, config):

@@ -44,8 +44,8 @@ def save_active_adapter(model: Any, folder: str | Path, **kwargs: Any) -> None:
     folder/<name>/, where nothing that reads a run's adapter looks; it is written beside and moved up.
     """
     name = model.active_adapter
-    if name == "default":
-        save_pretrained(model, folder, **kwargs)
+    if name == "default":  # the others loaded beside it would land in folder/<name>/
+        save_pretrained(model, folder, selected_adapters=["default"], **kwargs)
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -355,22 +355,29 @@ def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, l
 
 
 def refuse_resume_early(run_dir: Path, config, identity: dict) -> None:
-    """The resume's refusals, read from the checkpoint's two small files before the run writes anything to its
-    folder (a refused resume must not leave its settings in the run's config.yaml); the loop reads and checks
-    the whole checkpoint again, and says what is wrong with a missing or damaged one."""
-    checkpoints = list_checkpoints(run_dir) if config.resume_from == "latest" else [Path(config.resume_from)]
-    if not checkpoints:
+    """The resume's refusals, before the run writes anything to its folder (a refused resume must not leave its
+    settings in the run's config.yaml): no checkpoint to resume, or one of another model, rank or settings.
+    Reads only the checkpoint's two small files; with `latest`, a damaged newest checkpoint is passed over for
+    the one before, as the loop does (which then moves it aside, says so, and reads the whole checkpoint)."""
+    if config.resume_from == "latest":
+        candidates = list(reversed(list_checkpoints(run_dir))) or [
+            find_checkpoint(run_dir, "latest")
+        ]  # raises
+    else:
+        candidates = [find_checkpoint(run_dir, config.resume_from)]  # raises for a path that is not one
+    for path in candidates:
+        try:
+            files = {
+                "state": _read(path, STATE_FILE, train_state),
+                "config": json.loads((path / CONFIG_FILE).read_text())
+                if (path / CONFIG_FILE).exists()
+                else None,
+            }
+        except (DamagedCheckpointError, OSError, ValueError):
+            continue
+        check_identity(path, identity)
+        check_resume_config(path, files, config, identity, log=lambda line: None)
         return
-    path = checkpoints[-1]
-    try:
-        files = {
-            "state": _read(path, STATE_FILE, train_state),
-            "config": json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else None,
-        }
-    except (DamagedCheckpointError, OSError, ValueError):
-        return
-    check_identity(path, identity)
-    check_resume_config(path, files, config, identity, log=lambda line: None)
 
 
 def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:

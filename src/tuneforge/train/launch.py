@@ -52,7 +52,7 @@ class Launch:
     def describe(self) -> str:
         asked = f", asked for {self.asked}" if self.asked not in (None, self.world_size) else ""
         noun = "process" if self.world_size == 1 else "processes"
-        engine = f", engine {self.engine}" if self.engine else ""
+        engine = f", engine {self.engine}" if self.engine not in ("", "NO") else ""  # NO: a plain run
         return f"world size: {self.world_size} {noun} ({self.launcher}{asked}{engine})"
 
     def describe_batch(self, examples_per_step: int, micro_batch_size: int) -> str:

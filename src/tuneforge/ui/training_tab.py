@@ -287,7 +287,8 @@ def training_tab(workspace: Workspace):
         config = from_dict(settings)
         inspection = inspect_data(config.data, workspace.tokenizer(), config, n_examples=2)
         llm = workspace.require()
-        plan = plan_run(config, llm.model, llm.tokenizer, llm.device)  # as Start will run it, defaults chosen
+        # as Start runs it (a new process on the base model, no LoRA of the Model tab), defaults chosen
+        plan = plan_run(config, None, llm.tokenizer, llm.device)
         return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
     @shows_errors

@@ -135,6 +135,22 @@ def test_raw_text_held_out_chunks_share_no_token_with_training(tokenizer, config
     assert text.splitlines()[-1] in tokenizer.decode(held[-1])  # the end of the text is held out
 
 
+def test_a_dropped_chunk_between_hard_cuts_leaves_the_split_and_lengths_right(tokenizer, config, tmp_path):
+    """A one-token section between hard cuts is dropped (nothing to learn); the lengths of the rows kept must be
+    the rows kept (a select()ed dataset's .data is still the whole table: the split then failed)."""
+    from tuneforge.data.prepared import ExampleTable
+
+    poem = "\n".join(f"Line {i} of a long poem about cheese." for i in range(30))
+    (tmp_path / "cut.txt").write_text(f"{poem}\n\n\nX\n\n\n{poem}\n")
+    settings = dict(format="raw", validation_split=0.2, add_eos_token=False, overlap_len=0)
+    prepared = prepare_examples(tmp_path / "cut.txt", tokenizer, config(**settings))
+    assert prepared.counts["dropped_without_loss"] == 1 and len(prepared.validation) >= 1
+    table = prepared.train
+    assert table.lengths == [len(table[i]["input_ids"]) for i in range(len(table))]
+    rows = ExampleTable(table.rows.select([0, 2])).lengths
+    assert rows == [len(table[0]["input_ids"]), len(table[2]["input_ids"])]
+
+
 def test_lines_text_and_input_output_shapes(tokenizer, config, tmp_path):
     (tmp_path / "lines.txt").write_text("first example\nsecond example\n")
     assert len(prepare_examples(tmp_path / "lines.txt", tokenizer, config()).train) == 2

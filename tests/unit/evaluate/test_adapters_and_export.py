@@ -66,6 +66,33 @@ def test_training_a_loaded_adapter_continues_it_with_its_own_shape(
         logits(reloaded.model, reloaded.tokenizer), logits(llm.model, llm.tokenizer), atol=1e-5
     )
 
+    # a textgen run's adapter has the keys' own defaults (rank 32, alpha 64, q_proj and v_proj): still kept
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    textgen = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), textgen).save_pretrained(
+        tmp_path / "textgen"
+    )
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    llm.load_adapter(tmp_path / "textgen")
+    llm.train(lines_file, max_steps=1, show_progress=False, output_dir=str(tmp_path / "again"))
+    saved = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert (saved["rank"], saved["alpha"], saved["target_modules"]) == (32, 64, ["q_proj", "v_proj"])
+
+
+def test_save_writes_the_active_adapter_at_the_folders_root(tiny_model_dir, adapter_dirs, tmp_path):
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    llm.load_adapter(adapter_dirs[0])  # named 'one'; PEFT would save it in saved/one/
+    llm.load_adapter(adapter_dirs[1])  # 'two', now active
+    llm.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    again = tf.load(str(tiny_model_dir), adapter=tmp_path / "saved", precision="fp32")
+    assert torch.allclose(logits(again.model, again.tokenizer), logits(llm.model, llm.tokenizer), atol=1e-5)
+
 
 def test_merged_folder_loads_in_plain_transformers_with_the_adapters_logits(
     tiny_model_dir, adapter_dirs, tmp_path

@@ -199,5 +199,19 @@ def test_save_steps_keep_checkpoints_in_output_dir_as_happytransformer_does(work
     with pytest.warns(UserWarning, match="replacing the earlier run's 2 checkpoints"):  # as its Trainer would
         happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=4, save_steps=2))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-2", "step-4"]  # this run's alone
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the run failed before its first checkpoint")
+
+    happy_gen.llm.train, real = fails, happy_gen.llm.train
+    try:
+        with pytest.warns(UserWarning, match="replacing"), pytest.raises(RuntimeError, match="failed before"):
+            happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=4, save_steps=2))
+    finally:
+        happy_gen.llm.train = real
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "step-2",
+        "step-4",
+    ]  # put back: nothing replaced them
     chosen = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=1, output_dir="mine"))
     assert chosen.saved_to.resolve() == work / "mine" / "model"  # an output_dir of your own keeps the run

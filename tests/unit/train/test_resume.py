@@ -120,6 +120,16 @@ def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_fil
                 **dict(SETTINGS, max_steps=6, **changed),
             )
         assert (tmp_path / "run" / "config.yaml").read_text() == saved  # the refused settings left no trace
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # nothing to resume: refused before writing too
+    with pytest.raises(TuneforgeError, match="holds no complete checkpoint"):
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            lines_file,
+            output_dir=str(tmp_path / "run"),
+            show_progress=False,
+            resume_from="latest",
+            **SETTINGS,
+        )
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
 
 
 def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tiny_model_dir, lines_file, tmp_path):

@@ -209,6 +209,7 @@ def test_examples_longer_than_learned_positions_are_refused_before_training(tiny
             output_dir=str(tmp_path / "run"),
             show_progress=False,
         )
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
