@@ -371,7 +371,6 @@ class LLM:
             save_active_adapter(self.model, path)
         else:
             save_pretrained(self.model, path)
-        if not is_peft(self.model):
             self.tokenizer.save_pretrained(path)
         return path
 

@@ -105,6 +105,8 @@ class Machine:
 
 def choose_defaults(config, data: DataStats, machine: Machine):
     """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen."""
+    from tuneforge.data.examples import held_out_count  # the split's own count (imported late: data is heavy)
+
     given = config.given_keys
     choices: list[Choice] = []
 
@@ -135,7 +137,7 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         and examples >= MIN_HOLD_OUT_EXAMPLES
     ):
         validation_split = 0.1 if examples < 1_000 else max(1, min(200, round(0.05 * examples)))
-        held = max(1, round(examples * validation_split)) if validation_split < 1 else int(validation_split)
+        held = held_out_count(examples, validation_split)
         affordable = max(1, int(CPU_VALIDATION_TOKENS // max(1.0, data.mean_tokens)))
         if machine.device == "cpu" and held > affordable:  # a count: evaluated at every eval_steps
             validation_split, held = float(affordable), affordable

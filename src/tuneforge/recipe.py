@@ -221,18 +221,18 @@ def check_data(config) -> None:
     run before the model loads (seconds on a CPU); the run then reads the data from the cache."""
     if config.method == "scratch" and config.tokenizer == "train":
         return  # its tokenizer is trained on the data first
-    from tuneforge.models.loading import load_tokenizer, resolve
+    from tuneforge.models.loading import tokenizer_for
 
-    prepare_examples(config.data, load_tokenizer(resolve(config.model), config.trust_remote_code), config)
+    prepare_examples(config.data, tokenizer_for(config.model, config.trust_remote_code), config)
 
 
 def run_settings(config, device: str, tokenizer=None, log=print):
     """(config, prepared data) a run of `config` would train with, the model not loaded (only its tokenizer):
     `tuneforge estimate` estimates the run `train` starts, recipe auto's choices included (printed)."""
-    from tuneforge.models.loading import load_tokenizer, resolve
+    from tuneforge.models.loading import tokenizer_for
 
     if tokenizer is None:
-        tokenizer = load_tokenizer(resolve(config.model), config.trust_remote_code)
+        tokenizer = tokenizer_for(config.model, config.trust_remote_code)
     return ready_data(config, None, tokenizer, device, log)
 
 

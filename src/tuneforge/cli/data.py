@@ -93,9 +93,9 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def _tokenizer(config: RunConfig):
-    from tuneforge.models.loading import load_tokenizer, resolve
+    from tuneforge.models.loading import tokenizer_for
 
-    return load_tokenizer(resolve(config.model), trust_remote_code=config.trust_remote_code)
+    return tokenizer_for(config.model, config.trust_remote_code)
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:

@@ -165,15 +165,18 @@ def _stated(verdict: str, evidence: str) -> str:
     return f"{verdict} ({evidence})" if evidence else verdict
 
 
+def held_out_count(examples: int, validation_split: float) -> int:
+    """How many of `examples` a validation_split holds out: a count (>= 1), or a fraction (at least one)."""
+    return int(validation_split) if validation_split >= 1 else max(1, round(examples * validation_split))
+
+
 def split_examples(examples: list, validation_split: float, seed: int) -> tuple[list, list]:
     """A deterministic train/validation split: a fraction (< 1) or a count (>= 1) held out, chosen by `seed`."""
     if validation_split <= 0 or len(examples) < 2:
         return list(examples), []
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = (
-        int(validation_split) if validation_split >= 1 else max(1, round(len(examples) * validation_split))
-    )
+    n_val = held_out_count(len(examples), validation_split)
     if n_val >= len(examples):
         raise DataError(
             f"validation_split {validation_split:g} would hold out all {len(examples)} examples; "
@@ -195,7 +198,7 @@ def hold_out_last_chunks(
     n = len(lengths)
     if validation_split <= 0 or n < 2:
         return list(range(n)), []
-    held = int(validation_split) if validation_split >= 1 else max(1, round(n * validation_split))
+    held = held_out_count(n, validation_split)
     first_held = keep = n - held
     shared = overlap_len  # tokens of the first held-out chunk that chunk keep-1 may still hold
     while keep > 0 and shared > 0:
@@ -323,9 +326,8 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
         )
         raise DataError(f"data '{path}' gave no training example with 2 or more tokens that carry loss{hint}")
     if shape == "raw" and validation_records is None:
-        overlap = config.cutoff_len // 2 if config.overlap_len is None else config.overlap_len
         train_idx, val_idx = hold_out_last_chunks(
-            ExampleTable(train).lengths, config.validation_split, overlap
+            ExampleTable(train).lengths, config.validation_split, config.effective_overlap_len
         )
         train, validation = train.select(train_idx), train.select(val_idx) if val_idx else None
     counts["train_examples"] = len(train)

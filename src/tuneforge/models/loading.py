@@ -238,11 +238,15 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_o
     tokenizer = AutoTokenizer.from_pretrained(
         source.path, trust_remote_code=trust_remote_code, local_files_only=local_only
     )
-    if (
-        tokenizer.pad_token is None
-    ):  # batching needs a pad token; padded positions never carry loss or attention
+    # batching needs a pad token; padded positions never carry loss or attention, so any token will do
+    if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
     return tokenizer
+
+
+def tokenizer_for(spec: str, trust_remote_code: bool = False):
+    """The tokenizer of model `spec` alone (what resolve() finds), without loading its weights."""
+    return load_tokenizer(resolve(spec), trust_remote_code=trust_remote_code)
 
 
 def refuse_remote_code(source: ModelSource, spec: str) -> None:

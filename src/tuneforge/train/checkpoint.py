@@ -359,19 +359,16 @@ def refuse_resume_early(run_dir: Path, config, identity: dict) -> None:
     settings in the run's config.yaml): no checkpoint to resume, or one of another model, rank or settings.
     Reads only the checkpoint's two small files; with `latest`, a damaged newest checkpoint is passed over for
     the one before, as the loop does (which then moves it aside, says so, and reads the whole checkpoint)."""
-    if config.resume_from == "latest":
-        candidates = list(reversed(list_checkpoints(run_dir))) or [
-            find_checkpoint(run_dir, "latest")
-        ]  # raises
+    if config.resume_from == "latest":  # find_checkpoint raises when there is none
+        candidates = list(reversed(list_checkpoints(run_dir))) or [find_checkpoint(run_dir, "latest")]
     else:
         candidates = [find_checkpoint(run_dir, config.resume_from)]  # raises for a path that is not one
     for path in candidates:
         try:
+            saved_config = path / CONFIG_FILE
             files = {
                 "state": _read(path, STATE_FILE, train_state),
-                "config": json.loads((path / CONFIG_FILE).read_text())
-                if (path / CONFIG_FILE).exists()
-                else None,
+                "config": json.loads(saved_config.read_text()) if saved_config.exists() else None,
             }
         except (DamagedCheckpointError, OSError, ValueError):
             continue

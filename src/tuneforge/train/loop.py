@@ -116,9 +116,8 @@ def train(
         while state.step < result.total_steps:  # max_time may re-plan the total after the first steps
             step = state.step + 1
             step_times.start()
-            learning_rate = run.scheduler.get_last_lr()[
-                0
-            ]  # the rate this step applies (the scheduler moves on)
+            # the rate this step applies (the scheduler moves on during it)
+            learning_rate = run.scheduler.get_last_lr()[0]
             done, grad_norm = _optimizer_step(run, data, config, state, step, stop, progress.message)
             if (
                 done.loss is None
