@@ -130,6 +130,7 @@ class LLM:
         adapters: list[str] | None = None,
         history: str | Path | None = None,
         shape: str = "auto",
+        encoding: str = "utf-8",
     ):
         """Sliding-window perplexity on a text file, string, list of strings or prepared examples; with
         `adapters`, a list with one result per adapter ("base" for none). `history` appends to a JSONL file.
@@ -146,6 +147,7 @@ class LLM:
                 stride=stride,
                 label=label,
                 shape=shape,
+                encoding=encoding,
             )
 
         if adapters is None:
@@ -207,6 +209,7 @@ class LLM:
         max_length: int | None = None,
         stride: int | None = None,
         shape: str = "auto",
+        encoding: str = "utf-8",
         **overrides: Any,
     ) -> Comparison:
         """Base vs each loaded adapter on the same prompts, seeds and settings, plus held-out perplexity.
@@ -225,6 +228,7 @@ class LLM:
             max_length=max_length,
             stride=stride,
             shape=shape,
+            encoding=encoding,
         )
 
     def _label(self) -> str:

@@ -207,7 +207,7 @@ def ready_data(config, model, tokenizer, device: str, log=print):
     """(config, prepared data) as a run trains them: the data prepared, examples without loss dropped (and
     named), an attached adapter's shape kept, and the recipe's defaults chosen (printed) and applied."""
     prepared = prepare_examples(config.data, tokenizer, config)
-    warn_about_cut_examples(prepared.counts, config, log)
+    warn_about_cut_examples(prepared.counts, config, log, prepared.report)
     prepared = drop_examples_without_loss(prepared, config, log)
     config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
     config, reshaped = apply_defaults(config, prepared, tokenizer, device, log)  # recipe auto/seed000: chosen
@@ -268,16 +268,33 @@ def plan_run(config, model, tokenizer, device: str) -> RunPlan:
     return RunPlan(config, prepared, steps, estimate_run(config, device=device), notes)
 
 
-def warn_about_cut_examples(counts: dict, config, log=print) -> None:
+def warn_about_cut_examples(counts: dict, config, log=print, report: dict | None = None) -> None:
     """Say so when cutoff_len cut many examples or left some without a token to learn (their prompts filled
-    it): the data line counts them, but a run quietly training on a tenth of its answers needs a warning."""
+    it): the data line counts them, but a run quietly training on a tenth of its answers needs a warning.
+    input/output pairs are cut by source_max_len and target_max_len instead (`report` says so)."""
     examples = counts.get("train_examples", 0) + counts.get("dropped_without_loss", 0)
     cut, empty = counts.get("truncated", 0), counts.get("dropped_without_loss", 0)
-    if examples and (cut >= max(1, examples // 10) or empty):
+    pairs = (report or {}).get("length_bounds") == "source_max_len, target_max_len"
+    if pairs and "cutoff_len" in config.given_keys:
         log(
-            f"warning: cutoff_len {config.cutoff_len} cut {cut} of {examples} examples"
+            f"note: cutoff_len {config.cutoff_len} does not bound input/output pairs; source_max_len "
+            f"({config.source_max_len}) and target_max_len ({config.target_max_len}) cut their two parts"
+        )
+    if examples and (cut >= max(1, examples // 10) or empty):
+        bound = (
+            f"source_max_len {config.source_max_len} / target_max_len {config.target_max_len}"
+            if pairs
+            else f"cutoff_len {config.cutoff_len}"
+        )
+        advice = (
+            "raise source_max_len or target_max_len"
+            if pairs
+            else f"raise cutoff_len (e.g. {2 * config.cutoff_len})"
+        )
+        log(
+            f"warning: {bound} cut {cut} of {examples} examples"
             + (f" and left {empty} with no token to learn from (dropped)" if empty else "")
-            + f"; raise cutoff_len (e.g. {2 * config.cutoff_len}) to keep their answers"
+            + f"; {advice} to keep their answers"
         )
 
 

@@ -23,13 +23,14 @@ def unigram_entropy(token_ids) -> float:
 def test_scratch_model_beats_the_unigram_entropy_of_the_text(tiny_model_dir, tmp_path):
     import tuneforge as tf
 
-    # the shipped example as written (~12M parameters), only shorter for CI: 50 of its 600 steps
+    # the shipped example as written (~12M parameters), only shorter for CI: 30 of its 600 steps
+    # (measured: validation loss 5.93 against the text's unigram entropy 6.16)
     config = load_config(
         EXAMPLE,
         {
             "data": str(SHARED_DATA / "tinyshakespeare.txt"),
-            "max_steps": 50,
-            "eval_steps": 50,
+            "max_steps": 30,
+            "eval_steps": 30,
             "output_dir": str(tmp_path / "run"),
             "sample_prompts": [],
         },

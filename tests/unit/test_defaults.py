@@ -303,3 +303,18 @@ def test_a_run_warns_when_cutoff_len_cuts_many_examples_or_empties_some():
     ]
     warn_about_cut_examples({"train_examples": 100, "truncated": 9}, RunConfig(), said.append)
     assert len(said) == 1  # a few long examples cut: the data line's count is enough
+    said.clear()
+    pairs = {"length_bounds": "source_max_len, target_max_len"}  # input/output pairs: cutoff_len cuts nothing
+    warn_about_cut_examples(
+        {"train_examples": 4, "truncated": 4}, RunConfig(target_max_len=40), said.append, pairs
+    )
+    assert said == [
+        "warning: source_max_len 1024 / target_max_len 40 cut 4 of 4 examples; raise source_max_len or "
+        "target_max_len to keep their answers"
+    ]
+    said.clear()
+    warn_about_cut_examples({"train_examples": 4}, RunConfig(cutoff_len=64), said.append, pairs)
+    assert said == [
+        "note: cutoff_len 64 does not bound input/output pairs; source_max_len (1024) and target_max_len (256) "
+        "cut their two parts"
+    ]

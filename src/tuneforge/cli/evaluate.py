@@ -156,6 +156,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                     stride=args.stride,
                     label=variant.label,
                     shape=shape,
+                    encoding=config.encoding,
                 )
             )
     print(format_table(results, baseline=results[0].label if len(results) > 1 else None))
@@ -184,6 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         stride=args.stride,
         shape=_evaluation_format(config),
+        encoding=config.encoding,
     )
     print(result.to_markdown())
     if args.output:
@@ -284,7 +286,7 @@ def _add_window_flags(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(
         parser,
         RunConfig,
-        ["format"],
+        ["format", "encoding"],
         aliases={"format": ["--shape"]},
         helps={
             "format": "How the text is read: 'raw' (one text), 'lines' (each line on its own, as line-per-"

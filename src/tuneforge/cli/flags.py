@@ -20,6 +20,7 @@ import difflib
 import functools
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from tuneforge.config import FALSE_WORDS, TRUE_WORDS, RunConfig, coerce, describe_range, load_config
@@ -62,13 +63,18 @@ class CommandParser(argparse.ArgumentParser):
         bool_flags = {
             s for action in self._actions if isinstance(action, BoolFlag) for s in action.option_strings
         }
+        after_bool_flag = {}  # word -> flag, to explain `--packing maybe` read as a config file
         for i, arg in enumerate(args):
             if arg == "--":
                 break
             following = args[i + 1].lower() if i + 1 < len(args) else None
             if arg in bool_flags and following not in TRUE_WORDS | FALSE_WORDS:
                 args[i] = f"{arg}=true"
-        return super().parse_known_args(args, namespace)
+                if following is not None and not following.startswith("-"):
+                    after_bool_flag[args[i + 1]] = arg
+        parsed, extras = super().parse_known_args(args, namespace)
+        parsed.after_bool_flag = {**getattr(parsed, "after_bool_flag", {}), **after_bool_flag}  # a verb's too
+        return parsed, extras
 
 
 def flag_names(name: str) -> list[str]:
@@ -165,6 +171,12 @@ def run_config_from(
                 f"two data files given ('{positional}' and --data '{overrides['data']}'); give one"
             )
         overrides["data"] = positional
+    flag = getattr(args, "after_bool_flag", {}).get(config_file)
+    if flag and not Path(config_file).exists():
+        raise ConfigError(
+            f"config file '{config_file}' does not exist; it came after {flag}, a true/false flag: "
+            f"give {flag} true or {flag} false (or {flag} alone for true)"
+        )
     return load_config(config_file, overrides)
 
 

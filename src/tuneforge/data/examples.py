@@ -459,6 +459,7 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
                 for s, t in pairs
             ]
             cutoff = None  # QLoRA's recipe: source_max_len and target_max_len bound each part instead
+            report["length_bounds"] = "source_max_len, target_max_len"
     elif shape == "chat":
         conversations = [chat_conversation(r, i) for i, r in enumerate(records)]
         examples = [

@@ -153,6 +153,7 @@ def compare(
     max_length: int | None = None,
     stride: int | None = None,
     shape: str = "auto",
+    encoding: str = "utf-8",
 ) -> Comparison:
     """Generate every prompt with every seed on every variant (same settings), and score held-out perplexity."""
     settings = resolve_settings(settings)
@@ -175,6 +176,7 @@ def compare(
                         stride=stride,
                         label=variant.label,
                         shape=shape,
+                        encoding=encoding,
                     )
                 )
                 result.heldout = result.perplexities[-1].data  # names the file and how it was read

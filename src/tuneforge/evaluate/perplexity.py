@@ -126,6 +126,7 @@ def perplexity(
     label: str = "model",
     data_label: str | None = None,
     shape: str = "auto",
+    encoding: str = "utf-8",
 ) -> PerplexityResult:
     """Perplexity of `model` on `data`: a text file path, a string, a list of strings (each scored on its
     own), or prepared examples (a PreparedData or a list of {"input_ids", "labels"} dicts).
@@ -133,7 +134,7 @@ def perplexity(
     `shape` says how a text is read: 'raw' as one long text, 'lines' as one example per line (how data of
     that shape is trained, so a line-trained model is not judged on line joins it never saw), 'auto' picks
     like training does (tuneforge.data's detect_shape): prose, one sentence per line or not, is measured as
-    written; only lines that look like independent examples are scored one by one.
+    written; only lines that look like independent examples are scored one by one. `encoding` reads a file.
     """
     if shape not in SHAPES:
         raise EvaluationError(f"shape '{shape}' is not one of {', '.join(SHAPES)}")
@@ -164,7 +165,7 @@ def perplexity(
                         "score records as training renders them (`tuneforge evaluate`: response loss and task "
                         "scores), or give a text file"
                     )
-                name, texts = data_label or str(data), [read_text(data)]
+                name, texts = data_label or str(data), [read_text(data, encoding)]
             elif isinstance(data, str):
                 name, texts = data_label or "text", [data]
             elif isinstance(data, list | tuple):

@@ -83,3 +83,17 @@ def test_unknown_flags_name_the_closest_flag_of_their_verb(argv, hint, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"did you mean {hint}?" in error
+
+
+def test_a_word_after_a_true_false_flag_is_explained_not_read_as_a_missing_config(tmp_path, capsys):
+    """`--packing maybe` left 'maybe' as the config file: "config file 'maybe' does not exist"."""
+    data = tmp_path / "notes.txt"
+    data.write_text("one line\n")
+    for verb in ("train", "estimate"):
+        assert main([verb, "--data", str(data), "--packing", "maybe"]) == 2
+        error = capsys.readouterr().err
+        assert "it came after --packing, a true/false flag: give --packing true or --packing false" in error
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {data}\nmax_steps: 1\n")
+    args = build_parser().parse_args(["train", "--packing", str(config)])  # a real config after the flag
+    assert args.packing is True and args.config == str(config)

@@ -52,6 +52,7 @@ def test_input_output_joins_the_instruction_into_the_prompt(tokenizer, config, t
     ]
     (tmp_path / "io.json").write_text(json.dumps(records))
     prepared = prepare_examples(tmp_path / "io.json", tokenizer, config(format="input_output"))
+    assert prepared.report["length_bounds"] == "source_max_len, target_max_len"  # not cutoff_len (warned)
     first, second = prepared.train[0], prepared.train[1]
     prompt = [t for t, label in zip(first["input_ids"], first["labels"], strict=True) if label == -100]
     assert tokenizer.decode(prompt) == "Translate to French.\ncat"
@@ -157,6 +158,7 @@ def test_axolotl_labelled_segments_train_only_the_true_ones(tokenizer, config, t
     }
     (tmp_path / "seg.jsonl").write_text(json.dumps(record) + "\n")
     prepared = prepare_examples(tmp_path / "seg.jsonl", tokenizer, config())
+    assert "length_bounds" not in prepared.report  # segments are bounded by cutoff_len
     row = prepared.train[0]
     trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     assert prepared.shape == "input_output"

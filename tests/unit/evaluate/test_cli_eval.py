@@ -152,3 +152,23 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tiny_model_dir, tmp_path)
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
     code, _, err = run(capsys, "logits", "--model", tiny_model_dir, "--adapter", tmp_path, "hi")
     assert code == 2 and "neither an adapter folder" in err
+
+
+def test_perplexity_and_compare_read_a_file_in_the_encoding_given(capsys, tiny_model_dir, tmp_path):
+    """The undecodable-byte error tells the user to pass --encoding; these verbs had no such flag."""
+    data = tmp_path / "latin.txt"
+    data.write_bytes("café au lait, déjà vu et crème brûlée\n".encode("latin-1") * 3)
+    code, _, err = run(capsys, "perplexity", data, "--model", tiny_model_dir, "--format", "raw")
+    assert code == 2 and "--encoding" in err
+    code, latin, _ = run(
+        capsys, "perplexity", data, "--model", tiny_model_dir, "--format", "raw", "--encoding", "latin-1"
+    )
+    utf8 = tmp_path / "utf8.txt"
+    utf8.write_text(data.read_bytes().decode("latin-1"))
+    _, as_utf8, _ = run(capsys, "perplexity", utf8, "--model", tiny_model_dir, "--format", "raw")
+    assert as_utf8.split("|")[3] == latin.split("|")[3]  # the same text, the same perplexity
+    code, out, _ = run(
+        capsys, "compare", "--model", tiny_model_dir, "--max-new-tokens", "1", "--seed", "0",
+        "--heldout", data, "--encoding", "latin-1", "hi",
+    )  # fmt: skip
+    assert code == 0 and "Perplexity on held-out data" in out
