@@ -172,7 +172,7 @@ def run_config_from(
             )
         overrides["data"] = positional
     flag = getattr(args, "after_bool_flag", {}).get(config_file)
-    if flag and not Path(config_file).exists():
+    if flag and config_file and not Path(config_file).exists():
         raise ConfigError(
             f"config file '{config_file}' does not exist; it came after {flag}, a true/false flag: "
             f"give {flag} true or {flag} false (or {flag} alone for true)"
