@@ -407,7 +407,11 @@ class RunConfig:
         min=0.0,
     )
     seed: int = setting(42, "Random seed for initialisation, shuffling and dropout.", min=0)
-    data_seed: int | None = setting(None, "Seed for the data order and split only (default: seed).", min=0)
+    data_seed: int | None = setting(
+        None,
+        "Seed for the order of training examples only (default: seed; the validation split follows seed).",
+        min=0,
+    )
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in the backward pass: much less memory, ~25% slower."
     )
@@ -724,8 +728,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
+        text = path.read_text()
         try:
-            loaded = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+            loaded = yaml.load(text, Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -772,7 +777,28 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(reading.explain(str(error))) from None
     if reading is not None:
         config.recipe_notes = reading.notes()
+    elif path is not None and "data" not in (overrides or {}):  # other data: the reasons no longer hold
+        config.chosen = saved_choices(text, config)
     return config
+
+
+def shown_value(value: Any) -> str:
+    """A value as a chosen-value line shows it: lists joined by commas, floats in %g."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def saved_choices(text: str, config: RunConfig) -> list[str]:
+    """The '# chosen: key value: reason' lines of a saved config.yaml whose key still has that value, so a
+    resumed run's config.yaml and report keep saying why (a value given or edited since is the user's)."""
+    lines = [row.removeprefix("# chosen: ") for row in text.splitlines() if row.startswith("# chosen: ")]
+    kept = []
+    for line in lines:
+        key, _, rest = line.partition(" ")
+        if key in field_names() and rest.startswith(f"{shown_value(getattr(config, key))}: "):
+            kept.append(line)
+    return kept
 
 
 # ---------------------------------------------------------------------- coercion

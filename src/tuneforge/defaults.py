@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from tuneforge.config import shown_value
+
 # text-generation-webui's Training tab, as seed 000 trains
 TEXTGEN_RECIPE = {
     "batch_size": 128,
@@ -61,14 +63,7 @@ class Choice:
     reason: str
 
     def describe(self) -> str:
-        shown = (
-            ",".join(map(str, self.value))
-            if isinstance(self.value, list)
-            else f"{self.value:g}"
-            if isinstance(self.value, float)
-            else self.value
-        )
-        return f"{self.key} {shown}: {self.reason}"
+        return f"{self.key} {shown_value(self.value)}: {self.reason}"
 
 
 @dataclass(frozen=True)

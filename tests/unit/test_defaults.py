@@ -264,12 +264,14 @@ def test_saved_preprocessed_data_trains_as_saved_without_a_chosen_split_or_packi
 
 
 def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves_it(
-    tiny_llm, tmp_path, capsys
+    tiny_llm, tiny_model_dir, tmp_path, capsys
 ):
+    import tuneforge as tf
+
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
     run_dir = tmp_path / "run"
-    tiny_llm.train(path, max_steps=2, cutoff_len=128, output_dir=str(run_dir))  # recipe auto: the default
+    tiny_llm.train(path, max_steps=2, save_steps=2, cutoff_len=128, output_dir=str(run_dir))  # recipe auto
     out = capsys.readouterr().out
     config_text = (run_dir / "config.yaml").read_text()
     chosen_lines = [
@@ -289,6 +291,23 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     for line in chosen_lines:
         key, _, reason = line.partition(" ")
         assert f"- `{key}` {reason}" in report
+    # the run continued from its own config.yaml keeps saying why (it lost every reason)
+    resumed = load_config(run_dir / "config.yaml", {"max_steps": 3, "resume_from": "latest"})
+    tf.load(str(tiny_model_dir), precision="fp32").train(config=resumed, show_progress=False)
+    config_text, report = (run_dir / "config.yaml").read_text(), (run_dir / "report.md").read_text()
+    assert "resumed from" in report
+    for line in chosen_lines:
+        key, _, reason = line.partition(" ")
+        assert f"# chosen: {line}" in config_text and f"- `{key}` {reason}" in report
+    # ... but not for a value given or edited since: that one is the user's
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(config_text.replace("\nrank: 16\n", "\nrank: 8\n"))
+    assert [line.split()[0] for line in load_config(edited).chosen if line.startswith("rank")] == []
+    given = load_config(run_dir / "config.yaml", {"alpha": 8}).chosen
+    assert not any(line.startswith("alpha ") for line in given) and any(
+        line.startswith("rank ") for line in given
+    )
+    assert load_config(run_dir / "config.yaml", {"data": str(path)}).chosen == []  # chosen for its data
 
 
 def test_a_run_warns_when_cutoff_len_cuts_many_examples_or_empties_some():
