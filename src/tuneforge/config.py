@@ -613,11 +613,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        """Write the resolved config as YAML (every key, defaults included; chosen values say why)."""
+    def save(self, path: str | Path, keys: typing.Collection[str] | None = None) -> None:
+        """Write the resolved config as YAML (every key, defaults included; chosen values say why); with
+        `keys`, only those: a run's input, which the run completes as `tuneforge train` does."""
         notes = "".join(f"# {line.strip()}\n" for line in self.recipe_notes)
         notes += "".join(f"# chosen: {line}\n" for line in self.chosen)
-        Path(path).write_text(notes + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        values = {k: v for k, v in self.to_dict().items() if keys is None or k in keys}
+        Path(path).write_text(notes + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with some keys changed, validated like any other config; the changed keys count as given."""

@@ -163,7 +163,22 @@ def encode_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> dict:
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
         )
-    return dict(tokenizer(prompt, return_tensors="pt"))
+    return text_inputs(tokenizer, prompt)
+
+
+def text_inputs(tokenizer, text: str) -> dict:
+    """Token ids and attention mask of `text`; an empty text starts from the start-of-text token (as HF's
+    generate does without input, and text-generation-webui's Notebook from an empty page) rather than
+    failing inside the model on zero tokens."""
+    import torch
+
+    inputs = dict(tokenizer(text, return_tensors="pt"))
+    if inputs["input_ids"].shape[1] == 0:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise GenerationError("give some text: this model's tokenizer has no start token to begin from")
+        inputs = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
+    return inputs
 
 
 def _generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
@@ -294,7 +309,7 @@ def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str
     if k < 1:
         raise GenerationError("k (how many next tokens to show) must be at least 1")
     device = next(model.parameters()).device
-    inputs = tokenizer(text, return_tensors="pt").to(device)
+    inputs = {name: tensor.to(device) for name, tensor in text_inputs(tokenizer, text).items()}
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1].float()  # (vocab,)
     probs = torch.softmax(logits, dim=-1)

@@ -106,11 +106,14 @@ def start(
 ) -> JobStatus:
     """Write `<run_dir>/config.yaml` (output_dir = run_dir) and start training it in a new process.
 
-    Raises JobError when another job of the same runs folder is still running. Relative data paths in
-    `config` are read from `cwd` (default: the folder that holds the runs folder, i.e. the project).
+    Only the keys given (a dict's keys, a RunConfig's given_keys) are written, so the run chooses the rest
+    as `tuneforge train` does (recipe auto) and then saves its whole config there. Raises JobError when
+    another job of the same runs folder is still running. Relative data paths in `config` are read from `cwd`
+    (default: the folder that holds the runs folder, i.e. the project).
     """
     run_dir = Path(run_dir).resolve()
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    given = set(config.given_keys if isinstance(config, RunConfig) else config) | {"output_dir"}
     values.update(output_dir=str(run_dir), resume_from=None)
     run_config = from_dict(values)  # a bad value fails here, in the caller, not in the child's log
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def start(
     try:
         run_dir.mkdir(exist_ok=True)
         config_path = run_dir / "config.yaml"
-        run_config.save(config_path)
+        run_config.save(config_path, keys=given - {"resume_from"})
     except BaseException:
         os.close(lock_fd)
         raise
@@ -386,6 +389,13 @@ def running_jobs(project_dir: str | Path, *, runs_folder: Path | None = None) ->
 
 
 def attach(project_dir: str | Path) -> Path | None:
-    """The running job's run folder, for a reloaded page or a restarted UI; None when nothing runs."""
+    """The run folder a reloaded page or a restarted UI shows: the running job's, else the newest job's when it
+    stopped before its end (interrupted or failed, so Resume continues it); None otherwise."""
     running = running_jobs(project_dir)
-    return running[0] if running else None
+    if running:
+        return running[0]
+    runs = Path(project_dir) / "runs"
+    started = sorted((read_job(p.parent).get("started", 0), p.parent) for p in runs.glob(f"*/{JOB_FILE}"))
+    if started and status(started[-1][1]).state in ("interrupted", "failed"):
+        return started[-1][1]
+    return None

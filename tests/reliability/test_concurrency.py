@@ -167,7 +167,8 @@ def test_one_job_at_a_time_while_the_notebook_generates_and_a_reload_sees_it(pro
     assert jobs.read_job(first)["exit_code"] == 0
     assert session_processes(pid) == [] and lock_is_free(runs)  # no orphan, no zombie, no held lock
     seen = status_after_reload(first, project)
-    assert seen["state"] == "interrupted" and seen["attached"] is None, seen
+    # a reloaded page shows the interrupted run, so its Resume button continues it
+    assert seen["state"] == "interrupted" and seen["attached"] == str(first.resolve()), seen
 
 
 def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resumes(project, lines28):

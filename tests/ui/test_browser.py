@@ -107,6 +107,10 @@ def test_seed_000_journey_in_the_browser(page, project):
     tab(page, "Training")
     page.locator("#run-name textarea, #run-name input").first.fill("ui-lora")
     choose(page, "#raw-file", "data.txt")
+    # the form as it opens previews (it failed: empty number boxes went back as 0) with recipe auto's choices
+    page.locator("#preview").click()
+    page.wait_for_function("document.querySelector('#preview-text').innerText.includes('optimizer steps')")
+    assert "default chosen: target_modules all-linear" in page.locator("#preview-text").inner_text()
     for field, value in {
         "max_steps": "1000",
         "batch_size": "4",
@@ -145,6 +149,9 @@ def test_seed_000_journey_in_the_browser(page, project):
     )
     stopped_at = status_step(page)
     assert 0 < stopped_at < 1000
+    page.reload()  # a reloaded page shows the interrupted run, and its Resume continues it
+    tab(page, "Training")
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('interrupted')")
     page.locator("#resume-until input").fill(str(stopped_at + 3))
     page.keyboard.press("Tab")
     page.locator("#resume").click()

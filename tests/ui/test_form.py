@@ -4,27 +4,61 @@ from __future__ import annotations
 
 from tuneforge.config import RunConfig, load_config
 from tuneforge.defaults import AUTO_CHOSEN
-from tuneforge.ui.form import FORM_FIELDS, form_values, shown_value
+from tuneforge.ui.form import FORM_FIELDS, config_widget, form_values, shown_value
+
+
+def form_widgets() -> dict:
+    import gradio as gr
+
+    with gr.Blocks():
+        return {name: config_widget(name) for name in FORM_FIELDS}
 
 
 def untouched_form() -> dict:
-    shown = RunConfig()
-    return {
-        name: shown_value(name, getattr(shown, name)) if getattr(shown, name) is not None else None
-        for name in FORM_FIELDS
-    }
+    """What a browser sends for the form as it opens: each widget's own value (a number box sends a number:
+    gr.Number shows an empty value as 0 and sends 0 back)."""
+    return {name: widget.value for name, widget in form_widgets().items()}
 
 
 def test_an_untouched_form_leaves_every_automatic_choice_to_the_recipe():
     values = form_values(untouched_form())
     assert set(AUTO_CHOSEN) & set(FORM_FIELDS) and not set(values) & set(AUTO_CHOSEN)
-    config = load_config(None, {**values, "data": "notes.txt"})
+    config = load_config(None, {**values, "data": "notes.txt"})  # valid as it opens (it was not: 0 < 1)
     assert config.recipe == "auto" and not set(config.given_keys) & set(AUTO_CHOSEN)
+    assert config.overlap_len is None and config.batch_size is None and config.save_steps is None
+
+
+def test_no_setting_that_can_be_empty_is_a_number_box():
+    import gradio as gr
+
+    for name, widget in form_widgets().items():
+        assert widget.value is not None or not isinstance(widget, gr.Number), name
 
 
 def test_a_changed_field_is_given_and_wins_over_the_recipe():
     form = untouched_form()
-    form.update(rank=64.0, target_modules="q_proj,k_proj", recipe="textgen")
+    form.update(rank="64", target_modules="q_proj,k_proj", recipe="textgen", batch_size=" 8 ")
     config = load_config(None, {**form_values(form), "data": "notes.txt"})
     assert config.rank == 64 and config.target_modules == ["q_proj", "k_proj"] and config.recipe == "textgen"
+    assert config.batch_size == 8
     assert {"rank", "target_modules", "recipe"} <= set(config.given_keys) and "alpha" not in config.given_keys
+
+
+def test_a_value_equal_to_textgens_own_is_given_too():
+    """The form showed textgen's values for the keys recipe auto chooses, so typing one of them (rank 32)
+    counted as untouched and recipe auto chose another."""
+    form = untouched_form()
+    form.update(rank="32", packing="false")
+    values = form_values(form)
+    assert values["rank"] == "32" and values["packing"] == "false"
+    config = load_config(None, {**values, "data": "notes.txt"})
+    assert config.rank == 32 and config.packing is False and {"rank", "packing"} <= set(config.given_keys)
+
+
+def test_copied_parameters_fill_the_form_as_given_values():
+    saved = RunConfig(rank=16, packing=True, batch_size=8, target_modules=["all-linear"], overlap_len=0)
+    form = untouched_form()
+    form.update({name: shown_value(name, getattr(saved, name)) for name in FORM_FIELDS})
+    config = load_config(None, {**form_values(form), "data": "notes.txt"})
+    assert (config.rank, config.packing, config.batch_size, config.overlap_len) == (16, True, 8, 0)
+    assert config.target_modules == ["all-linear"]

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tuneforge import jobs
 from tuneforge.train.checkpoint import find_checkpoint
@@ -62,6 +63,23 @@ def test_a_job_outlives_the_process_that_started_it(tiny_model_dir, lines_file, 
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert "done: 6 steps" in (run_dir / "train.log").read_text()
     assert jobs.attach(project) is None
+
+
+def test_a_job_chooses_the_keys_it_was_not_given_as_tuneforge_train_does(
+    tiny_model_dir, lines_file, tmp_path
+):
+    """jobs.start wrote every key into the job's config.yaml, so the run counted them all as given and recipe
+    auto chose nothing: the UI's Start trained other settings than its Preview showed."""
+    run_dir = tmp_path / "runs" / "auto"
+    given = dict(model=str(tiny_model_dir), data=str(lines_file), max_steps=2, device="cpu", num_threads=1)
+    jobs.start(given, run_dir)
+    assert set(yaml.safe_load((run_dir / "config.yaml").read_text())) == {*given, "output_dir"}
+    final = jobs.wait(run_dir, timeout=180)
+    assert final.state == "finished", final.log_tail
+    saved = (run_dir / "config.yaml").read_text()
+    assert "# chosen: target_modules all-linear" in saved and "# chosen: learning_rate" in saved
+    assert yaml.safe_load(saved)["target_modules"] == ["all-linear"]  # not the textgen default q_proj,v_proj
+    assert "## Chosen for you (recipe auto)" in (run_dir / "report.md").read_text()
 
 
 def test_interrupt_checkpoints_and_exits_cleanly_then_resume_finishes(tiny_model_dir, lines_file, tmp_path):

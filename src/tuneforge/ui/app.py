@@ -39,12 +39,12 @@ def build_app(
         gr.Markdown(f"## tuneforge — project `{workspace.project.root}`")
         with gr.Tabs():
             with gr.Tab("Model", id="model"):
-                model_tab(workspace)
+                refreshed = model_tab(workspace)
             with gr.Tab("Training", id="training"), gr.Tabs():
                 with gr.Tab("Train LoRA", id="train-lora"):
-                    training_tab(workspace)
+                    refreshed += training_tab(workspace)
                 with gr.Tab("Perplexity evaluation", id="perplexity"):
-                    perplexity_tab(workspace)
+                    refreshed += perplexity_tab(workspace)
             with gr.Tab("Parameters", id="parameters", render=False) as parameters:
                 settings = parameters_tab()
             with gr.Tab("Notebook", id="notebook"):
@@ -55,7 +55,16 @@ def build_app(
             with gr.Tab("Logits", id="logits"):
                 logits_tab(workspace, notebook_text)
             with gr.Tab("Compare", id="compare"):
-                compare_tab(workspace)
+                refreshed += compare_tab(workspace)
+        # every page shows what is there now (the loaded model, new runs, datasets and LoRAs), not what was
+        # there when the UI started
+        demo.load(
+            lambda: [refresh() for _, refresh in refreshed],
+            None,
+            [component for component, _ in refreshed],
+            show_progress="hidden",
+            api_name=False,  # no API route
+        )
     demo.workspace = workspace
     return demo
 

@@ -15,18 +15,6 @@ HISTORY_FILE = "perplexity-history.jsonl"
 HISTORY_COLUMNS = ["time", "label", "data", "perplexity", "loss", "tokens", "max_length", "stride"]
 
 
-def _adapters(workspace: Workspace, choices: list[str]) -> list[str]:
-    """Adapter names for the chosen 'base' / LoRA choices, loading each LoRA once."""
-    names = []
-    for choice in choices:
-        if choice == "base":
-            names.append("base")
-            continue
-        workspace.apply_loras([choice])
-        names.append(next(n for n, c in workspace.loras.items() if c == choice))
-    return names
-
-
 def history_table(workspace: Workspace):
     import pandas as pd
 
@@ -62,7 +50,9 @@ def perplexity_tab(workspace: Workspace):
         refresh = gr.Button("🔄", scale=0, min_width=40)
     with gr.Row():
         stride = gr.Number(label="Stride", value=512, precision=0, minimum=1)
-        max_length = gr.Number(label="Max length (0: the model's context)", value=0, precision=0, minimum=0)
+        max_length = gr.Number(
+            label="Max length (0: the model's context, at most 1024)", value=0, precision=0, minimum=0
+        )
     run = gr.Button("Evaluate perplexity", variant="primary", elem_id="ppl-run")
     table = gr.Dataframe(
         value=history_table(workspace),
@@ -77,16 +67,16 @@ def perplexity_tab(workspace: Workspace):
         if not chosen or not names:
             raise ConfigError("choose at least one model/LoRA and one text file")
         paths = [project.dataset(name) for name in names]
-        adapters = _adapters(workspace, chosen)
         limit = int(length) or None
-        for path in paths:
-            llm.perplexity(
-                str(path),
-                adapters=adapters,
-                stride=min(int(stride_value), limit or 10**9),
-                max_length=limit,
-                history=project.root / HISTORY_FILE,
-            )
+        with workspace.evaluating(chosen) as adapters:
+            for path in paths:
+                llm.perplexity(
+                    str(path),
+                    adapters=adapters,
+                    stride=min(int(stride_value), limit or 10**9),
+                    max_length=limit,
+                    history=project.root / HISTORY_FILE,
+                )
         return history_table(workspace)
 
     run.click(evaluate, [models, files, stride, max_length], table, api_name="perplexity")
@@ -96,6 +86,12 @@ def perplexity_tab(workspace: Workspace):
         [models, files],
         api_name=False,  # type: ignore[arg-type]  # gradio takes False
     )
+    # what a newly opened page shows (build_app refreshes these on each page load)
+    return [
+        (models, lambda: gr.update(choices=["base"] + project.loras())),
+        (files, lambda: gr.update(choices=project.datasets())),
+        (table, lambda: history_table(workspace)),
+    ]
 
 
 def compare_tab(workspace: Workspace):
@@ -147,10 +143,10 @@ def compare_tab(workspace: Workspace):
         except ValueError:
             raise ConfigError(f"seeds must be whole numbers separated by commas, got '{seed_text}'") from None
         path = str(project.dataset(heldout_name)) if heldout_name else None
-        names = _adapters(workspace, chosen)
-        comparison = llm.compare(
-            lines, adapters=names, seeds=seed_list or [0], heldout=path, max_new_tokens=int(tokens)
-        )
+        with workspace.evaluating(chosen) as names:
+            comparison = llm.compare(
+                lines, adapters=names, seeds=seed_list or [0], heldout=path, max_new_tokens=int(tokens)
+            )
         return comparison.to_markdown()
 
     run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
@@ -165,3 +161,8 @@ def compare_tab(workspace: Workspace):
         [variants, run_choice, heldout],
         api_name=False,  # type: ignore[arg-type]  # gradio takes False (no API route)
     )
+    return [
+        (variants, lambda: gr.update(choices=["base"] + project.loras())),
+        (run_choice, lambda: gr.update(choices=[""] + project.runs())),
+        (heldout, lambda: gr.update(choices=[""] + project.datasets())),
+    ]

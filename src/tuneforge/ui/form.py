@@ -16,7 +16,10 @@ import typing
 from tuneforge.config import RunConfig, field_help
 from tuneforge.defaults import AUTO_CHOSEN
 
-AUTO_NOTE = " Left as shown, recipe auto chooses it from the data (printed in the log and the report)."
+AUTO = "auto"
+AUTO_NOTE = (
+    " Left as 'auto', the recipe chooses it (recipe auto: from the data, printed in the log and the report)."
+)
 
 # Labels in the seeds' words (text-generation-webui's Training tab); other fields get their name in words.
 LABELS = {
@@ -116,13 +119,15 @@ def _kind(name: str) -> tuple[type, bool]:
 
 def shown_value(name: str, value):
     """A config value as its widget shows it."""
-    kind, _ = _kind(name)
+    kind, optional = _kind(name)
     if kind is list:
         return ",".join(map(str, value or []))
     if name in ESCAPED:
         return value.encode("unicode_escape").decode("ascii")
-    if name == "micro_batch_size":
-        return str(value)
+    if name in AUTO_CHOSEN and kind is bool:
+        return "true" if value else "false"
+    if name in AUTO_CHOSEN or kind in (int, float) and optional:  # a text box, empty for None
+        return "" if value is None else str(value)
     return value
 
 
@@ -138,8 +143,21 @@ def config_widget(name: str, value=None):
     common = dict(label=label(name), info=info, elem_id=f"field-{name}")
     if meta.get("choices"):
         return gr.Dropdown(choices=list(meta["choices"]), value=default, **common)
+    if name in AUTO_CHOSEN:  # shown as 'auto' (not given), so any value typed is given, even textgen's own
+        fixed = shown_value(name, getattr(RunConfig(), name))
+        if kind is bool:
+            return gr.Dropdown(choices=[AUTO, "true", "false"], value=AUTO, **common)
+        return gr.Textbox(
+            value="", placeholder=f"{AUTO} (recipe textgen: {fixed})" if fixed else AUTO, **common
+        )
     if kind is bool:
         return gr.Checkbox(value=default, **common)
+    if kind in (int, float) and optional:
+        # a text box: gr.Number shows an empty value as 0 and sends 0 back (Gradio 6), so an untouched
+        # "empty: the default" field failed its minimum of 1, and overlap_len's "half of cutoff_len" became 0
+        return gr.Textbox(
+            value=shown_value(name, default), placeholder="empty: the default (see above)", **common
+        )
     if kind in (int, float):
         return gr.Number(
             value=default,
@@ -152,23 +170,20 @@ def config_widget(name: str, value=None):
 
 
 def form_values(raw: dict) -> dict:
-    """Widget values -> config keyword values (empty optional fields become None). A field recipe auto
-    chooses is given only when changed from what the form showed, so an untouched form trains like
-    `tuneforge train --data FILE` does."""
+    """Widget values -> config keyword values (empty optional fields become None). A field the recipe
+    chooses is shown as 'auto' and given only when a value is typed or picked, so an untouched form trains
+    like `tuneforge train --data FILE` does, and a value equal to textgen's own is given too."""
     values = {}
-    shown = RunConfig()
     for name, value in raw.items():
         if name not in FORM_FIELDS:
             continue  # only the form's own fields; anything else a request carries is ignored
-        default = getattr(shown, name)
-        untouched = value in (None, "") if default is None else value == shown_value(name, default)
-        if name in AUTO_CHOSEN and untouched:
-            continue
         kind, optional = _kind(name)
         if isinstance(value, str):
             value = value.strip() if name not in ESCAPED else value
             if name in ESCAPED:
                 value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        if name in AUTO_CHOSEN and value in (None, "", AUTO) and not (name == "micro_batch_size" and value):
+            continue  # left to the recipe (a micro batch typed 'auto' is that setting's own auto)
         if optional and value in (None, ""):
             value = None
         elif kind is int and isinstance(value, float) and value.is_integer():

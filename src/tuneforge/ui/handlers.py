@@ -13,7 +13,8 @@ from tuneforge.errors import TuneforgeError
 
 
 def shows_errors(fn):
-    """Turn TuneforgeError (bad input, refused paths, a job already running) into gr.Error with its message."""
+    """Turn TuneforgeError (bad input, refused paths, a job already running) into gr.Error with its message;
+    the server log keeps tracebacks for real faults only."""
     import gradio as gr
 
     if inspect.isgeneratorfunction(fn):
@@ -23,7 +24,7 @@ def shows_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except TuneforgeError as error:
-                raise gr.Error(str(error)) from None
+                raise gr.Error(str(error), print_exception=False) from None
 
         return generator
 
@@ -32,6 +33,6 @@ def shows_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TuneforgeError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
 
     return plain

@@ -269,7 +269,8 @@ def training_tab(workspace: Workspace):
         return (name, *poll(name, "")[1:])
 
     @shows_errors
-    def resume_training(name: str, until: float | None):
+    def resume_training(name: str, until: float | None, copied: str):
+        name = name or copied  # a run picked in Copy parameters from, when this page shows none
         if not name:
             raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
         if jobs.running_jobs(project.root):
@@ -284,11 +285,11 @@ def training_tab(workspace: Workspace):
         from tuneforge.recipe import plan_run
 
         _, settings = form.config(values)
-        config = from_dict(settings)
-        inspection = inspect_data(config.data, workspace.tokenizer(), config, n_examples=2)
         llm = workspace.require()
-        # as Start runs it (a new process on the base model, no LoRA of the Model tab), defaults chosen
-        plan = plan_run(config, None, llm.tokenizer, llm.device)
+        # as Start runs it (a new process on the base model, no LoRA of the Model tab), defaults chosen,
+        # and the data shown as that run prepares it (its chosen validation split and packing included)
+        plan = plan_run(from_dict(settings), None, llm.tokenizer, llm.device)
+        inspection = inspect_data(plan.config.data, llm.tokenizer, plan.config, n_examples=2)
         return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
     @shows_errors
@@ -320,7 +321,7 @@ def training_tab(workspace: Workspace):
 
     start.click(start_training, inputs, outputs, api_name="start_training")
     interrupt.click(interrupt_training, current, outputs, api_name="interrupt_training")
-    resume.click(resume_training, [current, resume_until], outputs, api_name="resume_training")
+    resume.click(resume_training, [current, resume_until, copy_from], outputs, api_name="resume_training")
     preview_button.click(preview_data, inputs, preview, api_name="preview_data")
     copy_from.change(
         copy_parameters, copy_from, [widgets[name] for name in FORM_FIELDS], api_name="copy_parameters"
@@ -330,7 +331,15 @@ def training_tab(workspace: Workspace):
     upload.upload(add_dataset, upload, dataset_lists, api_name="add_dataset")
     copy_from.focus(lambda: gr.update(choices=[""] + project.runs()), None, copy_from, show_progress="hidden")
     timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
-    return current
+    # what a newly opened page shows (build_app refreshes these on each page load)
+    return [
+        (raw_file, lambda: gr.update(choices=project.datasets())),
+        (formatted_file, lambda: gr.update(choices=project.datasets())),
+        (other_file, lambda: gr.update(choices=project.datasets())),
+        (validation_file, lambda: gr.update(choices=[""] + project.datasets())),
+        (format_file, lambda: gr.update(choices=project.format_files())),
+        (copy_from, lambda: gr.update(choices=[""] + project.runs())),
+    ]
 
 
 def jobs_safe_name(name: str) -> str:

@@ -11,6 +11,7 @@ All model work goes through `tuneforge.api.LLM`; this module only keeps it and s
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tuneforge.errors import ModelError
@@ -40,8 +41,8 @@ class Workspace:
 
         spec = self.project.model(name)
         with self.lock:
-            self.llm = None  # free the old weights before the new ones arrive
-            self.loras = {}
+            # free the old weights before the new ones arrive; a failed load leaves no model (Start refuses)
+            self.llm, self.model_name, self.loras = None, None, {}
             self.llm = tf.load(
                 spec, device=device, precision=precision, trust_remote_code=self.trust_remote_code
             )
@@ -54,8 +55,11 @@ class Workspace:
         return self.describe()
 
     def apply_loras(self, choices: list[str]) -> str:
-        """Load each chosen LoRA (once) and make the last one active."""
+        """Load each chosen LoRA (once) and make the last one active; none chosen: the base model alone
+        (as text-generation-webui applies an empty list)."""
         llm = self.require()
+        if not choices:
+            return self.remove_loras() if self.loras else self.describe()
         with self.lock:
             for choice in choices:
                 path = self.project.lora(choice)
@@ -67,6 +71,33 @@ class Workspace:
                     self.loras[name] = choice
                 llm.set_adapter(name)
         return self.describe()
+
+    @contextmanager
+    def evaluating(self, choices: list[str]):
+        """Adapter names for 'base' / LoRA choices, loaded for the block (the Perplexity and Compare tabs);
+        afterwards the workspace is as it was: LoRAs loaded only for the block removed, the active one active
+        again (they had switched the Model tab's active LoRA, unseen)."""
+        llm = self.require()
+        with self.lock:
+            before, active = dict(self.loras), self.active_adapter
+            names = []
+            try:
+                for choice in choices:
+                    if choice == "base":
+                        names.append("base")
+                        continue
+                    if choice not in self.loras.values():
+                        name = adapter_name(choice, taken=set(llm.adapters))
+                        llm.load_adapter(self.project.lora(choice), name=name)
+                        self.loras[name] = choice
+                    names.append(next(n for n, c in self.loras.items() if c == choice))
+                yield names
+            finally:
+                for name in [n for n in self.loras if n not in before]:
+                    llm.unload_adapter(name)
+                self.loras = before
+                if active is not None:
+                    llm.set_adapter(active)
 
     def remove_loras(self) -> str:
         with self.lock:

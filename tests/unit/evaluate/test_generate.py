@@ -73,3 +73,12 @@ def test_next_token_probabilities_are_sorted_and_sum_below_one(tiny_llm):
     probabilities = [p for _, p in top]
     assert len(top) == 5 and probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1.0 + 1e-6
+
+
+def test_an_empty_text_starts_from_the_start_token_instead_of_failing(tiny_llm):
+    """The Notebook's and Logits' empty page: "cannot reshape tensor of 0 elements" from inside the model."""
+    start = tiny_llm.tokenizer.bos_token or tiny_llm.tokenizer.eos_token
+    generated = tiny_llm.generate("", max_new_tokens=4, do_sample=False)
+    assert generated == tiny_llm.generate(start, max_new_tokens=4, do_sample=False)
+    assert "".join(tiny_llm.stream("", max_new_tokens=4, do_sample=False)) == generated
+    assert tiny_llm.next_token_probs("", k=3) == tiny_llm.next_token_probs(start, k=3)

@@ -1,0 +1,46 @@
+"""The UI's one loaded model: what the Model tab says is what the other tabs and Start use."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.evaluate.conftest import make_adapter
+from tuneforge.errors import TuneforgeError
+from tuneforge.ui.project import Project
+from tuneforge.ui.workspace import Workspace
+
+
+@pytest.fixture()
+def workspace(project, tiny_model_dir):
+    make_adapter(tiny_model_dir, project / "loras" / "one", 1)
+    make_adapter(tiny_model_dir, project / "loras" / "two", 2)
+    workspace = Workspace(Project(project))
+    workspace.load("models/tiny", device="cpu", precision="fp32")
+    return workspace
+
+
+def test_perplexity_and_compare_leave_the_active_lora_as_the_model_tab_shows_it(workspace):
+    """They made each chosen LoRA active in turn: the Logits tab then ran another LoRA than the Model tab's."""
+    workspace.apply_loras(["loras/one"])
+    with workspace.evaluating(["base", "loras/one", "loras/two"]) as names:
+        assert names == ["base", "one", "two"]
+    assert workspace.active_adapter == "one" and workspace.loras == {"one": "loras/one"}
+    assert workspace.require().adapters == ["one"]  # the LoRA loaded for the evaluation alone is gone
+    workspace.remove_loras()
+    with workspace.evaluating(["loras/two"]) as names:
+        assert names == ["two"] and workspace.require().active_adapter == "two"
+    assert workspace.active_adapter is None and "none (base model)" in workspace.describe()
+
+
+def test_apply_with_nothing_chosen_is_the_base_model_alone(workspace):
+    workspace.apply_loras(["loras/one", "loras/two"])
+    assert workspace.active_adapter == "two"
+    assert "none (base model)" in workspace.apply_loras([])  # as text-generation-webui applies an empty list
+    assert workspace.require().adapters == []
+
+
+def test_a_failed_load_leaves_no_model_for_start_to_train(workspace):
+    """The old model's name survived a failed load, so Start trained it while the page said none was loaded."""
+    with pytest.raises(TuneforgeError):
+        workspace.load("nobody/nonexistent-model")  # a hub id: the old model is freed before it fails
+    assert workspace.model_name is None and workspace.describe() == "No model loaded."
