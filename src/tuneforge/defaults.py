@@ -74,6 +74,7 @@ class DataStats:
     examples: int  # training examples (raw text: chunks)
     tokens: int  # tokens in them
     has_validation: bool = False
+    lengths: tuple[int, ...] = ()  # each example's tokens (raw text: its split holds out the last chunks)
 
     @property
     def mean_tokens(self) -> float:
@@ -83,7 +84,13 @@ class DataStats:
     def of(cls, prepared) -> DataStats:
         lengths = getattr(prepared.train, "lengths", None)
         tokens = sum(lengths) if lengths is not None else sum(len(e["input_ids"]) for e in prepared.train)
-        return cls(prepared.shape, len(prepared.train), int(tokens), bool(len(prepared.validation)))
+        return cls(
+            prepared.shape,
+            len(prepared.train),
+            int(tokens),
+            bool(len(prepared.validation)),
+            tuple(int(n) for n in lengths) if lengths is not None and prepared.shape == "raw" else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ class Machine:
 
 def choose_defaults(config, data: DataStats, machine: Machine):
     """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen."""
-    from tuneforge.data.examples import held_out_count  # the split's own count (imported late: data is heavy)
+    # the split's own counts (imported late: data is heavy)
+    from tuneforge.data.examples import held_out_count, hold_out_last_chunks
 
     given = config.given_keys
     choices: list[Choice] = []
@@ -136,12 +144,18 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         affordable = max(1, int(CPU_VALIDATION_TOKENS // max(1.0, data.mean_tokens)))
         if machine.device == "cpu" and held > affordable:  # a count: evaluated at every eval_steps
             validation_split, held = float(affordable), affordable
-        choose(
-            "validation_split",
-            validation_split,
-            f"no validation data given: {held} of {examples} examples held out to measure the fit",
-        )
-        examples -= held
+        reason = f"no validation data given: {held} of {examples} examples held out to measure the fit"
+        trained = examples - held
+        if data.lengths:  # raw text: the last chunks; those sharing text with them train neither
+            overlap = config.effective_overlap_len
+            trained = len(hold_out_last_chunks(list(data.lengths), validation_split, overlap)[0])
+            reason = (
+                f"no validation data given: the last {held} of {examples} chunks held out to measure the fit"
+            )
+            if examples - held - trained:
+                reason += f", the {examples - held - trained} before them (sharing their text) not trained on"
+        choose("validation_split", validation_split, reason)
+        examples = trained
     packing = False
     sized = given & {"batch_size", "micro_batch_size", "gradient_accumulation_steps"}  # counted in examples
     if (

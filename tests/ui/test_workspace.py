@@ -44,3 +44,14 @@ def test_a_failed_load_leaves_no_model_for_start_to_train(workspace):
     with pytest.raises(TuneforgeError):
         workspace.load("nobody/nonexistent-model")  # a hub id: the old model is freed before it fails
     assert workspace.model_name is None and workspace.describe() == "No model loaded."
+
+
+def test_a_new_page_shows_the_applied_loras_with_the_active_one_last(workspace):
+    """The picker opened empty while a LoRA was active, so Apply then dropped it."""
+    from tuneforge.ui.model_tab import applied
+
+    workspace.apply_loras(["loras/two", "loras/one"])
+    workspace.require().set_adapter("two")
+    assert applied(workspace) == ["loras/one", "loras/two"]
+    workspace.apply_loras(applied(workspace))  # Apply on the page as it opened keeps what was active
+    assert workspace.active_adapter == "two"

@@ -337,3 +337,18 @@ def test_a_run_warns_when_cutoff_len_cuts_many_examples_or_empties_some():
         "note: cutoff_len 64 does not bound input/output pairs; source_max_len (1024) and target_max_len (256) "
         "cut their two parts"
     ]
+
+
+def test_raw_texts_held_out_chunks_and_their_overlapping_neighbours_leave_the_counted_training_chunks():
+    """The UI's Preview said "4 of 36 examples held out" and "32 examples" while the run trained 31: the chunk
+    before the held-out ones shares half its text with them and trains neither (data.examples' split)."""
+    raw = DataStats("raw", examples=36, tokens=36 * 64, lengths=(64,) * 36)
+    reasons = {key: c.reason for key, c in chosen(RunConfig(recipe="auto", cutoff_len=64), raw)[1].items()}
+    assert reasons["validation_split"] == (
+        "no validation data given: the last 4 of 36 chunks held out to measure the fit, the 1 before them "
+        "(sharing their text) not trained on"
+    )
+    assert "31 examples" in reasons["batch_size"]
+    no_overlap = chosen(RunConfig(recipe="auto", cutoff_len=64, overlap_len=0), raw)[1]
+    assert no_overlap["validation_split"].reason.endswith("the fit")
+    assert "32 examples" in no_overlap["batch_size"].reason

@@ -48,15 +48,26 @@ def model_tab(workspace: Workspace):
         remove = gr.Button("Remove LoRAs", elem_id="remove-loras")
     info = gr.Markdown(workspace.describe(), elem_id="model-info")
 
-    load.click(shows_errors(workspace.load), [model, device, precision], info, api_name="load_model")
+    # .then runs after a failure too: a failed load has freed the old model, and the page must say so
+    load.click(shows_errors(workspace.load), [model, device, precision], info, api_name="load_model").then(
+        workspace.describe, None, info, api_name=False
+    )
     unload.click(workspace.unload, None, info, api_name="unload_model")
     apply.click(shows_errors(workspace.apply_loras), loras, info, api_name="apply_loras")
-    remove.click(shows_errors(workspace.remove_loras), None, info, api_name="remove_loras")
+    remove.click(shows_errors(workspace.remove_loras), None, info, api_name="remove_loras").then(
+        lambda: gr.update(value=[]), None, loras, api_name=False
+    )
     refresh_models.click(lambda: gr.update(choices=project.models()), None, model, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [
         (info, workspace.describe),
         (model, lambda: gr.update(choices=project.models())),
-        (loras, lambda: gr.update(choices=project.loras())),
+        (loras, lambda: gr.update(choices=project.loras(), value=applied(workspace))),
     ]
+
+
+def applied(workspace: Workspace) -> list[str]:
+    """The LoRAs the model holds, the active one last (as the picker's Apply makes the last one active)."""
+    active = workspace.active_adapter
+    return sorted(workspace.loras.values(), key=lambda choice: workspace.loras.get(active or "") == choice)
