@@ -617,7 +617,9 @@ class RunConfig:
         """Write the resolved config as YAML (every key, defaults included; chosen values say why); with
         `keys`, only those: a run's input, which the run completes as `tuneforge train` does."""
         notes = "".join(f"# {line.strip()}\n" for line in self.recipe_notes)
-        notes += "".join(f"# chosen: {line}\n" for line in self.chosen)
+        notes += "".join(
+            f"# chosen: {line}\n" for line in self.chosen if keys is None or line.split(" ", 1)[0] in keys
+        )
         values = {k: v for k, v in self.to_dict().items() if keys is None or k in keys}
         Path(path).write_text(notes + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
 
@@ -779,9 +781,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(reading.explain(str(error))) from None
     if reading is not None:
         config.recipe_notes = reading.notes()
-    elif path is not None and "data" not in (overrides or {}):  # other data: the reasons no longer hold
-        config.chosen = saved_choices(text, config)
+    elif path is not None and config.resume_from and _own_folder(config.output_dir, path):
+        config.chosen = saved_choices(text, config)  # the same run continued: the reasons still hold
     return config
+
+
+def _own_folder(output_dir: str | None, config_file: Path) -> bool:
+    return bool(output_dir) and Path(str(output_dir)).resolve() == config_file.parent.resolve()
 
 
 def shown_value(value: Any) -> str:
@@ -793,7 +799,8 @@ def shown_value(value: Any) -> str:
 
 def saved_choices(text: str, config: RunConfig) -> list[str]:
     """The '# chosen: key value: reason' lines of a saved config.yaml whose key still has that value, so a
-    resumed run's config.yaml and report keep saying why (a value given or edited since is the user's)."""
+    resumed run's config.yaml and report keep saying why (a value given or edited since is the user's).
+    load_config restores them only when the run continues in the file's own folder (resume_from)."""
     lines = [row.removeprefix("# chosen: ") for row in text.splitlines() if row.startswith("# chosen: ")]
     kept = []
     for line in lines:
@@ -859,7 +866,10 @@ def coerce(name: str, value: Any, annotation: Any, error: type[Exception] = Conf
                 raise TypeError
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            return int(str(value).strip())
+            text = str(value).strip()
+            if text.endswith(".0") and text[:-2].lstrip("-").isdigit():  # "64.0", as a number box sends it
+                text = text[:-2]
+            return int(text)
         if annotation is float:
             if isinstance(value, bool):
                 raise TypeError

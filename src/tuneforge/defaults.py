@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import cast
 
 from tuneforge.config import shown_value
+from tuneforge.errors import DataError
 
 # text-generation-webui's Training tab, as seed 000 trains
 TEXTGEN_RECIPE = {
@@ -107,8 +108,7 @@ class Machine:
 
 def choose_defaults(config, data: DataStats, machine: Machine):
     """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen."""
-    # the split's own counts (imported late: data is heavy)
-    from tuneforge.data.examples import held_out_count, hold_out_last_chunks
+    from tuneforge.data.examples import held_out_count  # the split's own count (imported late: data is heavy)
 
     given = config.given_keys
     choices: list[Choice] = []
@@ -145,17 +145,19 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         if machine.device == "cpu" and held > affordable:  # a count: evaluated at every eval_steps
             validation_split, held = float(affordable), affordable
         reason = f"no validation data given: {held} of {examples} examples held out to measure the fit"
-        trained = examples - held
+        trained: int | None = examples - held
         if data.lengths:  # raw text: the last chunks; those sharing text with them train neither
-            overlap = config.effective_overlap_len
-            trained = len(hold_out_last_chunks(list(data.lengths), validation_split, overlap)[0])
+            trained = _trained_chunks(data.lengths, validation_split, config.effective_overlap_len)
             reason = (
                 f"no validation data given: the last {held} of {examples} chunks held out to measure the fit"
             )
-            if examples - held - trained:
+            if trained is not None and examples - held - trained:
                 reason += f", the {examples - held - trained} before them (sharing their text) not trained on"
-        choose("validation_split", validation_split, reason)
-        examples = trained
+        if trained is None:  # the split and the chunks overlapping it would take every chunk: none carved
+            validation_split = 0.0
+        else:
+            choose("validation_split", validation_split, reason)
+            examples = trained
     packing = False
     sized = given & {"batch_size", "micro_batch_size", "gradient_accumulation_steps"}  # counted in examples
     if (
@@ -267,6 +269,16 @@ def choose_defaults(config, data: DataStats, machine: Machine):
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         choose("warmup_ratio", 0.05, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)
+
+
+def _trained_chunks(lengths: tuple[int, ...], validation_split: float, overlap_len: int) -> int | None:
+    """Raw text's training chunks left by the split (data.examples' own rule), or None when it takes them all."""
+    from tuneforge.data.examples import hold_out_last_chunks
+
+    try:
+        return len(hold_out_last_chunks(list(lengths), validation_split, overlap_len)[0])
+    except DataError:
+        return None
 
 
 def _held_fraction(validation_split: float, examples: int) -> float:

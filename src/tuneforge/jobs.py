@@ -106,14 +106,20 @@ def start(
 ) -> JobStatus:
     """Write `<run_dir>/config.yaml` (output_dir = run_dir) and start training it in a new process.
 
-    Only the keys given (a dict's keys, a RunConfig's given_keys) are written, so the run chooses the rest
-    as `tuneforge train` does (recipe auto) and then saves its whole config there. Raises JobError when
+    Only the keys given are written (a dict's keys; a RunConfig's given keys and values other than the
+    defaults), so the run chooses the rest as `tuneforge train` does (recipe auto: a RunConfig of defaults
+    trains with the values chosen from its data) and then saves its whole config there. Raises JobError when
     another job of the same runs folder is still running. Relative data paths in `config` are read from `cwd`
     (default: the folder that holds the runs folder, i.e. the project).
     """
     run_dir = Path(run_dir).resolve()
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    given = set(config.given_keys if isinstance(config, RunConfig) else config) | {"output_dir"}
+    if isinstance(config, RunConfig):  # its given keys, and any value set since or chosen for it
+        defaults = RunConfig().to_dict()
+        given = set(config.given_keys) | {key for key, value in values.items() if value != defaults[key]}
+    else:
+        given = set(config)
+    given.add("output_dir")
     values.update(output_dir=str(run_dir), resume_from=None)
     run_config = from_dict(values)  # a bad value fails here, in the caller, not in the child's log
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -388,12 +394,12 @@ def running_jobs(project_dir: str | Path, *, runs_folder: Path | None = None) ->
     return [run for _, run in sorted(alive, reverse=True)]
 
 
-def attach(project_dir: str | Path) -> Path | None:
-    """The run folder a reloaded page or a restarted UI shows: the running job's, else the newest job's when it
-    stopped before its end (interrupted or failed, so Resume continues it); None otherwise."""
+def attach(project_dir: str | Path, stopped: bool = False) -> Path | None:
+    """The run folder a reloaded page or a restarted UI shows: the running job's; with `stopped`, else the
+    newest job's when it stopped before its end (interrupted or failed, so Resume continues it)."""
     running = running_jobs(project_dir)
-    if running:
-        return running[0]
+    if running or not stopped:
+        return running[0] if running else None
     runs = Path(project_dir) / "runs"
     started = sorted((read_job(p.parent).get("started", 0), p.parent) for p in runs.glob(f"*/{JOB_FILE}"))
     if started and status(started[-1][1]).state in ("interrupted", "failed"):

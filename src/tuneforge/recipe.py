@@ -275,7 +275,7 @@ def warn_about_cut_examples(counts: dict, config, log=print, report: dict | None
     examples = counts.get("train_examples", 0) + counts.get("dropped_without_loss", 0)
     cut, empty = counts.get("truncated", 0), counts.get("dropped_without_loss", 0)
     pairs = (report or {}).get("length_bounds") == "source_max_len, target_max_len"
-    if pairs and "cutoff_len" in config.given_keys:
+    if pairs and "cutoff_len" in config.given_keys and config.cutoff_len != RunConfig().cutoff_len:
         log(
             f"note: cutoff_len {config.cutoff_len} does not bound input/output pairs; source_max_len "
             f"({config.source_max_len}) and target_max_len ({config.target_max_len}) cut their two parts"

@@ -65,7 +65,7 @@ def status_after_reload(run_dir: Path, project: Path) -> dict:
     """What a reloaded page or a restarted UI sees: `jobs.status` and `jobs.attach` in a fresh interpreter."""
     probe = (
         "import json, sys; from tuneforge import jobs; s = jobs.status(sys.argv[1]); "
-        "a = jobs.attach(sys.argv[2]); "
+        "a = jobs.attach(sys.argv[2], stopped=True); "
         "print(json.dumps({'state': s.state, 'pid': s.pid, 'step': s.step, 'attached': a and str(a)}))"
     )
     done = subprocess.run(

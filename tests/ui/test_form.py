@@ -62,3 +62,17 @@ def test_copied_parameters_fill_the_form_as_given_values():
     config = load_config(None, {**form_values(form), "data": "notes.txt"})
     assert (config.rank, config.packing, config.batch_size, config.overlap_len) == (16, True, 8, 0)
     assert config.target_modules == ["all-linear"]
+
+
+def test_an_untouched_form_gets_every_choice_tuneforge_train_makes():
+    """An empty max_steps (None) and a warmup_steps of 0 were sent as given, so the recipe chose no epochs and
+    no warm-up for a form left as it opened, unlike `tuneforge train --data FILE`."""
+    from tuneforge.defaults import DataStats, Machine, choose_defaults
+
+    data, machine = DataStats("lines", examples=300, tokens=300 * 12), Machine("cpu", 2)
+    from_form = load_config(None, {**form_values(untouched_form()), "data": "notes.txt"})
+    from_cli = load_config(None, {"data": "notes.txt"})
+    assert [c.describe() for c in choose_defaults(from_form, data, machine)[1]] == [
+        c.describe() for c in choose_defaults(from_cli, data, machine)[1]
+    ]
+    assert {"epochs", "warmup_ratio"} <= {c.key for c in choose_defaults(from_form, data, machine)[1]}

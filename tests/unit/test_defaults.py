@@ -299,15 +299,17 @@ def test_a_run_with_recipe_auto_prints_each_chosen_value_before_step_1_and_saves
     for line in chosen_lines:
         key, _, reason = line.partition(" ")
         assert f"# chosen: {line}" in config_text and f"- `{key}` {reason}" in report
-    # ... but not for a value given or edited since: that one is the user's
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(config_text.replace("\nrank: 16\n", "\nrank: 8\n"))
-    assert [line.split()[0] for line in load_config(edited).chosen if line.startswith("rank")] == []
-    given = load_config(run_dir / "config.yaml", {"alpha": 8}).chosen
+    # ... but not for a value given or edited since (that one is the user's), nor for another run
+    resume = {"resume_from": "latest"}
+    (run_dir / "config.yaml").write_text(config_text.replace("\nrank: 16\n", "\nrank: 8\n"))
+    assert not any(line.startswith("rank ") for line in load_config(run_dir / "config.yaml", resume).chosen)
+    (run_dir / "config.yaml").write_text(config_text)
+    given = load_config(run_dir / "config.yaml", {**resume, "alpha": 8}).chosen
     assert not any(line.startswith("alpha ") for line in given) and any(
         line.startswith("rank ") for line in given
     )
-    assert load_config(run_dir / "config.yaml", {"data": str(path)}).chosen == []  # chosen for its data
+    for other_run in ({"output_dir": str(tmp_path / "other")}, {**resume, "output_dir": str(tmp_path / "b")}):
+        assert load_config(run_dir / "config.yaml", other_run).chosen == []  # its values are given there
 
 
 def test_a_run_warns_when_cutoff_len_cuts_many_examples_or_empties_some():
@@ -352,3 +354,6 @@ def test_raw_texts_held_out_chunks_and_their_overlapping_neighbours_leave_the_co
     no_overlap = chosen(RunConfig(recipe="auto", cutoff_len=64, overlap_len=0), raw)[1]
     assert no_overlap["validation_split"].reason.endswith("the fit")
     assert "32 examples" in no_overlap["batch_size"].reason
+    short_sections = DataStats("raw", examples=30, tokens=30 * 40, lengths=(40,) * 30)  # hard-cut sections
+    new, choices = chosen(RunConfig(recipe="auto", cutoff_len=256), short_sections)  # the split takes all
+    assert "validation_split" not in choices and new.validation_split == 0 and "batch_size" in choices

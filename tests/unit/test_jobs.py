@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tuneforge import jobs
+from tuneforge.config import RunConfig
 from tuneforge.train.checkpoint import find_checkpoint
 
 
@@ -80,6 +81,13 @@ def test_a_job_chooses_the_keys_it_was_not_given_as_tuneforge_train_does(
     assert "# chosen: target_modules all-linear" in saved and "# chosen: learning_rate" in saved
     assert yaml.safe_load(saved)["target_modules"] == ["all-linear"]  # not the textgen default q_proj,v_proj
     assert "## Chosen for you (recipe auto)" in (run_dir / "report.md").read_text()
+    # a RunConfig: its given keys and any value set since (given_keys was fixed when it was built)
+    config = RunConfig(model=str(tiny_model_dir), data=str(lines_file), device="cpu")
+    config.max_steps = 1
+    jobs.start(config, tmp_path / "runs" / "set-later")
+    written = yaml.safe_load((tmp_path / "runs" / "set-later" / "config.yaml").read_text())
+    assert written["max_steps"] == 1 and "target_modules" not in written
+    assert jobs.wait(tmp_path / "runs" / "set-later", timeout=180).step == 1
 
 
 def test_interrupt_checkpoints_and_exits_cleanly_then_resume_finishes(tiny_model_dir, lines_file, tmp_path):

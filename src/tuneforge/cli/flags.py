@@ -70,7 +70,7 @@ class CommandParser(argparse.ArgumentParser):
             following = args[i + 1].lower() if i + 1 < len(args) else None
             if arg in bool_flags and following not in TRUE_WORDS | FALSE_WORDS:
                 args[i] = f"{arg}=true"
-                if following is not None and not following.startswith("-"):
+                if following is not None and not following.startswith("-") and "/" not in following:
                     after_bool_flag[args[i + 1]] = arg
         parsed, extras = super().parse_known_args(args, namespace)
         parsed.after_bool_flag = {**getattr(parsed, "after_bool_flag", {}), **after_bool_flag}  # a verb's too

@@ -13,12 +13,14 @@ from __future__ import annotations
 import functools
 import typing
 
-from tuneforge.config import RunConfig, field_help
+from tuneforge.config import RunConfig, coerce, field_help
 from tuneforge.defaults import AUTO_CHOSEN
+from tuneforge.errors import ConfigError
 
 AUTO = "auto"
 AUTO_NOTE = (
-    " Left as 'auto', the recipe chooses it (recipe auto: from the data, printed in the log and the report)."
+    " Left empty (or 'auto'), the recipe chooses it (recipe auto: from the data, printed in the log and the"
+    " report)."
 )
 
 # Labels in the seeds' words (text-generation-webui's Training tab); other fields get their name in words.
@@ -143,13 +145,12 @@ def config_widget(name: str, value=None):
     common = dict(label=label(name), info=info, elem_id=f"field-{name}")
     if meta.get("choices"):
         return gr.Dropdown(choices=list(meta["choices"]), value=default, **common)
-    if name in AUTO_CHOSEN:  # shown as 'auto' (not given), so any value typed is given, even textgen's own
+    if name in AUTO_CHOSEN:  # shown empty (not given), so any value typed is given, even textgen's own
         fixed = shown_value(name, getattr(RunConfig(), name))
         if kind is bool:
             return gr.Dropdown(choices=[AUTO, "true", "false"], value=AUTO, **common)
-        return gr.Textbox(
-            value="", placeholder=f"{AUTO} (recipe textgen: {fixed})" if fixed else AUTO, **common
-        )
+        chooses = f"the recipe chooses (textgen: {fixed})" if fixed else "the recipe chooses"
+        return gr.Textbox(value="", placeholder=chooses, **common)
     if kind is bool:
         return gr.Checkbox(value=default, **common)
     if kind in (int, float) and optional:
@@ -188,5 +189,16 @@ def form_values(raw: dict) -> dict:
             value = None
         elif kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
+        if name not in AUTO_CHOSEN and _is_default(name, value):
+            # not given: an empty max_steps or a warmup_steps of 0 given would stop the recipe choosing
+            # epochs and the warm-up, unlike `tuneforge train --data FILE`
+            continue
         values[name] = value
     return values
+
+
+def _is_default(name: str, value) -> bool:
+    try:
+        return coerce(name, value, _config_hints()[name]) == getattr(RunConfig(), name)
+    except ConfigError:
+        return False  # a wrong value: from_dict names it

@@ -63,11 +63,13 @@ def model_tab(workspace: Workspace):
     return [
         (info, workspace.describe),
         (model, lambda: gr.update(choices=project.models())),
-        (loras, lambda: gr.update(choices=project.loras(), value=applied(workspace))),
+        (loras, lambda: gr.update(choices=project.loras(), value=applied(workspace, project.loras()))),
     ]
 
 
-def applied(workspace: Workspace) -> list[str]:
-    """The LoRAs the model holds, the active one last (as the picker's Apply makes the last one active)."""
+def applied(workspace: Workspace, listed: list[str] | None = None) -> list[str]:
+    """The LoRAs the model holds (of those `listed`, the picker's choices), the active one last (as the
+    picker's Apply makes the last one active)."""
     active = workspace.active_adapter
-    return sorted(workspace.loras.values(), key=lambda choice: workspace.loras.get(active or "") == choice)
+    held = [choice for choice in workspace.loras.values() if listed is None or choice in listed]
+    return sorted(held, key=lambda choice: workspace.loras.get(active or "") == choice)

@@ -331,8 +331,15 @@ def training_tab(workspace: Workspace):
     upload.upload(add_dataset, upload, dataset_lists, api_name="add_dataset")
     copy_from.focus(lambda: gr.update(choices=[""] + project.runs()), None, copy_from, show_progress="hidden")
     timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+
+    def shown_run() -> str:
+        """The run a newly opened page shows: the running one, else the newest if it stopped before its end."""
+        attached = jobs.attach(project.root, stopped=True)
+        return attached.name if attached else ""
+
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [
+        (current, shown_run),
         (raw_file, lambda: gr.update(choices=project.datasets())),
         (formatted_file, lambda: gr.update(choices=project.datasets())),
         (other_file, lambda: gr.update(choices=project.datasets())),

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from tuneforge.cli import COMMANDS, build_parser, main
+from tuneforge.cli.flags import run_config_from
 from tuneforge.config import field_names
 from tuneforge.generate import GenerationSettings
 
@@ -97,3 +98,14 @@ def test_a_word_after_a_true_false_flag_is_explained_not_read_as_a_missing_confi
     config.write_text(f"data: {data}\nmax_steps: 1\n")
     args = build_parser().parse_args(["train", "--packing", str(config)])  # a real config after the flag
     assert args.packing is True and args.config == str(config)
+    assert "a true/false flag" not in explained_missing_config(["train", "--packing", "runs/a/confg.yaml"])
+
+
+def explained_missing_config(argv: list[str]) -> str:
+    from tuneforge.errors import ConfigError
+
+    try:
+        run_config_from(build_parser().parse_args(argv), build_parser().parse_args(argv).config)
+    except ConfigError as error:
+        return str(error)
+    raise AssertionError("no error")
