@@ -396,12 +396,10 @@ def running_jobs(project_dir: str | Path, *, runs_folder: Path | None = None) ->
 
 def attach(project_dir: str | Path, stopped: bool = False) -> Path | None:
     """The run folder a reloaded page or a restarted UI shows: the running job's; with `stopped`, else the
-    newest job's when it stopped before its end (interrupted or failed, so Resume continues it)."""
+    newest job's (finished, with its report; interrupted or failed, so Resume continues it)."""
     running = running_jobs(project_dir)
     if running or not stopped:
         return running[0] if running else None
     runs = Path(project_dir) / "runs"
     started = sorted((read_job(p.parent).get("started", 0), p.parent) for p in runs.glob(f"*/{JOB_FILE}"))
-    if started and status(started[-1][1]).state in ("interrupted", "failed"):
-        return started[-1][1]
-    return None
+    return started[-1][1] if started else None

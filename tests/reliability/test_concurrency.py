@@ -206,4 +206,5 @@ def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resume
     steps = [m["step"] for m in final.metrics]
     assert steps == list(range(1, saving + 3))  # resumed right after the saved step, nothing twice
     seen = status_after_reload(run_dir, project)
-    assert seen["state"] == "finished" and seen["attached"] is None, seen
+    # a newly opened page shows the finished run (its report and chart), not an empty status
+    assert seen["state"] == "finished" and seen["attached"] == str(run_dir.resolve()), seen

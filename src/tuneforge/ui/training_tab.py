@@ -333,7 +333,7 @@ def training_tab(workspace: Workspace):
     timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
 
     def shown_run() -> str:
-        """The run a newly opened page shows: the running one, else the newest if it stopped before its end."""
+        """The run a newly opened page shows: the running one, else the newest (its report, or Resume)."""
         attached = jobs.attach(project.root, stopped=True)
         return attached.name if attached else ""
 
