@@ -58,10 +58,11 @@ def build_app(
                 refreshed += compare_tab(workspace)
         # every page shows what is there now (the loaded model, new runs, datasets and LoRAs), not what was
         # there when the UI started
+        # (components, function giving their updates): the same function as each list's 🔄 where it has one
         demo.load(
-            lambda: [refresh() for _, refresh in refreshed],
+            lambda: [update for _, refresh in refreshed for update in refresh()],
             None,
-            [component for component, _ in refreshed],
+            [component for components, _ in refreshed for component in components],
             show_progress="hidden",
             api_name=False,  # no API route
         )

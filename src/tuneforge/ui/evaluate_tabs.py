@@ -80,18 +80,13 @@ def perplexity_tab(workspace: Workspace):
         return history_table(workspace)
 
     run.click(evaluate, [models, files, stride, max_length], table, api_name="perplexity")
-    refresh.click(
-        lambda: (gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())),
-        None,
-        [models, files],
-        api_name=False,  # type: ignore[arg-type]  # gradio takes False
-    )
+
+    def lists():
+        return gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())
+
+    refresh.click(lists, None, [models, files], api_name=False)  # type: ignore[arg-type]  # gradio takes False
     # what a newly opened page shows (build_app refreshes these on each page load)
-    return [
-        (models, lambda: gr.update(choices=["base"] + project.loras())),
-        (files, lambda: gr.update(choices=project.datasets())),
-        (table, lambda: history_table(workspace)),
-    ]
+    return [([models, files], lists), ([table], lambda: (history_table(workspace),))]
 
 
 def compare_tab(workspace: Workspace):
@@ -151,18 +146,13 @@ def compare_tab(workspace: Workspace):
 
     run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     run.click(compare, [prompts, variants, seeds, heldout, max_new_tokens], result, api_name="compare")
-    refresh.click(
-        lambda: (
+
+    def lists():
+        return (
             gr.update(choices=["base"] + project.loras()),
             gr.update(choices=[""] + project.runs()),
             gr.update(choices=[""] + project.datasets()),
-        ),
-        None,
-        [variants, run_choice, heldout],
-        api_name=False,  # type: ignore[arg-type]  # gradio takes False (no API route)
-    )
-    return [
-        (variants, lambda: gr.update(choices=["base"] + project.loras())),
-        (run_choice, lambda: gr.update(choices=[""] + project.runs())),
-        (heldout, lambda: gr.update(choices=[""] + project.datasets())),
-    ]
+        )
+
+    refresh.click(lists, None, [variants, run_choice, heldout], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    return [([variants, run_choice, heldout], lists)]

@@ -61,9 +61,9 @@ def model_tab(workspace: Workspace):
     refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [
-        (info, workspace.describe),
-        (model, lambda: gr.update(choices=project.models())),
-        (loras, lambda: gr.update(choices=project.loras(), value=applied(workspace, project.loras()))),
+        ([info], lambda: (workspace.describe(),)),
+        ([model], lambda: (gr.update(choices=project.models()),)),
+        ([loras], lambda: (gr.update(choices=project.loras(), value=applied(workspace, project.loras())),)),
     ]
 
 

@@ -339,13 +339,10 @@ def training_tab(workspace: Workspace):
 
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [
-        (current, shown_run),
-        (raw_file, lambda: gr.update(choices=project.datasets())),
-        (formatted_file, lambda: gr.update(choices=project.datasets())),
-        (other_file, lambda: gr.update(choices=project.datasets())),
-        (validation_file, lambda: gr.update(choices=[""] + project.datasets())),
-        (format_file, lambda: gr.update(choices=project.format_files())),
-        (copy_from, lambda: gr.update(choices=[""] + project.runs())),
+        ([current], lambda: (shown_run(),)),
+        (dataset_lists, refresh_datasets),
+        ([format_file], lambda: (gr.update(choices=project.format_files()),)),
+        ([copy_from], lambda: (gr.update(choices=[""] + project.runs()),)),
     ]
 
 

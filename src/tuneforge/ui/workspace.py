@@ -62,15 +62,17 @@ class Workspace:
             return self.remove_loras() if self.loras else self.describe()
         with self.lock:
             for choice in choices:
-                path = self.project.lora(choice)
-                if choice in self.loras.values():
-                    name = next(n for n, c in self.loras.items() if c == choice)
-                else:
-                    name = adapter_name(choice, taken=set(llm.adapters))
-                    llm.load_adapter(path, name=name)
-                    self.loras[name] = choice
-                llm.set_adapter(name)
+                llm.set_adapter(self._held(llm, choice))
         return self.describe()
+
+    def _held(self, llm, choice: str) -> str:
+        """The adapter name of LoRA `choice` on the model, loading it the first time (call under the lock)."""
+        path = self.project.lora(choice)  # checked every time: a listed LoRA may have gone
+        if choice not in self.loras.values():
+            name = adapter_name(choice, taken=set(llm.adapters))
+            llm.load_adapter(path, name=name)
+            self.loras[name] = choice
+        return next(n for n, c in self.loras.items() if c == choice)
 
     @contextmanager
     def evaluating(self, choices: list[str]):
@@ -80,18 +82,8 @@ class Workspace:
         llm = self.require()
         with self.lock:
             before, active = dict(self.loras), self.active_adapter
-            names = []
             try:
-                for choice in choices:
-                    if choice == "base":
-                        names.append("base")
-                        continue
-                    if choice not in self.loras.values():
-                        name = adapter_name(choice, taken=set(llm.adapters))
-                        llm.load_adapter(self.project.lora(choice), name=name)
-                        self.loras[name] = choice
-                    names.append(next(n for n, c in self.loras.items() if c == choice))
-                yield names
+                yield [choice if choice == "base" else self._held(llm, choice) for choice in choices]
             finally:
                 for name in [n for n in self.loras if n not in before]:
                     llm.unload_adapter(name)
