@@ -80,7 +80,7 @@ class JobStatus:
         """The run's numbers as short phrases (step/total, loss, validation loss, speed, ETA); empty before step 1."""
         if not self.step:
             return []
-        parts = [f"step {self.step}/{self.total_steps or '?'}"]
+        parts = [f"step {self.step}/{self.total_steps}" if self.total_steps else f"step {self.step}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.validation_loss is not None:

@@ -141,3 +141,10 @@ def test_a_folder_without_a_job_is_not_started(tmp_path):
     assert jobs.status(tmp_path).state == "not started"
     with pytest.raises(jobs.JobError, match="no config.yaml"):
         jobs.resume(tmp_path)
+
+
+def test_the_status_line_leaves_out_a_total_it_does_not_know_yet(tmp_path):
+    resuming = jobs.JobStatus(tmp_path, "running", "training", step=12, loss=2.5)  # before "resumed from ..."
+    assert resuming.progress()[:2] == ["step 12", "loss 2.5000"]
+    known = jobs.JobStatus(tmp_path, "running", "training", step=12, total_steps=50)
+    assert known.progress() == ["step 12/50"]

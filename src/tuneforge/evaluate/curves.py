@@ -74,6 +74,7 @@ def plot_loss_curve(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     steps = list(range(1, len(train_losses) + 1))
@@ -85,6 +86,7 @@ def plot_loss_curve(
     if validation_losses:
         ax.plot(*zip(*validation_losses, strict=True), "o-", color="tab:orange", label="validation loss")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run's ticks are whole steps
     ax.set_ylabel("loss (per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -110,6 +110,7 @@ def train(
         run.total_steps,
         fresh=not config.resume_from,
         resumed_at=state.step,
+        seconds_before=state.train_seconds,
     )
     step_times = StepTimes()
     with graceful_interrupts(stop), run.lean, closing(metrics):
@@ -135,6 +136,7 @@ def train(
             _plan_for_time(run, config, budget, step, result, metrics)
             validation = validation_loss(run, data, config, state, step, result.total_steps)
             metrics.record(step, done.loss, done.tokens, learning_rate, grad_norm, validation)
+            state.train_seconds = round(metrics.elapsed(), 3)
             if validation is not None:
                 best.keep(run.bare_model, state)
                 _note(progress, overfitting_note(state.validation_losses))

@@ -32,6 +32,7 @@ class TrainingProgress:
         from rich.console import Console
 
         self.total_steps = total_steps
+        self.resumed_at = 0  # a resumed run's ETA counts the speed of its own steps only
         self.enabled = enabled
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.start = time.perf_counter()
@@ -61,7 +62,7 @@ class TrainingProgress:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(step, 1) * (self.total_steps - step)
+        eta = elapsed / max(step - self.resumed_at, 1) * (self.total_steps - step)
         status = f"loss {loss:.4f}  lr {learning_rate:.2e}  {tokens_per_second:,.0f} tok/s"
         if validation_loss is not None:
             status += f"  val {validation_loss:.4f}"
@@ -77,6 +78,12 @@ class TrainingProgress:
     def message(self, text: str) -> None:
         if self.enabled:
             self.console.print(text, soft_wrap=True)
+
+    def resume_at(self, step: int) -> None:
+        """A resumed run: the bar starts at `step`, and speed and ETA count from now."""
+        self.resumed_at, self.start = step, time.perf_counter()
+        if self._bar is not None:
+            self._bar.reset(self._task, total=self.total_steps, completed=step)
 
     def set_total_steps(self, total_steps: int) -> None:
         """A re-planned run (max_time): the bar and the ETA count to the new last step."""
@@ -156,6 +163,7 @@ class MetricsLog:
         total_steps: int,
         fresh: bool = True,
         resumed_at: int = 0,
+        seconds_before: float = 0.0,
     ):
         self.accelerator, self.progress, self.config = accelerator, progress, config
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
@@ -166,6 +174,9 @@ class MetricsLog:
             elif path.exists():
                 keep_records_until(path, resumed_at)
             self.file = path.open("a")
+        if resumed_at:
+            progress.resume_at(resumed_at)
+        self.seconds_before = seconds_before  # a resumed run's elapsed_s goes on from its checkpoint's
         self.start = self.window_start = time.perf_counter()
         self.window_tokens = 0  # tokens trained since the last record, for its tokens/s
 
@@ -195,7 +206,7 @@ class MetricsLog:
             "grad_norm": round(float(grad_norm), 6),
             "tokens": self.window_tokens,
             "tokens_per_second": round(tokens_per_second, 1),
-            "elapsed_s": round(now - self.start, 2),
+            "elapsed_s": round(self.seconds_before + now - self.start, 2),
         }
         self.window_tokens, self.window_start = 0, now
         if validation_loss is not None:
@@ -208,7 +219,8 @@ class MetricsLog:
         self.progress.update(step, loss, learning_rate, tokens_per_second, validation_loss)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        """Seconds of training so far, the sessions before a resume included."""
+        return self.seconds_before + time.perf_counter() - self.start
 
     def close(self) -> None:
         if self.file is not None:

@@ -20,6 +20,7 @@ class TrainState:
     losses: list[float] = field(default_factory=list)  # training loss of each step
     validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     train_tokens: int = 0  # loss-carrying tokens trained on, all processes
+    train_seconds: float = 0.0  # seconds in the training loop, every session of a resumed run together
     best_validation: float | None = None
     evaluations_without_improvement: int = 0  # early stopping counts these
     micro_batch_size: int = 1  # after any out-of-memory back-off; a resumed run keeps it

@@ -97,6 +97,11 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_p
     )
     assert run.resumed_from.name == "step-4"
     assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
+    # the clock goes on from the checkpoint's: elapsed_s never runs backwards, the report's speed is the run's
+    records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    elapsed = [record["elapsed_s"] for record in records]
+    assert elapsed == sorted(elapsed) and run.seconds >= elapsed[-1] > elapsed[3]
+    assert run.tokens_per_second == pytest.approx(sum(record["tokens"] for record in records) / run.seconds)
     expected, actual = final_weights(whole, method), final_weights(broken, method)
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -173,6 +178,7 @@ def test_trainer_state_json_keeps_the_keys_earlier_checkpoints_were_written_with
         "losses",
         "validation_losses",
         "train_tokens",
+        "train_seconds",
         "best_validation",
         "evaluations_without_improvement",
         "micro_batch_size",
@@ -181,6 +187,8 @@ def test_trainer_state_json_keeps_the_keys_earlier_checkpoints_were_written_with
     state = TrainState.from_json(saved)
     assert state.step == run.steps == 2 and state.losses == run.losses and state.micro_batch_size == 2
     assert set(state.identity) == {"model", "method", "rank", "data_fingerprint"}
+    del saved["train_seconds"]  # written before train_seconds existed: still resumable
+    assert TrainState.from_json(saved).train_seconds == 0.0
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_update(

@@ -8,7 +8,7 @@ import torch
 import tuneforge as tf
 from tests.reliability.conftest import assert_same_run, cli, metrics, write_config
 from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints, read_checkpoint
-from tuneforge.train.progress import slow_step_warning
+from tuneforge.train.progress import TrainingProgress, slow_step_warning
 
 SETTINGS = dict(
     method="lora",
@@ -122,6 +122,18 @@ def test_a_sudden_slow_step_is_pointed_out_once_in_a_while():
     assert slow_step_warning(30, [*usual, 3.0], warned_at=9) is None  # at most one warning per 50 steps
     assert slow_step_warning(59, [*usual, 3.0], warned_at=9) is not None
     assert slow_step_warning(5, [5.0, 3.0, 2.0, 1.0, 9.0], None) is None  # too few usual steps to judge
+
+
+def test_a_resumed_runs_eta_counts_the_speed_of_its_own_steps(monkeypatch):
+    import io
+
+    clock = iter([100.0, 100.0, 130.0])  # created, resumed at step 50, step 51 done 30 s later
+    monkeypatch.setattr("tuneforge.train.progress.time.perf_counter", lambda: next(clock))
+    shown = io.StringIO()
+    progress = TrainingProgress(total_steps=60, stream=shown)
+    progress.resume_at(50)
+    progress.update(51, loss=1.0, learning_rate=1e-4, tokens_per_second=100.0)
+    assert "step 51/60" in shown.getvalue() and "eta 4:30" in shown.getvalue()  # 9 steps left of 30 s
 
 
 def test_threads_follow_the_free_cores_unless_num_threads_or_omp_num_threads_is_set(

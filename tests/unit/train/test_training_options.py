@@ -141,6 +141,16 @@ def test_loss_curve_and_fit_diagnosis_in_the_report(tiny_model_dir, lines_file, 
     assert sum("validation_loss" in r for r in records) == 4
 
 
+def test_a_short_runs_loss_curve_marks_whole_steps(tmp_path, monkeypatch):
+    from tuneforge.evaluate.curves import plot_loss_curve
+
+    figures = []
+    monkeypatch.setattr("matplotlib.pyplot.close", figures.append)
+    plot_loss_curve([3.0, 2.5, 2.2], [(3, 2.6)], tmp_path / "curve.png")
+    ticks = [tick for tick in figures[0].axes[0].get_xticks() if 1 <= tick <= 3]
+    assert ticks and all(tick == int(tick) for tick in ticks)
+
+
 def test_fit_diagnosis_follows_seed_002():
     flat = [5.0] * 20
     assert diagnose_fit(flat, [])[0] == "underfit"
