@@ -439,7 +439,7 @@ def case_runs(case: str, args) -> dict:
     if CASES[case][3] == "full":
         plan["hf-fp32-fused-adamw"] = ("hf", "fp32", {"optim": "adamw_torch_fused"})
     plan["tuneforge"] = ("tuneforge", "auto", None)
-    if case in ("lora-qv-raw", "lora-all-linear", "full") and not args.no_compile:
+    if case in ("lora-qv-raw", "lora-all-linear", "full", "qlora-4bit") and not args.no_compile:
         plan["tuneforge-compile"] = ("tuneforge", "auto", {"compile": True})
     if case in ("lines", "full-lines"):
         plan["tuneforge-packed"] = ("tuneforge", "auto", {"packing": True})

@@ -137,6 +137,26 @@ class EvalResult:
     loss: float
 
 
+@contextmanager
+def _hub_token(use_auth_token: str | bool | None) -> Iterator[None]:
+    """HappyTransformer's `use_auth_token`: a token string is used for this load (as HF_TOKEN, which the hub
+    client reads on each request); True or None use the saved login (`hf auth login`) or HF_TOKEN as they are."""
+    import os
+
+    if not isinstance(use_auth_token, str) or not use_auth_token:
+        yield
+        return
+    before = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = use_auth_token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = before
+
+
 class HappyGeneration:
     """A text-generation model: `model_name="default"` is the embedded SmolLM2-135M-Instruct, or a folder.
 
@@ -157,12 +177,15 @@ class HappyGeneration:
 
         self.model_type = model_type
         self.model_name = model_name
-        if load_path and (Path(load_path) / "adapter_config.json").is_file():
-            self.llm = tf.load(
-                model_name, adapter=load_path, precision="fp32", trust_remote_code=trust_remote_code
-            )
-        else:
-            self.llm = tf.load(load_path or model_name, precision="fp32", trust_remote_code=trust_remote_code)
+        with _hub_token(use_auth_token):
+            if load_path and (Path(load_path) / "adapter_config.json").is_file():
+                self.llm = tf.load(
+                    model_name, adapter=load_path, precision="fp32", trust_remote_code=trust_remote_code
+                )
+            else:
+                self.llm = tf.load(
+                    load_path or model_name, precision="fp32", trust_remote_code=trust_remote_code
+                )
 
     @property
     def model(self):
@@ -172,12 +195,24 @@ class HappyGeneration:
     def tokenizer(self):
         return self.llm.tokenizer
 
+    @property
+    def config(self):
+        """The model's transformers config, as HappyTransformer's `.config`."""
+        return self.llm.model.config
+
+    @property
+    def device(self):
+        """The torch device the model is on, as HappyTransformer's `.device`."""
+        return self.llm.model.device
+
     def generate_text(self, text: str, args: GENSettings | None = None) -> GenerationResult:
         args = args or GENSettings()
         output = self.llm.generate(
             text,
             max_new_tokens=args.max_length,
-            min_new_tokens=args.min_length,
+            # HappyTransformer passes both to generate, where max wins: GENSettings(max_length=5) keeps the
+            # default min_length 10 and stops at 5 (tuneforge's own settings refuse min > max)
+            min_new_tokens=min(args.min_length, args.max_length),
             do_sample=args.do_sample,
             early_stopping=args.early_stopping,
             num_beams=args.num_beams,

@@ -280,7 +280,16 @@ def is_alive(job: dict) -> bool:
 
 def _last_section(log: str) -> str:
     index = log.rfind(START_MARK)
-    return log[index:] if index >= 0 else log
+    return _as_a_terminal_shows(log[index:] if index >= 0 else log)
+
+
+def _as_a_terminal_shows(text: str) -> str:
+    """Progress bars (transformers' "Loading weights") redraw their line after carriage returns, which
+    splitlines would count as lines: keep what a terminal leaves of each line, its last drawing."""
+    return "\n".join(
+        next((drawn for drawn in reversed(line.split("\r")) if drawn.strip()), "")
+        for line in text.split("\n")
+    )
 
 
 def status(run_dir: str | Path) -> JobStatus:
@@ -288,7 +297,8 @@ def status(run_dir: str | Path) -> JobStatus:
     run_dir = Path(run_dir)
     job = read_job(run_dir)
     try:
-        log = (run_dir / LOG_FILE).read_text(errors="replace")
+        with (run_dir / LOG_FILE).open(errors="replace", newline="") as file:  # keep the bars' \r
+            log = file.read().replace("\r\n", "\n")
     except OSError:
         log = ""
     section = _last_section(log)

@@ -148,3 +148,10 @@ def test_the_status_line_leaves_out_a_total_it_does_not_know_yet(tmp_path):
     assert resuming.progress()[:2] == ["step 12", "loss 2.5000"]
     known = jobs.JobStatus(tmp_path, "running", "training", step=12, total_steps=50)
     assert known.progress() == ["step 12/50"]
+
+
+def test_the_log_tail_shows_a_redrawn_progress_bar_once_as_a_terminal_would(tmp_path):
+    bar = "".join(f"Loading weights: {percent}%\r" for percent in range(0, 101, 5))
+    (tmp_path / jobs.LOG_FILE).write_text(f"{jobs.START_MARK} 2026-12-06\n{bar}\nstep 1/5  loss 2.0\n")
+    tail = jobs.status(tmp_path).log_tail.splitlines()
+    assert tail[1:] == ["Loading weights: 100%", "step 1/5  loss 2.0"]

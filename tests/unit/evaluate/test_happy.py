@@ -106,3 +106,27 @@ def test_training_from_preprocessed_data_sees_the_same_examples(happy, lines_fil
         "ignored.txt", GENTrainArgs(load_preprocessed_data=True, load_preprocessed_data_path="prep", **common)
     )
     assert saved.train_tokens == again.train_tokens
+
+
+def test_a_max_length_below_the_default_min_length_stops_at_max_length_as_in_happytransformer(happy):
+    # HappyTransformer hands both to generate, where max wins; GENSettings' min_length defaults to 10
+    result = happy.generate_text("you can", args=GENSettings(max_length=3))
+    new_tokens = happy.tokenizer(result.text, add_special_tokens=False)["input_ids"]
+    assert 0 < len(new_tokens) <= 3 + 1  # a word split differently when decoded on its own may add one
+
+
+def test_use_auth_token_is_the_hub_token_for_that_load_only(tiny_model_dir, monkeypatch):
+    import os
+
+    import tuneforge as tf
+
+    seen, load = [], tf.load
+    monkeypatch.setattr(
+        tf, "load", lambda *a, **k: (seen.append(os.environ.get("HF_TOKEN")), load(*a, **k))[1]
+    )
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_environment")
+    happy = HappyGeneration(model_name=str(tiny_model_dir), use_auth_token="hf_given")
+    assert seen == ["hf_given"] and os.environ["HF_TOKEN"] == "hf_from_the_environment"
+    HappyGeneration(model_name=str(tiny_model_dir), use_auth_token=True)  # the saved login / HF_TOKEN as is
+    assert seen[-1] == "hf_from_the_environment"
+    assert happy.config.model_type and str(happy.device) == "cpu"  # HappyTransformer's attributes

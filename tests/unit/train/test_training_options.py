@@ -282,7 +282,8 @@ def test_gallery_records_each_checkpoint(tiny_model_dir, lines_file, tmp_path):
     assert "step 2" in gallery and "step 4" in gallery and "you can" in gallery
 
 
-def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_model_dir, tmp_path, method):
     import torch._dynamo
 
     text = tmp_path / "same_length.txt"  # raw text: every chunk is cutoff_len tokens, so shapes never change
@@ -300,6 +301,7 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
         lora_dropout=0.0,
         precision="fp32",
         validation_split=0,
+        method=method,  # qlora: bitsandbytes' 4-bit matmuls inside the compiled blocks
     )
     eager = tf.load(str(tiny_model_dir), precision="fp32").train(
         str(text), output_dir=str(tmp_path / "eager"), show_progress=False, **settings
@@ -310,11 +312,13 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
 
     fused._SILU_MUL = fused._DROPOUT_LINEAR = None  # as in a fresh process, where compile meets them first
     graphs = []
-    llm = tf.load(str(tiny_model_dir), precision="fp32")
-    hook = llm.model.model.layers[0].register_forward_pre_hook(
-        lambda module, args: graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    )
-    compiled = llm.train(
+
+    def count_graphs_before_the_first_block(module, args):  # QLoRA trains a model it loads quantized itself
+        if type(module).__name__.endswith("DecoderLayer") and module.self_attn.layer_idx == 0:
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count_graphs_before_the_first_block)
+    compiled = tf.load(str(tiny_model_dir), precision="fp32").train(
         str(text), output_dir=str(tmp_path / "compiled"), show_progress=False, compile=True, **settings
     )
     hook.remove()
