@@ -76,6 +76,7 @@ class DataStats:
     tokens: int  # tokens in them
     has_validation: bool = False
     lengths: tuple[int, ...] = ()  # each example's tokens (raw text: its split holds out the last chunks)
+    section_starts: tuple[int, ...] = ()  # raw text: the chunks that begin a hard-cut section
 
     @property
     def mean_tokens(self) -> float:
@@ -91,6 +92,7 @@ class DataStats:
             int(tokens),
             bool(len(prepared.validation)),
             tuple(int(n) for n in lengths) if lengths is not None and prepared.shape == "raw" else (),
+            tuple(prepared.report.get("section_starts", ())) if prepared.shape == "raw" else (),
         )
 
 
@@ -147,7 +149,9 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         reason = f"no validation data given: {held} of {examples} examples held out to measure the fit"
         trained: int | None = examples - held
         if data.lengths:  # raw text: the last chunks; those sharing text with them train neither
-            trained = _trained_chunks(data.lengths, validation_split, config.effective_overlap_len)
+            trained = _trained_chunks(
+                data.lengths, validation_split, config.effective_overlap_len, data.section_starts
+            )
             reason = (
                 f"no validation data given: the last {held} of {examples} chunks held out to measure the fit"
             )
@@ -271,12 +275,14 @@ def choose_defaults(config, data: DataStats, machine: Machine):
     return _applied(config, choices)
 
 
-def _trained_chunks(lengths: tuple[int, ...], validation_split: float, overlap_len: int) -> int | None:
+def _trained_chunks(
+    lengths: tuple[int, ...], validation_split: float, overlap_len: int, section_starts: tuple[int, ...]
+) -> int | None:
     """Raw text's training chunks left by the split (data.examples' own rule), or None when it takes them all."""
     from tuneforge.data.examples import hold_out_last_chunks
 
     try:
-        return len(hold_out_last_chunks(list(lengths), validation_split, overlap_len)[0])
+        return len(hold_out_last_chunks(list(lengths), validation_split, overlap_len, section_starts)[0])
     except DataError:
         return None
 

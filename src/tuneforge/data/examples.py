@@ -17,6 +17,7 @@ import random
 import re
 import statistics
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from tuneforge.data import cache
@@ -190,18 +191,20 @@ def split_examples(examples: list, validation_split: float, seed: int) -> tuple[
 
 
 def hold_out_last_chunks(
-    lengths: list[int], validation_split: float, overlap_len: int
+    lengths: list[int], validation_split: float, overlap_len: int, section_starts: Collection[int] = ()
 ) -> tuple[list[int], list[int]]:
     """Raw text's split: (training, held-out) chunk indices. The last chunks are held out and the chunks before
     them that share tokens with them (neighbours overlap by `overlap_len`) are trained on by neither, so no
-    held-out token is ever trained on; a random choice of overlapping chunks would leak most of them."""
+    held-out token is ever trained on; a random choice of overlapping chunks would leak most of them. A chunk
+    in `section_starts` begins a hard-cut section: no chunk before it shares its text."""
     n = len(lengths)
     if validation_split <= 0 or n < 2:
         return list(range(n)), []
     held = held_out_count(n, validation_split)
     first_held = keep = n - held
     shared = overlap_len  # tokens of the first held-out chunk that chunk keep-1 may still hold
-    while keep > 0 and shared > 0:
+    starts = set(section_starts)
+    while keep > 0 and shared > 0 and keep not in starts:
         keep -= 1
         shared -= lengths[keep] - overlap_len  # chunk keep starts this many tokens before the next one
     if keep < 1:
@@ -325,9 +328,17 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
             else ""
         )
         raise DataError(f"data '{path}' gave no training example with 2 or more tokens that carry loss{hint}")
+    if shape == "raw":  # where each hard-cut section's chunks begin (the split and recipe auto read it)
+        report["section_starts"] = [i for i, first in enumerate(train["doc_sections"]) if first]
+        train = train.remove_columns("doc_sections")
+        if validation is not None and "doc_sections" in validation.column_names:
+            validation = validation.remove_columns("doc_sections")
     if shape == "raw" and validation_records is None:
         train_idx, val_idx = hold_out_last_chunks(
-            ExampleTable(train).lengths, config.validation_split, config.effective_overlap_len
+            ExampleTable(train).lengths,
+            config.validation_split,
+            config.effective_overlap_len,
+            report["section_starts"],
         )
         train, validation = train.select(train_idx), train.select(val_idx) if val_idx else None
     counts["train_examples"] = len(train)
@@ -436,7 +447,9 @@ def _tokenize(records: list[dict], shape: str, tokenizer, config, report: dict, 
         report.update(
             tokens=sum(dataset["doc_tokens"]), cuts_moved_to_newline=sum(dataset["doc_newline_cuts"])
         )
-        return dataset.remove_columns(["doc_tokens", "doc_sections", "doc_newline_cuts"])
+        # doc_sections stays for raw text until the split has read where sections begin
+        done = ["doc_tokens", "doc_newline_cuts"] + (["doc_sections"] if shape == "text" else [])
+        return dataset.remove_columns(done)
     eos = "always" if config.add_eos_token else "never"
     cutoff = config.cutoff_len
     if shape == "lines":

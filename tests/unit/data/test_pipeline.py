@@ -151,6 +151,30 @@ def test_a_dropped_chunk_between_hard_cuts_leaves_the_split_and_lengths_right(to
     assert rows == [len(table[0]["input_ids"]), len(table[2]["input_ids"])]
 
 
+def test_a_held_out_chunk_that_begins_a_hard_cut_section_costs_no_chunk_before_it(
+    tokenizer, config, tmp_path
+):
+    """Chunks overlap only within a section: when the held-out chunk begins one, the chunk before it (another
+    section's) shares no text with it and is trained on; recipe auto counts the split the same way."""
+    from tuneforge.defaults import DataStats, _trained_chunks
+
+    poem = "\n".join(f"Line {i} of a long poem about cheese." for i in range(30))
+    (tmp_path / "cut.txt").write_text(f"{poem}\n\n\nA short separate story.\n")
+    whole = prepare_examples(tmp_path / "cut.txt", tokenizer, config(format="raw", validation_split=0))
+    stats = DataStats.of(whole)
+    assert (
+        len(stats.section_starts) == 2 and stats.section_starts[0] == 0
+    )  # the poem's chunks, then the story's
+    assert stats.section_starts[1] == len(whole.train) - 1  # the story is one chunk, the last
+    split = prepare_examples(tmp_path / "cut.txt", tokenizer, config(format="raw", validation_split=1))
+    assert [
+        tokenizer.decode(c["input_ids"]).startswith("A short separate story.") for c in split.validation
+    ] == [True]
+    assert len(split.train) == len(whole.train) - 1  # every poem chunk trained
+    assert _trained_chunks(stats.lengths, 1, 32, stats.section_starts) == len(split.train)
+    assert _trained_chunks(stats.lengths, 1, 32, ()) < len(split.train)  # as if the sections overlapped
+
+
 def test_lines_text_and_input_output_shapes(tokenizer, config, tmp_path):
     (tmp_path / "lines.txt").write_text("first example\nsecond example\n")
     assert len(prepare_examples(tmp_path / "lines.txt", tokenizer, config()).train) == 2
