@@ -154,6 +154,7 @@ def run_training(
                 world_size=launch.world_size,
                 device=device,
                 sharding=launched_sharding(launch, device),
+                data=prepared,
             )
             .describe()
             .replace("\n", "; ")
@@ -265,7 +266,7 @@ def plan_run(config, model, tokenizer, device: str) -> RunPlan:
     notes: list[str] = []
     config, prepared = ready_data(config, model, tokenizer, device, notes.append)
     steps = planned_steps(config, len(prepared.train))
-    return RunPlan(config, prepared, steps, estimate_run(config, device=device), notes)
+    return RunPlan(config, prepared, steps, estimate_run(config, device=device, data=prepared), notes)
 
 
 def warn_about_cut_examples(counts: dict, config, log=print, report: dict | None = None) -> None:

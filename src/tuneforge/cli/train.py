@@ -99,7 +99,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     config = run_config_from(args, args.config)
     print_recipe_notes(config)
-    model = n_examples = llm = None
+    model = prepared = llm = None
     if args.measure:  # a short measured warm-up needs the model, prepared for its method, and the data
         import tuneforge as tf
         from tuneforge.data import preflight
@@ -117,7 +117,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         tokenizer = llm.tokenizer if llm is not None else None
         config, prepared = run_settings(config, pick_device(config.device), tokenizer)
-        n_examples = len(prepared.train)
     else:
         print(
             "no data given: the keys as given, where train would choose batch size, rank, packing and "
@@ -132,7 +131,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         sharding=args.sharding,
         device=config.device,
         measure=args.measure,
-        n_examples=n_examples,
+        data=prepared,
     )
     print(estimate.describe())
     return 0

@@ -49,6 +49,8 @@ class Estimate:
     tokens_per_step: int = 0
     world_size: int = 1
     sharding: str = "none"
+    device: str = "cpu"
+    micro_batch: str = ""  # the micro batch and sequence length the activations are counted for, in words
     free: int | None = None  # free memory of the device the run uses
     seconds_per_step: float | None = None  # measured (measure=True)
     seconds_per_epoch: float | None = None
@@ -59,8 +61,15 @@ class Estimate:
         return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
 
     @property
+    def needed(self) -> int:
+        """What must fit in `free`: on a CPU every process of the run takes this machine's RAM (offload too)."""
+        if self.device != "cpu":
+            return self.total
+        return (self.total + self.offloaded) * self.world_size
+
+    @property
     def fits(self) -> bool | None:
-        return None if self.free is None else self.total <= self.free
+        return None if self.free is None else self.needed <= self.free
 
     def describe(self) -> str:
         gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
@@ -69,7 +78,8 @@ class Estimate:
             f"({100 * self.trainable_parameters / max(self.parameters, 1):.2f}%)",
             f"memory per process: {gib(self.total)} = weights {gib(self.weights)} + gradients "
             f"{gib(self.gradients)} + optimizer states {gib(self.optimizer)} + activations "
-            f"{gib(self.activations)} + runtime {gib(self.runtime)}"
+            f"{gib(self.activations)}{f' ({self.micro_batch})' if self.micro_batch else ''} + runtime "
+            f"{gib(self.runtime)}"
             + (f" ({gib(self.offloaded)} offloaded to CPU RAM)" if self.offloaded else "")
             + (f"; sharding {self.sharding} over {self.world_size} processes" if self.world_size > 1 else ""),
             f"tokens per step: up to {self.tokens_per_step:,}",
@@ -79,7 +89,12 @@ class Estimate:
             lines.append(f"time (measured): {self.seconds_per_step:.2f} s per step{epoch}")
         if self.free is not None:
             verdict = "fits" if self.fits else "does NOT fit"
-            lines.append(f"{verdict}: {gib(self.free)} free")
+            shared = (
+                f" ({self.world_size} processes on this machine's RAM: {gib(self.needed)})"
+                if self.device == "cpu" and self.world_size > 1
+                else ""
+            )
+            lines.append(f"{verdict}: {gib(self.free)} free{shared}")
         lines += [f"to fit: {s}" for s in self.suggestions]
         return "\n".join(lines)
 
@@ -94,23 +109,41 @@ def estimate_run(
     measure: bool = False,
     n_examples: int | None = None,
     measure_steps: int = 2,
+    data=None,
 ) -> Estimate:
     """The estimate for `config`; `model` (prepared for its method) is read if given, else built on the meta
-    device from config.model (nothing is downloaded beyond its config). `measure` needs `model`."""
+    device from config.model (nothing is downloaded beyond its config). `measure` needs `model`. With `data`
+    (the PreparedData the run trains on) sequences are as long as its longest example (packed: cutoff_len)."""
+    from tuneforge.errors import ConfigError
     from tuneforge.hardware import pick_device
+    from tuneforge.train.memory import auto_micro_batch_size
 
     if sharding not in SHARDING:
-        from tuneforge.errors import ConfigError
-
         raise ConfigError(
             f"sharding {sharding!r} is not one tuneforge knows; use one of {', '.join(SHARDING)}"
         )
+    if world_size < 1:
+        raise ConfigError(f"world_size must be 1 or more processes; got {world_size}")
     device = pick_device(device or getattr(config, "device", "auto") or "auto")
     precision = _precision(config, device)
-    micro = 1 if config.auto_micro_batch else config.micro_batch_size
     seq_len = config.cutoff_len
+    if data is not None:
+        n_examples = len(data.train)
+        if not getattr(config, "packing", False) and n_examples:
+            seq_len = min(seq_len, _longest(data.train))
     counted = model if model is not None else _meta_model(config)
+    if config.auto_micro_batch:  # what the run will pick (train/setup.py asks the same function)
+        per_process = min(
+            config.examples_per_step, -(-(n_examples or config.examples_per_step) // world_size)
+        )
+        micro = auto_micro_batch_size(counted, per_process, seq_len, precision, device)[0]
+    else:
+        micro = config.micro_batch_size
     estimate = _arithmetic(counted, config, precision, micro, seq_len, world_size, sharding, device)
+    estimate.micro_batch = (
+        f"micro batch {micro}{' (auto)' if config.auto_micro_batch else ''} x {seq_len} tokens"
+        + ("" if data is not None else ", every example cutoff_len long")
+    )
     estimate.tokens_per_step = config.examples_per_step * seq_len
     if measure:
         if model is None:
@@ -134,6 +167,11 @@ def estimate_run(
     return estimate
 
 
+def _longest(examples) -> int:
+    lengths = getattr(examples, "lengths", None)
+    return max(lengths) if lengths is not None else max(len(e["input_ids"]) for e in examples)
+
+
 def _precision(config, device: str) -> str:
     from tuneforge.hardware import pick_precision
 
@@ -141,12 +179,15 @@ def _precision(config, device: str) -> str:
 
 
 def _meta_model(config):
-    """The model of config.model with its method's LoRA attached, on the meta device (no weights read)."""
+    """The model of config.model (scratch: the one its n_layer/n_head/n_embd build) with its method's LoRA
+    attached, on the meta device (no weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tuneforge.models.loading import resolve
 
+    if config.method == "scratch":
+        return _meta_scratch_model(config)
     model_config = AutoConfig.from_pretrained(
         resolve(config.model).path, trust_remote_code=getattr(config, "trust_remote_code", False)
     )
@@ -157,6 +198,39 @@ def _meta_model(config):
 
         model = attach_lora(model, config.rank, config.alpha, 0.0, list(config.target_modules))
     return model
+
+
+def _meta_scratch_model(config):
+    """The scratch model the run builds (models/scratch.py), for the vocabulary it will have."""
+    import torch
+
+    from tuneforge.models.scratch import build_scratch_model
+
+    if config.tokenizer == "train":
+        vocabulary = _Vocabulary(config.vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        from tuneforge.models.loading import resolve
+
+        vocabulary = AutoTokenizer.from_pretrained(resolve(config.model).path)
+    size = dict(
+        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, n_positions=config.n_positions
+    )
+    with torch.device("meta"):
+        return build_scratch_model(config.architecture, vocabulary, **size, seed=0)
+
+
+class _Vocabulary:
+    """What build_scratch_model reads of a tokenizer not trained yet: its size and special tokens."""
+
+    bos_token_id = eos_token_id = pad_token_id = 0
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _quantized_names(model) -> set[str]:
@@ -195,10 +269,12 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
         else:
             weights += compute_bytes * n
     gradients = 4 * trainable
-    optimizer = _optimizer_bytes_per_weight(config.optimizer) * trainable
+    optimizer = _optimizer_bytes(config.optimizer, model)
     model_config = _causal_lm(model).config
     layers, hidden = _dims(model_config)[:2]
-    per_token = activation_bytes_per_token(model_config, seq_len, precision)
+    per_token = activation_bytes_per_token(
+        model_config, seq_len, precision, _attention_kept(model_config, device, micro, seq_len)
+    )
     if config.gradient_checkpointing:  # each layer keeps only its input; one layer is recomputed at a time
         per_token = layers * hidden * compute_bytes + per_token // max(layers, 1)
     head = CHUNK_TOKENS * _dims(model_config)[4] * 4 * 2
@@ -211,6 +287,7 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
         offloaded += parts[part]
         parts[part] = 0.0
     return Estimate(
+        device=device,
         parameters=total,
         trainable_parameters=trainable,
         weights=int(parts["weights"]),
@@ -224,34 +301,72 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
     )
 
 
+def _attention_kept(model_config, device: str, micro: int, seq_len: int) -> bool:
+    """Whether the run keeps attention probabilities: train/attention.py's matmul path on a CPU does, for
+    short sequences; SDPA's flash and memory-efficient kernels (GPUs, long sequences) keep one value a row."""
+    from tuneforge.train.attention import MAX_SEQUENCE, SCORE_ELEMENTS
+    from tuneforge.train.memory import _dims
+
+    heads = _dims(model_config)[2]
+    return device == "cpu" and seq_len <= MAX_SEQUENCE and micro * heads * seq_len**2 <= SCORE_ELEMENTS
+
+
 def _numel(param) -> int:
     # bitsandbytes packs two 4-bit weights a byte; its Params4bit remembers the real shape
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
     return int(math.prod(shape)) if shape is not None else param.numel()
 
 
-def _optimizer_bytes_per_weight(optimizer: str) -> int:
-    if "8bit" in optimizer:
-        return 2  # two 8-bit moments
+def _optimizer_bytes(optimizer: str, model) -> int:
+    """The optimizer's state for the trainable weights (train/optim.py builds these)."""
+    shapes = [_shape(p) for p in _unique_parameters(model) if p.requires_grad]
     if optimizer == "sgd":
-        return 4  # momentum
-    return 8  # AdamW: two fp32 moments
+        return 0  # plain SGD, no momentum
+    if optimizer == "adafactor":  # factored second moment: a row and a column a matrix, no first moment
+        return sum(
+            4 * (shape[0] + math.prod(shape[1:])) if len(shape) > 1 else 4 * shape[0] for shape in shapes
+        )
+    per_weight = 2 if "8bit" in optimizer else 8  # two 8-bit or two fp32 moments (AdamW)
+    return per_weight * sum(math.prod(shape) for shape in shapes)
+
+
+def _unique_parameters(model):
+    seen = set()
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            yield param
+
+
+def _shape(param) -> tuple[int, ...]:
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return tuple(shape if shape is not None else param.shape)
 
 
 def _suggestions(model, config, precision, micro, seq_len, world_size, sharding, device, free) -> list[str]:
-    """Settings that bring the estimate under `free`, cheapest change first."""
+    """Settings that bring the estimate under `free`, cheapest change first; alone, then together."""
     tries = []
-    for smaller in (micro // 2, micro // 4, 1):
+    for smaller in sorted({micro // 2, micro // 4, 1}, reverse=True):
         if 1 <= smaller < micro:
             tries.append((f"micro_batch_size: {smaller}", config.replace(micro_batch_size=smaller), sharding))
+    least = config.replace(micro_batch_size=1)
     if not config.gradient_checkpointing:
         tries.append(("gradient_checkpointing: true", config.replace(gradient_checkpointing=True), sharding))
-    if config.method != "qlora":
-        tries.append(("method: qlora (a 4-bit base)", config.replace(method="qlora"), sharding))
+        if micro > 1:
+            tries.append(
+                (
+                    "micro_batch_size: 1 and gradient_checkpointing: true",
+                    least.replace(gradient_checkpointing=True),
+                    sharding,
+                )
+            )
+        least = least.replace(gradient_checkpointing=True)
+    offload = "FSDP with CPU offload (examples/distributed/fsdp_offload.yaml)"
     if world_size > 1 and sharding != "fsdp_offload":
-        tries.append(
-            ("FSDP with CPU offload (examples/distributed/fsdp_offload.yaml)", config, "fsdp_offload")
-        )
+        tries.append((offload, config, "fsdp_offload"))
+        tries.append((f"{offload}, micro_batch_size: 1 and gradient checkpointing", least, "fsdp_offload"))
+    if config.method == "lora":  # a full fine-tune switched to QLoRA would train adapters only: not offered
+        tries.append(("method: qlora (a 4-bit base)", config.replace(method="qlora"), sharding))
     found = []
     for words, changed, strategy in tries:
         counted = model if changed.method == config.method else _meta_model(changed)
@@ -265,15 +380,15 @@ def _suggestions(model, config, precision, micro, seq_len, world_size, sharding,
                 world_size,
                 strategy,
                 device,
-            ).total
+            ).needed
             <= free
         ):
             found.append(words)
             if len(found) == 2:
                 break
+    tried = ", ".join(words for words, _, _ in tries) or "nothing smaller to try"
     return found or [
-        f"none of micro batch 1, gradient checkpointing, QLoRA fits in {free / GIB:.1f} GiB: use a "
-        "smaller model or shard it over more GPUs"
+        f"none of these fits in {free / GIB:.1f} GiB ({tried}): use a smaller model or more GPUs"
     ]
 
 

@@ -8,7 +8,8 @@ Seed 000 asks people to find their micro batch by trial and error ("lower it unt
 memory"); `micro_batch_size: auto` does it from an estimate, and the loop's out-of-memory back-off stays the
 safety net when the estimate is wrong. The activation estimate counts what a decoder layer keeps for the
 backward pass per token (norm inputs, q/k/v/o and MLP inputs and outputs, attention probabilities when they are
-materialised); measured on SmolLM2-135M at seq 256 it is within 10% of the first step's real growth.
+materialised); measured on SmolLM2-135M at seq 256 (benchmarks/estimate_vs_measured.py) whole-run totals
+are within 25% of the measured peak.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def _dims(config) -> tuple[int, int, int, int, int]:
     return layers, hidden, heads, inner, vocab
 
 
-def activation_bytes_per_token(config, seq_len: int, precision: str) -> int:
+def activation_bytes_per_token(config, seq_len: int, precision: str, attention_kept: bool = True) -> int:
+    """Bytes a token's activations take until the backward pass; `attention_kept`: the attention
+    probabilities are materialised (train/attention.py's CPU path; SDPA's flash kernels keep none)."""
     layers, hidden, heads, inner, _ = _dims(config)
-    values = 8 * hidden + 4 * inner + 2 * heads * seq_len  # per token per layer
+    values = 8 * hidden + 4 * inner + (2 * heads * seq_len if attention_kept else 0)  # per token per layer
     bytes_per_value = (
         4 if precision == "fp32" else 3
     )  # mixed precision keeps fp32 norms/residuals beside bf16

@@ -107,3 +107,88 @@ def test_the_estimate_verb_estimates_the_run_train_would_start(tiny_model_dir, l
     expected = estimate_run(chosen.replace(batch_size=1), device="cpu")
     assert f"trainable: {expected.trainable_parameters:,} " in out
     assert "tokens per step: up to 64\n" in out  # one packed block a step, not 128 examples
+
+
+def test_scratch_estimates_the_model_its_sizes_build(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tuneforge.models.scratch import build_scratch_model
+
+    sizes = dict(n_layer=3, n_head=4, n_embd=64, n_positions=128)
+    for architecture in ("gpt2", "llama"):
+        estimate = estimate_run(config(tiny_model_dir, method="scratch", architecture=architecture, **sizes))
+        built = build_scratch_model(
+            architecture, AutoTokenizer.from_pretrained(str(tiny_model_dir)), **sizes, seed=0
+        )
+        assert estimate.parameters == estimate.trainable_parameters == built.num_parameters()
+    trained = estimate_run(
+        config(tiny_model_dir, method="scratch", tokenizer="train", vocab_size=300, **sizes)
+    )
+    assert trained.parameters < estimate.parameters  # a 300-token vocabulary, not the base model's
+
+
+def test_optimizer_states_are_the_optimizers_own(tiny_model_dir, tiny_llm):
+    parameters = sum(p.numel() for p in tiny_llm.model.parameters())
+    assert estimate_run(config(tiny_model_dir, method="full", optimizer="sgd")).optimizer == 0  # no momentum
+    adafactor = estimate_run(config(tiny_model_dir, method="full", optimizer="adafactor")).optimizer
+    assert 0 < adafactor < parameters  # a row and a column a matrix, not two moments a weight
+
+
+def test_attention_probabilities_count_only_where_the_run_keeps_them(tiny_model_dir):
+    from tuneforge.train.attention import MAX_SEQUENCE
+
+    def per_token(
+        seq_len: int,
+    ) -> float:  # one more sequence in the micro batch, per token (the head cancels)
+        one, two = (
+            estimate_run(config(tiny_model_dir, cutoff_len=seq_len, micro_batch_size=micro), device="cpu")
+            for micro in (1, 2)
+        )
+        return (two.activations - one.activations) / seq_len
+
+    # CPU matmul attention keeps heads x seq probabilities a token; SDPA's flash kernels (past MAX_SEQUENCE)
+    # keep none, so a longer sequence then costs no more a token
+    assert per_token(64) < per_token(MAX_SEQUENCE)
+    assert per_token(2 * MAX_SEQUENCE) < per_token(MAX_SEQUENCE) and per_token(2 * MAX_SEQUENCE) < per_token(
+        64
+    )
+
+
+def test_with_data_sequences_are_as_long_as_its_longest_example_and_auto_picks_as_the_run(
+    tiny_model_dir, lines_file
+):
+    import tuneforge as tf
+    from tuneforge.recipe import run_settings
+    from tuneforge.train.memory import auto_micro_batch_size
+
+    keys = config(tiny_model_dir, data=str(lines_file), recipe="textgen", cutoff_len=256, packing=False)
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    keys, prepared = run_settings(keys, "cpu", llm.tokenizer)
+    longest = max(len(e["input_ids"]) for e in prepared.train)
+    assert longest < 256
+    estimate = estimate_run(keys, data=prepared)
+    assert f"x {longest} tokens" in estimate.describe() and estimate.tokens_per_step == 8 * longest
+    auto = estimate_run(keys.replace(micro_batch_size="auto"), llm.prepared_for(keys), data=prepared)
+    picked = auto_micro_batch_size(llm.prepared_for(keys), 8, longest, "fp32", "cpu")[0]
+    assert f"micro batch {picked} (auto) x {longest} tokens" in auto.describe()
+
+
+def test_processes_on_one_cpu_share_its_memory_and_suggestions_are_distinct(tiny_model_dir, monkeypatch):
+    from tuneforge.train import memory
+
+    one = estimate_run(config(tiny_model_dir, method="full", micro_batch_size=8, batch_size=8))
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(one.total * 2.5))
+    assert estimate_run(config(tiny_model_dir, method="full", micro_batch_size=8, batch_size=8)).fits
+    four = estimate_run(config(tiny_model_dir, method="full", micro_batch_size=8, batch_size=8), world_size=4)
+    assert four.needed == 4 * four.total and four.fits is False and "4 processes" in four.describe()
+    assert len(set(four.suggestions)) == len(four.suggestions)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1)
+    nothing = estimate_run(
+        config(tiny_model_dir, method="full", micro_batch_size=2, batch_size=8), world_size=2
+    )
+    assert (
+        nothing.suggestions[0].startswith("none of these fits")
+        and "FSDP with CPU offload" in nothing.suggestions[0]
+    )
+    with pytest.raises(ConfigError, match="world_size"):
+        estimate_run(config(tiny_model_dir), world_size=0)
