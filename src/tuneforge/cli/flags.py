@@ -76,6 +76,10 @@ class CommandParser(argparse.ArgumentParser):
         parsed.after_bool_flag = {**getattr(parsed, "after_bool_flag", {}), **after_bool_flag}  # a verb's too
         return parsed, extras
 
+    def error(self, message: str):
+        """A mistake is one line (argparse prints the whole usage first: ~90 lines for train)."""
+        self.exit(2, f"tuneforge: error: {message} (`{self.prog} --help` lists the flags)\n")
+
 
 def flag_names(name: str) -> list[str]:
     """--some_key and --some-key for one setting."""

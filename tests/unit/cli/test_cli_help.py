@@ -109,3 +109,19 @@ def explained_missing_config(argv: list[str]) -> str:
     except ConfigError as error:
         return str(error)
     raise AssertionError("no error")
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (["estimate", "--world_size", "abc"], "invalid int value: 'abc'"),
+        (["estimate", "--sharding", "bogus"], "invalid choice: 'bogus'"),
+        (["bogusverb"], "invalid choice: 'bogusverb'"),
+    ],
+)
+def test_a_mistake_argparse_finds_is_one_line_not_the_whole_usage(words, said, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(words)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err and err.startswith("tuneforge: error:") and "--help" in err
