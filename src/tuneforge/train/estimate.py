@@ -52,6 +52,7 @@ class Estimate:
     device: str = "cpu"
     micro_batch: str = ""  # the micro batch and sequence length the activations are counted for, in words
     free: int | None = None  # free memory of the device the run uses
+    loaded: int = 0  # bytes the loaded model's weights already take (not in `free`, in `total`)
     seconds_per_step: float | None = None  # measured (measure=True)
     seconds_per_epoch: float | None = None
     suggestions: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ class Estimate:
 
     @property
     def fits(self) -> bool | None:
-        return None if self.free is None else self.needed <= self.free
+        return None if self.free is None else self.needed <= self.free + self.loaded
 
     def describe(self) -> str:
         gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
@@ -94,7 +95,8 @@ class Estimate:
                 if self.device == "cpu" and self.world_size > 1
                 else ""
             )
-            lines.append(f"{verdict}: {gib(self.free)} free{shared}")
+            held = f" besides the {gib(self.loaded)} the loaded weights hold" if self.loaded else ""
+            lines.append(f"{verdict}: {gib(self.free)} free{held}{shared}")
         lines += [f"to fit: {s}" for s in self.suggestions]
         return "\n".join(lines)
 
@@ -160,6 +162,10 @@ def estimate_run(
     from tuneforge.train.memory import free_memory
 
     estimate.free = free_memory(device)
+    if model is not None:  # its weights are loaded already: free memory no longer holds them, the total does
+        estimate.loaded = sum(
+            p.numel() * p.element_size() for p in _unique_parameters(model) if not p.is_meta
+        )
     if not estimate.fits:
         estimate.suggestions = _suggestions(
             counted, config, precision, micro, seq_len, world_size, sharding, device, estimate.free

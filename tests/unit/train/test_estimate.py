@@ -192,3 +192,16 @@ def test_processes_on_one_cpu_share_its_memory_and_suggestions_are_distinct(tiny
     )
     with pytest.raises(ConfigError, match="world_size"):
         estimate_run(config(tiny_model_dir), world_size=0)
+
+
+def test_a_loaded_models_weights_are_not_counted_twice(tiny_model_dir, tiny_llm, monkeypatch):
+    from tuneforge.train import memory
+
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10 * GIB)
+    loaded = estimate_run(config(tiny_model_dir, method="full"), model=tiny_llm.model)
+    resident = sum(p.numel() * 4 for p in tiny_llm.model.parameters())  # fp32, the tied head once
+    assert loaded.loaded == resident  # free memory was read after they were loaded
+    assert "besides the" in loaded.describe()
+    assert estimate_run(config(tiny_model_dir, method="full")).loaded == 0  # a meta model holds nothing
+    monkeypatch.setattr(memory, "free_memory", lambda device: loaded.total - resident)
+    assert estimate_run(config(tiny_model_dir, method="full"), model=tiny_llm.model).fits
