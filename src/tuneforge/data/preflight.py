@@ -88,6 +88,15 @@ def check_file_head(file: Path, encoding: str) -> None:
     try:
         text = decoder.decode(head, final=len(head) < HEAD_BYTES)  # a character cut at the end is no error
     except UnicodeDecodeError as error:
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError(
+                f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
+            ) from None
+        if b"\x00" in head:  # no 8-bit text holds NUL bytes: another encoding would not help
+            raise DataError(
+                f"data file '{file}' holds binary data, not text (NUL bytes in its first {len(head):,}); give a "
+                "text, JSON, CSV or Parquet file"
+            ) from None
         raise DataError(
             f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
             "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)"

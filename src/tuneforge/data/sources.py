@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +208,10 @@ def html_text(html: str) -> str:
     for block in soup.find_all(_BLOCKS):
         block.insert_before("\x01")
         block.insert_after("\x01")
+    for cell in soup.find_all(["td", "th"]):  # a table row's cells stay one line, apart
+        cell.insert_after(" ")
+    for hidden in soup.find_all(attrs={"hidden": True}):  # hidden: never shown, like a script
+        hidden.decompose()
     paragraphs = []
     for paragraph in soup.get_text().split("\x01"):
         lines = [" ".join(line.split()) for line in paragraph.split("\x00")]
@@ -296,10 +301,31 @@ def _json_value(path: Path, text: str, first_line: int):
 def _csv_records(path: Path, text: str, separator: str) -> list[dict]:
     import pandas as pd
 
+    kind = "TSV" if separator == chr(9) else "CSV"
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            # index_col=False: pandas would read a first row with an extra field as an index, shifting every
+            # column; with it, pandas warns and drops the field, which we refuse instead
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text), sep=separator, dtype=str, keep_default_na=False, index_col=False
+            )
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path} is not valid {kind}: {_wider_row(text, separator)}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(
-            f"{path} is not valid {'TSV' if separator == chr(9) else 'CSV'}: {str(error).strip()}"
-        ) from None
+        raise DataError(f"{path} is not valid {kind}: {str(error).strip()}") from None
     return frame.to_dict("records")
+
+
+def _wider_row(text: str, separator: str) -> str:
+    import csv
+
+    rows = csv.reader(io.StringIO(text), delimiter=separator)
+    header = next(rows)
+    for row in rows:
+        if len(row) > len(header):
+            return (
+                f"line {rows.line_num} has {len(row)} fields where the header has {len(header)} "
+                f"({', '.join(header)}); quote a field that holds the separator"
+            )
+    return "a row has more fields than the header"

@@ -39,6 +39,15 @@ def test_nul_and_binary_content_is_refused_whatever_the_encoding(tmp_path):
     (tmp_path / "blob.bin.txt").write_bytes(bytes(range(256)) * 8)
     with pytest.raises(DataError, match="holds binary data, not text"):
         read_source(tmp_path / "blob.bin.txt", encoding="latin-1")  # every byte decodes in latin-1
+    from tuneforge.data.preflight import check_file_head
+
+    (tmp_path / "program.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8)
+    with pytest.raises(DataError, match="holds binary data, not text") as refused:  # not "pass --encoding"
+        check_file_head(tmp_path / "program.txt", "utf-8")
+    assert "--encoding" not in str(refused.value)
+    (tmp_path / "wide.txt").write_bytes("two bytes a letter\n".encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16 text .* pass --encoding utf-16"):
+        check_file_head(tmp_path / "wide.txt", "utf-8")
     (tmp_path / "prose.txt").write_bytes("caf\xe9 au lait\n\x0cpage two\n".encode("latin-1"))
     assert read_source(tmp_path / "prose.txt", encoding="latin-1").text.startswith(
         "café"

@@ -91,3 +91,28 @@ def test_empty_and_undecodable_files_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"byte 0xe9 at offset 8 is not valid utf-8; .*--encoding"):
         read_source(tmp_path / "latin.csv")
     assert read_source(tmp_path / "latin.csv", encoding="latin-1").records == [{"text": "café"}]
+
+
+def test_a_mysqldump_sized_insert_is_read_not_refused_by_sqlparse(tmp_path):
+    rows = ",".join(f"({i}, 'post {i}, with a comma')" for i in range(3000))  # one INSERT, ~15,000 tokens
+    (tmp_path / "dump.sql").write_text(
+        f"CREATE TABLE posts (id int, body text);\nINSERT INTO posts VALUES {rows};\n"
+    )
+    records = read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="body").records
+    assert len(records) == 3000 and records[-1] == {"text": "post 2999, with a comma"}
+
+
+def test_html_table_cells_stay_apart_and_hidden_elements_are_not_text(tmp_path):
+    (tmp_path / "t.html").write_text(
+        "<table><tr><th>Name</th><th>Age</th></tr><tr><td>cell A</td><td>cell B</td></tr></table>"
+        "<div hidden>not shown</div><p>shown</p>"
+    )
+    assert read_source(tmp_path / "t.html").text == "Name Age\n\ncell A cell B\n\nshown\n"
+
+
+def test_a_csv_rows_extra_field_is_refused_not_read_as_an_index(tmp_path):
+    (tmp_path / "shifted.csv").write_text("id,text\n1,hello,extra\n2,fine row\n")
+    with pytest.raises(
+        DataError, match="shifted.csv is not valid CSV: line 2 has 3 fields where the header has 2"
+    ):
+        read_source(tmp_path / "shifted.csv")
