@@ -233,7 +233,10 @@ class RunConfig:
         group="data",
     )
     filter_patterns: list[str] = setting(
-        [], "Extra regular expressions; records matching any are dropped.", group="data"
+        [],
+        "Extra regular expressions; records matching any are dropped (repeat the flag for several).",
+        group="data",
+        repeatable=True,
     )
     dedup: str = setting(
         "none",
@@ -476,7 +479,10 @@ class RunConfig:
         None, "Run folder (default: runs/<method>-<date>-<time>).", group="output"
     )
     sample_prompts: list[str] = setting(
-        [], "Prompts generated before and after training, shown in the report.", group="output"
+        [],
+        "Prompts generated before and after training, shown in the report (repeat the flag for several).",
+        group="output",
+        repeatable=True,
     )
     compare_at_save: bool = setting(
         False,
@@ -824,6 +830,25 @@ def validate_fields(settings: Any, error: type[Exception] = ConfigError) -> None
         check_range(f, value, error)
 
 
+# List settings whose items may hold commas (a regex like \d{3,4}, a prompt): as text, one item per line.
+LINE_LISTS = ("filter_patterns", "sample_prompts")
+
+
+def _list_from_text(name: str, text: str) -> list:
+    """A list setting written as text: a JSON list, or items one per line (LINE_LISTS) or comma-separated."""
+    import json
+
+    if text.strip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            items = None  # a regex character class, say: plain text
+        if isinstance(items, list) and all(isinstance(item, (str, int)) for item in items):
+            return items
+    separator = "\n" if name in LINE_LISTS else ","
+    return [part.strip() for part in text.split(separator) if part.strip()]
+
+
 def coerce(name: str, value: Any, annotation: Any, error: type[Exception] = ConfigError) -> Any:
     """Turn CLI strings and YAML scalars into the field's type, or raise `error` naming the key."""
     args = typing.get_args(annotation)
@@ -845,7 +870,7 @@ def coerce(name: str, value: Any, annotation: Any, error: type[Exception] = Conf
             return {str(k): str(v) for k, v in value.items()}
         if origin is list:
             if isinstance(value, str):
-                value = [part.strip() for part in value.split(",") if part.strip()]
+                value = _list_from_text(name, value)
             if not isinstance(value, (list, tuple)):
                 raise TypeError
             item = (typing.get_args(annotation) or (str,))[0]

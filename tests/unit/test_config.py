@@ -181,3 +181,18 @@ def test_resume_from_latest_without_the_run_folder_is_explained():
     with pytest.raises(ConfigError, match="resume_from: latest needs the run to continue"):
         load_config(None, {"resume_from": "latest"})
     assert load_config(None, {"resume_from": "latest", "output_dir": "runs/x"}).resume_from == "latest"
+
+
+def test_prompts_and_patterns_keep_their_commas():
+    from tuneforge.cli import build_parser
+    from tuneforge.cli.flags import run_config_from
+
+    words = ["train", "--data", "x.txt", "--sample_prompts", "Hello, how are you?", "--sample_prompts", "Bye"]
+    words += ["--filter_patterns", r"\d{3,4}"]
+    config = run_config_from(build_parser().parse_args(words), None)
+    assert config.sample_prompts == ["Hello, how are you?", "Bye"] and config.filter_patterns == [r"\d{3,4}"]
+    # as text (the web UI's box, a YAML string): one a line, or a JSON list
+    assert RunConfig(sample_prompts="Hello, you\nSecond").sample_prompts == ["Hello, you", "Second"]
+    assert RunConfig(filter_patterns='["\\\\d{3,4}", "[abc]"]').filter_patterns == [r"\d{3,4}", "[abc]"]
+    assert RunConfig(filter_patterns="[0-9]+").filter_patterns == ["[0-9]+"]  # a regex, not JSON
+    assert RunConfig(target_modules="q_proj,v_proj").target_modules == ["q_proj", "v_proj"]  # names: commas

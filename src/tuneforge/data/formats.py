@@ -92,6 +92,13 @@ def load_format(spec: str | None) -> FormatFile:
             )
         if not PLACEHOLDER.search(template):
             raise DataError(f"format file {name}: the template for '{written}' has no %key% placeholder")
+        unused = sorted(keys - set(PLACEHOLDER.findall(template)))
+        if unused:  # such a record's field would vanish (its answer, if it is output) without a word
+            raise DataError(
+                f"format file {name}: the template for '{written}' never uses %{unused[0]}%, so that field "
+                f"of every such record would be dropped; add %{unused[0]}% to the template or take "
+                f"'{unused[0]}' out of its keys"
+            )
         templates[keys] = (written, template)
     return FormatFile(name, templates)
 

@@ -210,7 +210,7 @@ def html_text(html: str) -> str:
         block.insert_after("\x01")
     for cell in soup.find_all(["td", "th"]):  # a table row's cells stay one line, apart
         cell.insert_after(" ")
-    for hidden in soup.find_all(attrs={"hidden": True}):  # hidden: never shown, like a script
+    for hidden in soup.find_all(hidden=True):  # hidden: never shown, like a script
         hidden.decompose()
     paragraphs = []
     for paragraph in soup.get_text().split("\x01"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import typing
 
-from tuneforge.config import RunConfig, coerce, field_help
+from tuneforge.config import LINE_LISTS, RunConfig, coerce, field_help
 from tuneforge.defaults import AUTO_CHOSEN
 from tuneforge.errors import ConfigError
 
@@ -123,7 +123,7 @@ def shown_value(name: str, value):
     """A config value as its widget shows it."""
     kind, optional = _kind(name)
     if kind is list:
-        return ",".join(map(str, value or []))
+        return ("\n" if name in LINE_LISTS else ",").join(map(str, value or []))
     if name in ESCAPED:
         return value.encode("unicode_escape").decode("ascii")
     if name in AUTO_CHOSEN and kind is bool:
@@ -167,6 +167,8 @@ def config_widget(name: str, value=None):
             precision=0 if kind is int else None,
             **common,
         )
+    if name in LINE_LISTS:  # items may hold commas: one a line
+        return gr.Textbox(value=shown_value(name, default), lines=3, placeholder="one a line", **common)
     return gr.Textbox(value=shown_value(name, default) if default is not None else "", **common)
 
 

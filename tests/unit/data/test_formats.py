@@ -79,6 +79,11 @@ def test_a_placeholder_no_key_supplies_is_refused(tmp_path):
         DataError, match="uses %outptu%, which none of its keys \\(instruction, output\\) supplies"
     ):
         load_format(str(tmp_path / "typo.json"))
+    (tmp_path / "no_answer.json").write_text(json.dumps({"instruction,output": "Q: %instruction%\nA:"}))
+    with pytest.raises(
+        DataError, match="never uses %output%, so that field of every such record would be dropped"
+    ):
+        load_format(str(tmp_path / "no_answer.json"))
     (tmp_path / "broken.json").write_text('{"a,b": "x"\n "c": 1}')
     with pytest.raises(DataError, match=r"broken.json:2:2: malformed JSON"):
         load_format(str(tmp_path / "broken.json"))
