@@ -270,6 +270,8 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     records = flag_records(records, shape, config, report)
     counts: dict[str, int] = {"read": len(records)}
     kept, removed, removed_counts = _clean(records, config)
+    dropped = {index for index, _, _ in removed}
+    origin = [i for i in range(len(records)) if i not in dropped]  # each kept record's index as read
     report["unicode_normalized"] = removed_counts.pop("unicode normalized (kept)", 0)
     report["removed"] = removed_counts
     filtered = sum(n for name, n in removed_counts.items() if "duplicates" not in name)
@@ -285,7 +287,7 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
             config.max_per_cluster,
             config.seed,
         )
-        kept = [kept[i] for i in chosen]
+        kept, origin = [kept[i] for i in chosen], [origin[i] for i in chosen]
         report["clusters"] = clusters.to_dict()
         counts["selected"] = len(kept)
     elif config.diversity_subset or config.max_per_cluster:
@@ -294,7 +296,7 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
         )
 
     if shape == "formatted":
-        report["template_usage"] = check_formatted(kept, load_format(config.format_file))
+        report["template_usage"] = check_formatted(kept, load_format(config.format_file), indexes=origin)
     validation_records = None
     if config.validation_data:
         report["validation_data"] = str(config.validation_data)

@@ -108,24 +108,28 @@ def present_keys(record: dict) -> frozenset[str]:
     return frozenset(k for k, v in record.items() if isinstance(v, str) and v.strip())
 
 
-def check_formatted(records: list[dict], fmt: FormatFile, label: str = "records") -> dict[str, int]:
-    """How many records use each template; DataError naming the first records that match none."""
+def check_formatted(
+    records: list[dict], fmt: FormatFile, label: str = "records", indexes: list[int] | None = None
+) -> dict[str, int]:
+    """How many records use each template; DataError naming the first records that match none, by their
+    `indexes` in the data as read (the records left after cleaning are a subset)."""
     usage = {written: 0 for written, _ in fmt.templates.values()}
     unmatched = []
-    for index, record in enumerate(records):
+    for position, record in enumerate(records):
         match = fmt.templates.get(present_keys(record))
         if match is None:
-            unmatched.append(index)
+            unmatched.append(position)
         else:
             usage[match[0]] += 1
     if unmatched:
         first = unmatched[0]
-        shown = ", ".join(str(i) for i in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        index = (lambda position: indexes[position]) if indexes else (lambda position: position)
+        shown = ", ".join(str(index(i)) for i in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         has = ", ".join(sorted(present_keys(records[first]))) or "none"
         need = " or ".join(written for written, _ in fmt.templates.values())
         raise DataError(
             f"{len(unmatched)} of {len(records)} {label} match no template of {fmt.name} (record "
-            f"indexes {shown}); record {first} has non-empty keys: {has}, but the templates need "
+            f"indexes {shown}); record {index(first)} has non-empty keys: {has}, but the templates need "
             f"exactly {need}"
         )
     return usage

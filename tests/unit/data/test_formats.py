@@ -73,6 +73,18 @@ def test_records_matching_no_template_are_named_with_their_keys():
         check_formatted(records, fmt)
 
 
+def test_a_record_matching_no_template_is_named_by_its_index_as_read_after_dedup(tmp_path):
+    from tuneforge.config import RunConfig
+    from tuneforge.data import prepare_examples
+
+    good = {"instruction": "Say hi.", "output": "Hi."}
+    rows = [good, good, {"instruction": "Add 2 and 2.", "output": "4"}, good, {"instruction": "no answer"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = RunConfig(format="formatted", format_file="alpaca-format", dedup="exact", validation_split=0)
+    with pytest.raises(DataError, match=r"record indexes 4\); record 4 has non-empty keys: instruction"):
+        prepare_examples(tmp_path / "data.jsonl", None, config)  # refused before tokenizing
+
+
 def test_a_placeholder_no_key_supplies_is_refused(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({"instruction,output": "%instruction% %outptu%"}))
     with pytest.raises(
