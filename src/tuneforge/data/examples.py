@@ -234,7 +234,7 @@ def prepare_examples(
         return cache.load_preprocessed_data(path)
     if encoding is not None and encoding != config.encoding:
         config = config.replace(encoding=encoding)
-    validation_files = data_files(config.validation_data) if config.validation_data else []
+    validation_files = data_files(config.validation_data, "validation_data") if config.validation_data else []
     fingerprint = cache.data_fingerprint(data_files(path), validation_files, tokenizer, config)
     folder = cache.datasets_home() / fingerprint
     prepared = cache.load_cached(folder) if use_cache else None

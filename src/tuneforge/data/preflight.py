@@ -37,7 +37,7 @@ def preflight(config) -> None:
         ) from None
     for name, path in (("data", config.data), ("validation_data", config.validation_data)):
         if path and not (Path(path) / MARKER).is_file():  # a save_preprocessed_data folder is used as it is
-            files = data_files(path)
+            files = data_files(path, name)
             for file in files:
                 check_file_head(file, config.encoding)
             if config.format in RECORD_FORMATS and all(inner_suffix(f) in TEXT_SUFFIXES for f in files):

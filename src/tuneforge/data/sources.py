@@ -87,14 +87,14 @@ class Source:
     records: list[dict] = field(default_factory=list)
 
 
-def data_files(path: str | Path) -> list[Path]:
+def data_files(path: str | Path, key: str = "data") -> list[Path]:
     """The file itself, or every readable file in a folder (recursively, sorted, hidden files skipped)."""
     path = Path(path)
     if not path.exists():
         where = (
             "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
         )
-        raise DataError(f"data file '{path}' does not exist{where}; check the path given as data")
+        raise DataError(f"data file '{path}' does not exist{where}; check the path given as {key}")
     if path.is_file():
         return [path]
     files = sorted(
