@@ -111,11 +111,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from tuneforge.data import prepare_examples, save_preprocessed_data
+    from tuneforge.data import save_preprocessed_data
+    from tuneforge.hardware import pick_device
+    from tuneforge.recipe import run_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
-    prepared = prepare_examples(config.data, _tokenizer(config), config)
+    # as `train` prepares it: recipe auto's split and packing chosen (printed), so its cache is the run's
+    config, prepared = run_settings(config, pick_device(config.device), _tokenizer(config))
     print(prepared.describe())
     print(f"cache: {'hit' if prepared.cache_hit else 'written'} ({prepared.cache_dir})")
     if config.save_removed:
