@@ -277,8 +277,16 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     filtered = sum(n for name, n in removed_counts.items() if "duplicates" not in name)
     counts["cleaned"] = len(records) - filtered
     counts["deduplicated"] = len(kept)
+    if not records:
+        raise DataError(f"{path} holds no text to train on (nothing visible is left once it is read)")
     if not kept:
-        raise DataError(f"cleaning removed all {len(records)} records of {path}; loosen the filters")
+        whole = (
+            " (raw text: each hard-cut section is one record, so a filter matching anywhere in it removes the "
+            "whole section; use format lines to filter line by line)"
+            if shape == "raw"
+            else ""
+        )
+        raise DataError(f"cleaning removed all {len(records)} records of {path}; loosen the filters{whole}")
     if config.diversity_clusters:
         chosen, clusters = select_diverse(
             [record_text(r) for r in kept],
