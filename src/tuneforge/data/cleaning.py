@@ -81,7 +81,8 @@ def clean_records(
         normalized = [normalize_record(r) for r in records]
         counts["unicode normalized (kept)"] = sum(a != b for a, b in zip(records, normalized, strict=True))
         records = normalized
-    checks: list[tuple[str, Callable[[str], object]]] = []
+    # an empty record trains nothing: counted and written to save_removed like any removal, not lost unseen
+    checks: list[tuple[str, Callable[[str], object]]] = [("empty text", lambda t: not t.strip())]
     if min_length:
         checks.append((f"shorter than {min_length} characters", lambda t: len(t) < min_length))
     if max_length:

@@ -11,6 +11,7 @@ INSERT's column list or, when it has none, from the table's CREATE TABLE stateme
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 from tuneforge.errors import DataError
@@ -36,6 +37,7 @@ def sql_rows(path: Path, text: str, table: str | None, column: str | None) -> li
             f"no INSERT INTO table '{table}' in {path}; tables inserted into: {', '.join(tables)}"
         )
     records: list[dict] = []
+    skipped = 0
     for name, columns, rows in inserts:
         if name != table:
             continue
@@ -59,6 +61,12 @@ def sql_rows(path: Path, text: str, table: str | None, column: str | None) -> li
         position = columns.index(column)
         records.extend(
             {"text": row[position]} for row in rows if position < len(row) and row[position] is not None
+        )
+        skipped += sum(1 for row in rows if position >= len(row) or row[position] is None)
+    if skipped:
+        warnings.warn(
+            f"{path}: {skipped} rows of '{table}' have no value (NULL) in '{column}'; they are skipped",
+            stacklevel=2,
         )
     return records
 

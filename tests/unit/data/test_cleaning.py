@@ -16,12 +16,14 @@ def test_every_filter_counts_what_it_removed_and_says_why():
         "Visit http://spam.example",
         "x" * 50,
         "a perfectly fine answer",
+        "  ",
     )
     kept, removed, counts = clean_records(
         data, clean=True, filter_patterns=[r"https?://"], min_length=3, max_length=40, dedup="exact"
     )
     assert kept == records("a perfectly fine answer")
     assert counts == {
+        "empty text": 1,
         "shorter than 3 characters": 1,
         "longer than 40 characters": 1,
         "refusal phrases": 1,
@@ -34,6 +36,7 @@ def test_every_filter_counts_what_it_removed_and_says_why():
         (3, "pattern 'https?://'"),
         (4, "longer than 40 characters"),
         (5, "exact duplicate of record 2"),
+        (6, "empty text"),
     ]
 
 

@@ -138,7 +138,11 @@ def test_preflight_checks_data_settings_before_any_model(tmp_path):
     cases = [
         (dict(data=str(tmp_path / "nope.jsonl")), DataError, "data file '.*nope.jsonl' does not exist"),
         (dict(format_file="no-such-format"), DataError, "format file 'no-such-format' does not exist"),
-        (dict(validation_data=str(tmp_path / "val.jsonl")), DataError, "val.jsonl' does not exist.*given as validation_data"),
+        (
+            dict(validation_data=str(tmp_path / "val.jsonl")),
+            DataError,
+            "val.jsonl' does not exist.*given as validation_data",
+        ),
         (dict(data=str(tmp_path / "zeros.txt")), DataError, "holds binary data"),
         (
             dict(data=str(tmp_path / "notes.txt"), format="chat"),

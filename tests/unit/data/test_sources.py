@@ -116,3 +116,10 @@ def test_a_csv_rows_extra_field_is_refused_not_read_as_an_index(tmp_path):
         DataError, match="shifted.csv is not valid CSV: line 2 has 3 fields where the header has 2"
     ):
         read_source(tmp_path / "shifted.csv")
+
+
+def test_sql_rows_without_a_value_are_skipped_with_a_warning(tmp_path):
+    (tmp_path / "dump.sql").write_text("INSERT INTO posts (id, body) VALUES (1, 'kept'), (2, NULL);\n")
+    with pytest.warns(UserWarning, match="1 rows of 'posts' have no value \\(NULL\\) in 'body'"):
+        rows = read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="body").records
+    assert rows == [{"text": "kept"}]
