@@ -246,7 +246,7 @@ class RunConfig:
     )
     near_dup_threshold: float = setting(
         0.85,
-        "Jaccard similarity above which two records count as near duplicates.",
+        "Estimated Jaccard similarity at or above which two records count as near duplicates.",
         min=0.0,
         max=1.0,
         group="data",
