@@ -168,7 +168,15 @@ def estimate_run(
         )
     if not estimate.fits:
         estimate.suggestions = _suggestions(
-            counted, config, precision, micro, seq_len, world_size, sharding, device, estimate.free
+            counted,
+            config,
+            precision,
+            micro,
+            seq_len,
+            world_size,
+            sharding,
+            device,
+            estimate.free + estimate.loaded,
         )
     return estimate
 
