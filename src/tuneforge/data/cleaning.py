@@ -107,14 +107,15 @@ def clean_records(
     texts = []
     for index, record in enumerate(records):
         text = record_text(record)
-        reason = next((name for name, check in checks if check(text)), None)
+        reason, found = next(((name, hit) for name, check in checks if (hit := check(text))), (None, None))
         if reason is None:
             kept.append(record)
             origin.append(index)
             texts.append(text)
         else:
             counts[reason] += 1
-            removed.append((index, record, reason))
+            said = f"{reason}: '{found.group(0)}'" if isinstance(found, re.Match) else reason  # the words
+            removed.append((index, record, said))
     if dedup != "none":
         duplicate_of = (
             exact_duplicates(texts) if dedup == "exact" else near_duplicates(texts, near_dup_threshold)

@@ -127,10 +127,18 @@ def check_formatted(
         shown = ", ".join(str(index(i)) for i in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         has = ", ".join(sorted(present_keys(records[first]))) or "none"
         need = " or ".join(written for written, _ in fmt.templates.values())
+        keys = present_keys(records[first])
+        covered = max((t for t in fmt.templates if t < keys), key=len, default=None)
+        hint = (
+            f"; its extra keys ({', '.join(sorted(keys - covered))}) are in no template: drop them from the "
+            f"records, or add a template for '{','.join(sorted(keys))}' to a copy of the format file"
+            if covered
+            else ""
+        )
         raise DataError(
             f"{len(unmatched)} of {len(records)} {label} match no template of {fmt.name} (record "
             f"indexes {shown}); record {index(first)} has non-empty keys: {has}, but the templates need "
-            f"exactly {need}"
+            f"exactly {need}{hint}"
         )
     return usage
 

@@ -27,6 +27,8 @@ from tuneforge.errors import DataError
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql"}
+# Keys under which a JSON object wraps its list of records (HF datasets' exports, SQuAD-style files).
+WRAPPER_KEYS = ("data", "records", "examples", "rows", "train", "items")
 # Keys that make a JSON object a record of its own rather than a {"data": [...]} wrapper around records.
 RECORD_KEYS = {
     "messages",
@@ -277,13 +279,15 @@ def _json_records(path: Path, text: str) -> list:
     if isinstance(data, dict) and RECORD_KEYS & set(data):  # one record (a conversation, say), not a wrapper
         return [data]
     if isinstance(data, dict):  # {"data": [...]} style wrappers: take the one list inside
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        named = [k for k in WRAPPER_KEYS if isinstance(data.get(k), list)]  # beside metadata lists (tags)
+        if len(lists) != 1 and len(named) != 1:
+            found = f"lists under {', '.join(lists)}" if lists else f"keys {', '.join(list(data)[:8])}"
             raise DataError(
                 f'{path} must be a JSON list of records, e.g. [{{"instruction": ..., '
-                f'"output": ...}}]; found an object with keys {", ".join(list(data)[:8])}'
+                f'"output": ...}}], or an object holding one under "data"; found an object with {found}'
             )
-        data = lists[0]
+        data = next(iter(lists.values())) if len(lists) == 1 else data[named[0]]
     if not isinstance(data, list):
         raise DataError(f"{path} must be a JSON list of records; found {type(data).__name__}")
     return data

@@ -31,9 +31,9 @@ def test_every_filter_counts_what_it_removed_and_says_why():
         "exact duplicates": 1,
     }
     assert [(index, reason) for index, _, reason in removed] == [
-        (0, "refusal phrases"),
+        (0, "refusal phrases: 'As an AI language model'"),  # the words that matched
         (1, "shorter than 3 characters"),
-        (3, "pattern 'https?://'"),
+        (3, "pattern 'https?://': 'http://'"),
         (4, "longer than 40 characters"),
         (5, "exact duplicate of record 2"),
         (6, "empty text"),

@@ -147,3 +147,9 @@ def test_shape_is_detected_from_record_keys():
     assert detect_record_shape([{"text": "a"}], None, None) == "text"
     with pytest.raises(DataError, match="cannot tell the shape of these records \\(keys: body, title\\)"):
         detect_record_shape([{"title": "a", "body": "b"}], None, None)
+
+
+def test_a_record_with_an_extra_key_is_told_which_key_and_how_to_fix_it():
+    records = [{"instruction": "a", "output": "b", "source": "web"}]
+    with pytest.raises(DataError, match=r"its extra keys \(source\) are in no template: drop them"):
+        check_formatted(records, load_format("alpaca-format"))

@@ -123,3 +123,12 @@ def test_sql_rows_without_a_value_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="1 rows of 'posts' have no value \\(NULL\\) in 'body'"):
         rows = read_source(tmp_path / "dump.sql", sql_table="posts", sql_column="body").records
     assert rows == [{"text": "kept"}]
+
+
+def test_a_json_object_wraps_its_records_under_data_beside_metadata_lists(tmp_path):
+    wrapped = {"version": "1", "data": [{"text": "a"}, {"text": "b"}], "tags": ["x", "y"]}
+    (tmp_path / "wrapped.json").write_text(json.dumps(wrapped))
+    assert read_source(tmp_path / "wrapped.json").records == [{"text": "a"}, {"text": "b"}]
+    (tmp_path / "two.json").write_text(json.dumps({"left": [{"text": "a"}], "right": [{"text": "b"}]}))
+    with pytest.raises(DataError, match="found an object with lists under left, right"):
+        read_source(tmp_path / "two.json")
