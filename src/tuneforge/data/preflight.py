@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuneforge.data.cache import MARKER
 from tuneforge.data.formats import load_format
-from tuneforge.data.sources import TEXT_SUFFIXES, check_printable, data_files, inner_suffix
+from tuneforge.data.sources import TEXT_SUFFIXES, check_printable, data_files, inner_suffix, other_encodings
 from tuneforge.errors import ConfigError, DataError
 
 HEAD_BYTES = 1 << 16  # enough to tell text from binary and to find a wrong encoding near the start
@@ -99,6 +99,6 @@ def check_file_head(file: Path, encoding: str) -> None:
             ) from None
         raise DataError(
             f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
-            "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)"
+            f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"
         ) from None
     check_printable(file, text)

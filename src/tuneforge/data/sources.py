@@ -165,13 +165,32 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
+def other_encodings(encoding: str) -> str:
+    """Encodings to suggest when `encoding` failed: the common ones it is not."""
+    import codecs
+
+    tried = codecs.lookup(encoding).name if _known(encoding) else encoding
+    others = [e for e in ("utf-8", "latin-1", "cp1252", "utf-16") if codecs.lookup(e).name != tried]
+    return "e.g. " + ", ".join(others[:3])
+
+
+def _known(encoding: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
+
+
 def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
         raise DataError(
             f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
-            "pass the file's real encoding with --encoding (e.g. latin-1 or cp1252)"
+            f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"
         ) from None
     except LookupError:
         raise DataError(

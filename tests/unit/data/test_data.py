@@ -23,6 +23,9 @@ def test_undecodable_bytes_name_the_offset_and_the_fix(tmp_path):
     with pytest.raises(DataError, match=r"byte 0xe9 at offset 3 is not valid utf-8; .*--encoding"):
         read_text(tmp_path / "latin.txt")
     assert read_text(tmp_path / "latin.txt", encoding="latin-1").startswith("café")
+    (tmp_path / "utf8.txt").write_bytes("caf\u00e9 \u2014 ok\n".encode("utf-8") + b"\x81")
+    with pytest.raises(DataError, match=r"not valid cp1252; .*--encoding \(e.g. utf-8, latin-1"):
+        read_text(tmp_path / "utf8.txt", encoding="cp1252")  # never suggests the one that failed
 
 
 def test_shape_detection():
