@@ -233,11 +233,16 @@ def html_text(html: str) -> str:
         cell.insert_after(" ")
     for hidden in soup.find_all(hidden=True):  # hidden: never shown, like a script
         hidden.decompose()
+    for pre in soup.find_all("pre"):  # preformatted (code): its line breaks and indentation are the text
+        kept = "\x00".join(
+            line or "\x02" for line in pre.get_text().strip("\n").split("\n")
+        )  # blank lines too
+        pre.string = kept.replace(" ", "\x02").replace("\t", "\x03")
     paragraphs = []
     for paragraph in soup.get_text().split("\x01"):
         lines = [" ".join(line.split()) for line in paragraph.split("\x00")]
-        lines = [line for line in lines if line]
-        if lines:
+        lines = [line.replace("\x02", " ").replace("\x03", "\t").rstrip() for line in lines if line]
+        if any(lines):
             paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs) + "\n"
 

@@ -132,3 +132,8 @@ def test_a_json_object_wraps_its_records_under_data_beside_metadata_lists(tmp_pa
     (tmp_path / "two.json").write_text(json.dumps({"left": [{"text": "a"}], "right": [{"text": "b"}]}))
     with pytest.raises(DataError, match="found an object with lists under left, right"):
         read_source(tmp_path / "two.json")
+
+
+def test_preformatted_html_keeps_its_lines_and_indentation(tmp_path):
+    (tmp_path / "code.html").write_text("<p>Example:</p><pre>def f():\n\n    return  1\n</pre>")
+    assert read_source(tmp_path / "code.html").text == "Example:\n\ndef f():\n\n    return  1\n"
