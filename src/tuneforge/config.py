@@ -843,7 +843,8 @@ def _list_from_text(name: str, text: str) -> list:
             items = json.loads(text)
         except json.JSONDecodeError:
             items = None  # a regex character class, say: plain text
-        if isinstance(items, list) and all(isinstance(item, (str, int)) for item in items):
+        # only a list of strings: "[12]" or "[0,5]" is a regex character class, not a JSON list of numbers
+        if isinstance(items, list) and items and all(isinstance(item, str) for item in items):
             return items
     separator = "\n" if name in LINE_LISTS else ","
     return [part.strip() for part in text.split(separator) if part.strip()]

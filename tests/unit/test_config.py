@@ -195,4 +195,5 @@ def test_prompts_and_patterns_keep_their_commas():
     assert RunConfig(sample_prompts="Hello, you\nSecond").sample_prompts == ["Hello, you", "Second"]
     assert RunConfig(filter_patterns='["\\\\d{3,4}", "[abc]"]').filter_patterns == [r"\d{3,4}", "[abc]"]
     assert RunConfig(filter_patterns="[0-9]+").filter_patterns == ["[0-9]+"]  # a regex, not JSON
+    assert RunConfig(filter_patterns="[12]").filter_patterns == ["[12]"]  # JSON numbers: still a regex
     assert RunConfig(target_modules="q_proj,v_proj").target_modules == ["q_proj", "v_proj"]  # names: commas

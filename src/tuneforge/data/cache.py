@@ -22,7 +22,7 @@ from tuneforge.config import field_help
 from tuneforge.data.prepared import ExampleTable, PreparedData
 from tuneforge.errors import DataError
 
-PIPELINE_VERSION = "3"  # bump when a change to the code changes prepared output for the same inputs
+PIPELINE_VERSION = "4"  # bump when a change to the code changes prepared output for the same inputs
 # Every setting of group "data" enters the fingerprint except these, which cannot change prepared examples:
 NOT_FINGERPRINTED = {
     "data": "the files are hashed by name and bytes instead of by path",

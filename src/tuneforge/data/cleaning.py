@@ -3,7 +3,7 @@
     from tuneforge.data.cleaning import clean_records
     kept, removed, counts = clean_records([{"text": "As an AI language model, I ..."}, {"text": "Hi"}],
                                           clean=True, dedup="exact")
-    # counts == {"refusal phrases": 1, ...}; removed == [(0, {"text": "As an AI ..."}, "refusal phrases")]
+    # counts == {"refusal phrases": 1, ...}; removed[0][2] == "refusal phrases: 'As an AI language model'"
 
 Every filter counts what it removed, and every removed record keeps its reason so it can be written out for
 review (`save_removed`). Near duplicates are found with MinHash over character 5-grams and LSH banding.
@@ -114,7 +114,9 @@ def clean_records(
             texts.append(text)
         else:
             counts[reason] += 1
-            said = f"{reason}: '{found.group(0)}'" if isinstance(found, re.Match) else reason  # the words
+            said = (
+                f"{reason}: '{found.group(0)[:60]}'" if isinstance(found, re.Match) else reason
+            )  # the words
             removed.append((index, record, said))
     if dedup != "none":
         duplicate_of = (

@@ -24,6 +24,7 @@ from tuneforge.data.chat import Segment, chat_messages, render_chat  # chat reco
 from tuneforge.errors import DataError
 
 PLACEHOLDER = re.compile(r"%([^%\s]+)%")
+ANSWER_KEYS = frozenset({"output", "response", "answer", "completion", "chosen"})  # what a record teaches
 __all__ = [
     "FormatFile",
     "check_formatted",
@@ -92,12 +93,14 @@ def load_format(spec: str | None) -> FormatFile:
             )
         if not PLACEHOLDER.search(template):
             raise DataError(f"format file {name}: the template for '{written}' has no %key% placeholder")
-        unused = sorted(keys - set(PLACEHOLDER.findall(template)))
-        if unused:  # such a record's field would vanish (its answer, if it is output) without a word
+        # a key left out is ignored (an id column, say), but not the answer: the last placeholder is what the
+        # model learns to write, so the instruction would be trained as the answer
+        unused = sorted((keys - set(PLACEHOLDER.findall(template))) & ANSWER_KEYS)
+        if unused:
             raise DataError(
-                f"format file {name}: the template for '{written}' never uses %{unused[0]}%, so that field "
-                f"of every such record would be dropped; add %{unused[0]}% to the template or take "
-                f"'{unused[0]}' out of its keys"
+                f"format file {name}: the template for '{written}' never uses %{unused[0]}%, so every such "
+                f"record's answer would be dropped and the text before it trained as the answer; add "
+                f"%{unused[0]}% where the answer goes"
             )
         templates[keys] = (written, template)
     return FormatFile(name, templates)
@@ -131,7 +134,8 @@ def check_formatted(
         covered = max((t for t in fmt.templates if t < keys), key=len, default=None)
         hint = (
             f"; its extra keys ({', '.join(sorted(keys - covered))}) are in no template: drop them from the "
-            f"records, or add a template for '{','.join(sorted(keys))}' to a copy of the format file"
+            f"records, or add a template for '{','.join(sorted(keys))}' to a copy of the format file (it may "
+            "leave them out)"
             if covered
             else ""
         )

@@ -84,6 +84,9 @@ def check_file_head(file: Path, encoding: str) -> None:
         raise DataError(f"{file} cannot be read ({error})") from None
     if not head.strip():
         raise DataError(f"data file '{file}' is empty; it needs at least one line of text to train on")
+    wide = None if codecs.lookup(encoding).name.startswith("utf-16") else _utf16_without_mark(head)
+    if wide:  # ASCII in UTF-16 decodes as valid UTF-8 full of NUL bytes: it would be called binary
+        raise DataError(f"{file} looks like UTF-16 text without a byte-order mark; pass --encoding {wide}")
     decoder = codecs.getincrementaldecoder(encoding)()
     try:
         text = decoder.decode(head, final=len(head) < HEAD_BYTES)  # a character cut at the end is no error
@@ -102,3 +105,13 @@ def check_file_head(file: Path, encoding: str) -> None:
             f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"
         ) from None
     check_printable(file, text)
+
+
+def _utf16_without_mark(head: bytes) -> str | None:
+    """utf-16-le/-be when every other byte is NUL (ASCII text in UTF-16), else None."""
+    even, odd = head[0::2], head[1::2]
+    if len(head) >= 16 and odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
+        return "utf-16-le"
+    if len(head) >= 16 and even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
+        return "utf-16-be"
+    return None

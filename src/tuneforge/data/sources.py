@@ -305,7 +305,8 @@ def _json_records(path: Path, text: str) -> list:
     if isinstance(data, dict):  # {"data": [...]} style wrappers: take the one list inside
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         named = [k for k in WRAPPER_KEYS if isinstance(data.get(k), list)]  # beside metadata lists (tags)
-        if len(lists) != 1 and len(named) != 1:
+        of_records = [k for k, v in lists.items() if v and all(isinstance(r, dict) for r in v)]
+        if len(lists) != 1 and (len(named) != 1 or of_records not in ([], named)):  # train + test: which?
             found = f"lists under {', '.join(lists)}" if lists else f"keys {', '.join(list(data)[:8])}"
             raise DataError(
                 f'{path} must be a JSON list of records, e.g. [{{"instruction": ..., '
@@ -348,12 +349,13 @@ def _csv_records(path: Path, text: str, separator: str) -> list[dict]:
 def _wider_row(text: str, separator: str) -> str:
     import csv
 
-    rows = csv.reader(io.StringIO(text), delimiter=separator)
-    header = next(rows)
+    reader = csv.reader(io.StringIO(text), delimiter=separator)
+    rows = (row for row in reader if row)  # pandas skips blank lines
+    header = next(rows, [])
     for row in rows:
         if len(row) > len(header):
             return (
-                f"line {rows.line_num} has {len(row)} fields where the header has {len(header)} "
+                f"line {reader.line_num} has {len(row)} fields where the header has {len(header)} "
                 f"({', '.join(header)}); quote a field that holds the separator"
             )
     return "a row has more fields than the header"

@@ -138,7 +138,13 @@ def estimate_run(
         per_process = min(
             config.examples_per_step, -(-(n_examples or config.examples_per_step) // world_size)
         )
-        micro = auto_micro_batch_size(counted, per_process, seq_len, precision, device)[0]
+        available = None
+        if model is None:  # a run picks after loading its weights: here they are not loaded yet
+            from tuneforge.train.memory import free_memory
+
+            unloaded = _arithmetic(counted, config, precision, 1, seq_len, world_size, sharding, device)
+            available = max(0, free_memory(device) - unloaded.weights - unloaded.runtime)
+        micro = auto_micro_batch_size(counted, per_process, seq_len, precision, device, available)[0]
     else:
         micro = config.micro_batch_size
     estimate = _arithmetic(counted, config, precision, micro, seq_len, world_size, sharding, device)
@@ -389,7 +395,7 @@ def _suggestions(model, config, precision, micro, seq_len, world_size, sharding,
                 counted,
                 changed,
                 precision,
-                1 if changed.auto_micro_batch else changed.micro_batch_size,
+                micro if changed.auto_micro_batch else changed.micro_batch_size,
                 seq_len,
                 world_size,
                 strategy,

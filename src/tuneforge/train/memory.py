@@ -73,9 +73,12 @@ def free_memory(device) -> int:
     return psutil.virtual_memory().available
 
 
-def auto_micro_batch_size(model, batch_size: int, seq_len: int, precision: str, device) -> tuple[int, str]:
-    """The largest power of two <= batch_size whose micro batch is estimated to fit; and why, in words."""
-    available = free_memory(device)
+def auto_micro_batch_size(
+    model, batch_size: int, seq_len: int, precision: str, device, available: int | None = None
+) -> tuple[int, str]:
+    """The largest power of two <= batch_size whose micro batch is estimated to fit; and why, in words.
+    `available`: the free memory to plan with (default: what is free now, the model's weights loaded)."""
+    available = free_memory(device) if available is None else available
     per_example = training_memory(model, seq_len, 1, precision)
     budget = available * USABLE_FRACTION - per_example.head * FRAGMENTATION - per_example.trainable
     micro = 1

@@ -48,6 +48,9 @@ def test_nul_and_binary_content_is_refused_whatever_the_encoding(tmp_path):
     (tmp_path / "wide.txt").write_bytes("two bytes a letter\n".encode("utf-16"))
     with pytest.raises(DataError, match="UTF-16 text .* pass --encoding utf-16"):
         check_file_head(tmp_path / "wide.txt", "utf-8")
+    (tmp_path / "wide-le.txt").write_bytes("two bytes a letter, no mark\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match="UTF-16 text without a byte-order mark; pass --encoding utf-16-le"):
+        check_file_head(tmp_path / "wide-le.txt", "utf-8")
     (tmp_path / "prose.txt").write_bytes("caf\xe9 au lait\n\x0cpage two\n".encode("latin-1"))
     assert read_source(tmp_path / "prose.txt", encoding="latin-1").text.startswith(
         "café"

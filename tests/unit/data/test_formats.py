@@ -93,9 +93,13 @@ def test_a_placeholder_no_key_supplies_is_refused(tmp_path):
         load_format(str(tmp_path / "typo.json"))
     (tmp_path / "no_answer.json").write_text(json.dumps({"instruction,output": "Q: %instruction%\nA:"}))
     with pytest.raises(
-        DataError, match="never uses %output%, so that field of every such record would be dropped"
+        DataError, match="never uses %output%, so every such record's answer would be dropped"
     ):
         load_format(str(tmp_path / "no_answer.json"))
+    (tmp_path / "no_id.json").write_text(
+        json.dumps({"id,instruction,output": "Q: %instruction%\nA: %output%"})
+    )
+    assert load_format(str(tmp_path / "no_id.json"))  # an id column left out on purpose is fine
     (tmp_path / "broken.json").write_text('{"a,b": "x"\n "c": 1}')
     with pytest.raises(DataError, match=r"broken.json:2:2: malformed JSON"):
         load_format(str(tmp_path / "broken.json"))

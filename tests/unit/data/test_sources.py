@@ -116,6 +116,9 @@ def test_a_csv_rows_extra_field_is_refused_not_read_as_an_index(tmp_path):
         DataError, match="shifted.csv is not valid CSV: line 2 has 3 fields where the header has 2"
     ):
         read_source(tmp_path / "shifted.csv")
+    (tmp_path / "blank_first.csv").write_text("\nid,text\n1,hello,extra\n")
+    with pytest.raises(DataError, match="line 3 has 3 fields where the header has 2 \\(id, text\\)"):
+        read_source(tmp_path / "blank_first.csv")
 
 
 def test_sql_rows_without_a_value_are_skipped_with_a_warning(tmp_path):
@@ -132,6 +135,9 @@ def test_a_json_object_wraps_its_records_under_data_beside_metadata_lists(tmp_pa
     (tmp_path / "two.json").write_text(json.dumps({"left": [{"text": "a"}], "right": [{"text": "b"}]}))
     with pytest.raises(DataError, match="found an object with lists under left, right"):
         read_source(tmp_path / "two.json")
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}]}))
+    with pytest.raises(DataError, match="lists under train, test"):  # which? not silently train only
+        read_source(tmp_path / "splits.json")
 
 
 def test_preformatted_html_keeps_its_lines_and_indentation(tmp_path):

@@ -101,7 +101,6 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, lines_file, tmp_p
     records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
     elapsed = [record["elapsed_s"] for record in records]
     assert elapsed == sorted(elapsed) and run.seconds >= elapsed[-1] > elapsed[3]
-    assert run.tokens_per_second == pytest.approx(sum(record["tokens"] for record in records) / run.seconds)
     expected, actual = final_weights(whole, method), final_weights(broken, method)
     assert expected.keys() == actual.keys()
     for name in expected:
