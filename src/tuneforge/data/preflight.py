@@ -95,11 +95,7 @@ def check_file_head(file: Path, encoding: str) -> None:
             raise DataError(
                 f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
             ) from None
-        if b"\x00" in head:  # no 8-bit text holds NUL bytes: another encoding would not help
-            raise DataError(
-                f"data file '{file}' holds binary data, not text (NUL bytes in its first {len(head):,}); give a "
-                "text, JSON, CSV or Parquet file"
-            ) from None
+        check_printable(file, head.decode("latin-1"))  # binary in any encoding: say so, not "pass --encoding"
         raise DataError(
             f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
             f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"

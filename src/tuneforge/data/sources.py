@@ -169,19 +169,9 @@ def other_encodings(encoding: str) -> str:
     """Encodings to suggest when `encoding` failed: the common ones it is not."""
     import codecs
 
-    tried = codecs.lookup(encoding).name if _known(encoding) else encoding
+    tried = codecs.lookup(encoding).name  # a known codec: it decoded up to the bad byte
     others = [e for e in ("utf-8", "latin-1", "cp1252", "utf-16") if codecs.lookup(e).name != tried]
     return "e.g. " + ", ".join(others[:3])
-
-
-def _known(encoding: str) -> bool:
-    import codecs
-
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        return False
-    return True
 
 
 def _decode(path: Path, raw: bytes, encoding: str) -> str:

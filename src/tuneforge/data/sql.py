@@ -59,10 +59,9 @@ def sql_rows(path: Path, text: str, table: str | None, column: str | None) -> li
                 f"table '{table}' in {path} has no column '{column}'; its columns are: {', '.join(columns)}"
             )
         position = columns.index(column)
-        records.extend(
-            {"text": row[position]} for row in rows if position < len(row) and row[position] is not None
-        )
-        skipped += sum(1 for row in rows if position >= len(row) or row[position] is None)
+        values = [row[position] if position < len(row) else None for row in rows]
+        records.extend({"text": value} for value in values if value is not None)
+        skipped += values.count(None)
     if skipped:
         warnings.warn(
             f"{path}: {skipped} rows of '{table}' have no value (NULL) in '{column}'; they are skipped",
