@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 
 from tuneforge.cli import data, evaluate, train, ui
@@ -82,11 +83,27 @@ def _reject_unknown(parser: argparse.ArgumentParser, unknown: list[str], command
     )
 
 
+_shown: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """tuneforge's own warnings as one line, like its errors, each once (a catch_warnings block anywhere resets
+    Python's once-per-place memory); a library's keep Python's form (file and line)."""
+    if issubclass(category, UserWarning) and "tuneforge" in filename.replace("\\", "/").split("/"):
+        if str(message) not in _shown:
+            _shown.add(str(message))
+            print(f"tuneforge: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     args.argv = list(argv)  # `train --nproc N` hands the same command line to every process
+    if not args.debug:
+        warnings.showwarning = _show_warning
     try:
         if unknown:
             _reject_unknown(parser, unknown, command_of(args))

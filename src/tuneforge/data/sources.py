@@ -90,7 +90,8 @@ class Source:
 
 
 def data_files(path: str | Path, key: str = "data") -> list[Path]:
-    """The file itself, or every readable file in a folder (recursively, sorted, hidden files skipped)."""
+    """The file itself, or every readable file in a folder (recursively, sorted; hidden files skipped, files of
+    other suffixes skipped with a warning that names them)."""
     path = Path(path)
     if not path.exists():
         where = (
@@ -104,11 +105,20 @@ def data_files(path: str | Path, key: str = "data") -> list[Path]:
         for p in path.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
-    files = [p for p in files if inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES]
+    other = [p for p in files if inner_suffix(p) not in TEXT_SUFFIXES | RECORD_SUFFIXES]
+    files = [p for p in files if p not in other]
+    readable = ".txt .md .text .html .htm .json .jsonl .csv .tsv .parquet .sql, or .gz of one"
+    named = ", ".join(str(p.relative_to(path)) for p in other[:5]) + (
+        f" and {len(other) - 5} more" if len(other) > 5 else ""
+    )
     if not files:
-        raise DataError(
-            f"data folder '{path}' holds no data files (.txt .json .jsonl .csv .tsv .parquet .html "
-            ".sql or .gz of one)"
+        found = f"; it holds {named}" if other else " (it is empty)"
+        raise DataError(f"data folder '{path}' holds no data files ({readable}){found}")
+    if other:  # never silently: a folder of notes may hold text under a suffix tuneforge does not read
+        warnings.warn(
+            f"data folder '{path}': {len(other)} file(s) not read, their suffix is not one of {readable}: "
+            f"{named} (rename a text file to .txt to train on it)",
+            stacklevel=1,  # this line: shown once per process however many steps list the folder
         )
     return files
 

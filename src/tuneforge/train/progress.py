@@ -33,6 +33,7 @@ class TrainingProgress:
 
         self.total_steps = total_steps
         self.resumed_at = 0  # a resumed run's ETA counts the speed of its own steps only
+        self.seconds_before = 0.0  # ... and its elapsed time goes on from its checkpoint's
         self.enabled = enabled
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.start = time.perf_counter()
@@ -63,6 +64,7 @@ class TrainingProgress:
             return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(step - self.resumed_at, 1) * (self.total_steps - step)
+        elapsed += self.seconds_before
         status = f"loss {loss:.4f}  lr {learning_rate:.2e}  {tokens_per_second:,.0f} tok/s"
         if validation_loss is not None:
             status += f"  val {validation_loss:.4f}"
@@ -79,9 +81,10 @@ class TrainingProgress:
         if self.enabled:
             self.console.print(text, soft_wrap=True)
 
-    def resume_at(self, step: int) -> None:
-        """A resumed run: the bar starts at `step`, and speed and ETA count from now."""
+    def resume_at(self, step: int, seconds_before: float = 0.0) -> None:
+        """A resumed run: the bar starts at `step`, speed and ETA count from now, elapsed from `seconds_before`."""
         self.resumed_at, self.start = step, time.perf_counter()
+        self.seconds_before = seconds_before
         if self._bar is not None:
             self._bar.reset(self._task, total=self.total_steps, completed=step)
 
@@ -175,7 +178,7 @@ class MetricsLog:
                 keep_records_until(path, resumed_at)
             self.file = path.open("a")
         if resumed_at:
-            progress.resume_at(resumed_at)
+            progress.resume_at(resumed_at, seconds_before)
         self.seconds_before = seconds_before  # a resumed run's elapsed_s goes on from its checkpoint's
         self.start = self.window_start = time.perf_counter()
         self.window_tokens = 0  # tokens trained since the last record, for its tokens/s

@@ -164,6 +164,28 @@ def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(
     assert "two data files given" in capsys.readouterr().err
 
 
+def test_a_warning_reads_as_one_line_once(tiny_model_dir, lines_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "lines.txt").write_text(lines_file.read_text())
+    (folder / "todo.rst").write_text("not read\n")
+    args = [
+        "data",
+        "inspect",
+        str(folder),
+        "--model",
+        str(tiny_model_dir),
+        "--format",
+        "lines",
+        "--examples",
+        "0",
+    ]
+    assert main([*args, "--histogram", str(tmp_path / "lengths.png")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "todo.rst" in line]
+    assert len(warned) == 1 and warned[0].startswith("tuneforge: warning: data folder")  # no file:line, once
+
+
 def test_a_bad_record_stops_train_before_the_model_loads(capsys, monkeypatch, tiny_model_dir, tmp_path):
     import tuneforge
 

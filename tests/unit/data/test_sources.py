@@ -74,6 +74,18 @@ def test_folder_of_text_files_is_joined_with_hard_cuts(tmp_path):
     assert source.text == "first file\n\n\n\nsecond file\n" and len(source.files) == 2
 
 
+def test_a_folders_files_of_other_suffixes_are_named_not_skipped_silently(tmp_path):
+    (tmp_path / "a.txt").write_text("read\n")
+    (tmp_path / "notes.rst").write_text("not read\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    with pytest.warns(UserWarning, match=r"2 file\(s\) not read.*: notes.rst, sub/scan.pdf \(rename a text"):
+        assert read_source(tmp_path).files == [tmp_path / "a.txt"]
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(DataError, match=r"holds no data files \(.*\); it holds notes.rst, sub/scan.pdf$"):
+        read_source(tmp_path)
+
+
 def test_malformed_json_names_file_line_and_column(tmp_path):
     (tmp_path / "bad.json").write_text('[\n  {"a": "b"},\n  {"a": "c",}\n]')
     with pytest.raises(DataError, match=r"bad.json:3:13: malformed JSON"):

@@ -124,16 +124,17 @@ def test_a_sudden_slow_step_is_pointed_out_once_in_a_while():
     assert slow_step_warning(5, [5.0, 3.0, 2.0, 1.0, 9.0], None) is None  # too few usual steps to judge
 
 
-def test_a_resumed_runs_eta_counts_the_speed_of_its_own_steps(monkeypatch):
+def test_a_resumed_runs_eta_counts_the_speed_of_its_own_steps_and_elapsed_goes_on(monkeypatch):
     import io
 
     clock = iter([100.0, 100.0, 130.0])  # created, resumed at step 50, step 51 done 30 s later
     monkeypatch.setattr("tuneforge.train.progress.time.perf_counter", lambda: next(clock))
     shown = io.StringIO()
     progress = TrainingProgress(total_steps=60, stream=shown)
-    progress.resume_at(50)
+    progress.resume_at(50, seconds_before=600.0)  # the sessions before trained for 10 minutes
     progress.update(51, loss=1.0, learning_rate=1e-4, tokens_per_second=100.0)
     assert "step 51/60" in shown.getvalue() and "eta 4:30" in shown.getvalue()  # 9 steps left of 30 s
+    assert "elapsed 10:30" in shown.getvalue()
 
 
 def test_threads_follow_the_free_cores_unless_num_threads_or_omp_num_threads_is_set(
