@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import ConfigError
 from tuneforge.evaluate.compare import BASE, Comparison, Variant, compare
 from tuneforge.evaluate.perplexity import PerplexityResult, append_history, perplexity
 from tuneforge.evaluate.tasks import TaskScores, read_records, score_task
@@ -319,6 +320,7 @@ class LLM:
         >>> run = llm.train("cheese.txt", method="lora", epochs=1, learning_rate=1e-3)
         >>> run.final_loss, run.saved_to
         """
+        self._refuse_load_settings(settings)
         overrides = dict(settings)
         if data is not None:
             overrides["data"] = str(data)
@@ -347,6 +349,29 @@ class LLM:
             self.tokenizer = result.tokenizer
         self.last_run = result
         return result
+
+    def _refuse_load_settings(self, settings: dict) -> None:
+        """model, device and trust_remote_code are how this model was loaded: a run trains the model held here,
+        so a different value given to train() would be ignored; it is refused, naming what to do instead."""
+        loaded = {
+            "model": self.source.spec,
+            "device": self.device,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        for key, held in loaded.items():
+            if key not in settings or settings[key] is None:
+                continue
+            given = settings[key]
+            if key == "device" and (given == "auto" or str(given).split(":")[0] == str(held).split(":")[0]):
+                continue
+            if given != held:
+                raise ConfigError(
+                    f"train({key}={given!r}): this model was loaded with {key} {held!r}, and train() trains the "
+                    f"model it holds; load another with tf.load(..., {key}={given!r}) and train that"
+                    if key != "model"
+                    else f"train(model={given!r}): train() trains the model this object holds ({held!r}); "
+                    f"load the other one with tf.load({given!r}) and call its train()"
+                )
 
     def prepared_for(self, config: RunConfig):
         """This model prepared for `config`'s method as a run would train it (quantized, cast, LoRA attached);

@@ -300,12 +300,12 @@ def _applied(config, choices: list[Choice]):
     return chosen, choices
 
 
-def apply_defaults(config, prepared, tokenizer, device: str, log=print):
+def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: bool = True):
     """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data.
 
     A chosen validation split or packing prepares the data again with the chosen config, so a run's data is
     always prepare_examples(data, its saved config.yaml): resuming from that file finds the same examples and
-    the same fingerprint (the second preparation is cached for it)."""
+    the same fingerprint (the second preparation is cached for it). `strict` as in prepare_examples."""
     from tuneforge.data.cache import MARKER
     from tuneforge.data.examples import prepare_examples
 
@@ -315,5 +315,5 @@ def apply_defaults(config, prepared, tokenizer, device: str, log=print):
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
     if {c.key for c in choices} & RESHAPE_DATA:
-        prepared = prepare_examples(config.data, tokenizer, config)
+        prepared = prepare_examples(config.data, tokenizer, config, strict=strict)
     return config, prepared

@@ -237,6 +237,13 @@ def run_settings(config, device: str, tokenizer=None, log=print):
     return ready_data(config, None, tokenizer, device, log)
 
 
+def preview_settings(config, tokenizer, device: str, log=print):
+    """(config, prepared data) as `tuneforge data inspect` shows them: recipe auto's choices made (printed) and
+    applied as a run applies them, but placeholders and examples without loss counted and shown, not refused."""
+    prepared = prepare_examples(config.data, tokenizer, config, strict=False)
+    return apply_defaults(config, prepared, tokenizer, device, log, strict=False)
+
+
 @dataclasses.dataclass
 class RunPlan:
     """What a run will do, before it starts (the UI's preview): its config with the recipe's choices, its data,

@@ -100,11 +100,16 @@ def _tokenizer(config: RunConfig):
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from tuneforge.data.inspection import inspect_data
+    from tuneforge.hardware import pick_device
+    from tuneforge.recipe import preview_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
+    tokenizer = _tokenizer(config)
+    # the data `train` would train on: recipe auto's validation split and packing chosen (printed)
+    config, prepared = preview_settings(config, tokenizer, pick_device(config.device))
     inspection = inspect_data(
-        config.data, _tokenizer(config), config, n_examples=args.examples, histogram=args.histogram
+        config.data, tokenizer, config, n_examples=args.examples, histogram=args.histogram, prepared=prepared
     )
     print(inspection.render())
     return 0

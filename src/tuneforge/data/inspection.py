@@ -38,14 +38,21 @@ class Inspection:
 
 
 def inspect_data(
-    path: str | Path, tokenizer, config, n_examples: int = 3, histogram: str | Path | bool | None = None
+    path: str | Path,
+    tokenizer,
+    config,
+    n_examples: int = 3,
+    histogram: str | Path | bool | None = None,
+    prepared: PreparedData | None = None,
 ) -> Inspection:
-    """Prepare `path` (from the cache when possible) and gather what the preview shows.
+    """Prepare `path` (from the cache when possible; or take `prepared`, already prepared from it with
+    `config`) and gather what the preview shows.
 
     The histogram PNG goes to `histogram`, or with None to a place of its own (histogram_home), or nowhere
     with False. Placeholders and empty assistant turns are counted and shown here, not refused.
     """
-    prepared = prepare_examples(path, tokenizer, config, strict=False)
+    if prepared is None:
+        prepared = prepare_examples(path, tokenizer, config, strict=False)
     lengths = ExampleTable(getattr(prepared.train, "rows", prepared.train)).lengths
     count = len(prepared.train)
     picks = (

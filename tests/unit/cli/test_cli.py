@@ -164,6 +164,27 @@ def test_data_inspect_takes_the_data_file_as_a_flag_or_positional(
     assert "two data files given" in capsys.readouterr().err
 
 
+def test_data_inspect_shows_the_data_train_would_train_on(
+    tiny_model_dir, lines_file, tmp_path, capsys, monkeypatch
+):
+    from tuneforge.config import RunConfig
+    from tuneforge.recipe import run_settings
+
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    model = ["--model", str(tiny_model_dir), "--format", "lines"]
+    assert main(["data", "inspect", str(lines_file), *model, "--histogram", str(tmp_path / "h.png")]) == 0
+    shown = capsys.readouterr().out
+    config = RunConfig(data=str(lines_file), model=str(tiny_model_dir), format="lines")
+    config, prepared = run_settings(config, "cpu", log=lambda line: None)
+    assert config.validation_split and prepared.validation  # recipe auto held examples out: shown, as chosen
+    assert "default chosen: validation_split" in shown
+    counts = prepared.counts
+    assert f"split {counts['train_records']} train / {counts['validation_records']} validation" in shown
+    assert (
+        config.packing and f"packing: {len(prepared.train)} blocks" in shown
+    )  # short lines: packed, as trained
+
+
 def test_a_warning_reads_as_one_line_once(tiny_model_dir, lines_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     folder = tmp_path / "notes"

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import re
 
 import pytest
 import torch
@@ -74,6 +75,19 @@ def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file
     assert [r["step"] for r in records] == [1, 2, 3]
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch"} <= set(records[0])
     assert "training loss: first" in (run_dir / "report.md").read_text()
+
+
+def test_train_refuses_a_model_device_or_trust_setting_other_than_the_loaded_ones(tiny_llm, lines_file):
+    from tuneforge.errors import ConfigError
+
+    for key, value, fix in [
+        ("model", "gpt2", "tf.load('gpt2')"),
+        ("device", "cuda", "device='cuda'"),
+        ("trust_remote_code", True, "trust_remote_code=True"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"train\({key}=.*{re.escape(fix)}"):
+            tiny_llm.train(lines_file, max_steps=1, **{key: value})
+    assert tiny_llm.last_run is None  # refused before anything ran
 
 
 def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
