@@ -190,3 +190,13 @@ def test_a_core_module_importing_a_face_is_caught(tmp_path):
         "imports tuneforge.load",
         "imports tuneforge.ui.app",
     ]
+
+
+def test_the_architecture_doc_names_the_owner_of_every_core_module():
+    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    unnamed = [
+        str(path.relative_to(PACKAGE))
+        for path in core_files()
+        if path.name != "__init__.py" and f"`{path.relative_to(PACKAGE).as_posix()}`" not in doc
+    ]
+    assert not unnamed, f"docs/architecture.md does not say which step these modules own: {unnamed}"
