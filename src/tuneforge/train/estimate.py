@@ -10,7 +10,8 @@ weight (tuneforge keeps LoRA adapters and full fine-tunes in fp32), activations 
 count (what `micro_batch_size: auto` plans with), plus the runtime itself (torch and transformers loaded).
 Sharding divides per process: FSDP full shard / ZeRO-3 split weights, gradients and optimizer states; ZeRO-2
 splits gradients and optimizer states; offload moves weights and optimizer states to CPU RAM.
-`measure=True` times a few real forward/backward passes to give time per step and per epoch.
+`measure=True` times a few real forward/backward passes to give time per step and per epoch, and measures their
+peak memory (CUDA: peak allocated; Linux CPU: the process's peak resident memory, reset before the passes).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Estimate:
     loaded: int = 0  # bytes the loaded model's weights already take (not in `free`, in `total`)
     seconds_per_step: float | None = None  # measured (measure=True)
     seconds_per_epoch: float | None = None
+    measured_peak: int | None = (
+        None  # bytes at the peak of the measured passes (measure=True), where measurable
+    )
     suggestions: list[str] = field(default_factory=list)
 
     @property
@@ -88,6 +92,16 @@ class Estimate:
         if self.seconds_per_step is not None:
             epoch = f", {self.seconds_per_epoch / 60:.1f} min per epoch" if self.seconds_per_epoch else ""
             lines.append(f"time (measured): {self.seconds_per_step:.2f} s per step{epoch}")
+        if self.measured_peak is not None:
+            # the passes take no optimizer step (the model stays as it is), so its states are not allocated;
+            # CUDA's peak counts tensors, not the CUDA context (the estimate's runtime)
+            context = self.runtime if self.device == "cuda" else 0
+            lines.append(
+                f"memory (measured): {gib(self.measured_peak + self.optimizer + context)} = peak "
+                f"{gib(self.measured_peak)} of the forward/backward passes + optimizer states "
+                f"{gib(self.optimizer)}{f' + CUDA context {gib(context)}' if context else ''} (estimated: "
+                f"the warm-up takes no optimizer step); {gib(self.total)} estimated"
+            )
         if self.free is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             shared = (
@@ -158,7 +172,7 @@ def estimate_run(
             from tuneforge.errors import ConfigError
 
             raise ConfigError("estimate measure=True needs the loaded model; pass model=")
-        estimate.seconds_per_step = _measure_step(
+        estimate.seconds_per_step, estimate.measured_peak = _measure_step(
             model, micro, seq_len, config, world_size, measure_steps, precision
         )
         if n_examples:
@@ -412,27 +426,74 @@ def _suggestions(model, config, precision, micro, seq_len, world_size, sharding,
     ]
 
 
-def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -> float:
-    """Seconds per optimizer step: a few timed forward/backward passes of one micro batch, times accumulation."""
+def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -> tuple[float, int | None]:
+    """(seconds per optimizer step, peak bytes or None): a few timed forward/backward passes of one micro batch
+    through the loop's own code (its loss path and step forwards), times accumulation, and their peak memory."""
     import torch
 
     from tuneforge.hardware import torch_dtype
+    from tuneforge.train.loss import batch_loss_sum
+    from tuneforge.train.setup import step_forwards
 
     device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (micro, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    reset = _reset_peak(device)
+    ids = torch.randint(
+        0, model.config.vocab_size, (micro, seq_len), generator=torch.Generator().manual_seed(0)
+    )
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    batch = {key: value.to(device) for key, value in batch.items()}
     autocast = torch.autocast(device.type, dtype=torch_dtype(precision), enabled=precision != "fp32")
     was_training = model.training
     model.train()
     timings = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), step_forwards(model, config.lean_layers, True, device.type):
         for _ in range(steps + 1):  # the first pass warms caches and kernels: not timed
             start = time.perf_counter()
             with autocast:
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = batch_loss_sum(model, batch)
             loss.backward()
+            del loss
             timings.append(time.perf_counter() - start)
+    peak = _peak(device) if reset else None
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     accumulation = math.ceil(config.examples_per_step / world_size / micro)
-    return sum(timings[1:]) / max(len(timings) - 1, 1) * accumulation
+    return sum(timings[1:]) / max(len(timings) - 1, 1) * accumulation, peak
+
+
+_CLEAR_REFS, _STATUS = "/proc/self/clear_refs", "/proc/self/status"
+
+
+def _reset_peak(device) -> bool:
+    """Start counting the peak from now, and say whether that worked: CUDA's allocator statistics; on Linux the
+    process's resident peak (VmHWM; writing 5 to clear_refs resets it, since Linux 4.0). A lifetime peak
+    (ru_maxrss) would count model loading's, so without a reset nothing is measured."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        with open(_CLEAR_REFS, "w") as file:
+            file.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak(device) -> int | None:
+    """Bytes at the peak since _reset_peak, or None where it cannot be read."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open(_STATUS) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

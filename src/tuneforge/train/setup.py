@@ -119,7 +119,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         trainable=[p for p in model.parameters() if p.requires_grad],
         # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
         direct_head=accelerator.num_processes == 1,
-        lean=_step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
+        lean=step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
@@ -130,7 +130,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
 
 
 @contextmanager
-def _step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
+def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
     """What a run's steps run in: on a CPU quick LoRA dropout masks (train/dropout.py; lean_layers or not, so
     the losses do not depend on it) and freed memory kept for the next step (train/host_memory.py), and the
     lean forwards of train/fused.py unless lean_layers is off."""
