@@ -193,7 +193,9 @@ def add_train_commands(subparsers) -> None:
     )
     estimate.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
     estimate.add_argument(
-        "--measure", action="store_true", help="Load the model, time a few forward/backward passes and measure their peak memory (needs data)."
+        "--measure",
+        action="store_true",
+        help="Load the model, time a few forward/backward passes and measure their peak memory (needs data).",
     )
     estimate.add_argument(
         "--world_size",
