@@ -4,6 +4,7 @@ and the GGUF export round trip (issue 6's acceptance checks)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_seed_001_script_runs_with_only_the_import_and_model_name_changed(tmp_path):
-    env = {**os.environ, "TUNEFORGE_EPOCHS": "0.004", "TUNEFORGE_CHEESE": str(CHEESE)}  # 2 steps of 4 lines
+    # 1 step of 4 lines (HappyTransformer evaluates the 200 held-out lines every 10% of the steps: each step)
+    env = {**os.environ, "TUNEFORGE_EPOCHS": "0.002", "TUNEFORGE_CHEESE": str(CHEESE)}
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "happy_cheese.py")],
         cwd=tmp_path,
@@ -68,7 +70,8 @@ def test_compare_shows_the_cheese_style_and_a_lower_heldout_perplexity(cheese_ru
         line.split("|")[4] for line in out.splitlines() if line.startswith(f"| {PROMPT.strip()}")
     ]
     style = {"slice", "slices", "bread", "between", "toast", "inside", "pieces"}
-    assert all(len(set(t.lower().replace(",", " ").split()) & style) >= 2 for t in adapter_texts), out
+    # words as letters only: "in-between" counts as between, "slice—or two—in-between" as slice and between
+    assert all(len(set(re.findall(r"[a-z]+", t.lower())) & style) >= 2 for t in adapter_texts), out
     assert (root / "compare" / "compare.html").is_file()
 
 
