@@ -79,8 +79,8 @@ def attach_lora(
     # peft types lora_alpha int (a float works) and bias a Literal (checked by LoraConfig itself)
     lora = LoraConfig(
         r=rank,
-        lora_alpha=alpha,  # type: ignore[arg-type]
-        bias=bias,  # type: ignore[arg-type]
+        lora_alpha=alpha,
+        bias=bias,
         lora_dropout=dropout,
         target_modules=targets,
         modules_to_save=list(modules_to_save or []) or None,

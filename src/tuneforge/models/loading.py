@@ -90,7 +90,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # transformers types hf_quantizer without None, though None is its default for unquantized models
-    model.hf_quantizer = None  # type: ignore[assignment]
+    model.hf_quantizer = None
     model.config.name_or_path = gguf.stem
 
     def write(folder: Path) -> None:
@@ -323,6 +323,6 @@ def load_model(
     if quantization and device == "cpu":
         _own_unquantized_weights(model)
     if not quantization:  # quantized weights are placed by device_map and cannot be moved afterwards
-        model.to(device)  # type: ignore[arg-type]  # transformers mistypes to(); a device string works
+        model.to(device)
     model.eval()
     return model, tokenizer, source

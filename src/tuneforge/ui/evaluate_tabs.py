@@ -84,7 +84,7 @@ def perplexity_tab(workspace: Workspace):
     def lists():
         return gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())
 
-    refresh.click(lists, None, [models, files], api_name=False)  # type: ignore[arg-type]  # gradio takes False
+    refresh.click(lists, None, [models, files], api_name=False)
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [([models, files], lists), ([table], lambda: (history_table(workspace),))]
 
@@ -144,7 +144,7 @@ def compare_tab(workspace: Workspace):
             )
         return comparison.to_markdown()
 
-    run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    run_choice.change(add_checkpoints, [run_choice, variants], [variants, gallery], api_name=False)
     run.click(compare, [prompts, variants, seeds, heldout, max_new_tokens], result, api_name="compare")
 
     def lists():
@@ -154,5 +154,5 @@ def compare_tab(workspace: Workspace):
             gr.update(choices=[""] + project.datasets()),
         )
 
-    refresh.click(lists, None, [variants, run_choice, heldout], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    refresh.click(lists, None, [variants, run_choice, heldout], api_name=False)
     return [([variants, run_choice, heldout], lists)]

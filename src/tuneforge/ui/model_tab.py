@@ -57,8 +57,8 @@ def model_tab(workspace: Workspace):
     remove.click(shows_errors(workspace.remove_loras), None, info, api_name="remove_loras").then(
         lambda: gr.update(value=[]), None, loras, api_name=False
     )
-    refresh_models.click(lambda: gr.update(choices=project.models()), None, model, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
-    refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    refresh_models.click(lambda: gr.update(choices=project.models()), None, model, api_name=False)
+    refresh_loras.click(lambda: gr.update(choices=project.loras()), None, loras, api_name=False)
     # what a newly opened page shows (build_app refreshes these on each page load)
     return [
         ([info], lambda: (workspace.describe(),)),

@@ -111,9 +111,9 @@ def chat_tab(workspace: Workspace, settings: list):
             yield history + [answer], ""
 
     sent = send.click(reply, [chat, message, *settings], [chat, message], api_name="chat")
-    submitted = message.submit(reply, [chat, message, *settings], [chat, message], api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    submitted = message.submit(reply, [chat, message, *settings], [chat, message], api_name=False)
     stop.click(None, None, None, cancels=[sent, submitted])
-    clear.click(lambda: [], None, chat, api_name=False)  # type: ignore[arg-type]  # gradio takes False
+    clear.click(lambda: [], None, chat, api_name=False)
 
 
 def _plain(content) -> str:
@@ -155,7 +155,7 @@ def logits_tab(workspace: Workspace, notebook_text):
             columns=["rank", "base token", "base probability", f"{active} token", f"{active} probability"],
         )
 
-    use_notebook.click(lambda t: t, notebook_text, text, api_name=False)  # type: ignore[arg-type]
+    use_notebook.click(lambda t: t, notebook_text, text, api_name=False)
     run.click(probabilities, [text, k], table, api_name="next_token_probs")
 
 

@@ -330,7 +330,7 @@ def training_tab(workspace: Workspace):
     refresh.click(refresh_datasets, None, dataset_lists, api_name="refresh_datasets")
     upload.upload(add_dataset, upload, dataset_lists, api_name="add_dataset")
     copy_from.focus(lambda: gr.update(choices=[""] + project.runs()), None, copy_from, show_progress="hidden")
-    timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)  # type: ignore[arg-type]  # gradio takes False (no API route)
+    timer.tick(poll, [current, shown], outputs, show_progress="hidden", api_name=False)
 
     def shown_run() -> str:
         """The run a newly opened page shows: the running one, else the newest (its report, or Resume)."""
