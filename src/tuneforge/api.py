@@ -359,19 +359,30 @@ class LLM:
             "trust_remote_code": self.trust_remote_code,
         }
         for key, held in loaded.items():
-            if key not in settings or settings[key] is None:
+            given = settings.get(key)
+            if given is None or given == held or (key == "device" and given == "auto"):
                 continue
-            given = settings[key]
-            if key == "device" and (given == "auto" or str(given).split(":")[0] == str(held).split(":")[0]):
+            if key == "model" and self._is_loaded_model(str(given)):
                 continue
-            if given != held:
-                raise ConfigError(
-                    f"train({key}={given!r}): this model was loaded with {key} {held!r}, and train() trains the "
-                    f"model it holds; load another with tf.load(..., {key}={given!r}) and train that"
-                    if key != "model"
-                    else f"train(model={given!r}): train() trains the model this object holds ({held!r}); "
-                    f"load the other one with tf.load({given!r}) and call its train()"
-                )
+            if key == "device" and _device_key(str(given)) == _device_key(str(held)):
+                continue
+            raise ConfigError(
+                f"train({key}={given!r}): this model was loaded with {key} {held!r}, and train() trains the "
+                f"model it holds; load another with tf.load(..., {key}={given!r}) and train that"
+                if key != "model"
+                else f"train(model={given!r}): train() trains the model this object holds ({held!r}); "
+                f"load the other one with tf.load({given!r}) and call its train()"
+            )
+
+    def _is_loaded_model(self, spec: str) -> bool:
+        """The same model spelled another way: the folder it was loaded from, with or without a trailing /."""
+        held = [self.source.spec, self.source.path]
+        if spec.rstrip("/\\") in [h.rstrip("/\\") for h in held]:
+            return True
+        folders = [Path(h).expanduser() for h in held if Path(h).expanduser().exists()]
+        return Path(spec).expanduser().exists() and any(
+            Path(spec).expanduser().resolve() == f.resolve() for f in folders
+        )
 
     def prepared_for(self, config: RunConfig):
         """This model prepared for `config`'s method as a run would train it (quantized, cast, LoRA attached);
@@ -406,6 +417,12 @@ class LLM:
     def __repr__(self) -> str:
         adapter = " + LoRA adapter" if is_peft(self.model) else ""
         return f"LLM({self.source.spec!r}{adapter}, device={self.device!r}, precision={self.precision!r})"
+
+
+def _device_key(device: str) -> tuple[str, str]:
+    """('cuda', '0') for both 'cuda' and 'cuda:0': the device a model is on, however it is spelled."""
+    kind, _, index = device.partition(":")
+    return kind, index or "0"
 
 
 def load(model: str = "default", adapter: str | Path | None = None, **kwargs: Any) -> LLM:

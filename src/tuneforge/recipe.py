@@ -238,10 +238,16 @@ def run_settings(config, device: str, tokenizer=None, log=print):
 
 
 def preview_settings(config, tokenizer, device: str, log=print):
-    """(config, prepared data) as `tuneforge data inspect` shows them: recipe auto's choices made (printed) and
-    applied as a run applies them, but placeholders and examples without loss counted and shown, not refused."""
+    """(config, prepared data) as `tuneforge data inspect` shows them: recipe auto's choices made (printed) from
+    the examples a run keeps, and applied as a run applies them; placeholders and examples without loss are
+    counted and shown, not refused or dropped."""
     prepared = prepare_examples(config.data, tokenizer, config, strict=False)
-    return apply_defaults(config, prepared, tokenizer, device, log, strict=False)
+    try:
+        kept = drop_examples_without_loss(prepared, config, log=lambda line: None)
+    except ConfigError:  # none has a token to learn from: the preview shows why
+        kept = prepared
+    config, reshaped = apply_defaults(config, kept, tokenizer, device, log, strict=False)
+    return config, prepared if reshaped is kept else reshaped
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from tuneforge.cli import data, evaluate, train, ui
 from tuneforge.cli.flags import CommandParser, unknown_option_hint
@@ -84,17 +85,29 @@ def _reject_unknown(parser: argparse.ArgumentParser, unknown: list[str], command
 
 
 _shown: set[str] = set()
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+def _in_package(filename: str) -> bool:
+    """Whether a warning was raised in tuneforge's own code (not merely under a folder called tuneforge, such as
+    a checkout's .venv)."""
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE)
+    except (OSError, ValueError):
+        return False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
     """tuneforge's own warnings as one line, like its errors, each once (a catch_warnings block anywhere resets
     Python's once-per-place memory); a library's keep Python's form (file and line)."""
-    if issubclass(category, UserWarning) and "tuneforge" in filename.replace("\\", "/").split("/"):
+    if issubclass(category, UserWarning) and _in_package(filename):
         if str(message) not in _shown:
             _shown.add(str(message))
             print(f"tuneforge: warning: {message}", file=file or sys.stderr)
     else:
-        _default(message, category, filename, lineno, file, line)
+        print(
+            warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,20 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
+def _device(config: RunConfig) -> str:
+    """The device recipe auto plans for; preparing data needs none, so one this machine lacks (a config written
+    for a GPU machine) is a note, not an error."""
+    from tuneforge.errors import ModelError
+    from tuneforge.hardware import pick_device
+
+    try:
+        return pick_device(config.device)
+    except ModelError as error:
+        here = pick_device("auto")
+        print(f"note: {error}; recipe auto chooses for this machine's {here} here")
+        return here
+
+
 def _tokenizer(config: RunConfig):
     from tuneforge.models.loading import tokenizer_for
 
@@ -100,14 +114,13 @@ def _tokenizer(config: RunConfig):
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from tuneforge.data.inspection import inspect_data
-    from tuneforge.hardware import pick_device
     from tuneforge.recipe import preview_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
     tokenizer = _tokenizer(config)
     # the data `train` would train on: recipe auto's validation split and packing chosen (printed)
-    config, prepared = preview_settings(config, tokenizer, pick_device(config.device))
+    config, prepared = preview_settings(config, tokenizer, _device(config))
     inspection = inspect_data(
         config.data, tokenizer, config, n_examples=args.examples, histogram=args.histogram, prepared=prepared
     )
@@ -117,13 +130,12 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from tuneforge.data import save_preprocessed_data
-    from tuneforge.hardware import pick_device
     from tuneforge.recipe import run_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
     # as `train` prepares it: recipe auto's split and packing chosen (printed), so its cache is the run's
-    config, prepared = run_settings(config, pick_device(config.device), _tokenizer(config))
+    config, prepared = run_settings(config, _device(config), _tokenizer(config))
     print(prepared.describe())
     print(f"cache: {'hit' if prepared.cache_hit else 'written'} ({prepared.cache_dir})")
     if config.save_removed:

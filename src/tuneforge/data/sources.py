@@ -100,19 +100,21 @@ def data_files(path: str | Path, key: str = "data") -> list[Path]:
         raise DataError(f"data file '{path}' does not exist{where}; check the path given as {key}")
     if path.is_file():
         return [path]
-    files = sorted(
+    visible = sorted(
         p
         for p in path.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
-    other = [p for p in files if inner_suffix(p) not in TEXT_SUFFIXES | RECORD_SUFFIXES]
-    files = [p for p in files if p not in other]
-    readable = ".txt .md .text .html .htm .json .jsonl .csv .tsv .parquet .sql, or .gz of one"
-    named = ", ".join(str(p.relative_to(path)) for p in other[:5]) + (
+    files: list[Path] = []
+    other: list[Path] = []
+    for p in visible:
+        (files if inner_suffix(p) in TEXT_SUFFIXES | RECORD_SUFFIXES else other).append(p)
+    readable = " ".join(sorted(TEXT_SUFFIXES | RECORD_SUFFIXES)) + ", or .gz of one"
+    named = ", ".join(p.relative_to(path).as_posix() for p in other[:5]) + (
         f" and {len(other) - 5} more" if len(other) > 5 else ""
     )
     if not files:
-        found = f"; it holds {named}" if other else " (it is empty)"
+        found = f"; it holds {named}" if other else " (it is empty, hidden files aside)"
         raise DataError(f"data folder '{path}' holds no data files ({readable}){found}")
     if other:  # never silently: a folder of notes may hold text under a suffix tuneforge does not read
         warnings.warn(

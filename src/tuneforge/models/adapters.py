@@ -76,7 +76,6 @@ def attach_lora(
     )
     check_module_names(model, targets if isinstance(targets, list) else [], modules_to_save)
     wanted = (targets if isinstance(targets, list) else []) + list(modules_to_save or [])
-    # peft types lora_alpha int (a float works) and bias a Literal (checked by LoraConfig itself)
     lora = LoraConfig(
         r=rank,
         lora_alpha=alpha,

@@ -89,7 +89,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     )
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # transformers types hf_quantizer without None, though None is its default for unquantized models
+    # None, as for a model loaded unquantized
     model.hf_quantizer = None
     model.config.name_or_path = gguf.stem
 

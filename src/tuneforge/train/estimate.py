@@ -92,10 +92,10 @@ class Estimate:
         if self.seconds_per_step is not None:
             epoch = f", {self.seconds_per_epoch / 60:.1f} min per epoch" if self.seconds_per_epoch else ""
             lines.append(f"time (measured): {self.seconds_per_step:.2f} s per step{epoch}")
-        if self.measured_peak is not None:
-            # the passes take no optimizer step (the model stays as it is), so its states are not allocated;
-            # CUDA's peak counts tensors, not the CUDA context (the estimate's runtime)
-            context = self.runtime if self.device == "cuda" else 0
+        if self.measured_peak is not None and self.world_size == 1 and self.sharding == "none":
+            # (one unsharded process is what the passes measure.) They take no optimizer step (the model stays as
+            # it is), so its states are not allocated; CUDA's peak counts tensors, not the CUDA context
+            context = self.runtime if self.device.startswith("cuda") else 0
             lines.append(
                 f"memory (measured): {gib(self.measured_peak + self.optimizer + context)} = peak "
                 f"{gib(self.measured_peak)} of the forward/backward passes + optimizer states "
@@ -433,6 +433,7 @@ def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -
 
     from tuneforge.hardware import torch_dtype
     from tuneforge.train.loss import batch_loss_sum
+    from tuneforge.train.memory import disable_gradient_checkpointing, enable_gradient_checkpointing
     from tuneforge.train.setup import step_forwards
 
     device = next(model.parameters()).device
@@ -445,6 +446,8 @@ def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -
     autocast = torch.autocast(device.type, dtype=torch_dtype(precision), enabled=precision != "fp32")
     was_training = model.training
     model.train()
+    if config.gradient_checkpointing:  # as set_up_training does: the passes recompute, and keep less
+        enable_gradient_checkpointing(model)
     timings = []
     with torch.random.fork_rng(devices=[]), step_forwards(model, config.lean_layers, True, device.type):
         for _ in range(steps + 1):  # the first pass warms caches and kernels: not timed
@@ -456,6 +459,8 @@ def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -
             timings.append(time.perf_counter() - start)
     peak = _peak(device) if reset else None
     model.zero_grad(set_to_none=True)
+    if config.gradient_checkpointing:
+        disable_gradient_checkpointing(model)
     model.train(was_training)
     accumulation = math.ceil(config.examples_per_step / world_size / micro)
     return sum(timings[1:]) / max(len(timings) - 1, 1) * accumulation, peak

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -205,6 +206,18 @@ def test_a_warning_reads_as_one_line_once(tiny_model_dir, lines_file, tmp_path, 
     assert main([*args, "--histogram", str(tmp_path / "lengths.png")]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "todo.rst" in line]
     assert len(warned) == 1 and warned[0].startswith("tuneforge: warning: data folder")  # no file:line, once
+
+
+def test_only_tuneforge_s_own_warnings_read_as_its_lines(capsys):
+    import tuneforge
+    from tuneforge.cli import _show_warning
+
+    own = str(Path(tuneforge.__file__).parent / "data" / "sources.py")
+    library = "/home/u/tuneforge/.venv/lib/python3.11/site-packages/transformers/x.py"  # a checkout's venv
+    _show_warning(UserWarning("ours"), UserWarning, own, 1)
+    _show_warning(UserWarning("theirs"), UserWarning, library, 3)
+    err = capsys.readouterr().err
+    assert "tuneforge: warning: ours" in err and "x.py:3: UserWarning: theirs" in err
 
 
 def test_a_bad_record_stops_train_before_the_model_loads(capsys, monkeypatch, tiny_model_dir, tmp_path):

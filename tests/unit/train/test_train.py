@@ -77,7 +77,9 @@ def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file
     assert "training loss: first" in (run_dir / "report.md").read_text()
 
 
-def test_train_refuses_a_model_device_or_trust_setting_other_than_the_loaded_ones(tiny_llm, lines_file):
+def test_train_refuses_a_model_device_or_trust_setting_other_than_the_loaded_ones(
+    tiny_llm, tiny_model_dir, lines_file, tmp_path
+):
     from tuneforge.errors import ConfigError
 
     for key, value, fix in [
@@ -88,6 +90,9 @@ def test_train_refuses_a_model_device_or_trust_setting_other_than_the_loaded_one
         with pytest.raises(ConfigError, match=rf"train\({key}=.*{re.escape(fix)}"):
             tiny_llm.train(lines_file, max_steps=1, **{key: value})
     assert tiny_llm.last_run is None  # refused before anything ran
+    # the loaded ones, the folder spelled with a trailing slash
+    same = dict(model=f"{tiny_model_dir}/", device="cpu", trust_remote_code=False)
+    assert tiny_llm.train(lines_file, max_steps=1, output_dir=str(tmp_path / "run"), **same).steps == 1
 
 
 def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
