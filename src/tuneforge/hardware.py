@@ -188,6 +188,11 @@ def busy_cores(seconds: float = 0.2) -> float:
         return 0.0
 
 
+def cpu_threads_words(n: int) -> str:
+    """'1 CPU thread', '2 CPU threads'."""
+    return f"{n} CPU thread{'' if n == 1 else 's'}"
+
+
 def choose_threads(requested: int | None = None, load: float | None = None) -> tuple[int, str]:
     """Torch's CPU thread count for a run and why: `requested` when set, else one thread per free core.
 
@@ -201,13 +206,13 @@ def choose_threads(requested: int | None = None, load: float | None = None) -> t
             if requested > cores
             else ""
         )
-        return requested, f"{requested} CPU threads (num_threads){over}"
+        return requested, f"{cpu_threads_words(requested)} (num_threads){over}"
     load = busy_cores() if load is None else max(0.0, load)
     free = max(1, min(cores, math.floor(cores - load + 0.5)))
     if free == cores:
-        return free, f"{free} CPU threads, one per core"
+        return free, f"{cpu_threads_words(free)}, one per core"
     return free, (
-        f"{free} CPU thread{'s' if free > 1 else ''} of {cores} cores: other processes keep "
+        f"{cpu_threads_words(free)} of {cores} cores: other processes keep "
         f"{load:.1f} cores busy (set num_threads to choose)"
     )
 

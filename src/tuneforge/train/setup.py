@@ -23,7 +23,7 @@ from typing import Any
 
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.hardware import choose_threads, usable_cores
+from tuneforge.hardware import choose_threads, cpu_threads_words, usable_cores
 from tuneforge.models.saving import deepspeed_not_imported
 from tuneforge.train.batches import StepOrder, planned_steps
 from tuneforge.train.checkpoint import (
@@ -160,7 +160,7 @@ def cpu_threads(num_threads: int | None) -> tuple[int, str]:
     per free core (hardware.choose_threads)."""
     launcher = os.environ.get("OMP_NUM_THREADS", "")
     if not num_threads and launcher.isdigit() and int(launcher) > 0:
-        return int(launcher), f"{launcher} CPU threads (OMP_NUM_THREADS)"
+        return int(launcher), f"{cpu_threads_words(int(launcher))} (OMP_NUM_THREADS)"
     return choose_threads(num_threads)
 
 

@@ -130,6 +130,7 @@ def test_threads_follow_the_free_cores(monkeypatch, load, cores, want):
 def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert choose_threads(requested=2, load=5.0) == (2, "2 CPU threads (num_threads)")
+    assert choose_threads(requested=1, load=0.0) == (1, "1 CPU thread (num_threads)")
     threads, reason = choose_threads(requested=64)  # kept, but said to be slower than one per core
     assert threads == 64 and "more than the 2 cores" in reason and "slower" in reason
     monkeypatch.undo()
