@@ -209,7 +209,7 @@ def choose_defaults(config, data: DataStats, machine: Machine):
             else:
                 passes = "one pass trains" if epochs == 1 else f"{epochs:g} passes train"
                 chunks = f" (raw chunks overlap by {overlap} tokens)" if overlap else ""
-                how = f"{passes} each token {epochs * repeats:.1f}x{chunks}; more overfit"
+                how = f"{passes} each token {epochs * repeats:.1f}x{chunks} (more passes overfit)"
             reason += f": at LoRA's small-data learning rate {SMALL_DATA_LORA_LR:g}, {how}"
         elif overlap and epochs > 1:
             epochs = float(max(1, math.floor(epochs / repeats)))

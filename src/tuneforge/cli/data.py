@@ -106,6 +106,15 @@ def _device(config: RunConfig) -> str:
         return here
 
 
+def _data_choices(line: str) -> None:
+    """Print recipe auto's choices that shape the data (its split, packing); its training values (epochs,
+    learning rate, rank, ...) are for `train` and `estimate` to show."""
+    from tuneforge.defaults import RESHAPE_DATA
+
+    if not line.startswith("default chosen: ") or line.split()[2] in RESHAPE_DATA:
+        print(line)
+
+
 def _tokenizer(config: RunConfig):
     from tuneforge.models.loading import tokenizer_for
 
@@ -120,7 +129,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     assert config.data is not None  # _config refuses a config without data
     tokenizer = _tokenizer(config)
     # the data `train` would train on: recipe auto's validation split and packing chosen (printed)
-    config, prepared = preview_settings(config, tokenizer, _device(config))
+    config, prepared = preview_settings(config, tokenizer, _device(config), log=_data_choices)
     inspection = inspect_data(
         config.data, tokenizer, config, n_examples=args.examples, histogram=args.histogram, prepared=prepared
     )
@@ -135,7 +144,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
     # as `train` prepares it: recipe auto's split and packing chosen (printed), so its cache is the run's
-    config, prepared = run_settings(config, _device(config), _tokenizer(config))
+    config, prepared = run_settings(config, _device(config), _tokenizer(config), log=_data_choices)
     print(prepared.describe())
     print(f"cache: {'hit' if prepared.cache_hit else 'written'} ({prepared.cache_dir})")
     if config.save_removed:

@@ -44,13 +44,17 @@ def write_report(
     plot = plot_loss_curve(
         result.losses, result.validation_losses, run_dir / "loss_curve.png", title=f"{run_dir.name}: {label}"
     )
+    adapter = (  # a full fine-tune or a new model has no rank: its config.yaml keeps the unused default
+        f"rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
+        if config.method in ("lora", "qlora")
+        else ""
+    )
     lines = [
         f"# tuneforge run: {run_dir.name}",
         "",
         f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
         f"- data: `{config.data}` — {data_summary}",
-        f"- settings: rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
-        f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
+        f"- settings: {adapter}learning_rate {config.learning_rate} ({config.lr_scheduler}), "
         f"{batch}, "
         f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
         f"{compile_state}; full list in config.yaml",

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import ModelError
-from tuneforge.models.kind import is_peft, is_quantized
+from tuneforge.models.kind import is_peft, is_quantized, weight_count
 
 BASE = "base"  # the name that means "no adapter active"; never the name of a loaded adapter
 
@@ -126,8 +126,8 @@ def load_adapter(model, path: str | Path, trainable: bool = False):
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(weight_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(weight_count(p) for p in model.parameters())
     return trainable, total
 
 

@@ -16,6 +16,21 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+def weight_shape(param) -> tuple[int, ...]:
+    """A weight's real shape: bitsandbytes packs two 4-bit weights a byte, and its Params4bit keeps the shape in
+    its quant_state."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return tuple(shape if shape is not None else param.shape)
+
+
+def weight_count(param) -> int:
+    """How many weights a parameter holds (a packed 4-bit one: twice its stored bytes)."""
+    count = 1
+    for size in weight_shape(param):
+        count *= size
+    return count
+
+
 def is_quantized(model) -> bool:
     """Whether the (base) weights are bitsandbytes 4/8-bit layers, on a plain or a PEFT-wrapped model."""
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):

@@ -20,6 +20,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from tuneforge.models.kind import weight_count, weight_shape
+
 GIB = 1024**3
 RUNTIME_BYTES = {"cpu": int(0.55 * GIB), "cuda": int(0.5 * GIB)}  # torch+transformers loaded / CUDA context
 NF4_BYTES = 0.5 + 4 / 64  # 4 bits a weight and an fp32 absmax per 64-weight block
@@ -293,7 +295,7 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
         if id(param) in seen:  # tied embeddings/head count once
             continue
         seen.add(id(param))
-        n = _numel(param)
+        n = weight_count(param)
         total += n
         if param.requires_grad:
             trainable += n
@@ -345,15 +347,9 @@ def _attention_kept(model_config, device: str, micro: int, seq_len: int) -> bool
     return device == "cpu" and seq_len <= MAX_SEQUENCE and micro * heads * seq_len**2 <= SCORE_ELEMENTS
 
 
-def _numel(param) -> int:
-    # bitsandbytes packs two 4-bit weights a byte; its Params4bit remembers the real shape
-    shape = getattr(getattr(param, "quant_state", None), "shape", None)
-    return int(math.prod(shape)) if shape is not None else param.numel()
-
-
 def _optimizer_bytes(optimizer: str, model) -> int:
     """The optimizer's state for the trainable weights (train/optim.py builds these)."""
-    shapes = [_shape(p) for p in _unique_parameters(model) if p.requires_grad]
+    shapes = [weight_shape(p) for p in _unique_parameters(model) if p.requires_grad]
     if optimizer == "sgd":
         return 0  # plain SGD, no momentum
     if optimizer == "adafactor":  # factored second moment: a row and a column a matrix, no first moment
@@ -370,11 +366,6 @@ def _unique_parameters(model):
         if id(param) not in seen:
             seen.add(id(param))
             yield param
-
-
-def _shape(param) -> tuple[int, ...]:
-    shape = getattr(getattr(param, "quant_state", None), "shape", None)
-    return tuple(shape if shape is not None else param.shape)
 
 
 def _suggestions(model, config, precision, micro, seq_len, world_size, sharding, device, free) -> list[str]:

@@ -178,7 +178,8 @@ def test_data_inspect_shows_the_data_train_would_train_on(
     config = RunConfig(data=str(lines_file), model=str(tiny_model_dir), format="lines")
     config, prepared = run_settings(config, "cpu", log=lambda line: None)
     assert config.validation_split and prepared.validation  # recipe auto held examples out: shown, as chosen
-    assert "default chosen: validation_split" in shown
+    assert "default chosen: validation_split" in shown and "default chosen: packing" in shown
+    assert "default chosen: learning_rate" not in shown  # a training value: train and estimate show those
     counts = prepared.counts
     assert f"split {counts['train_records']} train / {counts['validation_records']} validation" in shown
     assert (

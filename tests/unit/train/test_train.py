@@ -63,6 +63,12 @@ def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tiny_llm, lines_fi
     assert run.final_loss < run.losses[0]
     assert not torch.equal(tiny_llm.model.model.layers[0].mlp.up_proj.weight, before)
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+    settings = next(
+        line for line in (tmp_path / "run" / "report.md").read_text().splitlines() if "settings:" in line
+    )
+    assert (
+        "learning_rate 0.003" in settings and "rank" not in settings
+    )  # no LoRA settings for a full fine-tune
 
 
 def test_run_folder_holds_config_metrics_adapter_and_report(tiny_llm, lines_file, tmp_path):

@@ -237,6 +237,7 @@ def test_optimizer_skips_weight_decay_for_norms_and_biases(tiny_model_dir):
 def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(
     tiny_model_dir, lines_file, tmp_path, bits
 ):
+    from tuneforge.models.adapters import count_parameters
     from tuneforge.models.kind import is_quantized
 
     llm = tf.load(str(tiny_model_dir), precision="fp32")
@@ -250,6 +251,10 @@ def test_qlora_trains_adapters_on_a_quantized_base_that_stays_unchanged(
     )
     assert is_quantized(llm.model.get_base_model())
     assert run.final_loss < run.losses[0]
+    # every weight counted once, a packed 4-bit one as the weights it holds (not its bytes): as unquantized
+    unquantized = tf.load(str(tiny_model_dir), precision="fp32").model
+    lora_weights = count_parameters(llm.model)[0]
+    assert count_parameters(llm.model)[1] - lora_weights == count_parameters(unquantized)[1]
     quantized = {n: p.detach().clone() for n, p in llm.model.named_parameters() if "base_layer" in n}
     assert quantized and all(
         not p.requires_grad for n, p in llm.model.named_parameters() if "base_layer" in n
