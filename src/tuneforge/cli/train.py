@@ -188,8 +188,8 @@ def add_train_commands(subparsers) -> None:
         subparsers,
         "estimate",
         help="Memory (weights, gradients, optimizer, activations) and time of a run, before it starts.",
-        description="Estimate a run's memory and, with --measure, its time per step and epoch. Takes the "
-        "same keys as train.",
+        description="Estimate a run's memory and, with --measure, measure its time per step and epoch and "
+        "its peak memory. Takes the same keys as train.",
     )
     estimate.add_argument("config", nargs="?", help="YAML run config (optional; keys as listed below).")
     estimate.add_argument(
