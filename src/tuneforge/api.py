@@ -375,13 +375,11 @@ class LLM:
             )
 
     def _is_loaded_model(self, spec: str) -> bool:
-        """The same model spelled another way: the folder it was loaded from, with or without a trailing /."""
-        held = [self.source.spec, self.source.path]
-        if spec.rstrip("/\\") in [h.rstrip("/\\") for h in held]:
-            return True
-        folders = [Path(h).expanduser() for h in held if Path(h).expanduser().exists()]
-        return Path(spec).expanduser().exists() and any(
-            Path(spec).expanduser().resolve() == f.resolve() for f in folders
+        """The same model spelled another way: its folder with a trailing /, relative or absolute."""
+        held = [Path(h).expanduser() for h in (self.source.spec, self.source.path)]
+        given = Path(spec).expanduser()  # Path drops a trailing /
+        return given in held or (
+            given.exists() and any(h.exists() and h.resolve() == given.resolve() for h in held)
         )
 
     def prepared_for(self, config: RunConfig):

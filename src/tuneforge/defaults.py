@@ -300,6 +300,18 @@ def _applied(config, choices: list[Choice]):
     return chosen, choices
 
 
+def data_choices_only(log=print):
+    """A log that passes on every line but recipe auto's training values: of its choices only those that shape
+    the data (its split, packing), for the data verbs (`train` and `estimate` show the rest)."""
+    shaping = tuple(f"default chosen: {key} " for key in sorted(RESHAPE_DATA))
+
+    def passed_on(line: str) -> None:
+        if not line.startswith("default chosen: ") or line.startswith(shaping):
+            log(line)
+
+    return passed_on
+
+
 def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: bool = True):
     """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data.
 

@@ -106,15 +106,6 @@ def _device(config: RunConfig) -> str:
         return here
 
 
-def _data_choices(line: str) -> None:
-    """Print recipe auto's choices that shape the data (its split, packing); its training values (epochs,
-    learning rate, rank, ...) are for `train` and `estimate` to show."""
-    from tuneforge.defaults import RESHAPE_DATA
-
-    if not line.startswith("default chosen: ") or line.split()[2] in RESHAPE_DATA:
-        print(line)
-
-
 def _tokenizer(config: RunConfig):
     from tuneforge.models.loading import tokenizer_for
 
@@ -123,13 +114,14 @@ def _tokenizer(config: RunConfig):
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from tuneforge.data.inspection import inspect_data
+    from tuneforge.defaults import data_choices_only
     from tuneforge.recipe import preview_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
     tokenizer = _tokenizer(config)
     # the data `train` would train on: recipe auto's validation split and packing chosen (printed)
-    config, prepared = preview_settings(config, tokenizer, _device(config), log=_data_choices)
+    config, prepared = preview_settings(config, tokenizer, _device(config), log=data_choices_only())
     inspection = inspect_data(
         config.data, tokenizer, config, n_examples=args.examples, histogram=args.histogram, prepared=prepared
     )
@@ -139,12 +131,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from tuneforge.data import save_preprocessed_data
+    from tuneforge.defaults import data_choices_only
     from tuneforge.recipe import run_settings
 
     config = _config(args)
     assert config.data is not None  # _config refuses a config without data
     # as `train` prepares it: recipe auto's split and packing chosen (printed), so its cache is the run's
-    config, prepared = run_settings(config, _device(config), _tokenizer(config), log=_data_choices)
+    config, prepared = run_settings(config, _device(config), _tokenizer(config), log=data_choices_only())
     print(prepared.describe())
     print(f"cache: {'hit' if prepared.cache_hit else 'written'} ({prepared.cache_dir})")
     if config.save_removed:

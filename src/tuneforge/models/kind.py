@@ -8,6 +8,8 @@ The one place these questions are answered, so every layer asks them the same wa
 
 from __future__ import annotations
 
+import math
+
 QUANTIZED_LAYERS = {"Linear4bit", "Linear8bitLt"}
 
 
@@ -25,10 +27,7 @@ def weight_shape(param) -> tuple[int, ...]:
 
 def weight_count(param) -> int:
     """How many weights a parameter holds (a packed 4-bit one: twice its stored bytes)."""
-    count = 1
-    for size in weight_shape(param):
-        count *= size
-    return count
+    return math.prod(weight_shape(param))
 
 
 def is_quantized(model) -> bool:

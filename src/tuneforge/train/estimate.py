@@ -58,9 +58,8 @@ class Estimate:
     loaded: int = 0  # bytes the loaded model's weights already take (not in `free`, in `total`)
     seconds_per_step: float | None = None  # measured (measure=True)
     seconds_per_epoch: float | None = None
-    measured_peak: int | None = (
-        None  # bytes at the peak of the measured passes (measure=True), where measurable
-    )
+    # bytes at the peak of the measured passes (measure=True), where measurable
+    measured_peak: int | None = None
     suggestions: list[str] = field(default_factory=list)
 
     @property

@@ -86,9 +86,8 @@ def auto_micro_batch_size(
         micro *= 2
     why = (
         f"micro_batch_size auto: {micro} (sequences up to {seq_len} tokens; estimated activations "
-        f"{(micro * per_example.activations + per_example.head) / 1024**3:.2f} GiB of {available / 1024**3:.1f} "
-        f"GiB free; gradient "
-        f"accumulation {-(-batch_size // micro)})"
+        f"{(micro * per_example.activations + per_example.head) / 1024**3:.2f} GiB of "
+        f"{available / 1024**3:.1f} GiB free; gradient accumulation {-(-batch_size // micro)})"
     )
     return micro, why
 
