@@ -26,6 +26,7 @@ from typing import cast
 
 from tuneforge.config import shown_value
 from tuneforge.errors import DataError
+from tuneforge.train.batches import planned_steps
 
 # text-generation-webui's Training tab, as seed 000 trains
 TEXTGEN_RECIPE = {
@@ -53,6 +54,7 @@ CPU_VALIDATION_TOKENS = 4_096
 # small file gives; benchmarks/outcome.py measured 1e-3 closing most of the gap to seed 004's full fine-tune.
 SMALL_DATA_LORA_LR = 1e-3
 TOKEN_PASSES_AT_SMALL_DATA_LR = 2  # how often a short LoRA run at that rate trains each token (see the rule)
+WARMUP_RATIO = 0.05
 MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and one pass is enough
 RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
 
@@ -271,7 +273,11 @@ def choose_defaults(config, data: DataStats, machine: Machine):
             "every linear layer, as text-generation-webui, unsloth and the QLoRA paper default to",
         )
     if "warmup_steps" not in given and "warmup_ratio" not in given:
-        choose("warmup_ratio", 0.05, "the first 5% of steps warm the learning rate up from 0")
+        steps = planned_steps(_applied(config, choices)[0], examples)
+        if math.ceil(WARMUP_RATIO * steps) <= 1:  # a warm-up's first step trains at rate 0: here it is all of it
+            choose("warmup_ratio", 0.0, f"{steps} steps are too few to warm up: step 1 would train at rate 0")
+        else:
+            choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)
 
 

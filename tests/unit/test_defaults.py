@@ -48,7 +48,8 @@ def test_small_prose_gets_a_small_batch_one_fast_lora_epoch_and_a_held_out_split
     assert new.examples_per_step == 8
     assert choices["batch_size"].describe() == "batch_size 8: 126 examples → 16 steps over 1 epoch"
     assert new.target_modules == ["all-linear"] and new.rank == 16 and new.alpha == 32
-    assert new.learning_rate == 1e-3 and new.warmup_ratio == 0.05  # a short LoRA run
+    assert new.learning_rate == 1e-3  # a short LoRA run
+    assert new.warmup_ratio == 0 and "16 steps are too few to warm up" in choices["warmup_ratio"].reason
     assert not new.packing  # raw text is cut into full chunks already
     assert_every_change_is_reported(config, new, choices)
 
@@ -175,6 +176,17 @@ def test_a_key_given_at_its_default_value_still_wins():
     config = load_config(None, {"recipe": "auto", "epochs": 3, "warmup_ratio": 0.0})
     new, choices = chosen(config, LARGE_PROSE)
     assert new.epochs == 3 and new.warmup_ratio == 0 and not {"epochs", "warmup_ratio"} & set(choices)
+
+
+def test_only_a_run_long_enough_for_a_warm_up_of_two_steps_or_more_gets_one():
+    # transformers' linear warm-up trains its first step at rate 0: a one-step warm-up would only lose a step
+    long_run, choices = chosen(RunConfig(recipe="auto"), LARGE_PROSE, GPU)
+    assert long_run.warmup_ratio == 0.05 and "first 5% of steps" in choices["warmup_ratio"].reason
+    for steps in (3, 20):
+        trial, choices = chosen(load_config(None, {"recipe": "auto", "max_steps": steps}), LARGE_PROSE, GPU)
+        assert trial.warmup_ratio == 0 and f"{steps} steps are too few" in choices["warmup_ratio"].reason
+    longer, _ = chosen(load_config(None, {"recipe": "auto", "max_steps": 21}), LARGE_PROSE, GPU)
+    assert longer.warmup_ratio == 0.05  # ceil(0.05 x 21) = 2 steps: the second trains at half the rate
 
 
 def test_max_steps_given_leaves_epochs_alone():
