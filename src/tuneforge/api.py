@@ -41,6 +41,8 @@ from tuneforge.models.saving import save_active_adapter, save_pretrained
 from tuneforge.recipe import run_training
 from tuneforge.train.loop import TrainResult
 
+LOADED_KEYS = ("model", "device", "trust_remote_code")  # how an LLM was loaded: fixed for its train()
+
 log = logging.getLogger(__name__)
 
 
@@ -321,6 +323,10 @@ class LLM:
         >>> run.final_loss, run.saved_to
         """
         self._refuse_load_settings(settings)
+        if config is not None:  # a config's own model/device/trust_remote_code would be ignored just the same
+            read = config if isinstance(config, RunConfig) else load_config(config)
+            named = {k: getattr(read, k) for k in LOADED_KEYS if k in read.given_keys and k not in settings}
+            self._refuse_load_settings(named, origin=str(config) if read is not config else "the RunConfig")
         overrides = dict(settings)
         if data is not None:
             overrides["data"] = str(data)
@@ -350,14 +356,11 @@ class LLM:
         self.last_run = result
         return result
 
-    def _refuse_load_settings(self, settings: dict) -> None:
+    def _refuse_load_settings(self, settings: dict, origin: str | None = None) -> None:
         """model, device and trust_remote_code are how this model was loaded: a run trains the model held here,
-        so a different value given to train() would be ignored; it is refused, naming what to do instead."""
-        loaded = {
-            "model": self.source.spec,
-            "device": self.device,
-            "trust_remote_code": self.trust_remote_code,
-        }
+        so a different value given to train() (or set in its `origin` config) would be ignored; it is refused,
+        naming what to do instead."""
+        loaded = dict(zip(LOADED_KEYS, (self.source.spec, self.device, self.trust_remote_code), strict=True))
         for key, held in loaded.items():
             given = settings.get(key)
             if given is None or given == held or (key == "device" and given == "auto"):
@@ -366,12 +369,14 @@ class LLM:
                 continue
             if key == "device" and _device_key(str(given)) == _device_key(str(held)):
                 continue
+            asked = f"train({key}={given!r})" if origin is None else f"{origin} sets {key}: {given!r}"
+            dropped = "" if origin is None else f", or leave {key} out of {origin}"
             raise ConfigError(
-                f"train({key}={given!r}): this model was loaded with {key} {held!r}, and train() trains the "
-                f"model it holds; load another with tf.load(..., {key}={given!r}) and train that"
+                f"{asked}: this model was loaded with {key} {held!r}, and train() trains the model it holds; "
+                f"load another with tf.load(..., {key}={given!r}) and train that{dropped}"
                 if key != "model"
-                else f"train(model={given!r}): train() trains the model this object holds ({held!r}); "
-                f"load the other one with tf.load({given!r}) and call its train()"
+                else f"{asked}: train() trains the model this object holds ({held!r}); load the other one "
+                f"with tf.load({given!r}) and call its train(){dropped}"
             )
 
     def _is_loaded_model(self, spec: str) -> bool:

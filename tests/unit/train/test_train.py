@@ -101,6 +101,23 @@ def test_train_refuses_a_model_device_or_trust_setting_other_than_the_loaded_one
     assert tiny_llm.train(lines_file, max_steps=1, output_dir=str(tmp_path / "run"), **same).steps == 1
 
 
+def test_train_refuses_a_config_files_model_other_than_the_loaded_one_and_a_keyword_overrides_it(
+    tiny_llm, tiny_model_dir, lines_file, tmp_path
+):
+    from tuneforge.config import RunConfig
+    from tuneforge.errors import ConfigError
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: gpt2\ndata: {lines_file}\nmax_steps: 1\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml sets model: 'gpt2'.*tf\.load\('gpt2'\).*leave model out"):
+        tiny_llm.train(config=config)
+    with pytest.raises(ConfigError, match=r"the RunConfig sets device: 'cuda'"):
+        tiny_llm.train(lines_file, config=RunConfig(device="cuda", max_steps=1))
+    assert tiny_llm.last_run is None  # refused before anything ran
+    run = tiny_llm.train(config=config, model=str(tiny_model_dir), output_dir=str(tmp_path / "run"))
+    assert run.steps == 1  # the keyword names the loaded model, and wins over the file as everywhere
+
+
 def test_stop_at_loss_ends_the_run_early(tiny_llm, lines_file, tmp_path):
     run = tiny_llm.train(
         lines_file,
