@@ -201,8 +201,8 @@ def render_report(inspection: Inspection) -> str:
     )
     if "cuts_moved_to_newline" in report:
         lines.append(
-            f"raw text: {report['tokens']:,} tokens of text, {report['cuts_moved_to_newline']} cuts moved "
-            "back to a newline"
+            f"{'raw text' if prepared.shape == 'raw' else 'text records'}: {report['tokens']:,} tokens of text, "
+            f"{report['cuts_moved_to_newline']} cuts moved back to a newline"
         )
     if inspection.lengths:
         array = np.asarray(inspection.lengths)

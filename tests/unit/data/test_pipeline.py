@@ -307,3 +307,15 @@ def test_dedup_and_diversity_stages_are_counted(tokenizer, config, tmp_path):
     )
     assert prepared.counts["read"] == 14 and prepared.counts["deduplicated"] == 9
     assert prepared.counts["selected"] == 6 and sorted(prepared.report["clusters"]["sizes"]) == [4, 5]
+
+
+def test_inspect_names_what_was_chunked_raw_text_or_text_records(tokenizer, config, tmp_path):
+    prose = "The river ran past the mill.\nIts wheel turned all night.\n" * 30
+    (tmp_path / "notes.txt").write_text(prose)
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"text": prose}) + "\n" for _ in range(2)))
+    raw = inspect_data(tmp_path / "notes.txt", tokenizer, config(format="raw", cutoff_len=32), n_examples=0)
+    text = inspect_data(records, tokenizer, config(cutoff_len=32), n_examples=0)
+    assert "\nraw text: " in raw.render() and "text records:" not in raw.render()
+    assert text.prepared.shape == "text" and "\ntext records: " in text.render()
+    assert "raw text:" not in text.render()
