@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from tuneforge.config import shown_value
 from tuneforge.errors import DataError
+from tuneforge.models.kind import packs_exactly
 from tuneforge.train.batches import planned_steps
 
 # text-generation-webui's Training tab, as seed 000 trains
@@ -110,8 +112,9 @@ class Machine:
         return cls(device, cast(int, cores))
 
 
-def choose_defaults(config, data: DataStats, machine: Machine):
-    """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen."""
+def choose_defaults(config, data: DataStats, machine: Machine, model_type: str | None = None):
+    """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen.
+    `model_type` (config.json's, e.g. 'llama') decides whether packing is exact; None: not checked."""
     from tuneforge.data.examples import held_out_count  # the split's own count (imported late: data is heavy)
 
     given = config.given_keys
@@ -172,20 +175,27 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         and not sized
         and data.mean_tokens < config.cutoff_len / 4
     ):
-        packing = True
-        per_block = max(1, int(config.cutoff_len // data.mean_tokens))
-        choose(
-            "packing",
-            True,
-            f"examples average {data.mean_tokens:.0f} tokens, so about {per_block} fit in "
-            f"one cutoff_len ({config.cutoff_len}) block",
-        )
-        examples = max(
-            1,
-            math.ceil(
-                data.tokens * (1 - _held_fraction(validation_split, data.examples)) / config.cutoff_len
-            ),
-        )
+        short = f"examples average {data.mean_tokens:.0f} tokens"
+        if model_type is not None and not packs_exactly(model_type):
+            choose(
+                "packing",
+                False,
+                f"{short}, but this model (model_type {model_type}) is not known to keep packed examples apart",
+            )
+        else:
+            packing = True
+            per_block = max(1, int(config.cutoff_len // data.mean_tokens))
+            choose(
+                "packing",
+                True,
+                f"{short}, so about {per_block} fit in one cutoff_len ({config.cutoff_len}) block",
+            )
+            examples = max(
+                1,
+                math.ceil(
+                    data.tokens * (1 - _held_fraction(validation_split, data.examples)) / config.cutoff_len
+                ),
+            )
 
     unit = "packed blocks" if packing else "examples"
     epochs = config.epochs
@@ -274,11 +284,22 @@ def choose_defaults(config, data: DataStats, machine: Machine):
         )
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         steps = planned_steps(_applied(config, choices)[0], examples)
-        if math.ceil(WARMUP_RATIO * steps) <= 1:  # a warm-up's first step trains at rate 0: here it is all of it
+        if (
+            math.ceil(WARMUP_RATIO * steps) <= 1
+        ):  # a warm-up's first step trains at rate 0: here it is all of it
             choose("warmup_ratio", 0.0, f"{steps} steps are too few to warm up: step 1 would train at rate 0")
         else:
             choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)
+
+
+def run_model_type(config) -> str:
+    """The model_type a run of `config` trains: its scratch architecture, else its model's config.json."""
+    if config.method == "scratch":
+        return config.architecture
+    from tuneforge.models.loading import model_type_of
+
+    return model_type_of(config.model, config.trust_remote_code)
 
 
 def _trained_chunks(
@@ -329,7 +350,14 @@ def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: 
 
     if config.data and (Path(config.data) / MARKER).is_file():  # saved preprocessed data trains as saved
         config = config.replace(validation_split=config.validation_split, packing=config.packing)
-    config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device))
+    model_type = run_model_type(config)
+    if config.packing and "packing" in config.given_keys and not packs_exactly(model_type):
+        warnings.warn(
+            f"packing: true with a model of model_type {model_type}, which is not known to keep packed examples "
+            "apart: examples packed into one block may attend to each other; packing: false trains each alone",
+            stacklevel=2,
+        )
+    config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model_type)
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
     if {c.key for c in choices} & RESHAPE_DATA:

@@ -130,6 +130,41 @@ def test_short_examples_are_packed_and_long_ones_are_not():
     assert "packing" not in sized_choices  # a batch given in examples keeps examples, not packed blocks
 
 
+def test_short_examples_are_not_packed_for_a_model_that_lets_packed_examples_attend_to_each_other():
+    for packs, model_type in [(True, "llama"), (True, "gpt2"), (False, "opt"), (False, "unknown")]:
+        new, made = choose_defaults(RunConfig(recipe="auto"), SHORT_LINES, CPU, model_type)
+        choices = {c.key: c for c in made}
+        assert new.packing is packs, model_type
+        assert ("not known to keep packed examples apart" in choices["packing"].reason) is not packs
+    assert choices["packing"].describe() == (
+        "packing False: examples average 20 tokens, but this model (model_type unknown) is not known to keep "
+        "packed examples apart"
+    )
+    assert "950 examples" in choices["batch_size"].reason  # examples, not packed blocks
+
+
+def test_a_runs_model_type_is_read_from_its_config_json_and_packing_given_for_opt_is_warned_about(
+    tokenizer, tiny_model_dir, tmp_path
+):
+    import json
+
+    from tuneforge.data.examples import prepare_examples
+    from tuneforge.defaults import run_model_type
+
+    opt_dir = tmp_path / "opt"
+    opt_dir.mkdir()
+    (opt_dir / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    assert run_model_type(load_config(None, {"model": str(tiny_model_dir)})) == "llama"
+    assert run_model_type(load_config(None, {"model": str(opt_dir)})) == "opt"
+    assert run_model_type(load_config(None, {"method": "scratch", "model": str(opt_dir)})) == "gpt2"
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
+    config = load_config(None, {"model": str(opt_dir), "data": str(path), "packing": True, "cutoff_len": 128})
+    prepared = prepare_examples(path, tokenizer, config, use_cache=False)
+    with pytest.warns(UserWarning, match="model_type opt, which is not known to keep packed examples apart"):
+        apply_defaults(config, prepared, tokenizer, "cpu", log=lambda line: None)
+
+
 def test_full_fine_tuning_gets_a_lower_learning_rate_and_no_lora_settings():
     new, choices = chosen(RunConfig(recipe="auto", method="full"))
     assert new.learning_rate == 5e-5

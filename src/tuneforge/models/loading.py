@@ -249,6 +249,23 @@ def tokenizer_for(spec: str, trust_remote_code: bool = False):
     return load_tokenizer(resolve(spec), trust_remote_code=trust_remote_code)
 
 
+def model_type_of(spec: str, trust_remote_code: bool = False) -> str:
+    """The `model_type` of model `spec`'s config.json (e.g. 'llama'), without loading its weights; 'unknown'
+    when the config cannot be read here."""
+    import json
+
+    source = resolve(spec)
+    file = Path(source.path) / "config.json"
+    try:
+        if file.is_file():
+            return str(json.loads(file.read_text()).get("model_type") or "unknown")
+        from transformers import AutoConfig
+
+        return str(AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code).model_type)
+    except (OSError, ValueError):
+        return "unknown"
+
+
 def refuse_remote_code(source: ModelSource, spec: str) -> None:
     """A local folder whose config asks for its own Python code (auto_map) is refused without trust_remote_code;
     transformers would otherwise quietly use its built-in class for a known model_type."""

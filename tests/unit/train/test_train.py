@@ -109,7 +109,9 @@ def test_train_refuses_a_config_files_model_other_than_the_loaded_one_and_a_keyw
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model: gpt2\ndata: {lines_file}\nmax_steps: 1\n")
-    with pytest.raises(ConfigError, match=r"run\.yaml sets model: 'gpt2'.*tf\.load\('gpt2'\).*leave model out"):
+    with pytest.raises(
+        ConfigError, match=r"run\.yaml sets model: 'gpt2'.*tf\.load\('gpt2'\).*leave model out"
+    ):
         tiny_llm.train(config=config)
     with pytest.raises(ConfigError, match=r"the RunConfig sets device: 'cuda'"):
         tiny_llm.train(lines_file, config=RunConfig(device="cuda", max_steps=1))
