@@ -337,6 +337,8 @@ class LLM:
             run_config = load_config(config, overrides)
             for line in run_config.recipe_notes:  # an axolotl/LLaMA-Factory recipe: how its keys were read
                 print(line, flush=True)
+        if "precision" not in run_config.given_keys:  # the precision this model was loaded in, not a new pick
+            run_config = run_config.replace(precision=self.precision)
         precision = pick_precision(run_config.precision, self.device)
         self.model, result = run_training(
             self.model,

@@ -58,6 +58,11 @@ SMALL_DATA_LORA_LR = 1e-3
 TOKEN_PASSES_AT_SMALL_DATA_LR = 2  # how often a short LoRA run at that rate trains each token (see the rule)
 WARMUP_RATIO = 0.05
 MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and one pass is enough
+EXPERT_KEYS = (
+    "num_local_experts",
+    "num_experts",
+    "n_routed_experts",
+)  # config.json's mixture-of-experts sizes
 RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
 
 
@@ -112,9 +117,28 @@ class Machine:
         return cls(device, cast(int, cores))
 
 
-def choose_defaults(config, data: DataStats, machine: Machine, model_type: str | None = None):
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the choice rules read of the model's config.json."""
+
+    model_type: str = "unknown"
+    experts: int = 0  # a mixture of experts: experts per layer (0: a dense model)
+
+    @classmethod
+    def of_run(cls, config) -> ModelFacts:
+        """The model a run of `config` trains: its scratch architecture, else its model's config.json."""
+        if config.method == "scratch":
+            return cls(config.architecture)
+        from tuneforge.models.loading import model_config_of
+
+        read = model_config_of(config.model, config.trust_remote_code)
+        experts = next((read[k] for k in EXPERT_KEYS if isinstance(read.get(k), int)), 0)
+        return cls(str(read.get("model_type") or "unknown"), experts)
+
+
+def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts | None = None):
     """(config with the chosen values, [Choice]) — only keys absent from `config.given_keys` are chosen.
-    `model_type` (config.json's, e.g. 'llama') decides whether packing is exact; None: not checked."""
+    `model` decides whether packing is exact and LoRA may drop out; None: not checked (a dense llama)."""
     from tuneforge.data.examples import held_out_count  # the split's own count (imported late: data is heavy)
 
     given = config.given_keys
@@ -176,11 +200,12 @@ def choose_defaults(config, data: DataStats, machine: Machine, model_type: str |
         and data.mean_tokens < config.cutoff_len / 4
     ):
         short = f"examples average {data.mean_tokens:.0f} tokens"
-        if model_type is not None and not packs_exactly(model_type):
+        if model is not None and not packs_exactly(model.model_type):
             choose(
                 "packing",
                 False,
-                f"{short}, but this model (model_type {model_type}) is not known to keep packed examples apart",
+                f"{short}, but this model (model_type {model.model_type}) is not known to keep packed examples "
+                "apart",
             )
         else:
             packing = True
@@ -282,6 +307,12 @@ def choose_defaults(config, data: DataStats, machine: Machine, model_type: str |
             ["all-linear"],
             "every linear layer, as text-generation-webui, unsloth and the QLoRA paper default to",
         )
+        if model is not None and model.experts:
+            choose(
+                "lora_dropout",
+                0.0,
+                f"{model.experts} experts a layer: PEFT's LoRA on fused expert weights works only without dropout",
+            )
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         steps = planned_steps(_applied(config, choices)[0], examples)
         if (
@@ -291,15 +322,6 @@ def choose_defaults(config, data: DataStats, machine: Machine, model_type: str |
         else:
             choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)
-
-
-def run_model_type(config) -> str:
-    """The model_type a run of `config` trains: its scratch architecture, else its model's config.json."""
-    if config.method == "scratch":
-        return config.architecture
-    from tuneforge.models.loading import model_type_of
-
-    return model_type_of(config.model, config.trust_remote_code)
 
 
 def _trained_chunks(
@@ -350,14 +372,14 @@ def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: 
 
     if config.data and (Path(config.data) / MARKER).is_file():  # saved preprocessed data trains as saved
         config = config.replace(validation_split=config.validation_split, packing=config.packing)
-    model_type = run_model_type(config)
-    if config.packing and "packing" in config.given_keys and not packs_exactly(model_type):
+    model = ModelFacts.of_run(config)
+    if config.packing and "packing" in config.given_keys and not packs_exactly(model.model_type):
         warnings.warn(
-            f"packing: true with a model of model_type {model_type}, which is not known to keep packed examples "
+            f"packing: true with a model of model_type {model.model_type}, which is not known to keep packed examples "
             "apart: examples packed into one block may attend to each other; packing: false trains each alone",
             stacklevel=2,
         )
-    config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model_type)
+    config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model)
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
     if {c.key for c in choices} & RESHAPE_DATA:

@@ -13,6 +13,7 @@ from tuneforge.defaults import (
     TEXTGEN_RECIPE,
     DataStats,
     Machine,
+    ModelFacts,
     apply_defaults,
     choose_defaults,
 )
@@ -132,7 +133,7 @@ def test_short_examples_are_packed_and_long_ones_are_not():
 
 def test_short_examples_are_not_packed_for_a_model_that_lets_packed_examples_attend_to_each_other():
     for packs, model_type in [(True, "llama"), (True, "gpt2"), (False, "opt"), (False, "unknown")]:
-        new, made = choose_defaults(RunConfig(recipe="auto"), SHORT_LINES, CPU, model_type)
+        new, made = choose_defaults(RunConfig(recipe="auto"), SHORT_LINES, CPU, ModelFacts(model_type))
         choices = {c.key: c for c in made}
         assert new.packing is packs, model_type
         assert ("not known to keep packed examples apart" in choices["packing"].reason) is not packs
@@ -149,14 +150,16 @@ def test_a_runs_model_type_is_read_from_its_config_json_and_packing_given_for_op
     import json
 
     from tuneforge.data.examples import prepare_examples
-    from tuneforge.defaults import run_model_type
 
     opt_dir = tmp_path / "opt"
     opt_dir.mkdir()
     (opt_dir / "config.json").write_text(json.dumps({"model_type": "opt"}))
-    assert run_model_type(load_config(None, {"model": str(tiny_model_dir)})) == "llama"
-    assert run_model_type(load_config(None, {"model": str(opt_dir)})) == "opt"
-    assert run_model_type(load_config(None, {"method": "scratch", "model": str(opt_dir)})) == "gpt2"
+    assert ModelFacts.of_run(load_config(None, {"model": str(tiny_model_dir)})) == ModelFacts("llama", 0)
+    assert ModelFacts.of_run(load_config(None, {"model": str(opt_dir)})) == ModelFacts("opt", 0)
+    assert (
+        ModelFacts.of_run(load_config(None, {"method": "scratch", "model": str(opt_dir)})).model_type
+        == "gpt2"
+    )
     path = tmp_path / "notes.txt"
     path.write_text("".join(f"Note {i} says the oven was at {150 + i} degrees today.\n" for i in range(60)))
     config = load_config(None, {"model": str(opt_dir), "data": str(path), "packing": True, "cutoff_len": 128})

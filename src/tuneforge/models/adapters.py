@@ -93,7 +93,13 @@ def attach_lora(
     try:
         return get_peft_model(model, lora)
     except ValueError as error:  # e.g. layers_to_transform naming layers the model does not have
-        raise ModelError(f"cannot attach LoRA: {error}") from None
+        fix = (
+            "; a mixture of experts' fused expert weights take LoRA only without dropout: set lora_dropout: 0, or "
+            "name target_modules that leave the experts out (see tuneforge modules)"
+            if "ParamWrapper" in str(error) and "lora_dropout" in str(error)
+            else ""
+        )
+        raise ModelError(f"cannot attach LoRA: {error}{fix}") from None
 
 
 def require_safetensors_adapter(path: Path) -> None:

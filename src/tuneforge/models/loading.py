@@ -249,21 +249,22 @@ def tokenizer_for(spec: str, trust_remote_code: bool = False):
     return load_tokenizer(resolve(spec), trust_remote_code=trust_remote_code)
 
 
-def model_type_of(spec: str, trust_remote_code: bool = False) -> str:
-    """The `model_type` of model `spec`'s config.json (e.g. 'llama'), without loading its weights; 'unknown'
-    when the config cannot be read here."""
+def model_config_of(spec: str, trust_remote_code: bool = False) -> dict:
+    """Model `spec`'s config.json as a dict (model_type, sizes, ...) without loading its weights; {} when it
+    cannot be read here."""
     import json
 
     source = resolve(spec)
     file = Path(source.path) / "config.json"
     try:
         if file.is_file():
-            return str(json.loads(file.read_text()).get("model_type") or "unknown")
+            loaded = json.loads(file.read_text())
+            return loaded if isinstance(loaded, dict) else {}
         from transformers import AutoConfig
 
-        return str(AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code).model_type)
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code).to_dict()
     except (OSError, ValueError):
-        return "unknown"
+        return {}
 
 
 def refuse_remote_code(source: ModelSource, spec: str) -> None:

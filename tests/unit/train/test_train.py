@@ -437,3 +437,22 @@ def test_lean_lora_leaves_dora_and_disabled_adapters_to_peft(tiny_model_dir, tok
             want_base = model(input_ids=ids).logits
     assert patched == 4
     assert torch.equal(got, want) and torch.equal(base, want_base)
+
+
+def test_train_keeps_the_precision_the_model_was_loaded_in_unless_given_another(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
+    import tuneforge as tf
+    from tuneforge import hardware
+
+    monkeypatch.setattr(
+        hardware, "bf16_supported", lambda device: True
+    )  # precision auto would pick bf16 here
+    llm = tf.load(str(tiny_model_dir), precision="fp32", device="cpu")
+    run = llm.train(lines_file, max_steps=1, output_dir=str(tmp_path / "kept"), show_progress=False)
+    assert {p.dtype for p in llm.model.parameters()} == {torch.float32} and llm.precision == "fp32"
+    assert "precision: fp32" in (tmp_path / "kept" / "config.yaml").read_text() and run.steps == 1
+    llm.train(
+        lines_file, max_steps=1, precision="auto", output_dir=str(tmp_path / "asked"), show_progress=False
+    )
+    assert llm.precision == "bf16"  # asked for: the frozen base is cast to the run's compute precision
