@@ -85,6 +85,7 @@ def attach_lora(
         modules_to_save=list(modules_to_save or []) or None,
         layers_to_transform=layers_to_transform or None,
         layers_pattern=layers_pattern if layers_to_transform else None,
+        exclude_modules=_linears_with_own_forward(model) or None if targets == "all-linear" else None,
         task_type="CAUSAL_LM",
         # a tied embed_tokens/lm_head in the adapter must stay tied, or merging would untie them
         ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False))
@@ -100,6 +101,21 @@ def attach_lora(
             else ""
         )
         raise ModelError(f"cannot attach LoRA: {error}{fix}") from None
+
+
+def _linears_with_own_forward(model) -> list[str]:
+    """A model's own nn.Linear subclasses with a forward of their own (phimoe's router returns (weights,
+    experts)): PEFT's all-linear takes them, and LoRA's base(x) + update then fails on what they return, so they
+    are left out. Quantized linears (bitsandbytes' Linear4bit) come from other packages and stay in."""
+    import torch
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and type(module).forward is not torch.nn.Linear.forward
+        and type(module).__module__.startswith("transformers.models.")
+    ]
 
 
 def require_safetensors_adapter(path: Path) -> None:

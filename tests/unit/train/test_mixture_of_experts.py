@@ -12,13 +12,13 @@ from tuneforge.defaults import ModelFacts
 from tuneforge.errors import ModelError
 
 
-@pytest.fixture(scope="module")
-def tiny_mixtral_dir(tmp_path_factory, tokenizer):
+def _tiny_moe(model_type, folder, tokenizer):
     import torch
-    from transformers import MixtralConfig, MixtralForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = MixtralConfig(
+    config = AutoConfig.for_model(
+        model_type,
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -30,10 +30,14 @@ def tiny_mixtral_dir(tmp_path_factory, tokenizer):
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-mixtral")
-    MixtralForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral_dir(tmp_path_factory, tokenizer):
+    return _tiny_moe("mixtral", tmp_path_factory.mktemp("tiny-mixtral"), tokenizer)
 
 
 def test_recipe_auto_trains_a_mixture_of_experts_with_lora_on_its_experts_without_dropout(
@@ -61,3 +65,16 @@ def test_a_lora_dropout_given_for_a_mixture_of_experts_is_refused_naming_the_fix
         llm.train(
             lines_file, max_steps=1, lora_dropout=0.1, output_dir=str(tmp_path / "run"), show_progress=False
         )
+
+
+def test_all_linear_leaves_out_a_routers_own_linear_whose_forward_returns_a_tuple(
+    tokenizer, lines_file, tmp_path
+):
+    import tuneforge as tf
+
+    # phimoe's router is an nn.Linear subclass returning (weights, experts): LoRA's base(x) + update failed on it
+    llm = tf.load(str(_tiny_moe("phimoe", tmp_path / "phimoe", tokenizer)), precision="fp32", device="cpu")
+    run = llm.train(lines_file, max_steps=1, output_dir=str(tmp_path / "run"), show_progress=False)
+    trained = {n for n, p in llm.model.named_parameters() if p.requires_grad}
+    assert run.steps == 1 and not any(".router." in n for n in trained)
+    assert any(".self_attn.q_proj.lora_A" in n for n in trained)
