@@ -58,11 +58,8 @@ SMALL_DATA_LORA_LR = 1e-3
 TOKEN_PASSES_AT_SMALL_DATA_LR = 2  # how often a short LoRA run at that rate trains each token (see the rule)
 WARMUP_RATIO = 0.05
 MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and one pass is enough
-EXPERT_KEYS = (
-    "num_local_experts",
-    "num_experts",
-    "n_routed_experts",
-)  # config.json's mixture-of-experts sizes
+# config.json's keys for a mixture of experts' experts per layer (mixtral, qwen2/3_moe, deepseek, ...)
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
 
 
@@ -315,9 +312,8 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
             )
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         steps = planned_steps(_applied(config, choices)[0], examples)
-        if (
-            math.ceil(WARMUP_RATIO * steps) <= 1
-        ):  # a warm-up's first step trains at rate 0: here it is all of it
+        # a linear warm-up's first step trains at rate 0: in a run this short that step is all of it
+        if math.ceil(WARMUP_RATIO * steps) <= 1:
             choose("warmup_ratio", 0.0, f"{steps} steps are too few to warm up: step 1 would train at rate 0")
         else:
             choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")
@@ -375,8 +371,9 @@ def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: 
     model = ModelFacts.of_run(config)
     if config.packing and "packing" in config.given_keys and not packs_exactly(model.model_type):
         warnings.warn(
-            f"packing: true with a model of model_type {model.model_type}, which is not known to keep packed examples "
-            "apart: examples packed into one block may attend to each other; packing: false trains each alone",
+            f"packing: true with a model of model_type {model.model_type}, which is not known to keep packed "
+            "examples apart: examples packed into one block may attend to each other; packing: false trains "
+            "each alone",
             stacklevel=2,
         )
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model)
