@@ -331,7 +331,10 @@ def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, o
         )
     saved = files.get("config") or {}
     current = json.loads(json.dumps(config.to_dict(), default=str))
-    for key in sorted(set(saved) & set(current) - NOT_COMPARED):
+    # recipe auto chooses the warm-up from the run's length, which a resume may change; a resumed run follows
+    # its checkpoint's schedule, warm-up included (train/setup.py), so that new choice changes nothing
+    rechosen = {line.split(" ", 1)[0] for line in getattr(config, "chosen", [])} & {"warmup_ratio"}
+    for key in sorted(set(saved) & set(current) - NOT_COMPARED - rechosen):
         if saved[key] != current[key]:
             differences.append((key, saved[key], current[key], key not in RESUMABLE_CHANGES))
     return differences

@@ -142,7 +142,12 @@ def train(
                 _note(progress, overfitting_note(state.validation_losses))
             if config.save_steps and (step % config.save_steps == 0 or step == result.total_steps):
                 checkpoint(state)
-            reason = reason_to_stop(state, config, run.accelerator, stop, budget)
+            # after the last step the run is done: a Ctrl-C during its validation or save need not stop it
+            reason = (
+                reason_to_stop(state, config, run.accelerator, stop, budget)
+                if step < result.total_steps
+                else None
+            )
             if reason:
                 result.stopped_because = reason
                 if reason.startswith("interrupted"):

@@ -310,3 +310,24 @@ def test_a_signal_inside_a_long_step_abandons_it_and_the_resume_is_exact(
     expected, actual = final_weights(whole, "lora"), final_weights(broken, "lora")
     for name in expected:
         assert torch.allclose(actual[name], expected[name], rtol=1e-5, atol=1e-7), name
+
+
+def test_a_signal_after_the_last_step_lets_the_finished_run_end_as_finished(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
+    from tuneforge.train import loop
+
+    measured = loop.validation_loss
+
+    def ctrl_c_in_the_last_validation(run, data, config, state, step, total_steps):
+        if step == total_steps:
+            signal.raise_signal(signal.SIGINT)
+        return measured(run, data, config, state, step, total_steps)
+
+    monkeypatch.setattr(loop, "validation_loss", ctrl_c_in_the_last_validation)
+    settings = dict(SETTINGS, max_steps=2, validation_split=0.25, eval_steps=1)
+    run = tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(tmp_path / "run"), show_progress=False, **settings
+    )
+    assert run.stopped_because == "finished" and not run.interrupted and run.steps == 2
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
