@@ -323,23 +323,26 @@ class LLM:
         >>> run.final_loss, run.saved_to
         """
         self._refuse_load_settings(settings)
-        if config is not None:  # a config's own model/device/trust_remote_code would be ignored just the same
-            read = config if isinstance(config, RunConfig) else load_config(config)
-            named = {k: getattr(read, k) for k in LOADED_KEYS if k in read.given_keys and k not in settings}
-            self._refuse_load_settings(named, origin=str(config) if read is not config else "the RunConfig")
         overrides = dict(settings)
         if data is not None:
             overrides["data"] = str(data)
-        overrides["model"] = self.source.spec
         if isinstance(config, RunConfig):
             run_config = config.replace(**overrides)
         else:
             run_config = load_config(config, overrides)
             for line in run_config.recipe_notes:  # an axolotl/LLaMA-Factory recipe: how its keys were read
                 print(line, flush=True)
-        if "precision" not in run_config.given_keys:  # the precision this model was loaded in, not a new pick
-            run_config = run_config.replace(precision=self.precision)
-        precision = pick_precision(run_config.precision, self.device)
+        if config is not None:  # a config's own model/device/trust_remote_code would be ignored just the same
+            named = {
+                k: getattr(run_config, k) for k in LOADED_KEYS if k in run_config.given_keys - set(settings)
+            }
+            self._refuse_load_settings(
+                named, "the RunConfig" if isinstance(config, RunConfig) else str(config)
+            )
+        run_config = run_config.replace(model=self.source.spec)
+        # the precision this model is in (as loaded; fp32 after a full fine-tune or a merge) unless one is given
+        given = "precision" in run_config.given_keys
+        precision = pick_precision(run_config.precision, self.device) if given else self.precision
         self.model, result = run_training(
             self.model,
             self.tokenizer,

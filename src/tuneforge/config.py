@@ -321,7 +321,12 @@ class RunConfig:
         group="lora",
     )
     lora_dropout: float = setting(
-        0.05, "Dropout on the LoRA input, a mild regulariser.", min=0.0, max=0.99, group="lora"
+        0.05,
+        "Dropout on the LoRA input, a mild regulariser (recipe auto: 0 for a mixture of experts, whose fused "
+        "expert weights take LoRA only without dropout).",
+        min=0.0,
+        max=0.99,
+        group="lora",
     )
     target_modules: list[str] = setting(
         ["q_proj", "v_proj"],

@@ -59,7 +59,7 @@ TOKEN_PASSES_AT_SMALL_DATA_LR = 2  # how often a short LoRA run at that rate tra
 WARMUP_RATIO = 0.05
 MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and one pass is enough
 # config.json's keys for a mixture of experts' experts per layer (mixtral, qwen2/3_moe, deepseek, ...)
-EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
 
 
@@ -122,15 +122,27 @@ class ModelFacts:
     experts: int = 0  # a mixture of experts: experts per layer (0: a dense model)
 
     @classmethod
+    def of_config(cls, read: dict) -> ModelFacts:
+        """From a model config as a dict (config.json; a multimodal model's text_config holds its experts)."""
+        text = read.get("text_config") if isinstance(read.get("text_config"), dict) else {}
+        experts = next((c[k] for c in (read, text) for k in EXPERT_KEYS if isinstance(c.get(k), int)), 0)
+        return cls(str(read.get("model_type") or "unknown"), experts)
+
+    @classmethod
+    def of_model(cls, model) -> ModelFacts:
+        """The model in memory (under any PEFT wrapper)."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return cls.of_config(base.config.to_dict())
+
+    @classmethod
     def of_run(cls, config) -> ModelFacts:
-        """The model a run of `config` trains: its scratch architecture, else its model's config.json."""
+        """The model a run of `config` would load, before it is loaded: its scratch architecture, else its
+        config.json from the folder or the local hub cache (never downloaded here: 'unknown' if absent)."""
         if config.method == "scratch":
             return cls(config.architecture)
         from tuneforge.models.loading import model_config_of
 
-        read = model_config_of(config.model, config.trust_remote_code)
-        experts = next((read[k] for k in EXPERT_KEYS if isinstance(read.get(k), int)), 0)
-        return cls(str(read.get("model_type") or "unknown"), experts)
+        return cls.of_config(model_config_of(config.model, config.trust_remote_code))
 
 
 def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts | None = None):
@@ -357,19 +369,28 @@ def data_choices_only(log=print):
     return passed_on
 
 
-def apply_defaults(config, prepared, tokenizer, device: str, log=print, strict: bool = True):
+def apply_defaults(
+    config, prepared, tokenizer, device: str, log=print, strict: bool = True, model: ModelFacts | None = None
+):
     """(config, prepared) with the recipe's defaults chosen, printed and applied to the prepared data.
 
     A chosen validation split or packing prepares the data again with the chosen config, so a run's data is
     always prepare_examples(data, its saved config.yaml): resuming from that file finds the same examples and
-    the same fingerprint (the second preparation is cached for it). `strict` as in prepare_examples."""
+    the same fingerprint (the second preparation is cached for it). `strict` as in prepare_examples. `model`:
+    the loaded model's facts (ModelFacts.of_model); without it they are read from config.model's config.json."""
     from tuneforge.data.cache import MARKER
     from tuneforge.data.examples import prepare_examples
 
     if config.data and (Path(config.data) / MARKER).is_file():  # saved preprocessed data trains as saved
         config = config.replace(validation_split=config.validation_split, packing=config.packing)
-    model = ModelFacts.of_run(config)
-    if config.packing and "packing" in config.given_keys and not packs_exactly(model.model_type):
+    if model is None and (config.recipe == "auto" or "packing" in config.given_keys):  # else unused
+        model = ModelFacts.of_run(config)
+    if (
+        model is not None
+        and config.packing
+        and "packing" in config.given_keys
+        and not packs_exactly(model.model_type)
+    ):
         warnings.warn(
             f"packing: true with a model of model_type {model.model_type}, which is not known to keep packed "
             "examples apart: examples packed into one block may attend to each other; packing: false trains "

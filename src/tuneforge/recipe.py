@@ -22,7 +22,7 @@ from typing import cast
 from tuneforge.config import RunConfig
 from tuneforge.data.examples import prepare_examples
 from tuneforge.data.prepared import PreparedData
-from tuneforge.defaults import apply_defaults
+from tuneforge.defaults import ModelFacts, apply_defaults
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.report import write_report
 from tuneforge.generate import GenerationSettings, generate
@@ -211,7 +211,9 @@ def ready_data(config, model, tokenizer, device: str, log=print):
     warn_about_cut_examples(prepared.counts, config, log, prepared.report)
     prepared = drop_examples_without_loss(prepared, config, log)
     config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
-    config, reshaped = apply_defaults(config, prepared, tokenizer, device, log)  # recipe auto/seed000: chosen
+    # the model in memory, else (no model yet, or scratch: a new one) what config names
+    facts = ModelFacts.of_model(model) if model is not None and config.method != "scratch" else None
+    config, reshaped = apply_defaults(config, prepared, tokenizer, device, log, model=facts)  # recipe auto
     if reshaped is not prepared:  # split or packed as chosen: its examples without loss were named above
         prepared = drop_examples_without_loss(reshaped, config, log=lambda line: None)
     return config, prepared

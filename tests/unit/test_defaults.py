@@ -168,6 +168,16 @@ def test_a_runs_model_type_is_read_from_its_config_json_and_packing_given_for_op
         apply_defaults(config, prepared, tokenizer, "cpu", log=lambda line: None)
 
 
+def test_model_facts_come_from_the_loaded_model_or_its_config_and_find_nested_experts(tiny_llm):
+    assert ModelFacts.of_model(tiny_llm.model) == ModelFacts("llama", 0)
+    llama4 = {"model_type": "llama4", "text_config": {"num_local_experts": 16}}
+    assert ModelFacts.of_config(llama4) == ModelFacts("llama4", 16)
+    assert ModelFacts.of_config({"model_type": "ernie4_5_moe", "moe_num_experts": 64}).experts == 64
+    assert ModelFacts.of_config({}) == ModelFacts("unknown", 0)
+    missing = load_config(None, {"model": "/nowhere/at/all"})
+    assert ModelFacts.of_run(missing) == ModelFacts("unknown", 0)  # reported where the model is loaded
+
+
 def test_full_fine_tuning_gets_a_lower_learning_rate_and_no_lora_settings():
     new, choices = chosen(RunConfig(recipe="auto", method="full"))
     assert new.learning_rate == 5e-5

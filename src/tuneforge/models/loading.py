@@ -250,20 +250,22 @@ def tokenizer_for(spec: str, trust_remote_code: bool = False):
 
 
 def model_config_of(spec: str, trust_remote_code: bool = False) -> dict:
-    """Model `spec`'s config.json as a dict (model_type, sizes, ...) without loading its weights; {} when it
-    cannot be read here."""
+    """Model `spec`'s config.json as a dict (model_type, sizes, ...) without loading its weights or reaching for
+    the hub (a hub id: its cached copy); {} when it cannot be read here."""
     import json
 
-    source = resolve(spec)
-    file = Path(source.path) / "config.json"
     try:
+        source = resolve(spec)
+        file = Path(source.path) / "config.json"
         if file.is_file():
             loaded = json.loads(file.read_text())
             return loaded if isinstance(loaded, dict) else {}
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code).to_dict()
-    except (OSError, ValueError):
+        return AutoConfig.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code, local_files_only=True
+        ).to_dict()
+    except Exception:  # noqa: BLE001 - a missing, moved or unreadable model is reported where it is loaded
         return {}
 
 

@@ -87,7 +87,13 @@ def warmup_steps(config, total_steps: int) -> int:
     learning rate 0, so a 1-step run (a trial, `--max_steps 1`) warmed up for its one step trained nothing."""
     if config.warmup_steps:
         return config.warmup_steps
-    return min(math.ceil(config.warmup_ratio * total_steps), max(0, total_steps - 1))
+    steps = min(math.ceil(config.warmup_ratio * total_steps), max(0, total_steps - 1))
+    chosen = getattr(config, "recipe", "") == "auto" and "warmup_ratio" not in getattr(
+        config, "given_keys", ()
+    )
+    # recipe auto's warm-up is never one step at rate 0 and nothing else (defaults.py): its own rule, applied to
+    # the run's real length (the defaults planned it before examples without loss were dropped, or max_time)
+    return 0 if chosen and steps == 1 else steps
 
 
 def build_scheduler(optimizer, config, total_steps: int):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from tuneforge.train.optim import schedule_curve
+from tuneforge.train.optim import schedule_curve, warmup_steps
 
 FIXED_LENGTH = ("constant", "constant_with_warmup", "inverse_sqrt")  # curves that ignore the total steps
 
@@ -56,6 +56,11 @@ def replan_schedule(scheduler, config, step: int, total_steps: int) -> str | Non
     if total_steps == old_total or step >= total_steps or config.lr_scheduler in FIXED_LENGTH:
         return None
     anchor = max(warmup, min(step, old_total - 1))
+    if total_steps < old_total and not config.warmup_steps and step < warmup:
+        # a warm-up that is a ratio of the run shrinks with it (max_time: 20 warm-up steps planned for 400 steps
+        # in a run that fits 25 would leave 5 steps to decay); it ends now at the earliest, the decay then
+        # continuing from the peak (`anchor`)
+        warmup = max(step, min(warmup, warmup_steps(config, total_steps)))
     if step < warmup or anchor >= old_total:  # keep the warm-up (scaled down if the run no longer holds it)
         if warmup >= total_steps:
             warmup = min(total_steps - 1, max(step, math.ceil(warmup * total_steps / old_total)))

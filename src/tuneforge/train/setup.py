@@ -24,6 +24,7 @@ from typing import Any
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.hardware import choose_threads, cpu_threads_words, usable_cores
+from tuneforge.models.kind import is_quantized
 from tuneforge.models.saving import deepspeed_not_imported
 from tuneforge.train.batches import StepOrder, planned_steps
 from tuneforge.train.checkpoint import (
@@ -38,7 +39,7 @@ from tuneforge.train.fused import compile_decoder_layers, lean_forwards
 from tuneforge.train.host_memory import reuse_freed_memory
 from tuneforge.train.levers import compile_kind
 from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
-from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
+from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import TrainingProgress
 from tuneforge.train.schedule import follow_plan, replan_schedule
 from tuneforge.train.sharded import apply_sharded_checkpoint, check_engine
@@ -103,7 +104,10 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
     scheduler = build_scheduler(stepped, config, total_steps)
     model.train()
     bare_model = unwrap_model(accelerator, model)
-    if config.compile:
+    uncompilable = why_not_compiled(bare_model, accelerator.device.type)
+    if config.compile and uncompilable:
+        warnings.warn(f"compile: true not applied: {uncompilable}; the blocks run eager", stacklevel=2)
+    elif config.compile:
         compile_decoder_layers(bare_model)
     # Lean LoRA reads lora_A's weight without calling lora_A; DeepSpeed ZeRO-3 and FSDP gather sharded weights in
     # module hooks, so there PEFT's own forward runs (DDP and one process keep the whole weights).
@@ -124,7 +128,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
         compile_kind=compile_kind(accelerator.device.type, precision)
-        if _may_auto_compile(config, accelerator)
+        if _may_auto_compile(config, accelerator) and not uncompilable
         else None,
     )
 
@@ -141,6 +145,20 @@ def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str)
         if lean_layers:
             stack.enter_context(lean_forwards(model, lora=lean_lora_layers, attention=device == "cpu"))
         yield
+
+
+def why_not_compiled(model, device: str) -> str | None:
+    """Why torch.compile must not run this model's blocks here, or None. On a CPU with AVX512-BF16,
+    bitsandbytes repacks a 4-bit weight into its CPU kernel's layout whenever it runs without gradients
+    (validation, sample generation) and back when saved, and a compiled block then fails on the other layout
+    (measured: "expected size 165888==576" in QLoRA's first compiled step)."""
+    if device != "cpu" or not is_quantized(model):
+        return None
+    from bitsandbytes.functional import has_avx512bf16
+
+    if has_avx512bf16():
+        return "bitsandbytes changes a 4-bit weight's layout between passes on this CPU (AVX512-BF16)"
+    return None
 
 
 def _may_auto_compile(config, accelerator) -> bool:
@@ -216,7 +234,10 @@ def _plan_of_old_checkpoint(files: dict, config, setup: TrainingSetup) -> list[d
     total = saved.get("max_steps") or math.ceil(saved.get("epochs", 0) * setup.order.steps_per_epoch())
     if not total:
         return setup.scheduler.schedule_plan
-    return [{"warmup_steps": warmup_steps(config, total), "total_steps": max(1, total)}]
+    saved_warmup = saved.get("warmup_steps") or min(
+        math.ceil((saved.get("warmup_ratio") or 0.0) * total), max(0, total - 1)
+    )  # the checkpoint's own warm-up: recipe auto may choose another for this run's length
+    return [{"warmup_steps": saved_warmup, "total_steps": max(1, total)}]
 
 
 def tell(progress: TrainingProgress, text: str) -> None:

@@ -113,3 +113,31 @@ def test_resuming_with_more_steps_never_trains_at_learning_rate_zero(
     shutil.rmtree(broken / "adapter")
     train(broken, max_steps=8, resume_from="latest")
     assert_same_run(broken, tmp_path / "whole")
+
+
+def test_a_ratio_warm_up_shrinks_with_a_run_made_shorter_and_a_given_warm_up_is_kept():
+    # max_time: planned for 400 steps (a 5% warm-up: 20), measured to fit 25 after step 3
+    config = RunConfig(lr_scheduler="linear", warmup_ratio=0.05, learning_rate=1.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    scheduler = build_scheduler(optimizer, config, 400)
+    stepped(scheduler, optimizer, 3)
+    assert "decays from 1.00e+00 at step 4" in replan_schedule(scheduler, config, step=3, total_steps=25)
+    after = stepped(scheduler, optimizer, 22)
+    assert after[0] == pytest.approx(1.0) and after == sorted(after, reverse=True) and after[-1] > 0
+    assert (
+        scheduler.get_last_lr()[0] == 0.0
+    )  # the decay takes the whole rest of the run, not its last 5 steps
+    given, optimizer, scheduler = scheduler_for("linear", warmup=20, total=400)
+    stepped(scheduler, optimizer, 3)
+    assert "keeps its warm-up to step 20" in replan_schedule(scheduler, given, step=3, total_steps=25)
+
+
+def test_recipe_autos_ratio_warm_up_is_never_one_step_at_rate_0_and_a_given_one_is_as_transformers_has_it():
+    from tuneforge.config import load_config
+    from tuneforge.train.optim import warmup_steps
+
+    auto = load_config(None, {"recipe": "auto"}).replace(warmup_ratio=0.05)
+    auto.given_keys = auto.given_keys - {"warmup_ratio"}  # as recipe auto chose it
+    assert [warmup_steps(auto, n) for n in (3, 20, 21, 40)] == [0, 0, 2, 2]
+    given = load_config(None, {"recipe": "auto", "warmup_ratio": 0.05})
+    assert [warmup_steps(given, n) for n in (3, 20, 21)] == [1, 1, 2]  # math.ceil, as the HF Trainer

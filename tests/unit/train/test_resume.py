@@ -331,3 +331,17 @@ def test_a_signal_after_the_last_step_lets_the_finished_run_end_as_finished(
     )
     assert run.stopped_because == "finished" and not run.interrupted and run.steps == 2
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_recipe_autos_warm_up_chosen_again_for_another_length_is_no_difference_but_a_given_one_is():
+    from tuneforge.config import load_config
+    from tuneforge.train.checkpoint import resume_differences
+    from tuneforge.train.state import TrainState
+
+    saved = load_config(None, {"max_steps": 40}).replace(warmup_ratio=0.05).to_dict()
+    files = {"state": TrainState(identity={}), "config": json.loads(json.dumps(saved, default=str))}
+    shorter = load_config(None, {"max_steps": 10})
+    shorter.chosen = ["warmup_ratio 0: 10 steps are too few to warm up: step 1 would train at rate 0"]
+    assert [d[0] for d in resume_differences(files, shorter, {})] == ["max_steps"]
+    given = load_config(None, {"max_steps": 10, "warmup_ratio": 0.0})
+    assert ("warmup_ratio", 0.05, 0.0, True) in resume_differences(files, given, {})

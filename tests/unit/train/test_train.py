@@ -451,7 +451,10 @@ def test_train_keeps_the_precision_the_model_was_loaded_in_unless_given_another(
     llm = tf.load(str(tiny_model_dir), precision="fp32", device="cpu")
     run = llm.train(lines_file, max_steps=1, output_dir=str(tmp_path / "kept"), show_progress=False)
     assert {p.dtype for p in llm.model.parameters()} == {torch.float32} and llm.precision == "fp32"
-    assert "precision: fp32" in (tmp_path / "kept" / "config.yaml").read_text() and run.steps == 1
+    assert "precision: `fp32`" in (tmp_path / "kept" / "report.md").read_text() and run.steps == 1
+    assert (
+        "precision: auto" in (tmp_path / "kept" / "config.yaml").read_text()
+    )  # as given: a resume picks again
     llm.train(
         lines_file, max_steps=1, precision="auto", output_dir=str(tmp_path / "asked"), show_progress=False
     )

@@ -291,6 +291,12 @@ def test_gallery_records_each_checkpoint(tiny_model_dir, lines_file, tmp_path):
 def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_model_dir, tmp_path, method):
     import torch._dynamo
 
+    if method == "qlora":
+        from bitsandbytes.functional import has_avx512bf16
+
+        if has_avx512bf16():
+            pytest.skip("a 4-bit base is not compiled on a CPU with AVX512-BF16 (train/setup.why_not_compiled)")
+
     text = tmp_path / "same_length.txt"  # raw text: every chunk is cutoff_len tokens, so shapes never change
     text.write_text(" ".join(f"cheese number {i} melts on bread." for i in range(400)))
     settings = dict(
@@ -382,3 +388,31 @@ def test_recipe_auto_compiles_mid_run_when_it_repays_and_keeps_the_eager_losses(
     else:
         assert auto.compile_undone_after is None
         assert "compile on after step 3" in report
+
+
+def test_a_4bit_base_is_not_compiled_on_a_cpu_where_bitsandbytes_repacks_its_weights(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch
+):
+    import bitsandbytes.functional
+
+    from tuneforge.train import setup
+
+    monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    assert setup.why_not_compiled(llm.model, "cpu") is None  # not quantized
+    with pytest.warns(UserWarning, match="compile: true not applied: bitsandbytes changes a 4-bit weight"):
+        run = llm.train(
+            lines_file,
+            method="qlora",
+            compile=True,
+            max_steps=1,
+            validation_split=0,  # bitsandbytes' CPU repacking fails on this 32-wide model's shapes
+            output_dir=str(tmp_path / "run"),
+            show_progress=False,
+        )
+    assert run.steps == 1 and run.compiled_after is None
+    assert all(block._compiled_call_impl is None for block in llm.model.get_base_model().model.layers)
+    monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: False)
+    assert (
+        setup.why_not_compiled(llm.model, "cpu") is None and setup.why_not_compiled(llm.model, "cuda") is None
+    )
