@@ -124,7 +124,8 @@ class ModelFacts:
     @classmethod
     def of_config(cls, read: dict) -> ModelFacts:
         """From a model config as a dict (config.json; a multimodal model's text_config holds its experts)."""
-        text = read.get("text_config") if isinstance(read.get("text_config"), dict) else {}
+        nested = read.get("text_config")
+        text: dict = nested if isinstance(nested, dict) else {}
         experts = next((c[k] for c in (read, text) for k in EXPERT_KEYS if isinstance(c.get(k), int)), 0)
         return cls(str(read.get("model_type") or "unknown"), experts)
 

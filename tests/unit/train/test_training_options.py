@@ -295,7 +295,9 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
         from bitsandbytes.functional import has_avx512bf16
 
         if has_avx512bf16():
-            pytest.skip("a 4-bit base is not compiled on a CPU with AVX512-BF16 (train/setup.why_not_compiled)")
+            pytest.skip(
+                "a 4-bit base is not compiled on a CPU with AVX512-BF16 (train/setup.why_not_compiled)"
+            )
 
     text = tmp_path / "same_length.txt"  # raw text: every chunk is cutoff_len tokens, so shapes never change
     text.write_text(" ".join(f"cheese number {i} melts on bread." for i in range(400)))
