@@ -25,6 +25,10 @@ from tuneforge.models.saving import save_pretrained
 
 log = logging.getLogger(__name__)
 
+# model_type -> (llama.cpp's architecture, whether q/k are permuted to its rotary layout), as convert_hf_to_gguf.py
+# writes them: Qwen2 keeps HF's rotate-half layout (and its q/k/v biases)
+GGUF_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
+
 # Prompts for the GGUF self-check: varied registers, short enough to run in seconds on a CPU.
 VERIFY_PROMPTS = [
     "To be or not to",
@@ -142,7 +146,7 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
 
 
 def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:
-    """Write a plain llama-architecture model and its GPT-2 BPE tokenizer to one GGUF file."""
+    """Write a plain llama or qwen2 model and its GPT-2 BPE tokenizer to one GGUF file."""
     import gguf
     import numpy as np
 
@@ -151,8 +155,11 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
             f"'{path}' is a folder; give the GGUF file to write, e.g. {Path(path) / 'model.gguf'}"
         )
     config = model.config
-    if config.model_type != "llama":
-        raise ModelError(f"GGUF export supports llama-architecture models; this one is '{config.model_type}'")
+    if config.model_type not in GGUF_ARCHITECTURES:
+        raise ModelError(
+            f"GGUF export supports {', '.join(GGUF_ARCHITECTURES)} models; this one is '{config.model_type}'"
+        )
+    arch, permuted = GGUF_ARCHITECTURES[config.model_type]
     if is_peft(model):
         raise ModelError("merge the adapter before exporting (tuneforge merge, or LLM.merge())")
     if is_quantized(model):
@@ -169,7 +176,7 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or Path(str(getattr(config, "name_or_path", "") or "model")).name)
     writer.add_block_count(n_layers)
     writer.add_context_length(config.max_position_embeddings)
@@ -188,16 +195,15 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
 
     tokens, types = _vocab(tokenizer)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(
-        "default"
-    )  # llama.cpp names pre-tokenizers by a hash it keeps; transformers ignores it
+    # llama.cpp names pre-tokenizers by a hash it keeps (transformers ignores it); Qwen2's splits digits one by one
+    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template
         tokenizer.save_pretrained(folder)
         gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
 
-    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, n_layers)
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH[arch.upper()], n_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and tied:
@@ -206,9 +212,9 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
         if gguf_name is None:
             raise ModelError(f"no GGUF name for tensor '{hf_name}'")
         data = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if permuted and hf_name.endswith("q_proj.weight"):
             data = _permute(data, n_head, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif permuted and hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_head, n_kv)
         data = data.astype(np.float16 if dtype == "f16" and data.ndim == 2 else np.float32)
         writer.add_tensor(gguf_name, data)
