@@ -11,6 +11,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# a 2-layer, 32-wide decoder in llama's key names (most model types' configs take them too)
+TINY_SIZES = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def save_tiny_model(model_type: str, folder: Path, tokenizer, **settings) -> Path:
+    """A tiny randomly initialised model of `model_type` (TINY_SIZES, the default tokenizer) saved to `folder`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_SIZES, **settings},
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +63,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_SIZES,
         tie_word_embeddings=True,
         initializer_range=0.1,  # large enough for LoRA to move it
         bos_token_id=tokenizer.bos_token_id,

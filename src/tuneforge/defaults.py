@@ -29,6 +29,7 @@ from tuneforge.config import shown_value
 from tuneforge.errors import DataError
 from tuneforge.models.kind import packs_exactly
 from tuneforge.train.batches import planned_steps
+from tuneforge.train.optim import ratio_warmup_steps
 
 # text-generation-webui's Training tab, as seed 000 trains
 TEXTGEN_RECIPE = {
@@ -326,7 +327,7 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
     if "warmup_steps" not in given and "warmup_ratio" not in given:
         steps = planned_steps(_applied(config, choices)[0], examples)
         # a linear warm-up's first step trains at rate 0: in a run this short that step is all of it
-        if math.ceil(WARMUP_RATIO * steps) <= 1:
+        if ratio_warmup_steps(WARMUP_RATIO, steps) <= 1:
             choose("warmup_ratio", 0.0, f"{steps} steps are too few to warm up: step 1 would train at rate 0")
         else:
             choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")

@@ -2,11 +2,11 @@
 
     from tuneforge.models.export import merge_adapter, export_gguf, verify_gguf
     merge_adapter("default", "runs/demo/adapter", "merged/")           # plain transformers loads merged/
-    export_gguf(model, tokenizer, "model.gguf")                          # llama architecture, f16 weights
+    export_gguf(model, tokenizer, "model.gguf")                          # llama or qwen2, f16 weights
     print(verify_gguf(model, tokenizer, "model.gguf").agreement)         # top-1 next tokens, loaded back
 
-The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama models: tensor names from the `gguf`
-package's TensorNameMap, q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or f32) and
+The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama and qwen2 models: tensor names from the
+`gguf` package's TensorNameMap, llama's q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or f32) and
 norms in f32, no output.weight when embeddings are tied, and the tokenizer (GPT-2 BPE tokens, types, merges),
 special token ids and chat template in the metadata.
 """

@@ -82,12 +82,18 @@ def fused_adamw_supported(groups: list[dict]) -> bool:
     return bool(params) and all(p.device.type in devices and torch.is_floating_point(p) for p in params)
 
 
+def ratio_warmup_steps(ratio: float, total_steps: int) -> int:
+    """A warm-up of `ratio` of all steps but the last, rounded up as the HF Trainer does: a warm-up's first step
+    runs at learning rate 0, so a 1-step run (a trial, `--max_steps 1`) warmed up for its one step trained
+    nothing."""
+    return min(math.ceil(ratio * total_steps), max(0, total_steps - 1))
+
+
 def warmup_steps(config, total_steps: int) -> int:
-    """warmup_steps when set, else warmup_ratio of all steps but the last: a warm-up's first step runs at
-    learning rate 0, so a 1-step run (a trial, `--max_steps 1`) warmed up for its one step trained nothing."""
+    """warmup_steps when set, else ratio_warmup_steps of warmup_ratio."""
     if config.warmup_steps:
         return config.warmup_steps
-    steps = min(math.ceil(config.warmup_ratio * total_steps), max(0, total_steps - 1))
+    steps = ratio_warmup_steps(config.warmup_ratio, total_steps)
     chosen = getattr(config, "recipe", "") == "auto" and "warmup_ratio" not in getattr(
         config, "given_keys", ()
     )

@@ -39,7 +39,7 @@ from tuneforge.train.fused import compile_decoder_layers, lean_forwards
 from tuneforge.train.host_memory import reuse_freed_memory
 from tuneforge.train.levers import compile_kind
 from tuneforge.train.memory import auto_micro_batch_size, enable_gradient_checkpointing
-from tuneforge.train.optim import build_optimizer, build_scheduler
+from tuneforge.train.optim import build_optimizer, build_scheduler, ratio_warmup_steps
 from tuneforge.train.progress import TrainingProgress
 from tuneforge.train.schedule import follow_plan, replan_schedule
 from tuneforge.train.sharded import apply_sharded_checkpoint, check_engine
@@ -234,9 +234,8 @@ def _plan_of_old_checkpoint(files: dict, config, setup: TrainingSetup) -> list[d
     total = saved.get("max_steps") or math.ceil(saved.get("epochs", 0) * setup.order.steps_per_epoch())
     if not total:
         return setup.scheduler.schedule_plan
-    saved_warmup = saved.get("warmup_steps") or min(
-        math.ceil((saved.get("warmup_ratio") or 0.0) * total), max(0, total - 1)
-    )  # the checkpoint's own warm-up: recipe auto may choose another for this run's length
+    # the checkpoint's own warm-up: recipe auto may choose another for this run's length
+    saved_warmup = saved.get("warmup_steps") or ratio_warmup_steps(saved.get("warmup_ratio") or 0.0, total)
     return [{"warmup_steps": saved_warmup, "total_steps": max(1, total)}]
 
 

@@ -197,27 +197,15 @@ def test_a_qwen2_model_exports_to_gguf_unpermuted_with_its_biases_and_loads_back
     tokenizer, tmp_path
 ):
     import gguf
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     import tuneforge as tf
+    from tests.conftest import save_tiny_model
     from tuneforge.models.export import export_gguf, verify_gguf
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
+    folder = save_tiny_model(
+        "qwen2", tmp_path / "qwen2", tokenizer, tie_word_embeddings=True, initializer_range=0.1
     )
-    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen2")
-    tokenizer.save_pretrained(tmp_path / "qwen2")
-    llm = tf.load(str(tmp_path / "qwen2"), precision="fp32", device="cpu")
+    llm = tf.load(str(folder), precision="fp32", device="cpu")
     path = export_gguf(llm.model, llm.tokenizer, tmp_path / "qwen2.gguf", dtype="f32")
     reader = gguf.GGUFReader(str(path))
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "qwen2"

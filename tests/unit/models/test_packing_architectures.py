@@ -8,19 +8,13 @@ python -m pytest tests/unit/models/test_packing_architectures.py -q
 import pytest
 import torch
 
+from tests.conftest import TINY_SIZES
 from tuneforge.data.batching import collate
 from tuneforge.data.packing import pack_examples
 from tuneforge.models.kind import PACKING_MODEL_TYPES, packs_exactly
 from tuneforge.train.loss import batch_loss_sum
 
-LLAMA_LIKE = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+LLAMA_LIKE = TINY_SIZES
 HEAD_DIM_8 = dict(LLAMA_LIKE, head_dim=8)
 EXPERTS = dict(num_local_experts=2, num_experts_per_tok=1)
 SIZES = {  # tiny configs in each model type's own key names (the llama-like ones need nothing else)

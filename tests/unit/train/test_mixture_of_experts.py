@@ -7,32 +7,14 @@ python -m pytest tests/unit/train/test_mixture_of_experts.py -q
 
 import pytest
 
+from tests.conftest import save_tiny_model
 from tuneforge.config import load_config
 from tuneforge.defaults import ModelFacts
 from tuneforge.errors import ModelError
 
 
 def _tiny_moe(model_type, folder, tokenizer):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(model_type, folder, tokenizer, num_local_experts=4, num_experts_per_tok=2)
 
 
 @pytest.fixture(scope="module")
