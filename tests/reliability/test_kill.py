@@ -21,8 +21,8 @@ from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints
 RECORDER = Path(__file__).with_name("record_examples.py")
 
 
-def start_child(config: Path, record: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+def start_child(config: Path, record: Path, **env_vars: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), **env_vars)
     return subprocess.Popen(
         [sys.executable, str(RECORDER), str(record), "train", str(config)],
         env=env,
@@ -102,6 +102,7 @@ def test_kill_9_during_a_checkpoint_save_keeps_earlier_checkpoints_and_resumes(
     child = start_child(
         write_config(tmp_path / "broken.yaml", tiny_model_dir, lines28, broken, **settings),
         tmp_path / "steps.jsonl",
+        PAUSE_INSIDE_SAVES_AFTER_STEP="3",  # the child holds step 4's save open, so the kill lands inside it
     )
     assert (
         cli("train", write_config(tmp_path / "whole.yaml", tiny_model_dir, lines28, whole, **settings)) == 0
