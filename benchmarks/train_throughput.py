@@ -443,7 +443,7 @@ def case_runs(case: str, args) -> dict:
         plan["tuneforge-compile"] = ("tuneforge", "auto", {"compile": True})
     if case in ("lines", "full-lines"):
         plan["tuneforge-packed"] = ("tuneforge", "auto", {"packing": True})
-        if case == "lines" and not args.no_compile:  # what a long default run compiles to (recipe auto)
+        if not args.no_compile:  # what a long default run compiles to (recipe auto)
             plan["tuneforge-packed-compile"] = ("tuneforge", "auto", {"packing": True, "compile": True})
         if args.packed_micro_batch:  # fewer blocks per forward pass: less activation memory, more passes
             micro = {"packing": True, "micro_batch_size": args.packed_micro_batch}

@@ -8,13 +8,16 @@
 The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama and qwen2 models: tensor names from the
 `gguf` package's TensorNameMap, llama's q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or f32) and
 norms in f32, no output.weight when embeddings are tied, and the tokenizer (GPT-2 BPE tokens, types, merges),
-special token ids and chat template in the metadata.
+special token ids and chat template in the metadata, with the llama.cpp pre-tokenizer name that splits text as the
+tokenizer does (llama_cpp_pre_tokenizer).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,14 @@ log = logging.getLogger(__name__)
 # model_type -> (llama.cpp's architecture, whether q/k are permuted to its rotary layout), as convert_hf_to_gguf.py
 # writes them: Qwen2 keeps HF's rotate-half layout (and its q/k/v biases)
 GGUF_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
+
+# llama.cpp does not run a tokenizer's own pre-tokenizer: it picks a fixed list of split regexes by the name in
+# tokenizer.ggml.pre (src/llama-vocab.cpp), and a name it does not know fails the load. Each name below is the one
+# whose regexes split text as these tokenizer.json pre-tokenizers do (tests/unit/models/test_gguf_pre_tokenizer.py
+# checks the splits). "default" (what transformers' own reader needs no name for) splits punctuation runs and
+# 3-digit groups apart, so SmolLM2 exported with it tokenized numbers and code differently in llama.cpp.
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 # Prompts for the GGUF self-check: varied registers, short enough to run in seconds on a CPU.
 VERIFY_PROMPTS = [
@@ -145,6 +156,70 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def _describe_pre_tokenizer(pre: dict | None) -> tuple:
+    """A tokenizer.json pre-tokenizer reduced to what decides its splits."""
+    if pre is None:
+        return ()
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    shape: list[tuple] = []
+    for part in parts or []:
+        kind = part.get("type")
+        if kind == "ByteLevel":
+            shape.append(("ByteLevel", part.get("use_regex", True)))
+        elif kind == "Digits":
+            shape.append(("Digits", part.get("individual_digits", False)))
+        elif kind == "Split":
+            pattern = part.get("pattern") or {}
+            shape.append(("Split", pattern.get("Regex") or pattern.get("String"), part.get("behavior")))
+        else:
+            shape.append((kind,))
+    return tuple(shape)
+
+
+# tokenizer.json pre-tokenizer shape -> llama.cpp's name for the same splits
+LLAMA_CPP_PRE_TOKENIZERS = {
+    (("ByteLevel", True),): "gpt-2",  # GPT-2's regex alone
+    (("Digits", True), ("ByteLevel", True)): "smollm",  # SmolLM/SmolLM2, StarCoder: every digit apart first
+    (("Split", QWEN2_SPLIT, "Isolated"), ("ByteLevel", False)): "qwen2",
+    (("Split", LLAMA3_SPLIT, "Isolated"), ("ByteLevel", False)): "llama-bpe",  # Llama 3
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_of_char() -> dict[str, int]:
+    """Byte-level BPE's printable character for each byte, reversed."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _digit_beside_other(token: str) -> bool:
+    """Whether a byte-level BPE token's text holds a numeric character together with any other character."""
+    byte_of = _byte_of_char()
+    text = bytes(byte_of.get(char, 0) for char in token).decode("utf-8", errors="replace")
+    return len(text) > 1 and any(unicodedata.category(char)[0] == "N" for char in text)  # \p{N}, as llama.cpp
+
+
+def llama_cpp_pre_tokenizer(tokenizer) -> str | None:
+    """llama.cpp's tokenizer.ggml.pre for this tokenizer, or None when it has none that splits text the same."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    shape = _describe_pre_tokenizer(json.loads(backend.to_str()).get("pre_tokenizer"))
+    # transformers' GGUF reader rebuilds SmolLM2's tokenizer (Digits, then ByteLevel) as ByteLevel alone; with no
+    # token holding a digit beside anything, both split alike, and "smollm" also keeps llama.cpp from cleaning up
+    # spaces when it detokenizes, as this tokenizer does not (SmolLM2's own GGUF says "smollm")
+    if (
+        shape == (("ByteLevel", True),)
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        and not any(_digit_beside_other(token) for token in tokenizer.get_vocab())
+    ):
+        return "smollm"
+    return LLAMA_CPP_PRE_TOKENIZERS.get(shape)
+
+
 def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:
     """Write a plain llama or qwen2 model and its GPT-2 BPE tokenizer to one GGUF file."""
     import gguf
@@ -195,8 +270,15 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
 
     tokens, types = _vocab(tokenizer)
     writer.add_tokenizer_model("gpt2")
-    # llama.cpp names pre-tokenizers by a hash it keeps (transformers ignores it); Qwen2's splits digits one by one
-    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else "default")
+    pre = llama_cpp_pre_tokenizer(tokenizer)
+    if pre is None:
+        warnings.warn(
+            "this tokenizer splits text in a way llama.cpp has no pre-tokenizer name for: the GGUF loads in "
+            "transformers as it is, but llama.cpp (and Ollama) will split text with their default rules, so "
+            "some words, numbers or code may be tokenized differently than in training",
+            stacklevel=2,
+        )
+    writer.add_tokenizer_pre(pre or "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template

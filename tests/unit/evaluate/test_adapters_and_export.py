@@ -209,6 +209,9 @@ def test_a_qwen2_model_exports_to_gguf_unpermuted_with_its_biases_and_loads_back
     path = export_gguf(llm.model, llm.tokenizer, tmp_path / "qwen2.gguf", dtype="f32")
     reader = gguf.GGUFReader(str(path))
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "qwen2"
+    # the name of the split the loaded tokenizer makes: transformers loads a qwen2 folder's tokenizer as
+    # Qwen2Tokenizer, which splits with Qwen2's regex whatever tokenizer.json holds
+    assert bytes(reader.fields["tokenizer.ggml.pre"].parts[-1]).decode() == "qwen2"
     assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}  # Qwen2's q/k/v biases
     check = verify_gguf(llm.model, llm.tokenizer, path, prompts=["you can make a", "To be or not to"])
     assert check.ok and check.max_logit_difference < 1e-4, check  # permuting q/k as for llama would break it
