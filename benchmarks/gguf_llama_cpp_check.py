@@ -1,14 +1,18 @@
-"""Does llama.cpp tokenize an exported GGUF's text exactly as transformers does? (Not run in CI: needs llama.cpp.)
+"""Does llama.cpp read an exported GGUF as transformers reads the model? Tokens, then greedy text. (Not in CI.)
 
     # llama.cpp's tokenizer, built from the source PyPI ships inside llama-cpp-python (no GitHub needed):
     pip download --no-deps llama-cpp-python==0.3.16 -d /tmp/lcpp && tar xzf /tmp/lcpp/llama_cpp_python-0.3.16.tar.gz -C /tmp/lcpp
     cmake -S /tmp/lcpp/llama_cpp_python-0.3.16/vendor/llama.cpp -B /tmp/lcpp/build -DLLAMA_CURL=OFF \\
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/lcpp/build -t llama-tokenize
-    python benchmarks/gguf_tokenize_check.py --llama-tokenize /tmp/lcpp/build/bin/llama-tokenize
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+    cmake --build /tmp/lcpp/build -t llama-tokenize llama-cli       # ~10 min on 2 cores
+    python benchmarks/gguf_llama_cpp_check.py --bin /tmp/lcpp/build/bin
 
 llama.cpp never runs a tokenizer's own pre-tokenizer: it splits text with the regexes named by the GGUF's
 tokenizer.ggml.pre. This exports the default model twice — with the name tuneforge now picks, and with "default"
-(what it wrote before) — and counts the texts whose token ids from `llama-tokenize` equal transformers'.
+(what it wrote before) — and counts the texts whose token ids from `llama-tokenize` equal transformers'. Then
+it exports the model in f32 and compares llama-cli's 12 greedy tokens after each of the export's 20 check
+prompts with transformers' `generate` (the export's own check reads the file back with transformers only, whose
+GGUF reader undoes the q/k permutation it expects — only llama.cpp shows the permutation is the one it needs).
 """
 
 from __future__ import annotations
@@ -40,10 +44,32 @@ def llama_cpp_ids(binary: Path, gguf: Path, text: str) -> list[int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def greedy_agreement(binary_dir: Path, llm, gguf: Path, prompts: list[str], tokens: int = 12) -> int:
+    """How many prompts get the same `tokens` greedy tokens from llama-cli as from transformers."""
+    import torch
+
+    env = {**os.environ, "LD_LIBRARY_PATH": str(binary_dir)}
+    same = 0
+    for prompt in prompts:
+        ids = llm.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = llm.model.generate(ids, max_new_tokens=tokens, do_sample=False)
+        expected = llm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).rstrip()
+        command = [str(binary_dir / "llama-cli"), "-m", str(gguf), "-p", prompt, "-n", str(tokens)]
+        command += ["--temp", "0", "-no-cnv", "--no-warmup", "--no-escape"]
+        stdout = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+        actual = stdout[stdout.index(prompt) + len(prompt) :] if prompt in stdout else stdout
+        actual = actual.split("[end of text]")[0].split("\nllama_perf")[0].rstrip()
+        same += actual == expected
+        if actual != expected:
+            print(f"  {prompt!r}: llama.cpp {actual!r}, transformers {expected!r}")
+    return same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--llama-tokenize", type=Path, required=True, help="llama.cpp's llama-tokenize binary"
+        "--bin", type=Path, required=True, help="folder of llama.cpp's llama-tokenize, llama-cli"
     )
     parser.add_argument("--model", default="default")
     args = parser.parse_args()
@@ -68,7 +94,7 @@ def main() -> None:
             same = 0
             for text in texts:
                 expected = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
-                actual = llama_cpp_ids(args.llama_tokenize, gguf, text)
+                actual = llama_cpp_ids(args.bin / "llama-tokenize", gguf, text)
                 same += actual == expected
                 if actual != expected:
                     at = next(
@@ -84,6 +110,11 @@ def main() -> None:
             print(
                 f"tokenizer.ggml.pre {pre!r} ({label}): {same}/{len(texts)} texts tokenized as transformers does"
             )
+        gguf = export.export_gguf(llm.model, llm.tokenizer, Path(folder) / "f32.gguf", dtype="f32")
+        same = greedy_agreement(args.bin, llm, gguf, export.VERIFY_PROMPTS)
+        print(
+            f"f32 GGUF in llama-cli: {same}/{len(export.VERIFY_PROMPTS)} prompts continue as in transformers"
+        )
 
 
 if __name__ == "__main__":
