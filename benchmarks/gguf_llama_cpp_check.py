@@ -30,6 +30,7 @@ TEXTS = [
     'Hello, world! It\'s 2024-12-06; the price is $3.14 (approx.) "quoted" -- ok?',
     "  def f(x):\n\treturn x**2 + 12345  # I'M here, you're there",
     "To make a cheese sandwich (the classic way), take 2 slices of bread.",
+    "Steps:\n\n1. Butter the bread.\n2. Add  2 slices of cheese.\n\n[\n    1,\n\t\t3]",  # whitespace runs, digits
 ]
 
 

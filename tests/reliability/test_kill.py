@@ -113,7 +113,7 @@ def test_kill_9_during_a_checkpoint_save_keeps_earlier_checkpoints_and_resumes(
         partial = [p for p in folder.glob(".step-*.tmp-*")] if folder.is_dir() else []
         return partial if partial and len(list_checkpoints(broken)) >= 3 else None
 
-    wait_for(saving_after_step_3, child, poll=0.0005)
+    wait_for(saving_after_step_3, child, poll=0.05)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=60)
     before = {p.name: folder_digest(p) for p in list_checkpoints(broken)}

