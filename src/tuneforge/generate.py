@@ -125,7 +125,8 @@ class GenerationSettings:
             )
         if self.do_sample and self.temperature <= 0:
             raise GenerationError(
-                "temperature must be above 0 when sampling; use do_sample=False for greedy decoding"
+                "temperature must be above 0 when sampling; for greedy decoding (always the most likely "
+                "token) turn sampling off instead: do_sample false (--greedy on the command line)"
             )
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")

@@ -60,6 +60,8 @@ def test_unknown_or_out_of_range_settings_are_one_clear_error():
         resolve_settings(temprature=0.5)
     with pytest.raises(GenerationError, match="top_p"):
         resolve_settings(top_p=1.5)
+    with pytest.raises(GenerationError, match=r"do_sample false \(--greedy on the command line\)"):
+        resolve_settings(temperature=0)  # sampling at temperature 0: the error names the greedy way
 
 
 def test_overrides_never_change_the_callers_settings():
