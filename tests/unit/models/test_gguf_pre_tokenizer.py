@@ -89,8 +89,8 @@ def test_each_tokenizer_shape_gets_the_llama_cpp_name_that_splits_text_as_it_doe
 
 
 def test_what_would_split_otherwise_gets_no_name():
-    """A space added in front, a normalizer that changes text, or Llama 3's split over a BPE that applies
-    merges to whole words: llama.cpp would tokenize differently under any of the names."""
+    """A space added in front or a normalizer that changes text: llama.cpp would tokenize differently under any
+    of the names. (Llama 3's split without ignore_merges is named llama-bpe, as llama.cpp's converter does.)"""
     from tokenizers import normalizers
     from tokenizers import pre_tokenizers as pre
 
@@ -98,7 +98,7 @@ def test_what_would_split_otherwise_gets_no_name():
     assert (
         llama_cpp_pre_tokenizer(fast_tokenizer(shapes()["gpt-2"], normalizer=normalizers.Lowercase())) is None
     )
-    assert llama_cpp_pre_tokenizer(fast_tokenizer(shapes()["llama-bpe"])) is None
+    assert llama_cpp_pre_tokenizer(fast_tokenizer(shapes()["llama-bpe"])) == "llama-bpe"
     nfc = fast_tokenizer(shapes()["qwen2"], normalizer=normalizers.NFC())  # what Qwen2's tokenizer.json holds
     assert llama_cpp_pre_tokenizer(nfc) == "qwen2"
 
@@ -153,10 +153,51 @@ def test_a_folder_converted_before_gets_its_split_back_once(tokenizer, tmp_path)
     file.write_text(json.dumps(data))
     restore_pre_tokenizer(default_gguf_path(), tmp_path)
     assert json.loads(file.read_text())["pre_tokenizer"]["pretokenizers"][0]["type"] == "Digits"
-    assert "restored" in (tmp_path / PRE_TOKENIZER_MARKER).read_text()
+    assert "tokenizer restored" in (tmp_path / PRE_TOKENIZER_MARKER).read_text()
     file.write_text(json.dumps(data))  # marked: not checked again
     restore_pre_tokenizer(default_gguf_path(), tmp_path)
     assert json.loads(file.read_text())["pre_tokenizer"]["type"] == "ByteLevel"
+
+
+def gguf_naming(pre: str, path):
+    """A GGUF holding only metadata: its tokenizer.ggml.pre is `pre` (all restore_pre_tokenizer reads)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_pre(pre)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_a_llama_3_gguf_gets_ignore_merges_back_and_a_read_only_folder_only_a_warning(
+    tokenizer, tmp_path, monkeypatch, caplog
+):
+    import json
+    import tempfile
+
+    from tuneforge.models.loading import PRE_TOKENIZER_MARKER, restore_pre_tokenizer
+
+    llama3 = gguf_naming("llama-bpe", tmp_path / "llama3.gguf")
+    folder = tmp_path / "converted"
+    tokenizer.save_pretrained(folder)
+    restore_pre_tokenizer(llama3, folder)
+    assert json.loads((folder / "tokenizer.json").read_text())["model"]["ignore_merges"] is True
+
+    read_only = tmp_path / "read-only"
+    tokenizer.save_pretrained(read_only)
+    before = (read_only / "tokenizer.json").read_text()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with caplog.at_level("WARNING"):
+        restore_pre_tokenizer(llama3, read_only)  # loads go on: no exception
+    assert "could not give" in caplog.text and "Read-only" in caplog.text
+    assert (read_only / "tokenizer.json").read_text() == before
+    assert not (read_only / PRE_TOKENIZER_MARKER).exists()  # tried again when the folder can be written
 
 
 def test_a_tokenizer_llama_cpp_cannot_split_alike_gets_default_and_a_warning(tiny_model_dir, tmp_path):
