@@ -154,12 +154,12 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _describe_pre_tokenizer(backend: dict) -> tuple:
+def _describe_pre_tokenizer(tokenizer_json: dict) -> tuple:
     """A tokenizer.json reduced to what decides where it splits text: normalizer, pre-tokenizer steps, and
     whether its BPE ignores merges for whole words in the vocabulary (llama.cpp's llama-bpe does)."""
-    pre = backend.get("pre_tokenizer") or {}
+    pre = tokenizer_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre] if pre else []
-    shape: list[tuple] = [("normalizer", (backend.get("normalizer") or {}).get("type"))]
+    shape: list[tuple] = [("normalizer", (tokenizer_json.get("normalizer") or {}).get("type"))]
     for part in parts or []:
         kind = part.get("type")
         if kind == "ByteLevel":
@@ -171,7 +171,7 @@ def _describe_pre_tokenizer(backend: dict) -> tuple:
             shape.append(("Split", pattern.get("Regex"), part.get("behavior"), part.get("invert", False)))
         else:
             shape.append((kind,))
-    shape.append(("ignore_merges", bool((backend.get("model") or {}).get("ignore_merges", False))))
+    shape.append(("ignore_merges", bool((tokenizer_json.get("model") or {}).get("ignore_merges", False))))
     return tuple(shape)
 
 

@@ -118,8 +118,8 @@ def restore_pre_tokenizer(gguf: Path, folder: Path) -> None:
         marker.write_text(f"{gguf.name}: tokenizer.ggml.pre {name or '(none)'}, tokenizer {done}\n")
     except OSError as error:  # a read-only cache: load as converted
         log.warning(
-            "could not give %s the tokenizer settings its GGUF's pre-tokenizer '%s' implies (%s); text with "
-            "some text may tokenize unlike with the model's own tokenizer",
+            "could not give %s the tokenizer settings its GGUF's pre-tokenizer '%s' implies (%s); some text "
+            "may tokenize unlike with the model's own tokenizer",
             folder,
             name,
             error,
