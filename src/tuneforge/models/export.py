@@ -310,12 +310,23 @@ class GgufCheck:
 
 
 def verify_gguf(model, tokenizer, path: str | Path, prompts: list[str] | None = None) -> GgufCheck:
-    """Load `path` back with plain transformers (dequantized) and compare next-token logits on `prompts`."""
+    """Load `path` back with plain transformers (dequantized) and compare next-token logits on `prompts`.
+
+    The tokenizer read back gets the split its tokenizer.ggml.pre names where transformers' reader drops it
+    (as tuneforge's loader and llama.cpp both apply it), so whitespace before a digit is no false alarm."""
+    import json
+
     import torch
+    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from tuneforge.models.loading import apply_gguf_tokenizer_settings, gguf_pre_tokenizer_name
 
     path = Path(path)
     loaded_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer_json = json.loads(loaded_tokenizer.backend_tokenizer.to_str())
+    if apply_gguf_tokenizer_settings(tokenizer_json, gguf_pre_tokenizer_name(path)):
+        loaded_tokenizer._tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
     loaded = AutoModelForCausalLM.from_pretrained(
         str(path.parent),
         gguf_file=path.name,

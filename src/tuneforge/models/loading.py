@@ -86,6 +86,29 @@ GGUF_TOKENIZER_SETTINGS = {
 PRE_TOKENIZER_MARKER = "tuneforge-pre-tokenizer.txt"  # in a converted folder: its tokenizer was checked
 
 
+def gguf_pre_tokenizer_name(gguf: Path) -> str:
+    """The GGUF's tokenizer.ggml.pre: the name llama.cpp picks its split by ('' when it has none)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    return bytes(field.parts[-1]).decode() if field is not None else ""
+
+
+def apply_gguf_tokenizer_settings(data: dict, name: str) -> bool:
+    """Give a tokenizer.json (as a dict, changed in place) the settings tokenizer.ggml.pre `name` implies
+    (GGUF_TOKENIZER_SETTINGS); whether anything changed."""
+    if name not in GGUF_TOKENIZER_SETTINGS:
+        return False
+    (*parents, key), value = GGUF_TOKENIZER_SETTINGS[name]
+    holder = data
+    for parent in parents:
+        holder = holder.setdefault(parent, {})
+    if holder.get(key) == value:
+        return False
+    holder[key] = value
+    return True
+
+
 def restore_pre_tokenizer(gguf: Path, folder: Path) -> None:
     """Give a converted GGUF's tokenizer.json the settings its GGUF's tokenizer.ggml.pre implies
     (GGUF_TOKENIZER_SETTINGS), once per folder; a folder that cannot be written is left as it is, with a warning."""
@@ -95,26 +118,17 @@ def restore_pre_tokenizer(gguf: Path, folder: Path) -> None:
     marker, file = folder / PRE_TOKENIZER_MARKER, folder / "tokenizer.json"
     if marker.is_file() or not file.is_file() or not gguf.is_file():
         return
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
-    name = bytes(field.parts[-1]).decode() if field is not None else ""
+    name = gguf_pre_tokenizer_name(gguf)
     done = "kept"
     try:
-        if name in GGUF_TOKENIZER_SETTINGS:
-            (*parents, key), value = GGUF_TOKENIZER_SETTINGS[name]
-            data = json.loads(file.read_text(encoding="utf-8"))
-            holder = data
-            for parent in parents:
-                holder = holder.setdefault(parent, {})
-            if holder.get(key) != value:
-                holder[key] = value
-                # a temporary file of its own: two processes repairing at once never share a half-written one
-                handle, partial = tempfile.mkstemp(dir=folder, prefix=".tokenizer-", suffix=".json")
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(data, out, ensure_ascii=False)
-                os.replace(partial, file)  # atomic: a reader sees the old file or the new one
-                done = "restored"
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if apply_gguf_tokenizer_settings(data, name):
+            # a temporary file of its own: two processes repairing at once never share a half-written one
+            handle, partial = tempfile.mkstemp(dir=folder, prefix=".tokenizer-", suffix=".json")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(data, out, ensure_ascii=False)
+            os.replace(partial, file)  # atomic: a reader sees the old file or the new one
+            done = "restored"
         marker.write_text(f"{gguf.name}: tokenizer.ggml.pre {name or '(none)'}, tokenizer {done}\n")
     except OSError as error:  # a read-only cache: load as converted
         log.warning(
