@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,18 @@ METHODS = ("lora", "qlora", "full", "scratch")
 DATA_FORMATS = ("auto", "raw", "lines", "text", "formatted", "input_output", "chat")
 # Format names other tools use, as (format, shipped format file or None).
 FORMAT_ALIASES = {"alpaca": ("formatted", "alpaca-format"), "sharegpt": ("chat", None)}
+
+
+def shown_format(config) -> str:
+    """ "format 'formatted' ('alpaca')": the shape a format alias became, with the alias a user may have typed."""
+    aliases = [
+        alias
+        for alias, (shape, file) in FORMAT_ALIASES.items()
+        if shape == config.format and file in (None, config.format_file)
+    ]
+    return f"format '{config.format}'" + (f" ('{aliases[0]}')" if aliases else "")
+
+
 RAW_TEXT_FORMATS = ("auto", "raw", "text")  # the shapes cut into overlapping chunks ("auto" may become one)
 DEFAULT_BATCH_SIZE = 128  # text-generation-webui's default batch
 RECIPES = ("textgen", "seed000", "auto")
@@ -685,19 +698,43 @@ def from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
     return RunConfig(**values)
 
 
-def unknown_keys_message(unknown: list[str], source: str) -> str:
-    """'unknown key 'x' in run.yaml; did you mean 'y'?' — or all of several keys in one sentence."""
+# Short names people type from habit that no string distance finds (lr is as close to lora_dropout as to anything)
+SHORT_NAMES = {
+    "lr": "learning_rate",
+    "r": "rank",
+    "bs": "batch_size",
+    "steps": "max_steps",
+    "epoch": "epochs",
+}
+
+
+def key_suggestion(key: str, names: list[str]) -> tuple[str, str | None] | None:
+    """(the key of `names` meant by an unknown `key`, the other tool whose name it is or None), or None:
+    another tool's name for a key first (lora_r -> rank), then a habitual short name, then the closest spelling."""
     from tuneforge.foreign_recipes import foreign_name  # it reads this module's settings: imported late
 
+    key = key.replace("-", "_")
+    other_tool = foreign_name(key)
+    if other_tool and other_tool[1] in names:
+        return other_tool[1], other_tool[0]
+    if SHORT_NAMES.get(key) in names:
+        return SHORT_NAMES[key], None
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return (close[0], None) if close else None
+
+
+def unknown_keys_message(unknown: list[str], source: str) -> str:
+    """'unknown key 'x' in run.yaml; did you mean 'y'?' — or all of several keys in one sentence."""
     names = field_names()
     hints: dict[str, str | None] = {}
     for key in unknown:
-        other_tool = foreign_name(key)
-        close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.5)
-        if other_tool:
-            hints[key] = f"did you mean '{other_tool[1]}', tuneforge's name for {other_tool[0]}'s {key}?"
+        suggestion = key_suggestion(key, names)
+        if suggestion is None:
+            hints[key] = None
+        elif suggestion[1]:
+            hints[key] = f"did you mean '{suggestion[0]}', tuneforge's name for {suggestion[1]}'s {key}?"
         else:
-            hints[key] = f"did you mean '{close[0]}'?" if close else None
+            hints[key] = f"did you mean '{suggestion[0]}'?"
     valid = f"valid keys: {', '.join(names)}"
     if len(unknown) == 1:
         return f"unknown key '{unknown[0]}' in {source}; {hints[unknown[0]] or valid}"
@@ -787,9 +824,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         config = from_dict(values, source)
     except ConfigError as error:
-        if reading is None:
+        if reading is not None:
+            raise ConfigError(reading.explain(str(error))) from None
+        refused = re.match(r"(\w+) ", str(error))  # "rank must be a whole number, ...": a key's value
+        if path is None or refused is None or refused[1] in (overrides or {}) or refused[1] not in loaded:
             raise
-        raise ConfigError(reading.explain(str(error))) from None
+        line = next(
+            (n for n, row in enumerate(text.splitlines(), 1) if re.match(rf"\s*{refused[1]}\s*:", row)), 0
+        )
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {error}") from None
     if reading is not None:
         config.recipe_notes = reading.notes()
     elif path is not None and config.resume_from and _own_folder(config.output_dir, path):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from tuneforge.config import shown_value
+from tuneforge.config import RunConfig, shown_value
 from tuneforge.errors import DataError
 from tuneforge.models.kind import packs_exactly
 from tuneforge.train.batches import planned_steps
@@ -62,6 +62,7 @@ MIN_HOLD_OUT_EXAMPLES = 20  # below this a validation split is not carved, and o
 # config.json's keys for a mixture of experts' experts per layer (mixtral, qwen2/3_moe, deepseek, ...)
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 RESHAPE_DATA = {"validation_split", "packing"}  # chosen keys after which the data is prepared again
+NOTHING_MEASURES_THE_FIT = "the report cannot see overfitting (give validation_data to see it)"
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,22 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
                 reason += f", the {examples - held - trained} before them (sharing their text) not trained on"
         if trained is None:  # the split and the chunks overlapping it would take every chunk: none carved
             validation_split = 0.0
+            choose(
+                "validation_split",
+                0.0,
+                f"no validation data given, and holding out chunks (and those sharing their text) would take "
+                f"all {examples}: {NOTHING_MEASURES_THE_FIT}",
+            )
         else:
             choose("validation_split", validation_split, reason)
             examples = trained
+    elif not ({"validation_split", "validation_data"} & given or data.has_validation):
+        choose(
+            "validation_split",
+            0.0,
+            f"no validation data given, and {examples} examples are too few to hold some out "
+            f"(fewer than {MIN_HOLD_OUT_EXAMPLES}): {NOTHING_MEASURES_THE_FIT}",
+        )
     packing = False
     sized = given & {"batch_size", "micro_batch_size", "gradient_accumulation_steps"}  # counted in examples
     if (
@@ -402,6 +416,6 @@ def apply_defaults(
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model)
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
-    if {c.key for c in choices} & RESHAPE_DATA:
+    if any(c.key in RESHAPE_DATA and c.value != getattr(RunConfig(), c.key) for c in choices):
         prepared = prepare_examples(config.data, tokenizer, config, strict=strict)
     return config, prepared

@@ -52,6 +52,17 @@ def _show(llm, title: str) -> dict[tuple[str, int], str]:
     return outputs
 
 
+def _earlier_demo(folder: Path, data: Path) -> bool:
+    """Whether `folder` holds a run of the demo (its config trained on the demo's sample data), not another."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and Path(str(config.get("data", ""))).resolve() == data.resolve()
+
+
 def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Path:
     import tuneforge as tf
 
@@ -66,10 +77,12 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     if max_steps:
         settings["max_steps"] = max_steps
     print("\n--- training ---", flush=True)
-    earlier = Path(output_dir) / "checkpoints"
-    if earlier.is_dir():  # the demo's own folder: an earlier (interrupted) demo's checkpoints make way
-        print(f"replacing the earlier demo's checkpoints in {earlier}")
-        shutil.rmtree(earlier)
+    folder = Path(output_dir)
+    if _earlier_demo(folder, data):  # an earlier (finished or interrupted) demo's run makes way for this one
+        print(f"replacing the earlier demo's run in {folder}")
+        for name in ("checkpoints", "adapter", "model"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        (folder / "report.md").unlink(missing_ok=True)
     run = llm.train(str(data), **settings)
     after = _show(llm, "after training")
     changed = sum(before[k] != after[k] for k in before)

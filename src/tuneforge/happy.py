@@ -138,6 +138,20 @@ class EvalResult:
 
 
 @contextmanager
+def gen_settings_names() -> Iterator[None]:
+    """A refused generation setting named as GENSettings names it (max_length, not max_new_tokens)."""
+    import re
+
+    from tuneforge.errors import TuneforgeError
+
+    try:
+        yield
+    except TuneforgeError as error:
+        renamed = re.sub(r"\b(max|min)_new_tokens\b", r"\1_length", str(error))
+        raise type(error)(renamed) from None
+
+
+@contextmanager
 def _hub_token(use_auth_token: str | bool | None) -> Iterator[None]:
     """HappyTransformer's `use_auth_token`: a token string is used for this load (as HF_TOKEN, which the hub
     client reads on each request); True or None use the saved login (`hf auth login`) or HF_TOKEN as they are."""
@@ -207,7 +221,12 @@ class HappyGeneration:
 
     def generate_text(self, text: str, args: GENSettings | None = None) -> GenerationResult:
         args = args or GENSettings()
-        output = self.llm.generate(
+        with gen_settings_names():
+            output = self._generate(text, args)
+        return GenerationResult(text=output)
+
+    def _generate(self, text: str, args: GENSettings) -> str:
+        return self.llm.generate(
             text,
             max_new_tokens=args.max_length,
             # HappyTransformer passes both to generate, where max wins: GENSettings(max_length=5) keeps the
@@ -223,7 +242,6 @@ class HappyGeneration:
             bad_words=list(args.bad_words or []),
             seed=args.seed,
         )
-        return GenerationResult(text=output)
 
     def train(self, input_filepath: str, args: GENTrainArgs | None = None, eval_filepath: str = ""):
         """Fine-tune on a text or CSV file; returns tuneforge's TrainResult (HappyTransformer returns None).
@@ -400,27 +418,32 @@ def data_save_path(args) -> str:
 
 @contextmanager
 def replacing_checkpoints(run_dir: str) -> Iterator[None]:
-    """HappyTransformer's Trainer writes its checkpoints over an earlier run's in the same output_dir, and its
-    API cannot resume one: an earlier run's checkpoints there are set aside (said so) while this run trains, so
-    the two never mix, then removed; if this run fails before writing any, they are put back."""
-    from tuneforge.train.checkpoint import list_checkpoints
+    """HappyTransformer's Trainer writes over an earlier run in the same output_dir, and its API cannot resume
+    one: an earlier run's checkpoints and results there (report, model, adapter) are set aside (said so) while
+    this run trains, so the two never mix, then removed; if this run fails before writing them, they are put
+    back."""
+    from tuneforge.train.checkpoint import finished_results, list_checkpoints
 
-    earlier = list_checkpoints(Path(run_dir))
-    if not earlier:
+    folder = Path(run_dir)
+    earlier = list_checkpoints(folder)
+    results = finished_results(folder)
+    if not earlier and not results:
         yield
         return
-    folder = earlier[0].parent
-    aside = folder.with_name(".checkpoints.replaced")
+    names = (["checkpoints"] if earlier else []) + [name.rstrip("/") for name in results]
+    aside = folder / ".replaced"
     shutil.rmtree(aside, ignore_errors=True)
-    folder.rename(aside)
-    warnings.warn(
-        f"output_dir {run_dir}: replacing the earlier run's {len(earlier)} checkpoints", stacklevel=3
-    )
+    aside.mkdir()
+    for name in names:
+        (folder / name).rename(aside / name)
+    said = ([f"{len(earlier)} checkpoints"] if earlier else []) + results
+    warnings.warn(f"output_dir {run_dir}: replacing the earlier run's {', '.join(said)}", stacklevel=3)
     try:
         yield
     except BaseException:
-        if not folder.exists():
-            aside.rename(folder)
+        for name in names:
+            if not (folder / name).exists():
+                (aside / name).rename(folder / name)
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)

@@ -33,7 +33,13 @@ from tuneforge.models.methods import with_attached_adapter
 from tuneforge.models.preparation import prepare_base
 from tuneforge.models.scratch import train_bpe_tokenizer
 from tuneforge.train.batches import planned_steps
-from tuneforge.train.checkpoint import list_checkpoints, refuse_resume_early, run_identity
+from tuneforge.train.checkpoint import (
+    find_checkpoint,
+    finished_results,
+    list_checkpoints,
+    refuse_resume_early,
+    run_identity,
+)
 from tuneforge.train.estimate import Estimate, estimate_run
 from tuneforge.train.launch import detect_launch, launched_sharding
 from tuneforge.train.loop import TrainResult, save_trained, train
@@ -115,6 +121,12 @@ def run_training(
         raise ConfigError(
             f"{run_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); continue "
             f"it with --resume_from latest, or train into another output_dir"
+        )
+    results = finished_results(run_dir) if not config.resume_from else []
+    if results:  # its adapter and report would be replaced, or a full run's model/ left beside a new adapter/
+        raise ConfigError(
+            f"{run_dir} holds a finished run ({', '.join(results)}); train into another output_dir, or "
+            "delete that folder first to train there again"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     config = config.replace(output_dir=str(run_dir))
@@ -227,6 +239,24 @@ def check_data(config) -> None:
     from tuneforge.models.loading import tokenizer_for
 
     prepare_examples(config.data, tokenizer_for(config.model, config.trust_remote_code), config)
+
+
+def check_before_loading(config) -> None:
+    """What a run can refuse without its model: a device that is not there, a finished or missing run folder,
+    nothing to resume. The CLI checks these before the model loads; run_training checks them all again."""
+    from tuneforge.hardware import pick_device
+
+    pick_device(config.device)
+    run_dir = Path(config.output_dir) if config.output_dir else None
+    if run_dir is None:
+        return
+    if config.resume_from:
+        find_checkpoint(run_dir, config.resume_from)  # raises when there is nothing to resume
+    elif list_checkpoints(run_dir) or finished_results(run_dir):
+        raise ConfigError(
+            f"{run_dir} holds an earlier run ({', '.join(finished_results(run_dir) or ['checkpoints/'])}); "
+            "continue it with --resume_from latest, or train into another output_dir"
+        )
 
 
 def run_settings(config, device: str, tokenizer=None, log=print):

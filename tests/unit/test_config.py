@@ -12,6 +12,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_unknown_key_names_the_closest_valid_key():
     with pytest.raises(ConfigError, match="unknown key 'learning_rat'.*did you mean 'learning_rate'"):
         load_config(None, {"learning_rat": 1e-3})
+    # a habitual short name is closer by spelling to other keys (lr: lora_dropout) and used to list all ~100
+    with pytest.raises(ConfigError, match="unknown key 'lr' in config; did you mean 'learning_rate'\\?$"):
+        load_config(None, {"lr": 1e-3})
 
 
 def test_out_of_range_value_states_the_allowed_range():
@@ -197,3 +200,12 @@ def test_prompts_and_patterns_keep_their_commas():
     assert RunConfig(filter_patterns="[0-9]+").filter_patterns == ["[0-9]+"]  # a regex, not JSON
     assert RunConfig(filter_patterns="[12]").filter_patterns == ["[12]"]  # JSON numbers: still a regex
     assert RunConfig(target_modules="q_proj,v_proj").target_modules == ["q_proj", "v_proj"]  # names: commas
+
+
+def test_a_value_refused_in_a_config_file_names_the_file_and_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 2\nrank: eight\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:2: rank must be a whole number"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"^rank must be >= 1"):  # given on the command line: no file named
+        load_config(config, {"rank": 0})

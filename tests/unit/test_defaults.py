@@ -69,7 +69,8 @@ def test_under_twenty_examples_get_one_pass_and_no_validation_split():
     ten_records = DataStats("formatted", examples=10, tokens=10 * 220)
     new, choices = chosen(RunConfig(recipe="auto"), ten_records)
     assert new.epochs == 1 and "a second memorises them" in choices["epochs"].reason
-    assert new.validation_split == 0 and "validation_split" not in choices
+    # no split, and it says so: nothing will measure the fit
+    assert new.validation_split == 0 and "cannot see overfitting" in choices["validation_split"].reason
     assert_every_change_is_reported(RunConfig(recipe="auto"), new, choices)
 
 
@@ -416,4 +417,5 @@ def test_raw_texts_held_out_chunks_and_their_overlapping_neighbours_leave_the_co
     assert "32 examples" in no_overlap["batch_size"].reason
     short_sections = DataStats("raw", examples=30, tokens=30 * 40, lengths=(40,) * 30)  # hard-cut sections
     new, choices = chosen(RunConfig(recipe="auto", cutoff_len=256), short_sections)  # the split takes all
-    assert "validation_split" not in choices and new.validation_split == 0 and "batch_size" in choices
+    assert new.validation_split == 0 and "batch_size" in choices
+    assert "would take all 30: the report cannot see overfitting" in choices["validation_split"].reason

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import functools
+import re
 import sys
 import typing
 from pathlib import Path
@@ -57,6 +57,9 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+        # argparse reads "-1e-3" as a flag ("expected one argument") where it reads "-0.001" as a value; no flag
+        # here looks like a number, so every number with a minus sign is a value (and gets the range check)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
@@ -186,10 +189,15 @@ def run_config_from(
 
 def unknown_option_hint(parser: argparse.ArgumentParser, option: str) -> str:
     """'; did you mean --learning_rate?' for the closest flag `parser` knows, else a pointer to --help."""
+    from tuneforge.config import key_suggestion
+
     known = {s.lstrip("-").replace("-", "_") for action in parser._actions for s in action.option_strings}
     name = option.lstrip("-").split("=")[0].replace("-", "_")
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
-    return f"; did you mean --{close[0]}?" if close else f"; see {parser.prog} --help"
+    suggestion = key_suggestion(name, sorted(known))
+    if suggestion is None:
+        return f"; see {parser.prog} --help"
+    meant, tool = suggestion
+    return f"; did you mean --{meant}" + (f" (tuneforge's name for {tool}'s {name})?" if tool else "?")
 
 
 def add_verb(subparsers, name: str, **kwargs: Any) -> argparse.ArgumentParser:

@@ -27,13 +27,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_processes(args.nproc, args.argv)
     import tuneforge as tf
     from tuneforge.data import preflight
-    from tuneforge.recipe import check_data
+    from tuneforge.recipe import check_before_loading, check_data
 
     config = run_config_from(args, args.config)
     if os.environ.get("RANK", "0") == "0":  # one process of a multi-process run says it
         print_recipe_notes(config)
     preflight(config)  # every data argument checked now, not after loading the model
     check_data(config)  # and every record, with the tokenizer alone
+    check_before_loading(config)  # the device, and the run folder: something to resume, nothing to replace
     print(f"loading model '{config.model}' ...", flush=True)
     llm = tf.load(
         config.model,
@@ -51,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f"done: {result.steps} steps ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
+        f"done: {result.steps} step{'' if result.steps == 1 else 's'} ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
         f"{result.final_loss:.4f}; saved to {result.saved_to}; report: {result.run_dir / 'report.md'}"
     )
     return 0

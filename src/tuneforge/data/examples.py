@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
+from tuneforge.config import shown_format
 from tuneforge.data import cache
 from tuneforge.data.chat import chat_conversation, render_chat
 from tuneforge.data.cleaning import clean_records, record_text
@@ -278,7 +279,7 @@ def build_examples(path, tokenizer, config, fingerprint: str = "data") -> tuple[
     counts["cleaned"] = len(records) - filtered
     counts["deduplicated"] = len(kept)
     if not records:
-        raise DataError(f"{path} holds no text to train on (nothing visible is left once it is read)")
+        raise DataError(f"{path} holds no text (nothing visible is left once it is read)")
     if not kept:
         whole = (
             " (raw text: each hard-cut section is one record, so a filter matching anywhere in it removes the "
@@ -378,14 +379,15 @@ def choose_shape(source: Source, config) -> tuple[str, str]:
     if config.format != "auto":
         if source.kind == "text" and config.format not in TEXT_SHAPES:
             raise DataError(
-                f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but "
+                f"{shown_format(config)} reads records (JSON, JSONL, CSV, Parquet), but "
                 f"{source.files[0]} is plain text; use format raw or lines"
             )
         return config.format, "set by format"
     if source.kind == "text":
         shape, why = detect_text_shape(source.text)
         return shape, f"detected: {why}"
-    shape = detect_record_shape(source.records, config.text_column, config.format_file)
+    origin = str(source.files[0]) if len(source.files) == 1 else f"the records of {config.data}"
+    shape = detect_record_shape(source.records, config.text_column, config.format_file, origin)
     return shape, f"detected from the records' keys ({', '.join(sorted(source.records[0])[:6])})"
 
 

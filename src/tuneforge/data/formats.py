@@ -191,12 +191,40 @@ def labelled_segments(record: dict, index: int) -> list[Segment]:
     return [(s["text"], s.get("label", True)) for s in segments]
 
 
-def detect_record_shape(records: list[dict], text_column: str | None, format_file: str | None) -> str:
+# The keys that pick a shape. A record key one typo away from one of them (instrution, ouput) would otherwise be
+# ignored without a word: its text never reaches training.
+SHAPE_KEYS = ("instruction", "input", "output", "text", "messages", "conversations", "segments", "system")
+
+
+def refuse_misspelled_keys(records: list[dict], origin: str = "the records") -> None:
+    """DataError naming the first record key that looks like a misspelling of a key that picks a shape."""
+    import difflib
+
+    seen: set[str] = set()
+    for index, record in enumerate(records):
+        for key in record.keys() - seen:
+            seen.add(key)
+            if key in SHAPE_KEYS:
+                continue
+            near = difflib.get_close_matches(key.lower(), SHAPE_KEYS, n=1, cutoff=0.8)
+            if near and near[0] not in record:
+                raise DataError(
+                    f"{origin}, record {index}: key '{key}' looks like a misspelling of '{near[0]}', so its "
+                    f"text would not be trained on; rename it to '{near[0]}' (or, if the name is meant, pick the "
+                    "shape yourself with format and text_column or a format_file)"
+                )
+
+
+def detect_record_shape(
+    records: list[dict], text_column: str | None, format_file: str | None, origin: str = "the records"
+) -> str:
     """Pick the shape of structured records from their keys; the preview states the choice."""
     sample = records[:200]
     keys = frozenset().union(*(present_keys(r) for r in sample))
     if format_file:
         return "formatted"
+    if not text_column:
+        refuse_misspelled_keys(sample, origin)
     if any(isinstance(r.get("messages", r.get("conversations")), list) for r in sample):
         return "chat"
     if text_column:

@@ -16,9 +16,17 @@ import gzip
 import re
 from pathlib import Path
 
+from tuneforge.config import shown_format
 from tuneforge.data.cache import MARKER
 from tuneforge.data.formats import load_format
-from tuneforge.data.sources import TEXT_SUFFIXES, check_printable, data_files, inner_suffix, other_encodings
+from tuneforge.data.sources import (
+    TEXT_SUFFIXES,
+    check_printable,
+    check_undecodable_bytes,
+    data_files,
+    inner_suffix,
+    other_encodings,
+)
 from tuneforge.errors import ConfigError, DataError
 
 HEAD_BYTES = 1 << 16  # enough to tell text from binary and to find a wrong encoding near the start
@@ -42,7 +50,7 @@ def preflight(config) -> None:
                 check_file_head(file, config.encoding)
             if config.format in RECORD_FORMATS and all(inner_suffix(f) in TEXT_SUFFIXES for f in files):
                 raise DataError(
-                    f"format '{config.format}' needs records (JSON, JSONL, CSV, Parquet), but {name} "
+                    f"{shown_format(config)} reads records (JSON, JSONL, CSV, Parquet), but {name} "
                     f"'{path}' is plain text; use format raw or lines"
                 )
     if config.format_file or config.format == "formatted":
@@ -71,7 +79,7 @@ def check_file_head(file: Path, encoding: str) -> None:
     """DataError when the file is empty, not valid `encoding` near its start, or binary."""
     if inner_suffix(file) == ".parquet":
         if file.stat().st_size == 0:
-            raise DataError(f"data file '{file}' is empty; it needs at least one line of text to train on")
+            raise DataError(f"data file '{file}' is empty; it needs at least one line of text")
         return  # binary by design; pyarrow checks it when it is read
     try:
         if file.suffix.lower() == ".gz":
@@ -83,19 +91,20 @@ def check_file_head(file: Path, encoding: str) -> None:
     except (OSError, EOFError) as error:
         raise DataError(f"{file} cannot be read ({error})") from None
     if not head.strip():
-        raise DataError(f"data file '{file}' is empty; it needs at least one line of text to train on")
-    wide = None if codecs.lookup(encoding).name.startswith("utf-16") else _utf16_without_mark(head)
+        raise DataError(f"data file '{file}' is empty; it needs at least one line of text")
+    utf16 = codecs.lookup(encoding).name.startswith("utf-16")
+    if not utf16 and head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # before the NUL count: the mark says it all
+        raise DataError(
+            f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
+        )
+    wide = None if utf16 else _utf16_without_mark(head)
     if wide:  # ASCII in UTF-16 decodes as valid UTF-8 full of NUL bytes: it would be called binary
         raise DataError(f"{file} looks like UTF-16 text without a byte-order mark; pass --encoding {wide}")
     decoder = codecs.getincrementaldecoder(encoding)()
     try:
         text = decoder.decode(head, final=len(head) < HEAD_BYTES)  # a character cut at the end is no error
     except UnicodeDecodeError as error:
-        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise DataError(
-                f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
-            ) from None
-        check_printable(file, head.decode("latin-1"))  # binary in any encoding: say so, not "pass --encoding"
+        check_undecodable_bytes(file, head)  # binary in any encoding: say so, not "pass --encoding"
         raise DataError(
             f"{file}: byte 0x{head[error.start]:02x} at offset {error.start} is not valid {encoding}; "
             f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"

@@ -25,6 +25,7 @@ from tuneforge.errors import DataError
 
 # Control characters other than tab, newline, vertical tab, form feed and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_C0_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql"}
 # Keys under which a JSON object wraps its list of records (HF datasets' exports, SQuAD-style files).
@@ -173,7 +174,7 @@ def _read_bytes(path: Path) -> bytes:
         except (OSError, EOFError) as error:
             raise DataError(f"{path} is not a valid gzip file ({error})") from None
     if not raw.strip():
-        raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
+        raise DataError(f"data file '{path}' is empty; it needs at least one line of text")
     return raw
 
 
@@ -190,6 +191,7 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
+        check_undecodable_bytes(path, raw)  # binary in any encoding: not "pass --encoding"
         raise DataError(
             f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
             f"pass the file's real encoding with --encoding ({other_encodings(encoding)})"
@@ -200,14 +202,21 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
         ) from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")  # BOM and Windows line ends
     if not text.strip():
-        raise DataError(f"data file '{path}' is empty; it needs at least one line of text to train on")
+        raise DataError(f"data file '{path}' is empty; it needs at least one line of text")
     check_printable(path, text)
     return text
 
 
-def check_printable(path: Path, text: str) -> None:
+def check_undecodable_bytes(path: Path, raw: bytes) -> None:
+    """For bytes the chosen encoding could not decode: DataError when they are binary in any encoding (NUL or
+    C0 control bytes), so the advice is not "pass --encoding". C1 bytes (0x80-0x9f) are left out: they fill
+    UTF-8 text read as latin-1."""
+    check_printable(path, raw[: 1 << 20].decode("latin-1"), _C0_CONTROL)
+
+
+def check_printable(path: Path, text: str, control: re.Pattern | None = None) -> None:
     """DataError for binary content: NUL bytes, or over 1% control characters (what any 8-bit codec gives)."""
-    controls = len(_CONTROL.findall(text, 0, 1 << 20))  # the first million characters tell
+    controls = len((control or _CONTROL).findall(text, 0, 1 << 20))  # the first million characters tell
     sample = min(len(text), 1 << 20)
     if "\x00" in text[:sample] or controls > 0.01 * sample:
         raise DataError(

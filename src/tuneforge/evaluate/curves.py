@@ -49,9 +49,15 @@ def diagnose_fit(train_losses: list[float], validation_losses: list[tuple[int, f
     tail = max(2, n // 5)
     earlier, recent = sum(smooth[-2 * tail : -tail]) / tail, sum(smooth[-tail:]) / tail
     if earlier - recent > 0.05 * abs(earlier):
+        unseen = (
+            ""
+            if len(validation_losses) >= 3
+            else "; with too few validation losses to compare, this cannot be told from memorising the "
+            "training text (set validation_split or eval_steps to see)"
+        )
         return "underfit", (
             f"training loss was still falling at the end ({earlier:.3f} -> {recent:.3f} over the "
-            "last steps): train longer (more epochs or steps)"
+            f"last steps): train longer (more epochs or steps){unseen}"
         )
     if validation_losses:
         gap = validation_losses[-1][1] - last

@@ -392,17 +392,44 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in _step_folders(run_dir) if (p / STATE_FILE).is_file()]
 
 
+def finished_results(run_dir: Path) -> list[str]:
+    """What a finished run left in `run_dir` (its report, trained adapter or model), by name."""
+    named = [run_dir / "report.md", run_dir / "adapter", run_dir / "model"]
+    return [
+        p.name + ("/" if p.is_dir() else "")
+        for p in named
+        if p.is_file() or (p.is_dir() and any(p.iterdir()))
+    ]
+
+
 def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
     """`latest` → the newest complete checkpoint of the run; otherwise a checkpoint folder path."""
     if resume_from == "latest":
         checkpoints = list_checkpoints(run_dir)
-        if not checkpoints:
+        if checkpoints:
+            return checkpoints[-1]
+        if not run_dir.is_dir():
             raise ConfigError(
-                f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "
-                "set save_steps so the run writes some, or start without resume_from"
+                f"resume_from: latest, but the run folder {run_dir} does not exist; check output_dir (or the "
+                "config file's folder), or start without resume_from"
             )
-        return checkpoints[-1]
+        finished = finished_results(run_dir)
+        if finished:
+            raise ConfigError(
+                f"resume_from: latest, but the run in {run_dir} finished ({', '.join(finished)}) and kept no "
+                "step checkpoint to resume from (save_steps keeps them); to train more, start a new run into "
+                "another output_dir with more max_steps or epochs"
+            )
+        raise ConfigError(
+            f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "
+            "set save_steps so the run writes some, or start without resume_from"
+        )
     path = Path(resume_from)
+    if not path.exists():
+        raise ConfigError(
+            f"resume_from '{resume_from}' does not exist; use 'latest' or a folder like "
+            f"{run_dir}/checkpoints/step-100"
+        )
     if not (path / STATE_FILE).is_file():
         raise ConfigError(
             f"resume_from '{resume_from}' is not a complete checkpoint folder ({path / STATE_FILE} "

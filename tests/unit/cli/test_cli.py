@@ -131,7 +131,7 @@ def test_line_data_with_a_short_cutoff_trains_without_touching_raw_text_settings
         ]
     )
     assert code == 0, capsys.readouterr().err
-    assert "done: 1 steps" in capsys.readouterr().out
+    assert "done: 1 step (" in capsys.readouterr().out
     assert "overlap_len: null" in (tmp_path / "run" / "config.yaml").read_text()  # the user's choice: none
 
 
@@ -225,12 +225,39 @@ def test_a_bad_record_stops_train_before_the_model_loads(capsys, monkeypatch, ti
     import tuneforge
 
     (tmp_path / "a.json").write_text(
-        '[{"instruction": "a", "output": "b"}, {"instruction": "c", "outpt": "d"}]'
+        '[{"instruction": "a", "output": "b"}, {"instruction": "c", "reply": "d"}]'
     )
     monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded before the data"))
     assert main(["train", "--data", str(tmp_path / "a.json"), "--model", str(tiny_model_dir)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "record 1 has non-empty keys: instruction, outpt" in error
+    assert error.count("\n") == 1 and "record 1 has non-empty keys: instruction, reply" in error
+
+
+def test_a_run_folder_or_device_it_cannot_use_stops_train_before_the_model_loads(
+    capsys, monkeypatch, tiny_model_dir, tmp_path
+):
+    import torch
+
+    import tuneforge
+
+    data = tmp_path / "notes.txt"
+    data.write_text("one line\nanother line\n")
+    finished = tmp_path / "finished"
+    (finished / "adapter").mkdir(parents=True)
+    (finished / "adapter" / "adapter_config.json").write_text("{}")
+    (finished / "report.md").write_text("# run\n")
+    monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded first"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["train", "--data", str(data), "--model", str(tiny_model_dir)]
+    for argv, said in [
+        (["--output_dir", str(finished)], "holds an earlier run (report.md, adapter/)"),
+        (["--output_dir", str(finished), "--resume_from", "latest"], "finished (report.md, adapter/)"),
+        (["--output_dir", str(tmp_path / "none"), "--resume_from", "latest"], "none does not exist"),
+        (["--device", "cuda"], "no CUDA GPU is visible"),
+    ]:
+        assert main(base + argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and said in error, error
 
 
 def test_bad_generation_setting_is_one_line_before_any_model_loads(capsys):

@@ -78,6 +78,14 @@ def test_both_spellings_and_lone_true_false_flags_parse_alike():
         (["generate", "--temprature", "0.5", "hi"], "--temperature"),
         (["perplexity", "x.txt", "--strid", "8"], "--stride"),
         (["ui", "--prot", "80"], "--port"),
+        # other tools' names and short habits, which no spelling distance finds
+        (
+            ["train", "--num_train_epochs", "1"],
+            "--epochs (tuneforge's name for LLaMA-Factory's num_train_epochs)",
+        ),
+        (["train", "--lora_r", "8"], "--rank (tuneforge's name for axolotl's lora_r)"),
+        (["train", "--lr", "1e-3"], "--learning_rate"),
+        (["estimate", "--lr", "1e-3"], "--learning_rate"),
     ],
 )
 def test_unknown_flags_name_the_closest_flag_of_their_verb(argv, hint, capsys):
@@ -125,3 +133,13 @@ def test_a_mistake_argparse_finds_is_one_line_not_the_whole_usage(words, said, c
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err and err.startswith("tuneforge: error:") and "--help" in err
+
+
+def test_a_negative_number_in_scientific_notation_gets_the_range_check_not_argparse(tmp_path, capsys):
+    """argparse took "-1e-3" for a flag: "argument --learning_rate: expected one argument"."""
+    data = tmp_path / "notes.txt"
+    data.write_text("one line\n")
+    for value in ("-1e-3", "-1E-3", "-.5", "-2"):
+        assert main(["train", "--data", str(data), "--learning_rate", value]) == 2
+        error = capsys.readouterr().err
+        assert "learning_rate must be > 0" in error and "expected one argument" not in error, error

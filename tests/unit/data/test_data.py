@@ -26,6 +26,10 @@ def test_undecodable_bytes_name_the_offset_and_the_fix(tmp_path):
     (tmp_path / "utf8.txt").write_bytes("caf\u00e9 \u2014 ok\n".encode("utf-8") + b"\x81")
     with pytest.raises(DataError, match=r"not valid cp1252; .*--encoding \(e.g. utf-8, latin-1"):
         read_text(tmp_path / "utf8.txt", encoding="cp1252")  # never suggests the one that failed
+    from tuneforge.data.preflight import check_file_head
+
+    with pytest.raises(DataError, match=r"not valid cp1252; .*--encoding"):  # UTF-8's 0x80-0x9f: not binary
+        check_file_head(tmp_path / "utf8.txt", "cp1252")
 
 
 def test_shape_detection():

@@ -9,7 +9,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data import preflight
 from tuneforge.data.examples import detect_text_shape, prepare_examples
 from tuneforge.data.inspection import inspect_data
-from tuneforge.data.sources import read_source
+from tuneforge.data.sources import read_source, read_text
 from tuneforge.errors import ConfigError, DataError
 
 # text-generation-webui's training/formats/ChatML-format.json: each example already ends with <|im_end|>.
@@ -45,8 +45,14 @@ def test_nul_and_binary_content_is_refused_whatever_the_encoding(tmp_path):
     with pytest.raises(DataError, match="holds binary data, not text") as refused:  # not "pass --encoding"
         check_file_head(tmp_path / "program.txt", "utf-8")
     assert "--encoding" not in str(refused.value)
+    with pytest.raises(DataError, match="holds binary data, not text") as refused:  # perplexity reads it so
+        read_text(tmp_path / "program.txt")
+    assert "--encoding" not in str(refused.value)
     (tmp_path / "wide.txt").write_bytes("two bytes a letter\n".encode("utf-16"))
-    with pytest.raises(DataError, match="UTF-16 text .* pass --encoding utf-16"):
+    # the mark is read first: a marked file is not "without a byte-order mark" (its NULs said so before)
+    with pytest.raises(
+        DataError, match=r"is UTF-16 text \(it starts with that byte-order mark\); pass --encoding utf-16$"
+    ):
         check_file_head(tmp_path / "wide.txt", "utf-8")
     (tmp_path / "wide-le.txt").write_bytes("two bytes a letter, no mark\n".encode("utf-16-le"))
     with pytest.raises(DataError, match="UTF-16 text without a byte-order mark; pass --encoding utf-16-le"):
@@ -150,7 +156,12 @@ def test_preflight_checks_data_settings_before_any_model(tmp_path):
         (
             dict(data=str(tmp_path / "notes.txt"), format="chat"),
             DataError,
-            "format 'chat' needs records .* but data '.*notes.txt' is plain text",
+            "format 'chat' \\('sharegpt'\\) reads records .* but data '.*notes.txt' is plain text",
+        ),
+        (  # the alias typed is named, not only the shape it became
+            dict(data=str(tmp_path / "notes.txt"), format="alpaca"),
+            DataError,
+            "format 'formatted' \\('alpaca'\\) reads records .* but data '.*notes.txt' is plain text",
         ),
         (dict(filter_patterns=["(unclosed"]), ConfigError, "is not a valid regular expression"),
         (dict(diversity_subset=10), ConfigError, "need diversity_clusters"),

@@ -153,6 +153,24 @@ def test_shape_is_detected_from_record_keys():
         detect_record_shape([{"title": "a", "body": "b"}], None, None)
 
 
+def test_a_misspelled_shape_key_is_refused_by_name_not_left_out_of_training():
+    # "instrution" beside input/output would have made input_output records that train without the instruction
+    records = [
+        {"instruction": "a", "input": "", "output": "b"},
+        {"instrution": "Say hi", "input": "", "output": "hi"},
+    ]
+    with pytest.raises(DataError, match="alpaca.json, record 1: key 'instrution' looks like a misspelling of "
+                       "'instruction'"):  # fmt: skip
+        detect_record_shape(records, None, None, "alpaca.json")
+    with pytest.raises(DataError, match="key 'ouput' looks like a misspelling of 'output'"):
+        detect_record_shape([{"instruction": "a", "ouput": "b"}], None, None)
+    # other keys are data of the user's own (ids, categories) and stay allowed; so does a name they chose
+    assert detect_record_shape([{"id": 3, "category": "x", "input": "a", "output": "b"}], None, None) == (
+        "input_output"
+    )
+    assert detect_record_shape([{"instrution": "a", "body": "b"}], "body", None) == "text"
+
+
 def test_a_record_with_an_extra_key_is_told_which_key_and_how_to_fix_it():
     records = [{"instruction": "a", "output": "b", "source": "web"}]
     with pytest.raises(DataError, match=r"its extra keys \(source\) are in no template: drop them"):

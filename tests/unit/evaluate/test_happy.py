@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 
+from tuneforge.errors import TuneforgeError
 from tuneforge.happy import GENSettings, GENTrainArgs, GENTrainArgsV2, HappyGeneration
 
 SEED_001_TABLE = {
@@ -57,6 +58,12 @@ def test_generation_settings_keep_happytransformers_defaults():
 @pytest.fixture()
 def happy(tiny_model_dir):
     return HappyGeneration(model_type="GPT-NEO", model_name=str(tiny_model_dir))
+
+
+def test_a_refused_generation_setting_is_named_as_gensettings_names_it(happy):
+    with pytest.raises(TuneforgeError, match="max_length must be >= 1") as refused:
+        happy.generate_text("you can", args=GENSettings(max_length=0))
+    assert "max_new_tokens" not in str(refused.value)  # tuneforge's name, which the user never wrote
 
 
 def test_generate_text_returns_an_object_with_text_of_the_asked_length(happy):

@@ -125,7 +125,7 @@ def test_resume_refuses_a_checkpoint_with_another_rank(tiny_model_dir, lines_fil
             )
         assert (tmp_path / "run" / "config.yaml").read_text() == saved  # the refused settings left no trace
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # nothing to resume: refused before writing too
-    with pytest.raises(TuneforgeError, match="holds no complete checkpoint"):
+    with pytest.raises(TuneforgeError, match="finished .* and kept no step checkpoint to resume from"):
         tf.load(str(tiny_model_dir), precision="fp32").train(
             lines_file,
             output_dir=str(tmp_path / "run"),
@@ -147,6 +147,37 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tiny_model_dir, l
     with pytest.raises(TuneforgeError, match=r"holds checkpoints of an earlier run \(step-2, step-4\)"):
         tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **dict(settings, seed=4))
     assert (tmp_path / "run" / "checkpoints" / "step-4" / "trainable.safetensors").read_bytes() == before
+
+
+def test_a_fresh_run_into_a_finished_runs_folder_is_refused(tiny_model_dir, lines_file, tmp_path):
+    """Without checkpoints a second run replaced the first's adapter, config and report without a word (and a
+    full run's model/ stayed beside a later LoRA run's adapter/)."""
+    settings = dict(
+        SETTINGS, max_steps=2, save_steps=None, output_dir=str(tmp_path / "run"), show_progress=False
+    )
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **settings)
+    before = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(
+        TuneforgeError, match=r"holds a finished run \(report.md, adapter/\); train into another"
+    ):
+        tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **dict(settings, seed=4))
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    assert (tmp_path / "run" / "config.yaml").read_text() == config
+    # resuming it says it finished, not "set save_steps ..."; a folder that is not there says so too
+    with pytest.raises(
+        TuneforgeError, match=r"the run in .*run finished \(report.md, adapter/\) and kept no step"
+    ):
+        tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **settings, resume_from="latest")
+    for resume_from, named in (
+        ("latest", "the run folder .*nowhere does not exist"),
+        ("nowhere/x", "'nowhere/x' does not exist"),
+    ):
+        with pytest.raises(TuneforgeError, match=named):
+            tf.load(str(tiny_model_dir), precision="fp32").train(
+                lines_file, **dict(settings, output_dir=str(tmp_path / "nowhere")), resume_from=resume_from
+            )
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp_path):

@@ -156,6 +156,10 @@ def test_fit_diagnosis_follows_seed_002():
     assert diagnose_fit(flat, [])[0] == "underfit"
     falling = [5.0 - 0.2 * i for i in range(20)]
     assert diagnose_fit(falling, [])[0] == "underfit"  # still falling at the end: train longer
+    # ... unless memorising: without validation losses to compare the advice says it cannot tell
+    assert "cannot be told from memorising" in diagnose_fit(falling, [])[1]
+    falling_validation = [(5, 4.0), (10, 3.5), (15, 3.0), (20, 2.6)]
+    assert "memorising" not in diagnose_fit(falling, falling_validation)[1]
     settled = [5.0 * 0.7**i + 1.0 for i in range(40)]
     overfit_validation = [(10, 2.0), (20, 1.6), (30, 1.9), (40, 2.3)]
     assert diagnose_fit(settled, overfit_validation)[0] == "overfit"
