@@ -36,7 +36,7 @@ def shown_format(config) -> str:
     aliases = [
         alias
         for alias, (shape, file) in FORMAT_ALIASES.items()
-        if shape == config.format and file in (None, config.format_file)
+        if shape == config.format and file is not None and file == config.format_file
     ]
     return f"format '{config.format}'" + (f" ('{aliases[0]}')" if aliases else "")
 
@@ -494,7 +494,10 @@ class RunConfig:
 
     # --- output ---
     output_dir: str | None = setting(
-        None, "Run folder (default: runs/<method>-<date>-<time>).", group="output"
+        None,
+        "Run folder (default: runs/<method>-<date>-<time>); a folder holding a finished run is refused, never "
+        "overwritten.",
+        group="output",
     )
     sample_prompts: list[str] = setting(
         [],

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from tuneforge.config import RunConfig, shown_value
+from tuneforge.config import shown_value
 from tuneforge.errors import DataError
 from tuneforge.models.kind import packs_exactly
 from tuneforge.train.batches import planned_steps
@@ -413,9 +413,10 @@ def apply_defaults(
             "each alone",
             stacklevel=2,
         )
+    prepared_with = config  # the settings the data was prepared with
     config, choices = choose_defaults(config, DataStats.of(prepared), Machine.detect(device), model)
     for choice in choices:
         log(f"default chosen: {choice.describe()}")
-    if any(c.key in RESHAPE_DATA and c.value != getattr(RunConfig(), c.key) for c in choices):
+    if any(c.key in RESHAPE_DATA and c.value != getattr(prepared_with, c.key) for c in choices):
         prepared = prepare_examples(config.data, tokenizer, config, strict=strict)
     return config, prepared

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+from tuneforge.train.checkpoint import refuse_earlier_run
+
 PROMPTS = ["To make a cheese sandwich ", "The best cheese sandwich "]
 SEEDS = [0, 1]
 DEMO_SETTINGS = dict(
@@ -60,7 +62,8 @@ def _earlier_demo(folder: Path, data: Path) -> bool:
         config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(config, dict) and Path(str(config.get("data", ""))).resolve() == data.resolve()
+    # by the file's place in the package, not its absolute path: a new virtual environment moves it
+    return isinstance(config, dict) and Path(str(config.get("data", ""))).parts[-3:] == data.parts[-3:]
 
 
 def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Path:
@@ -69,6 +72,14 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     start = time.perf_counter()
     data = sample_data_path()
     print(f"tuneforge demo: LoRA fine-tune of the default model (SmolLM2-135M-Instruct) on {data.name}")
+    folder = Path(output_dir)
+    if _earlier_demo(folder, data):  # an earlier (finished or interrupted) demo's run makes way for this one
+        print(f"replacing the earlier demo's run in {folder}")
+        for name in ("checkpoints", "adapter", "model"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        (folder / "report.md").unlink(missing_ok=True)
+    else:
+        refuse_earlier_run(folder)  # another run's folder: refused now, not after loading the model
     print("loading the default model (the first run converts its GGUF file once, ~20 s) ...", flush=True)
     llm = tf.load("default")
     print(f"loaded {llm}")
@@ -77,12 +88,6 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     if max_steps:
         settings["max_steps"] = max_steps
     print("\n--- training ---", flush=True)
-    folder = Path(output_dir)
-    if _earlier_demo(folder, data):  # an earlier (finished or interrupted) demo's run makes way for this one
-        print(f"replacing the earlier demo's run in {folder}")
-        for name in ("checkpoints", "adapter", "model"):
-            shutil.rmtree(folder / name, ignore_errors=True)
-        (folder / "report.md").unlink(missing_ok=True)
     run = llm.train(str(data), **settings)
     after = _show(llm, "after training")
     changed = sum(before[k] != after[k] for k in before)

@@ -102,6 +102,7 @@ IGNORED_BECAUSE = {
     "max_samples": "tuneforge trains on every record; shorten the file to match",
     "evals_per_epoch": "give eval_steps",
     "saves_per_epoch": "give save_steps",
+    "overwrite_output_dir": "tuneforge never replaces a finished run; delete the folder or give another output_dir",
 }
 STAGES = {"dpo": "trains on preference pairs (DPO)", "kto": "trains on answers marked good or bad (KTO)",
           "rm": "trains a reward model", "ppo": "trains by reinforcement learning from a reward model (PPO)"}

@@ -416,21 +416,34 @@ def data_save_path(args) -> str:
     return ""
 
 
+# What a run writes into its folder: HappyTransformer's Trainer writes over an earlier run's in its output_dir.
+RUN_ENTRIES = (
+    "checkpoints",
+    "adapter",
+    "model",
+    "report.md",
+    "config.yaml",
+    "metrics.jsonl",
+    "loss_curve.png",
+)
+
+
 @contextmanager
 def replacing_checkpoints(run_dir: str) -> Iterator[None]:
     """HappyTransformer's Trainer writes over an earlier run in the same output_dir, and its API cannot resume
-    one: an earlier run's checkpoints and results there (report, model, adapter) are set aside (said so) while
-    this run trains, so the two never mix, then removed; if this run fails before writing them, they are put
-    back."""
+    one: an earlier tuneforge run there (a folder with its config.yaml) is set aside (said so) while this run
+    trains, so the two never mix, then removed; if this run fails before a checkpoint of its own, the earlier
+    run is put back whole. A folder that is no run of tuneforge's is left alone (a fresh run refuses to replace
+    files there)."""
     from tuneforge.train.checkpoint import finished_results, list_checkpoints
 
     folder = Path(run_dir)
     earlier = list_checkpoints(folder)
     results = finished_results(folder)
-    if not earlier and not results:
+    if not (folder / "config.yaml").is_file() or not (earlier or results):
         yield
         return
-    names = (["checkpoints"] if earlier else []) + [name.rstrip("/") for name in results]
+    names = [name for name in RUN_ENTRIES if (folder / name).exists()]
     aside = folder / ".replaced"
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir()
@@ -441,8 +454,14 @@ def replacing_checkpoints(run_dir: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for name in names:
-            if not (folder / name).exists():
+        if not list_checkpoints(folder):  # this run left nothing to resume: the earlier run comes back whole
+            for name in RUN_ENTRIES:
+                entry = folder / name
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+            for name in names:
                 (aside / name).rename(folder / name)
         raise
     finally:

@@ -33,6 +33,7 @@ from typing import Any
 
 from tuneforge.config import RunConfig, from_dict
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.checkpoint import refuse_earlier_run
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -125,6 +126,7 @@ def start(
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_fd = _take_lock(run_dir)  # before writing: a refused Start must not touch the running job's files
     try:
+        refuse_earlier_run(run_dir)  # before config.yaml is written over a finished run's
         run_dir.mkdir(exist_ok=True)
         config_path = run_dir / "config.yaml"
         run_config.save(config_path, keys=given - {"resume_from"})

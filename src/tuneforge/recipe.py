@@ -35,8 +35,7 @@ from tuneforge.models.scratch import train_bpe_tokenizer
 from tuneforge.train.batches import planned_steps
 from tuneforge.train.checkpoint import (
     find_checkpoint,
-    finished_results,
-    list_checkpoints,
+    refuse_earlier_run,
     refuse_resume_early,
     run_identity,
 )
@@ -116,18 +115,8 @@ def run_training(
         run_dir = broadcast_object_list([run_dir])[0]
     if config.resume_from:  # refused before config.yaml is rewritten with this run's settings
         refuse_resume_early(run_dir, config, run_identity(config, prepared))
-    earlier = list_checkpoints(run_dir) if not config.resume_from else []
-    if earlier:  # a fresh run's checkpoints would sit beside them, and resume_from: latest pick up either
-        raise ConfigError(
-            f"{run_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); continue "
-            f"it with --resume_from latest, or train into another output_dir"
-        )
-    results = finished_results(run_dir) if not config.resume_from else []
-    if results:  # its adapter and report would be replaced, or a full run's model/ left beside a new adapter/
-        raise ConfigError(
-            f"{run_dir} holds a finished run ({', '.join(results)}); train into another output_dir, or "
-            "delete that folder first to train there again"
-        )
+    if not config.resume_from:
+        refuse_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = config.replace(output_dir=str(run_dir))
     if main_process:
@@ -252,11 +241,8 @@ def check_before_loading(config) -> None:
         return
     if config.resume_from:
         find_checkpoint(run_dir, config.resume_from)  # raises when there is nothing to resume
-    elif list_checkpoints(run_dir) or finished_results(run_dir):
-        raise ConfigError(
-            f"{run_dir} holds an earlier run ({', '.join(finished_results(run_dir) or ['checkpoints/'])}); "
-            "continue it with --resume_from latest, or train into another output_dir"
-        )
+    else:
+        refuse_earlier_run(run_dir)
 
 
 def run_settings(config, device: str, tokenizer=None, log=print):

@@ -106,7 +106,8 @@ def test_every_ignored_key_is_listed_in_one_warning():
     assert warnings == [
         "warning: ignored 8 LLaMA-Factory keys that tuneforge does not use: template (tuneforge renders chat "
         "with the model's own chat template), max_samples (tuneforge trains on every record; shorten the file "
-        "to match), overwrite_cache, plot_loss, overwrite_output_dir, ddp_timeout, per_device_eval_batch_size, "
+        "to match), overwrite_cache, plot_loss, overwrite_output_dir (tuneforge never replaces a finished run; delete "
+        "the folder or give another output_dir), ddp_timeout, per_device_eval_batch_size, "
         "eval_strategy"
     ]
     axolotl_warning = load_config(AXOLOTL_EXAMPLE).recipe_notes[-1]

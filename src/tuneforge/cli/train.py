@@ -32,9 +32,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = run_config_from(args, args.config)
     if os.environ.get("RANK", "0") == "0":  # one process of a multi-process run says it
         print_recipe_notes(config)
+    check_before_loading(config)  # the device, and the run folder: something to resume, nothing to replace
     preflight(config)  # every data argument checked now, not after loading the model
     check_data(config)  # and every record, with the tokenizer alone
-    check_before_loading(config)  # the device, and the run folder: something to resume, nothing to replace
     print(f"loading model '{config.model}' ...", flush=True)
     llm = tf.load(
         config.model,

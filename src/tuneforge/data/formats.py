@@ -196,22 +196,41 @@ def labelled_segments(record: dict, index: int) -> list[Segment]:
 SHAPE_KEYS = ("instruction", "input", "output", "text", "messages", "conversations", "segments", "system")
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions): how many typos apart two keys are."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def misspelled_shape_key(key: str) -> str | None:
+    """The shape key that `key` looks like a typo of (1 edit for short keys, 2 for longer ones), or None. A
+    shape key with a suffix (conversation_id, input_0, instruction_id) is a name of its own, not a typo."""
+    lowered = key.lower()
+    if lowered in SHAPE_KEYS and key != lowered:
+        return lowered  # Text, Instruction: a capitalised CSV header
+    if any(lowered.startswith(k.rstrip("s")) and lowered[len(k.rstrip("s")) :][:1] in "_-0123456789" and
+           len(lowered) > len(k.rstrip("s")) for k in SHAPE_KEYS):  # fmt: skip
+        return None
+    near = [(d, k) for k in SHAPE_KEYS if 0 < (d := _edits(lowered, k)) <= (1 if len(k) <= 5 else 2)]
+    return min(near)[1] if near else None
+
+
 def refuse_misspelled_keys(records: list[dict], origin: str = "the records") -> None:
     """DataError naming the first record key that looks like a misspelling of a key that picks a shape."""
-    import difflib
-
     seen: set[str] = set()
     for index, record in enumerate(records):
         for key in record.keys() - seen:
             seen.add(key)
-            if key in SHAPE_KEYS:
-                continue
-            near = difflib.get_close_matches(key.lower(), SHAPE_KEYS, n=1, cutoff=0.8)
-            if near and near[0] not in record:
+            meant = None if key in SHAPE_KEYS else misspelled_shape_key(key)
+            if meant and meant not in record:
                 raise DataError(
-                    f"{origin}, record {index}: key '{key}' looks like a misspelling of '{near[0]}', so its "
-                    f"text would not be trained on; rename it to '{near[0]}' (or, if the name is meant, pick the "
-                    "shape yourself with format and text_column or a format_file)"
+                    f"{origin}, record {index}: key '{key}' looks like a misspelling of '{meant}', so its "
+                    f"text would not be trained on; rename it to '{meant}' (or, if the name is meant, pick the "
+                    "shape yourself: format with text_column, or a format_file)"
                 )
 
 
@@ -223,10 +242,10 @@ def detect_record_shape(
     keys = frozenset().union(*(present_keys(r) for r in sample))
     if format_file:
         return "formatted"
-    if not text_column:
-        refuse_misspelled_keys(sample, origin)
     if any(isinstance(r.get("messages", r.get("conversations")), list) for r in sample):
         return "chat"
+    if not text_column:
+        refuse_misspelled_keys(sample, origin)
     if text_column:
         return "text"
     if any(isinstance(r.get("segments"), list) for r in sample):

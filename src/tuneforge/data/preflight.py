@@ -92,7 +92,7 @@ def check_file_head(file: Path, encoding: str) -> None:
         raise DataError(f"{file} cannot be read ({error})") from None
     if not head.strip():
         raise DataError(f"data file '{file}' is empty; it needs at least one line of text")
-    utf16 = codecs.lookup(encoding).name.startswith("utf-16")
+    utf16 = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # wide already: marks are theirs
     if not utf16 and head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # before the NUL count: the mark says it all
         raise DataError(
             f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"

@@ -191,6 +191,10 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # its NULs are no binary: say which encoding it is
+            raise DataError(
+                f"{path} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
+            ) from None
         check_undecodable_bytes(path, raw)  # binary in any encoding: not "pass --encoding"
         raise DataError(
             f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "

@@ -53,7 +53,7 @@ def diagnose_fit(train_losses: list[float], validation_losses: list[tuple[int, f
             ""
             if len(validation_losses) >= 3
             else "; with too few validation losses to compare, this cannot be told from memorising the "
-            "training text (set validation_split or eval_steps to see)"
+            "training text (give validation data, validation_split or validation_data, to see)"
         )
         return "underfit", (
             f"training loss was still falling at the end ({earlier:.3f} -> {recent:.3f} over the "

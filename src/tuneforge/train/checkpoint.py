@@ -402,6 +402,23 @@ def finished_results(run_dir: Path) -> list[str]:
     ]
 
 
+def refuse_earlier_run(run_dir: Path) -> None:
+    """ConfigError when a fresh run into `run_dir` would mix with or replace an earlier run there: its step
+    checkpoints (resume_from: latest would pick up either), or a finished run's report, adapter or model."""
+    earlier = list_checkpoints(run_dir)
+    if earlier:
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); continue "
+            f"it with --resume_from latest, or train into another output_dir"
+        )
+    results = finished_results(run_dir)
+    if results:  # its adapter and report would be replaced, or a full run's model/ left beside a new adapter/
+        raise ConfigError(
+            f"{run_dir} holds a finished run ({', '.join(results)}), which this run would replace; train into "
+            "another output_dir, or delete that folder first to train there again"
+        )
+
+
 def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
     """`latest` → the newest complete checkpoint of the run; otherwise a checkpoint folder path."""
     if resume_from == "latest":
@@ -417,8 +434,9 @@ def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
         if finished:
             raise ConfigError(
                 f"resume_from: latest, but the run in {run_dir} finished ({', '.join(finished)}) and kept no "
-                "step checkpoint to resume from (save_steps keeps them); to train more, start a new run into "
-                "another output_dir with more max_steps or epochs"
+                "step checkpoint to resume from (save_steps keeps them); a new run into another output_dir "
+                "trains from the base model again (from Python, tf.load(model, adapter=...).train(...) goes on "
+                "training a saved adapter)"
             )
         raise ConfigError(
             f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "

@@ -250,7 +250,7 @@ def test_a_run_folder_or_device_it_cannot_use_stops_train_before_the_model_loads
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     base = ["train", "--data", str(data), "--model", str(tiny_model_dir)]
     for argv, said in [
-        (["--output_dir", str(finished)], "holds an earlier run (report.md, adapter/)"),
+        (["--output_dir", str(finished)], "holds a finished run (report.md, adapter/)"),
         (["--output_dir", str(finished), "--resume_from", "latest"], "finished (report.md, adapter/)"),
         (["--output_dir", str(tmp_path / "none"), "--resume_from", "latest"], "none does not exist"),
         (["--device", "cuda"], "no CUDA GPU is visible"),

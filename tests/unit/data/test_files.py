@@ -54,6 +54,12 @@ def test_nul_and_binary_content_is_refused_whatever_the_encoding(tmp_path):
         DataError, match=r"is UTF-16 text \(it starts with that byte-order mark\); pass --encoding utf-16$"
     ):
         check_file_head(tmp_path / "wide.txt", "utf-8")
+    with pytest.raises(
+        DataError, match=r"is UTF-16 text .*pass --encoding utf-16$"
+    ):  # perplexity's reader too
+        read_text(tmp_path / "wide.txt")
+    (tmp_path / "wider.txt").write_bytes("four bytes a letter\n".encode("utf-32"))  # FF FE 00 00
+    check_file_head(tmp_path / "wider.txt", "utf-32")  # its own mark: no UTF-16 advice
     (tmp_path / "wide-le.txt").write_bytes("two bytes a letter, no mark\n".encode("utf-16-le"))
     with pytest.raises(DataError, match="UTF-16 text without a byte-order mark; pass --encoding utf-16-le"):
         check_file_head(tmp_path / "wide-le.txt", "utf-8")
@@ -156,7 +162,7 @@ def test_preflight_checks_data_settings_before_any_model(tmp_path):
         (
             dict(data=str(tmp_path / "notes.txt"), format="chat"),
             DataError,
-            "format 'chat' \\('sharegpt'\\) reads records .* but data '.*notes.txt' is plain text",
+            "format 'chat' reads records .* but data '.*notes.txt' is plain text",
         ),
         (  # the alias typed is named, not only the shape it became
             dict(data=str(tmp_path / "notes.txt"), format="alpaca"),

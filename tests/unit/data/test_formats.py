@@ -169,6 +169,11 @@ def test_a_misspelled_shape_key_is_refused_by_name_not_left_out_of_training():
         "input_output"
     )
     assert detect_record_shape([{"instrution": "a", "body": "b"}], "body", None) == "text"
+    # names of their own that merely resemble a shape key: a suffix, or chat data's ids beside its messages
+    chat = [{"conversation_id": "c1", "message_id": "m1", "messages": [{"role": "user", "content": "x"}]}]
+    assert detect_record_shape(chat, None, None) == "chat"
+    own = [{"instruction_id": 1, "input_0": "x", "segment_ids": [1], "input": "a", "output": "b"}]
+    assert detect_record_shape(own, None, None) == "input_output"
 
 
 def test_a_record_with_an_extra_key_is_told_which_key_and_how_to_fix_it():

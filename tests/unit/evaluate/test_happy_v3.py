@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.happy import GENEvalArgs, GENSettings, GENTrainArgs, HappyGeneration
 from tuneforge.paths import tuneforge_home
 
@@ -215,3 +215,14 @@ def test_save_steps_keep_checkpoints_in_output_dir_as_happytransformer_does(work
     ]  # put back: nothing replaced them
     chosen = happy_gen.train(DATA_PATH, args=GENTrainArgs(num_train_epochs=1, max_steps=1, output_dir="mine"))
     assert chosen.saved_to.resolve() == work / "mine" / "model"  # an output_dir of your own keeps the run
+
+
+def test_a_folder_that_is_no_run_keeps_its_files(work, happy_gen, DATA_PATH):
+    """Only an earlier tuneforge run (its config.yaml) is set aside; a project folder's own model/ is refused
+    as the run's output_dir, never moved or deleted."""
+    mine = work / "project"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights.bin").write_bytes(b"mine")
+    with pytest.raises(TuneforgeError, match=r"holds a finished run \(model/\)"):
+        happy_gen.train(DATA_PATH, args=GENTrainArgs(max_steps=1, save_steps=1, output_dir=str(mine)))
+    assert (mine / "model" / "weights.bin").read_bytes() == b"mine" and not (mine / ".replaced").exists()

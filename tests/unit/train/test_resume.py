@@ -159,7 +159,8 @@ def test_a_fresh_run_into_a_finished_runs_folder_is_refused(tiny_model_dir, line
     before = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
     config = (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(
-        TuneforgeError, match=r"holds a finished run \(report.md, adapter/\); train into another"
+        TuneforgeError,
+        match=r"holds a finished run \(report.md, adapter/\), which this run would replace; train into",
     ):
         tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **dict(settings, seed=4))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before
