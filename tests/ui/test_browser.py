@@ -225,3 +225,15 @@ def test_seed_000_journey_in_the_browser(page, project):
         "document.querySelector('#compare-result').innerText.includes('ui-lora')", timeout=SLOW
     )
     shot(page, "compare")
+
+
+def test_a_new_page_names_a_new_run_with_a_free_name(page, project):
+    """The Name field opened as my-lora on every page, so a second session's first Start met the old run."""
+    for taken in ("my-lora", "my-lora-2"):
+        (project / "runs" / taken).mkdir(parents=True)
+        (project / "runs" / taken / "config.yaml").write_text("max_steps: 1\n")
+    page.reload()
+    page.wait_for_selector("#load-model")
+    tab(page, "Training")
+    name = page.locator("#run-name textarea, #run-name input").first
+    wait_until(lambda: name.input_value() == "my-lora-3", 30, "the name field to show a free name")

@@ -187,3 +187,25 @@ def test_login_is_required_when_auth_is_set(project):
         assert login.status_code >= 400
     finally:
         running.close()
+
+
+def test_resume_until_a_step_the_run_has_passed_is_refused_not_finished(project):
+    """Resume until step 2 of a run saved at step 4 ended it at once ("step 4/2", finished): its 20 steps lost."""
+    from gradio_client.exceptions import AppError
+
+    from tuneforge.ui import serve
+
+    from .conftest import free_port
+
+    run = project / "runs" / "long"
+    (run / "checkpoints" / "step-4").mkdir(parents=True)
+    (run / "checkpoints" / "step-4" / "trainer_state.json").write_text("{}")
+    (run / "config.yaml").write_text("max_steps: 20\n")
+    ui = serve(port=free_port(), project_dir=project)  # after the run exists: the page lists it
+    try:
+        with pytest.raises(AppError) as refused:
+            client(ui).predict(2, "long", api_name="/resume_training")  # the shown run is state: copied
+    finally:
+        ui.close()
+    assert "'long' is saved at step 4 already; give a later step" in str(refused.value)
+    assert (run / "config.yaml").read_text() == "max_steps: 20\n" and not (run / "train.log").exists()

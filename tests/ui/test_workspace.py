@@ -55,3 +55,18 @@ def test_a_new_page_shows_the_applied_loras_with_the_active_one_last(workspace):
     assert applied(workspace) == ["loras/one", "loras/two"]
     workspace.apply_loras(applied(workspace))  # Apply on the page as it opened keeps what was active
     assert workspace.active_adapter == "two"
+
+
+def test_an_upload_never_replaces_data_earlier_runs_trained_on(project):
+    """Uploading another file named data.txt replaced the data of every run that trained on it, silently."""
+    datasets = Project(project)
+    before = (project / "datasets" / "data.txt").read_bytes()
+    assert datasets.add_dataset("data.txt", before) == project / "datasets" / "data.txt"  # the same: kept
+    assert datasets.add_dataset("data.txt", b"other notes\n").name == "data-1.txt"
+    assert datasets.add_dataset("data.txt", b"more notes\n").name == "data-2.txt"
+    assert datasets.add_dataset("notes.tar.gz", b"x").name == "notes.tar.gz"
+    assert datasets.add_dataset("notes.tar.gz", b"y").name == "notes-1.tar.gz"
+    assert (project / "datasets" / "data.txt").read_bytes() == before
+    assert (project / "datasets" / "data-1.txt").read_bytes() == b"other notes\n"
+    with pytest.raises(TuneforgeError, match="choose a data file first"):  # not "'' is not available"
+        datasets.dataset("")

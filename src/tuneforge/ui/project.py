@@ -102,26 +102,37 @@ class Project:
         return [f"runs/{run}/checkpoints/{name}" for _, name in steps]
 
     def add_dataset(self, name: str, data: bytes) -> Path:
-        """Write an uploaded file as datasets/NAME (a plain name): through a temporary file renamed into place,
-        so an existing NAME that is a symlink is replaced, never followed to where it points."""
+        """Write an uploaded file as datasets/NAME (a plain name), or NAME-1, NAME-2, ... when a file of other
+        content holds NAME (earlier runs trained on it; their reports and resumes read it); the same content
+        again is the file already there. Written through a temporary file renamed into place, so a name that
+        is a symlink is replaced, never followed to where it points."""
         import os
         import tempfile
 
         folder = self.folder("datasets")
         if not re.fullmatch(r"[\w-][\w.-]{0,99}", name):  # checked by hand: resolve_inside follows links
             raise ConfigError(f"'{name[:80]}' is not a plain file name for datasets/")
+        stem, dot, suffix = name.partition(".")
+        target, number = folder / name, 0
+        while target.is_file() and not target.is_symlink():
+            if target.read_bytes() == data:
+                return target
+            number += 1
+            target = folder / f"{stem}-{number}{dot}{suffix}"
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(data)
-            os.replace(temporary, folder / name)
+            os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        return folder / name
+        return target
 
     # ------------------------------------------------------------------ choices, checked
     def dataset(self, name: str) -> Path:
+        if not name.strip():
+            raise ConfigError("choose a data file first: pick one in the list (or add one to datasets/)")
         path = resolve_inside(self.folder("datasets"), name)
         if not path.is_file():
             raise ConfigError(

@@ -28,6 +28,7 @@ from tuneforge.ui.form import (
     shown_value,
 )
 from tuneforge.ui.handlers import shows_errors
+from tuneforge.ui.project import DATA_SUFFIXES
 from tuneforge.ui.workspace import Workspace
 
 DATASET_MODES = ("Raw text file", "Formatted dataset", "Other data")
@@ -192,7 +193,7 @@ def training_tab(workspace: Workspace):
                     widgets[name] = config_widget(name)
             upload = gr.File(
                 label="Add a data file to datasets/",
-                file_types=[".txt", ".json", ".jsonl", ".csv"],
+                file_types=list(DATA_SUFFIXES),
                 type="filepath",
             )
             with gr.Row():
@@ -215,7 +216,7 @@ def training_tab(workspace: Workspace):
             precision=0,
             minimum=0,
             elem_id="resume-until",
-            info="0: the run's own end (its epochs or max steps).",
+            info="0: the run's own end (its epochs or max steps); a step here becomes the run's max steps.",
         )
     status = gr.Markdown("No run yet.", elem_id="train-status")
     chart = gr.LinePlot(
@@ -256,7 +257,11 @@ def training_tab(workspace: Workspace):
         name, settings = form.config(values)
         run_dir = project.run_dir(name, must_exist=False)
         if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"a run named '{name}' already exists; choose another name, or Resume it")
+            done = jobs.status(run_dir).state == "finished"
+            raise ConfigError(
+                f"a run named '{name}' already exists{' and finished' if done else ''}; choose another name"
+                + ("" if done else ", or Resume it")
+            )
         jobs.start(settings, run_dir, cwd=project.root)
         gr.Info(f"training started in runs/{name}")
         return (name, *poll(name, "")[1:])
@@ -275,7 +280,18 @@ def training_tab(workspace: Workspace):
             raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
         if jobs.running_jobs(project.root):
             raise ConfigError("another training job is running; interrupt it first")
-        overrides = {"max_steps": int(until)} if until and until > 0 else None
+        overrides = None
+        if until and until > 0:  # the run's new max_steps: refused where it would end the run at once
+            from tuneforge.train.checkpoint import list_checkpoints
+
+            saved = list_checkpoints(project.run_dir(name))
+            at = int(saved[-1].name.removeprefix("step-")) if saved else 0
+            if until <= at:
+                raise ConfigError(
+                    f"Resume until step {int(until)}: '{name}' is saved at step {at} already; give a later "
+                    "step, or 0 for the run's own end"
+                )
+            overrides = {"max_steps": int(until)}
         jobs.resume(project.run_dir(name), overrides, cwd=project.root)
         return (name, *poll(name, "")[1:])
 
@@ -306,8 +322,12 @@ def training_tab(workspace: Workspace):
         if not path:
             return [gr.skip()] * 4
         source = Path(path)
-        target = project.add_dataset(jobs_safe_name(source.name), source.read_bytes())
-        gr.Info(f"added datasets/{target.name}")
+        named = jobs_safe_name(source.name)
+        target = project.add_dataset(named, source.read_bytes())
+        if target.name != named:  # another file already holds the name: earlier runs read it
+            gr.Info(f"datasets/{named} holds other data (earlier runs trained on it): added as {target.name}")
+        else:
+            gr.Info(f"added datasets/{target.name}")
         return refresh_datasets()
 
     def refresh_datasets():
@@ -338,8 +358,16 @@ def training_tab(workspace: Workspace):
         return attached.name if attached else ""
 
     # what a newly opened page shows (build_app refreshes these on each page load)
+    def free_name() -> str:
+        """my-lora, or my-lora-2, -3, ... when runs/ has it already: a new page's Start never meets an old run."""
+        taken, number = set(project.runs()), 1
+        while (name := "my-lora" if number == 1 else f"my-lora-{number}") in taken:
+            number += 1
+        return name
+
     return [
         ([current], lambda: (shown_run(),)),
+        ([run_name], lambda: (gr.update(value=free_name()),)),
         (dataset_lists, refresh_datasets),
         ([format_file], lambda: (gr.update(choices=project.format_files()),)),
         ([copy_from], lambda: (gr.update(choices=[""] + project.runs()),)),
