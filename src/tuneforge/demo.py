@@ -8,13 +8,12 @@ save the adapter in PEFT's format.
 
 from __future__ import annotations
 
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from tuneforge.train.checkpoint import refuse_earlier_run
+from tuneforge.train.checkpoint import refuse_earlier_run, remove_run_outputs
 
 PROMPTS = ["To make a cheese sandwich ", "The best cheese sandwich "]
 SEEDS = [0, 1]
@@ -75,9 +74,7 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     folder = Path(output_dir)
     if _earlier_demo(folder, data):  # an earlier (finished or interrupted) demo's run makes way for this one
         print(f"replacing the earlier demo's run in {folder}")
-        for name in ("checkpoints", "adapter", "model"):
-            shutil.rmtree(folder / name, ignore_errors=True)
-        (folder / "report.md").unlink(missing_ok=True)
+        remove_run_outputs(folder)
     else:
         refuse_earlier_run(folder)  # another run's folder: refused now, not after loading the model
     print("loading the default model (the first run converts its GGUF file once, ~20 s) ...", flush=True)

@@ -416,18 +416,6 @@ def data_save_path(args) -> str:
     return ""
 
 
-# What a run writes into its folder: HappyTransformer's Trainer writes over an earlier run's in its output_dir.
-RUN_ENTRIES = (
-    "checkpoints",
-    "adapter",
-    "model",
-    "report.md",
-    "config.yaml",
-    "metrics.jsonl",
-    "loss_curve.png",
-)
-
-
 @contextmanager
 def replacing_checkpoints(run_dir: str) -> Iterator[None]:
     """HappyTransformer's Trainer writes over an earlier run in the same output_dir, and its API cannot resume
@@ -435,7 +423,7 @@ def replacing_checkpoints(run_dir: str) -> Iterator[None]:
     trains, so the two never mix, then removed; if this run fails before a checkpoint of its own, the earlier
     run is put back whole. A folder that is no run of tuneforge's is left alone (a fresh run refuses to replace
     files there)."""
-    from tuneforge.train.checkpoint import finished_results, list_checkpoints
+    from tuneforge.train.checkpoint import RUN_OUTPUTS, finished_results, list_checkpoints, remove_run_outputs
 
     folder = Path(run_dir)
     earlier = list_checkpoints(folder)
@@ -443,7 +431,7 @@ def replacing_checkpoints(run_dir: str) -> Iterator[None]:
     if not (folder / "config.yaml").is_file() or not (earlier or results):
         yield
         return
-    names = [name for name in RUN_ENTRIES if (folder / name).exists()]
+    names = [name for name in RUN_OUTPUTS if (folder / name).exists()]
     aside = folder / ".replaced"
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir()
@@ -455,12 +443,7 @@ def replacing_checkpoints(run_dir: str) -> Iterator[None]:
         yield
     except BaseException:
         if not list_checkpoints(folder):  # this run left nothing to resume: the earlier run comes back whole
-            for name in RUN_ENTRIES:
-                entry = folder / name
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink(missing_ok=True)
+            remove_run_outputs(folder)
             for name in names:
                 (aside / name).rename(folder / name)
         raise

@@ -33,7 +33,7 @@ from typing import Any
 
 from tuneforge.config import RunConfig, from_dict
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.checkpoint import refuse_earlier_run
+from tuneforge.train.checkpoint import list_checkpoints, refuse_earlier_run
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -153,6 +153,14 @@ def resume(
     if current.state == "finished":
         raise JobError(
             f"'{run_dir.name}' already finished; start a new run (copy its parameters) to train more"
+        )
+    saved = list_checkpoints(run_dir)
+    at = int(saved[-1].name.removeprefix("step-")) if saved else 0
+    until = (overrides or {}).get("max_steps")
+    if until is not None and int(until) <= at:  # the run would end at once, its remaining steps lost
+        raise JobError(
+            f"'{run_dir.name}' is saved at step {at} already; give a later step than {until} as its max steps, "
+            "or none for the run's own end"
         )
     command = train_command(config_path, resume=current.checkpoints > 0)
     for key, value in (overrides or {}).items():

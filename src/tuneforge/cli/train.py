@@ -51,8 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"  tuneforge train {result.run_dir / 'config.yaml'} --resume_from latest"
         )
         return 0
+    steps = f"{result.steps} step{'' if result.steps == 1 else 's'}"
     print(
-        f"done: {result.steps} step{'' if result.steps == 1 else 's'} ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
+        f"done: {steps} ({result.stopped_because}); loss {result.losses[0]:.4f} -> "
         f"{result.final_loss:.4f}; saved to {result.saved_to}; report: {result.run_dir / 'report.md'}"
     )
     return 0

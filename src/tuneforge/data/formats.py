@@ -212,9 +212,10 @@ def misspelled_shape_key(key: str) -> str | None:
     lowered = key.lower()
     if lowered in SHAPE_KEYS and key != lowered:
         return lowered  # Text, Instruction: a capitalised CSV header
-    if any(lowered.startswith(k.rstrip("s")) and lowered[len(k.rstrip("s")) :][:1] in "_-0123456789" and
-           len(lowered) > len(k.rstrip("s")) for k in SHAPE_KEYS):  # fmt: skip
-        return None
+    for shape_key in SHAPE_KEYS:
+        stem = shape_key.rstrip("s")  # message_id, conversation_id as well as input_0
+        if lowered.startswith(stem) and lowered[len(stem) : len(stem) + 1] in tuple("_-0123456789"):
+            return None
     near = [(d, k) for k in SHAPE_KEYS if 0 < (d := _edits(lowered, k)) <= (1 if len(k) <= 5 else 2)]
     return min(near)[1] if near else None
 
@@ -244,10 +245,9 @@ def detect_record_shape(
         return "formatted"
     if any(isinstance(r.get("messages", r.get("conversations")), list) for r in sample):
         return "chat"
-    if not text_column:
-        refuse_misspelled_keys(sample, origin)
     if text_column:
         return "text"
+    refuse_misspelled_keys(sample, origin)
     if any(isinstance(r.get("segments"), list) for r in sample):
         return "input_output"
     if {"instruction", "output"} <= keys:

@@ -26,6 +26,7 @@ from tuneforge.data.sources import (
     data_files,
     inner_suffix,
     other_encodings,
+    refuse_utf16_mark,
 )
 from tuneforge.errors import ConfigError, DataError
 
@@ -93,10 +94,8 @@ def check_file_head(file: Path, encoding: str) -> None:
     if not head.strip():
         raise DataError(f"data file '{file}' is empty; it needs at least one line of text")
     utf16 = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # wide already: marks are theirs
-    if not utf16 and head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # before the NUL count: the mark says it all
-        raise DataError(
-            f"{file} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
-        )
+    if not utf16:  # before the NUL count: the mark says it all
+        refuse_utf16_mark(file, head)
     wide = None if utf16 else _utf16_without_mark(head)
     if wide:  # ASCII in UTF-16 decodes as valid UTF-8 full of NUL bytes: it would be called binary
         raise DataError(f"{file} looks like UTF-16 text without a byte-order mark; pass --encoding {wide}")

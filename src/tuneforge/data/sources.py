@@ -191,10 +191,7 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # its NULs are no binary: say which encoding it is
-            raise DataError(
-                f"{path} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
-            ) from None
+        refuse_utf16_mark(path, raw)  # its NULs are no binary: say which encoding it is
         check_undecodable_bytes(path, raw)  # binary in any encoding: not "pass --encoding"
         raise DataError(
             f"{path}: byte 0x{raw[error.start]:02x} at offset {error.start} is not valid {encoding}; "
@@ -209,6 +206,14 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
         raise DataError(f"data file '{path}' is empty; it needs at least one line of text")
     check_printable(path, text)
     return text
+
+
+def refuse_utf16_mark(path: Path, raw: bytes) -> None:
+    """DataError naming UTF-16 when the bytes start with its byte-order mark (read in another encoding)."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(
+            f"{path} is UTF-16 text (it starts with that byte-order mark); pass --encoding utf-16"
+        )
 
 
 def check_undecodable_bytes(path: Path, raw: bytes) -> None:

@@ -346,6 +346,12 @@ def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, l
     differences = resume_differences(files, config, identity)
     if not differences:
         return
+    step = files["state"].step
+    if any(key == "max_steps" for key, *_ in differences) and config.max_steps and config.max_steps <= step:
+        raise ConfigError(
+            f"cannot resume from {checkpoint} with max_steps {config.max_steps}: it is saved at step {step} "
+            "already, so the run would end at once; give a later step"
+        )
     listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new, _ in differences)
     refusing = [key for key, _, _, refuses in differences if refuses]
     if refusing and not config.allow_resume_mismatch:
@@ -390,6 +396,28 @@ def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a folder without its state file is not complete)."""
     return [p for _, p in _step_folders(run_dir) if (p / STATE_FILE).is_file()]
+
+
+# Everything a run writes into its folder (what a tool that replaces its own earlier run clears).
+RUN_OUTPUTS = (
+    "checkpoints",
+    "adapter",
+    "model",
+    "report.md",
+    "config.yaml",
+    "metrics.jsonl",
+    "loss_curve.png",
+)
+
+
+def remove_run_outputs(run_dir: Path) -> None:
+    """Delete what a run wrote into `run_dir` (RUN_OUTPUTS), leaving anything else there."""
+    for name in RUN_OUTPUTS:
+        entry = run_dir / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def finished_results(run_dir: Path) -> list[str]:

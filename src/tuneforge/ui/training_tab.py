@@ -280,18 +280,7 @@ def training_tab(workspace: Workspace):
             raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
         if jobs.running_jobs(project.root):
             raise ConfigError("another training job is running; interrupt it first")
-        overrides = None
-        if until and until > 0:  # the run's new max_steps: refused where it would end the run at once
-            from tuneforge.train.checkpoint import list_checkpoints
-
-            saved = list_checkpoints(project.run_dir(name))
-            at = int(saved[-1].name.removeprefix("step-")) if saved else 0
-            if until <= at:
-                raise ConfigError(
-                    f"Resume until step {int(until)}: '{name}' is saved at step {at} already; give a later "
-                    "step, or 0 for the run's own end"
-                )
-            overrides = {"max_steps": int(until)}
+        overrides = {"max_steps": int(until)} if until and until > 0 else None
         jobs.resume(project.run_dir(name), overrides, cwd=project.root)
         return (name, *poll(name, "")[1:])
 

@@ -181,6 +181,18 @@ def test_a_fresh_run_into_a_finished_runs_folder_is_refused(tiny_model_dir, line
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_resume_whose_max_steps_the_checkpoint_has_passed_is_refused(tiny_model_dir, lines_file, tmp_path):
+    """max_steps 3 on a run saved at step 4 ended it at once ("step 4/3", finished), its other steps lost."""
+    settings = dict(
+        SETTINGS, max_steps=4, save_steps=2, output_dir=str(tmp_path / "run"), show_progress=False
+    )
+    tf.load(str(tiny_model_dir), precision="fp32").train(lines_file, **settings)
+    with pytest.raises(TuneforgeError, match="saved at step 4 already, so the run would end at once"):
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            lines_file, **dict(settings, max_steps=3), resume_from="latest"
+        )
+
+
 def test_save_total_limit_keeps_the_newest_checkpoints(tiny_llm, lines_file, tmp_path):
     tiny_llm.train(
         lines_file,
