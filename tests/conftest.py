@@ -39,6 +39,24 @@ def save_tiny_model(model_type: str, folder: Path, tokenizer, **settings) -> Pat
     return folder
 
 
+def sentencepiece_tokenizer(text: str, size: int = 1200):
+    """A Llama 2 style tokenizer built offline as transformers builds one from a SentencePiece BPE model: <unk>,
+    <s>, </s>, 256 byte pieces, then pieces in the order they were learnt (here by the `tokenizers` trainer on
+    `text`), with merges derived from that order (generate_merges, as its converter does from the scores)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.Metaspace()
+    learner.train_from_iterator(text.splitlines(), trainers.BpeTrainer(vocab_size=size, show_progress=False))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece, _ in sorted(learner.get_vocab().items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    scores = {piece: -float(i) for piece, i in vocab.items()}
+    return LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab, scores))
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The real default model, converted once into the tuneforge cache."""

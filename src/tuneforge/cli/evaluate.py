@@ -367,7 +367,7 @@ def add_eval_commands(subparsers) -> None:
     export = add_verb(
         subparsers, "export", help="Export a model (adapter merged) to a GGUF file and check it loads back."
     )
-    export.add_argument("--gguf", required=True, help="GGUF file to write (llama and qwen2 models).")
+    export.add_argument("--gguf", required=True, help="GGUF file to write (llama, mistral and qwen2 models).")
     export.add_argument("--dtype", default="f16", choices=["f16", "f32"], help="Weight type (default: f16).")
     export.add_argument(
         "--no-verify",

@@ -2,14 +2,16 @@
 
     from tuneforge.models.export import merge_adapter, export_gguf, verify_gguf
     merge_adapter("default", "runs/demo/adapter", "merged/")           # plain transformers loads merged/
-    export_gguf(model, tokenizer, "model.gguf")                          # llama or qwen2, f16 weights
+    export_gguf(model, tokenizer, "model.gguf")                          # llama, mistral or qwen2, f16 weights
     print(verify_gguf(model, tokenizer, "model.gguf").agreement)         # top-1 next tokens, loaded back
 
-The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama and qwen2 models: tensor names from the
-`gguf` package's TensorNameMap, llama's q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or f32) and
-norms in f32, no output.weight when embeddings are tied, and the tokenizer (GPT-2 BPE tokens, types, merges),
-special token ids and chat template in the metadata, with the llama.cpp pre-tokenizer name that splits text as the
-tokenizer does (llama_cpp_pre_tokenizer).
+The GGUF writer follows llama.cpp's convert_hf_to_gguf.py for llama, mistral and qwen2 models: tensor names from
+the `gguf` package's TensorNameMap, llama's q/k projections permuted to GGML's rotary layout, 2-D weights in f16 (or
+f32) and norms in f32, no output.weight when embeddings are tied, and the tokenizer, special token ids, whether BOS/EOS
+are added, and the chat template in the metadata. A byte-level BPE tokenizer is written as GPT-2's (tokens, types,
+merges) with the llama.cpp pre-tokenizer name that splits text as the tokenizer does (llama_cpp_pre_tokenizer); a
+SentencePiece BPE one (Llama 2, TinyLlama, Mistral) as llama.cpp's "llama" vocabulary with scores
+(gguf_sentencepiece.py).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.models.gguf_sentencepiece import is_sentencepiece_bpe, sentencepiece_vocab, tokenizer_json
 from tuneforge.models.kind import is_peft, is_quantized
 from tuneforge.models.saving import save_pretrained
 
 log = logging.getLogger(__name__)
 
 # model_type -> (llama.cpp's architecture, whether q/k are permuted to its rotary layout), as convert_hf_to_gguf.py
-# writes them: Qwen2 keeps HF's rotate-half layout (and its q/k/v biases)
-GGUF_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
+# writes them: Qwen2 keeps HF's rotate-half layout (and its q/k/v biases); Mistral is a llama to llama.cpp
+GGUF_ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
 
 # llama.cpp does not run a tokenizer's own pre-tokenizer: it picks a fixed list of split regexes by the name in
 # tokenizer.ggml.pre (src/llama-vocab.cpp), and a name it does not know fails the load. Each name below is the one
@@ -131,14 +134,15 @@ def _permute(weights, n_head: int, n_head_kv: int | None):
     )
 
 
-def _vocab(tokenizer) -> tuple[list[str], list[int]]:
-    """Token strings by id and their GGUF types (special added tokens are CONTROL), as llama.cpp writes them."""
+def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Token strings by id and their GGUF types (special added tokens are CONTROL), as llama.cpp writes them,
+    padded to the model's `vocab_size` (llama.cpp takes the embedding's row count from the token list)."""
     import gguf
 
     vocab = tokenizer.get_vocab()
     by_id = {i: token for token, i in vocab.items()}
     added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    size = max(by_id) + 1
+    size = max(vocab_size, max(by_id) + 1)
     tokens: list[str] = []
     types: list[int] = []  # gguf.TokenType is an IntEnum
     for i in range(size):
@@ -152,6 +156,14 @@ def _vocab(tokenizer) -> tuple[list[str], list[int]]:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
+
+
+def _adds_bos_and_eos(tokenizer) -> dict[str, bool]:
+    """Whether the tokenizer puts BOS in front of a text and EOS after it, as measured, for tokenizer.ggml.add_*:
+    llama.cpp otherwise adds BOS by its own default for the vocabulary type (always, for SentencePiece)."""
+    ids = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return {"bos": bos is not None and ids[:1] == [bos], "eos": eos is not None and ids[-1:] == [eos]}
 
 
 def _describe_pre_tokenizer(tokenizer_json: dict) -> tuple:
@@ -208,7 +220,8 @@ def llama_cpp_pre_tokenizer(tokenizer) -> str | None:
 
 
 def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:
-    """Write a plain llama or qwen2 model and its GPT-2 BPE tokenizer to one GGUF file."""
+    """Write a plain llama, mistral or qwen2 model and its BPE tokenizer (byte-level or SentencePiece) to one
+    GGUF file."""
     import gguf
     import numpy as np
 
@@ -231,7 +244,10 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     if dtype not in ("f16", "f32"):
         raise ModelError(f"GGUF dtype '{dtype}' is not supported; use f16 or f32")
     if tokenizer.backend_tokenizer.model.__class__.__name__ != "BPE":
-        raise ModelError("GGUF export needs a GPT-2 style BPE tokenizer")
+        raise ModelError(
+            "GGUF export writes BPE tokenizers (byte-level as GPT-2's, or SentencePiece BPE as Llama 2's); "
+            f"this one is {tokenizer.backend_tokenizer.model.__class__.__name__}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
@@ -253,24 +269,43 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // n_head:  # llama.cpp assumes hidden size / heads unless told
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
 
-    tokens, types = _vocab(tokenizer)
-    writer.add_tokenizer_model("gpt2")
-    pre = llama_cpp_pre_tokenizer(tokenizer)
-    if pre is None:
-        warnings.warn(
-            "this tokenizer splits text in a way llama.cpp has no pre-tokenizer name for: the GGUF loads in "
-            "transformers as it is, but llama.cpp (and Ollama) will split text with their default rules, so "
-            "some words, numbers or code may be tokenized differently than in training",
-            stacklevel=2,
-        )
-    writer.add_tokenizer_pre(pre or "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    if is_sentencepiece_bpe(tokenizer_json(tokenizer)):
+        pieces = sentencepiece_vocab(tokenizer, config.vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")  # SentencePiece splits nothing before merging
+        writer.add_token_list(pieces.tokens)
+        writer.add_token_scores(pieces.scores)
+        writer.add_token_types(pieces.types)
+        writer.add_add_space_prefix(pieces.add_space_prefix)
+        n_tokens, merges = (
+            len(pieces.tokens),
+            False,
+        )  # llama.cpp merges by score; the reader derives merges back
+    else:
+        tokens, types = _vocab(tokenizer, config.vocab_size)
+        writer.add_tokenizer_model("gpt2")
+        pre = llama_cpp_pre_tokenizer(tokenizer)
+        if pre is None:
+            warnings.warn(
+                "this tokenizer splits text in a way llama.cpp has no pre-tokenizer name for: the GGUF loads in "
+                "transformers as it is, but llama.cpp (and Ollama) will split text with their default rules, "
+                "so some words, numbers or code may be tokenized differently than in training",
+                stacklevel=2,
+            )
+        writer.add_tokenizer_pre(pre or "default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        n_tokens, merges = len(tokens), True
     with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template
         tokenizer.save_pretrained(folder)
-        gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_tokens)
+        special.add_special_token.update(_adds_bos_and_eos(tokenizer))
+        special.add_to_gguf(writer, quiet=True)
 
     names = gguf.TensorNameMap(gguf.MODEL_ARCH[arch.upper()], n_layers)
     tied = getattr(config, "tie_word_embeddings", False)

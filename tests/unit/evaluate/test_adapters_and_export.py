@@ -216,3 +216,46 @@ def test_a_qwen2_model_exports_to_gguf_unpermuted_with_its_biases_and_loads_back
     assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}  # Qwen2's q/k/v biases
     check = verify_gguf(llm.model, llm.tokenizer, path, prompts=["you can make a", "To be or not to"])
     assert check.ok and check.max_logit_difference < 1e-4, check  # permuting q/k as for llama would break it
+
+
+@pytest.mark.parametrize("model_type, settings", [("llama", {}), ("mistral", {"head_dim": 16})])
+def test_a_sentencepiece_model_exports_as_llama_cpp_s_llama_vocabulary_with_scores_and_loads_back_the_same(
+    tmp_path, model_type, settings
+):
+    import gguf
+
+    import tuneforge as tf
+    from tests.conftest import SHARED_DATA, save_tiny_model, sentencepiece_tokenizer
+    from tuneforge.models.export import export_gguf, verify_gguf
+
+    pieces = sentencepiece_tokenizer((SHARED_DATA / "tinyshakespeare.txt").read_text()[:200_000])
+    folder = save_tiny_model(
+        model_type,
+        tmp_path / f"tiny-{model_type}",
+        pieces,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        **settings,
+    )
+    llm = tf.load(str(folder), precision="fp32", device="cpu")
+    path = export_gguf(llm.model, llm.tokenizer, tmp_path / "sp.gguf", dtype="f32")
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def value(key):
+        field = fields[key]
+        return [field.parts[i].tolist() for i in field.data]
+
+    assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
+    types, scores = value("tokenizer.ggml.token_type"), value("tokenizer.ggml.scores")
+    vocab = llm.tokenizer.get_vocab()
+    assert types[vocab["<0x0A>"]] == [gguf.TokenType.BYTE] and types[0] == [gguf.TokenType.UNKNOWN]
+    assert types[vocab["</s>"]] == [gguf.TokenType.CONTROL]
+    # a piece learnt earlier scores higher: llama.cpp merges by score, and equal scores split words otherwise
+    assert scores[vocab["▁t"]] > scores[vocab["▁the"]] > scores[vocab["▁there"]]
+    adds_bos = llm.tokenizer("a")["input_ids"][0] == 1
+    assert value("tokenizer.ggml.add_bos_token") == [[adds_bos]]
+    # the reader derives its merges from the scores: any other order tokenizes these prompts differently
+    prompts = ["To be or not to", "Thereupon, my lord: 1, 2, 3\n\n- naïve", "Steps:\n\n1. Mix"]
+    check = verify_gguf(llm.model, llm.tokenizer, path, prompts=prompts)
+    assert check.ok and check.max_logit_difference < 1e-4, check
