@@ -30,9 +30,7 @@ def save_tiny_model(model_type: str, folder: Path, tokenizer, **settings) -> Pat
     torch.manual_seed(0)
     config = AutoConfig.for_model(
         model_type,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_SIZES, **settings},
+        **{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **TINY_SIZES, **settings},
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -203,8 +203,14 @@ def test_a_qwen2_model_exports_to_gguf_unpermuted_with_its_biases_and_loads_back
     from tests.conftest import save_tiny_model
     from tuneforge.models.export import export_gguf, verify_gguf
 
+    # more embedding rows than tokens, as Qwen2.5's 151,936 for 151,665 tokens
     folder = save_tiny_model(
-        "qwen2", tmp_path / "qwen2", tokenizer, tie_word_embeddings=True, initializer_range=0.1
+        "qwen2",
+        tmp_path / "qwen2",
+        tokenizer,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+        vocab_size=len(tokenizer) + 64,
     )
     llm = tf.load(str(folder), precision="fp32", device="cpu")
     path = export_gguf(llm.model, llm.tokenizer, tmp_path / "qwen2.gguf", dtype="f32")
@@ -214,6 +220,10 @@ def test_a_qwen2_model_exports_to_gguf_unpermuted_with_its_biases_and_loads_back
     # Qwen2Tokenizer, which splits with Qwen2's regex whatever tokenizer.json holds
     assert bytes(reader.fields["tokenizer.ggml.pre"].parts[-1]).decode() == "qwen2"
     assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}  # Qwen2's q/k/v biases
+    # llama.cpp takes the embedding's rows from the token list: a shorter list fails its load
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == llm.model.config.vocab_size
+    assert bytes(tokens.parts[tokens.data[-1]]).decode() == f"[PAD{llm.model.config.vocab_size - 1}]"
     check = verify_gguf(llm.model, llm.tokenizer, path, prompts=["you can make a", "To be or not to"])
     assert check.ok and check.max_logit_difference < 1e-4, check  # permuting q/k as for llama would break it
 
