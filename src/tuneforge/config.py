@@ -368,6 +368,13 @@ class RunConfig:
         "Name of the layer list for layers_to_transform (e.g. 'layers', 'h') when PEFT cannot guess it.",
         group="lora",
     )
+    from_adapter: str | None = setting(
+        None,
+        "Train further a saved LoRA adapter (a run's adapter/ folder, or a checkpoint's): its weights, rank, "
+        "alpha and target modules carry on; the learning rate and steps start over (resume_from continues a "
+        "stopped run exactly instead).",
+        group="lora",
+    )
 
     # --- training ---
     recipe: str = setting(
@@ -631,6 +638,11 @@ class RunConfig:
             raise ConfigError(
                 "resume_from: latest needs the run to continue: pass its config.yaml (tuneforge train "
                 "runs/NAME/config.yaml --resume_from latest) or its folder as output_dir"
+            )
+        if self.from_adapter and self.method not in ("lora", "qlora"):
+            raise ConfigError(
+                f"from_adapter trains a LoRA adapter further, but method is {self.method}; use method: lora "
+                "(or qlora), or merge the adapter first (tuneforge merge) to fine-tune the merged model in full"
             )
         if not self.target_modules:
             raise ConfigError(

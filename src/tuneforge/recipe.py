@@ -29,7 +29,7 @@ from tuneforge.generate import GenerationSettings, generate
 from tuneforge.models.adapters import check_module_names, count_parameters
 from tuneforge.models.kind import is_peft
 from tuneforge.models.loading import ModelSource
-from tuneforge.models.methods import with_attached_adapter
+from tuneforge.models.methods import with_adapter_from_folder, with_attached_adapter
 from tuneforge.models.preparation import prepare_base
 from tuneforge.models.scratch import train_bpe_tokenizer
 from tuneforge.train.batches import planned_steps
@@ -96,7 +96,8 @@ def run_training(
     # bad data fails before anything slow
     config, prepared = ready_data(config, model, tokenizer, device, log)
     log(f"data: {prepared.describe()}")
-    if config.method in ("lora", "qlora") and not is_peft(model):  # a mistyped module, before the run folder
+    # a mistyped module, before the run folder (a saved adapter names the modules it was built on)
+    if config.method in ("lora", "qlora") and not is_peft(model) and not config.from_adapter:
         check_module_names(model, config.target_modules, config.modules_to_save)
     refuse_examples_past_positions(model, prepared, config)  # before the run folder, too
 
@@ -212,6 +213,7 @@ def ready_data(config, model, tokenizer, device: str, log=print):
     warn_about_cut_examples(prepared.counts, config, log, prepared.report)
     prepared = drop_examples_without_loss(prepared, config, log)
     config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
+    config = with_adapter_from_folder(config)  # the same for the saved adapter from_adapter names
     # the model in memory, else (no model yet, or scratch: a new one) what config names
     facts = ModelFacts.of_model(model) if model is not None and config.method != "scratch" else None
     config, reshaped = apply_defaults(config, prepared, tokenizer, device, log, model=facts)  # recipe auto

@@ -96,6 +96,7 @@ def test_every_escape_is_refused_over_http_and_starts_nothing(escape_project, ui
         "other_file": ("Other data", "param_5"),
         "validation_file": ("Raw text file", "param_7"),
         "run_name": ("Raw text file", "param_0"),
+        "copy_from": ("Raw text file", "param_8"),  # with Train its LoRA further (param_9) ticked
     }
     for name in [
         "../../etc/passwd",
@@ -115,6 +116,7 @@ def test_every_escape_is_refused_over_http_and_starts_nothing(escape_project, ui
                 "param_3": "data.txt",
                 "param_5": "data.txt",
                 parameter: name,
+                "param_9": parameter == "param_8",
             }
             with pytest.raises(AppError) as refused:
                 call(api, "/start_training", **values)

@@ -70,3 +70,44 @@ def test_an_upload_never_replaces_data_earlier_runs_trained_on(project):
     assert (project / "datasets" / "data-1.txt").read_bytes() == b"other notes\n"
     with pytest.raises(TuneforgeError, match="choose a data file first"):  # not "'' is not available"
         datasets.dataset("")
+
+
+def test_train_its_lora_further_starts_the_run_from_the_copied_runs_adapter(
+    workspace, project, tiny_model_dir
+):
+    """Seed 003: "resume a prior run — use Copy parameters from to select your LoRA, and edit parameters"."""
+    from tests.ui.test_form import untouched_form
+    from tuneforge.config import load_config
+    from tuneforge.ui.form import FORM_FIELDS
+    from tuneforge.ui.training_tab import TrainingForm
+
+    make_adapter(tiny_model_dir, project / "runs" / "earlier" / "adapter", 3)
+    (project / "runs" / "full").mkdir()
+    form, fields = TrainingForm(workspace), untouched_form()
+
+    def settings(copy_from: str, further: bool, **changed) -> dict:
+        data = dict(
+            run_name="again",
+            dataset_mode="Raw text file",
+            raw_file="data.txt",
+            format_file=None,
+            other_file=None,
+            other_format="auto",
+            validation_file="",
+            formatted_file=None,
+            copy_from=copy_from,
+            continue_lora=further,
+        )
+        values = [data[name] for name in TrainingForm.DATA_INPUTS]
+        return form.config(tuple(values + [{**fields, **changed}[name] for name in FORM_FIELDS]))[1]
+
+    assert "from_adapter" not in settings("earlier", False)  # copying parameters alone trains a new LoRA
+    chosen = settings("earlier", True, learning_rate=1e-4)
+    assert chosen["from_adapter"] == str(project / "runs" / "earlier" / "adapter")
+    assert load_config(None, chosen).learning_rate == 1e-4
+    with pytest.raises(TuneforgeError, match="pick the run whose LoRA to train further in Copy parameters"):
+        settings("", True)
+    with pytest.raises(TuneforgeError, match="Copy parameters from '.*full' is not an adapter folder"):
+        settings("full", True)
+    with pytest.raises(TuneforgeError):
+        settings("../loras/one", True)  # only runs/ folders

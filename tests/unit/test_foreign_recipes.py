@@ -303,3 +303,10 @@ def test_tuneforge_train_with_a_recipe_gets_past_config_loading(tiny_model_dir, 
     printed = capsys.readouterr().out
     assert "read " in printed and "  sequence_len: 512 -> cutoff_len\n" in printed
     assert "warning: ignored 10 axolotl keys that tuneforge does not use: strict," in printed
+
+
+def test_an_existing_adapter_to_train_further_is_read_as_from_adapter(tmp_path):
+    axolotl = {"base_model": "m", "adapter": "lora", "lora_r": 8, "lora_model_dir": "runs/earlier/adapter"}
+    assert load_config(write_recipe(tmp_path, axolotl)).from_adapter == "runs/earlier/adapter"
+    factory = {"model_name_or_path": "m", "finetuning_type": "lora", "adapter_name_or_path": "saves/lora"}
+    assert load_config(write_recipe(tmp_path, factory)).from_adapter == "saves/lora"

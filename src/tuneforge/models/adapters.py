@@ -132,18 +132,33 @@ def require_safetensors_adapter(path: Path) -> None:
         )
 
 
+def require_adapter_folder(path: str | Path, key: str | None = None) -> Path:
+    """The adapter folder `path` names: the folder itself, or the adapter/ inside a run or checkpoint folder.
+    Refused, with what to pass instead, when it holds no safetensors adapter."""
+    path = Path(path)
+    named = f"{key} '{path}'" if key else f"'{path}'"
+    if not path.exists():
+        raise ModelError(f"{named} does not exist; pass a run's adapter folder, e.g. runs/NAME/adapter")
+    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
+        path = path / "adapter"  # a run folder or a checkpoint folder: the adapter it saved
+    if not (path / "adapter_config.json").is_file():
+        finished_full = (path / "model").is_dir() or (path / "config.json").is_file()
+        hint = (
+            "; it holds a whole model (a full fine-tune): load it as the model instead"
+            if finished_full
+            else "; pass the folder a training run saved as <run>/adapter"
+        )
+        raise ModelError(f"{named} is not an adapter folder (no adapter_config.json){hint}")
+    require_safetensors_adapter(path)
+    return path
+
+
 def load_adapter(model, path: str | Path, trainable: bool = False):
-    """Put a saved PEFT adapter on `model` (a plain transformers model)."""
+    """Put a saved PEFT adapter (its folder, or a run or checkpoint folder holding adapter/) on `model` (a plain
+    transformers model)."""
     from peft import PeftModel
 
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise ModelError(
-            f"'{path}' is not an adapter folder (no adapter_config.json); pass the folder a "
-            "training run saved as <run>/adapter"
-        )
-    require_safetensors_adapter(path)
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    return PeftModel.from_pretrained(model, str(require_adapter_folder(path)), is_trainable=trainable)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -182,10 +197,7 @@ def add_adapter(model, path: str | Path, name: str | None = None):
 
     Returns (model, name); `name` defaults to the run folder's name for <run>/adapter, else the folder's.
     """
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)")
-    require_safetensors_adapter(path)
+    path = require_adapter_folder(path)
     name = name or (path.parent.name if path.name in ("adapter", "") else path.name)
     if name == BASE or name in adapter_names(model):
         raise ModelError(f"an adapter named '{name}' is already loaded (or reserved); pass another name")

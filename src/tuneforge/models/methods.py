@@ -21,20 +21,57 @@ def with_attached_adapter(model, config):
     given by the user is refused."""
     if config.method not in ("lora", "qlora") or not is_peft(model):
         return config
+    if config.from_adapter:
+        raise ConfigError(
+            f"from_adapter names {config.from_adapter}, but an adapter ('{model.active_adapter}') is already "
+            "attached to this model; train it without from_adapter, or unload it first (llm.unload_adapter())"
+        )
     name = model.active_adapter  # named after its folder when loaded, not "default"
-    adapter = model.peft_config[name]
+    modules = [module_name for module_name, _ in model.named_modules()]
+    return _with_adapter_shape(config, model.peft_config[name], f"the loaded adapter '{name}'", modules)
+
+
+def with_adapter_from_folder(config):
+    """`config` describing the adapter `from_adapter` names (read from its adapter_config.json), as
+    with_attached_adapter describes an attached one: a run of it starts from that adapter's weights."""
+    if not config.from_adapter or config.method not in ("lora", "qlora"):
+        return config
+    from peft import PeftConfig
+
+    from tuneforge.models.adapters import require_adapter_folder
+
+    folder = require_adapter_folder(config.from_adapter, "from_adapter")
+    return _with_adapter_shape(config, PeftConfig.from_pretrained(str(folder)), f"the adapter in {folder}")
+
+
+def _short_names(targets, modules: list[str] | None) -> list[str]:
+    """PEFT saves all-linear as every module's full path ('model.layers.0.mlp.up_proj', ...): the short names
+    (up_proj, ...) say the same where they pick out exactly those modules (always, for a folder's adapter,
+    which loads from its own adapter_config.json), so config.yaml and the report stay readable."""
+    short = sorted({str(target).rsplit(".", 1)[-1] for target in targets})
+    if not all("." in str(target) for target in targets):
+        return sorted(targets)
+    if modules is not None:  # every module of those names carries the adapter (wraps a base_layer)?
+        wrapped = {m.rsplit(".", 1)[0] for m in modules if m.endswith(".base_layer")}
+        if not {m for m in modules if m.rsplit(".", 1)[-1] in short} <= wrapped:
+            return sorted(targets)
+    return short
+
+
+def _with_adapter_shape(config, adapter, label: str, modules: list[str] | None = None):
     targets = getattr(adapter, "target_modules", None)
     if not hasattr(adapter, "r") or not isinstance(targets, (set, list, tuple)):
         raise ConfigError(
-            f"the loaded adapter '{name}' is not a LoRA naming its target modules (PEFT type "
+            f"{label} is not a LoRA naming its target modules (PEFT type "
             f"{getattr(adapter, 'peft_type', '?')}, targets {targets!r}); tuneforge continues those only: "
             "start from the base"
         )
+    targets = _short_names(targets, modules)
     layers = adapter.layers_to_transform
     found = {
         "rank": adapter.r,
         "alpha": adapter.lora_alpha,
-        "target_modules": sorted(targets),
+        "target_modules": targets,
         "lora_dropout": adapter.lora_dropout,
         "bias": adapter.bias,
         "modules_to_save": sorted(adapter.modules_to_save or []),
@@ -45,13 +82,13 @@ def with_attached_adapter(model, config):
         asked = getattr(config, key)
         if key in config.given_keys and asked != found[key]:
             raise ConfigError(
-                f"the loaded adapter '{name}' has {key} {found[key]:g} but {key} {asked:g} was asked for; a "
+                f"{label} has {key} {found[key]:g} but {key} {asked:g} was asked for; a "
                 f"LoRA's {key} cannot change: use {key}: {found[key]:g} or start from the base"
             )
     named = "target_modules" in config.given_keys and config.target_modules != ["all-linear"]
     if named and sorted(config.target_modules) != found["target_modules"]:
         raise ConfigError(
-            f"the loaded adapter '{name}' trains {', '.join(found['target_modules'])}, not "
+            f"{label} trains {', '.join(found['target_modules'])}, not "
             f"{', '.join(config.target_modules)}; its modules cannot change: leave target_modules out or "
             "start from the base"
         )
@@ -69,6 +106,10 @@ def prepare_for_training(model, config):
                 param.requires_grad_("lora_" in name or "modules_to_save" in name)
             return model
         model.requires_grad_(False)
+        if config.from_adapter:  # its shape is already in config (with_adapter_from_folder)
+            from tuneforge.models.adapters import load_adapter
+
+            return load_adapter(model, config.from_adapter, trainable=True)
         # QLoRA: the unquantized weights (embeddings, head, norms) stay frozen in the compute dtype, as LoRA's
         # base does. PEFT's prepare_model_for_kbit_training casts them to fp32: on an AMX CPU those casts took 15%
         # of a step (1.81 -> 1.53 s, benchmarks/step_profile.py --case qlora-4bit) and twice their memory; the

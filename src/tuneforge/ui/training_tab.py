@@ -48,6 +48,8 @@ class TrainingForm:
         "other_file",
         "other_format",
         "validation_file",
+        "copy_from",
+        "continue_lora",
     )
 
     def __init__(self, workspace: Workspace):
@@ -77,6 +79,15 @@ class TrainingForm:
             raise ConfigError(f"dataset kind must be one of {', '.join(DATASET_MODES)}")
         if data["validation_file"]:
             settings["validation_data"] = str(self.project.dataset(data["validation_file"]))
+        if data[
+            "continue_lora"
+        ]:  # seed 003's "resume a prior run" with edited parameters: its LoRA trains on
+            if not data["copy_from"]:
+                raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
+            from tuneforge.models.adapters import require_adapter_folder
+
+            earlier = self.project.run_dir(data["copy_from"])
+            settings["from_adapter"] = str(require_adapter_folder(earlier, "Copy parameters from"))
         if self.workspace.model_name is None:
             raise ConfigError("load the model to train in the Model tab first; the run trains that model")
         settings["model"] = self.project.model(self.workspace.model_name)
@@ -141,6 +152,13 @@ def training_tab(workspace: Workspace):
                     value="",
                     info="Fill the form with an earlier run's settings.",
                     elem_id="copy-from",
+                )
+                continue_lora = gr.Checkbox(
+                    label="Train its LoRA further",
+                    value=False,
+                    info="Start from that run's adapter instead of a new one: its rank, alpha and target "
+                    "modules stay; the learning rate and steps start over.",
+                    elem_id="continue-lora",
                 )
             with gr.Row():
                 for name in MAIN_FIELDS:
@@ -236,6 +254,8 @@ def training_tab(workspace: Workspace):
         other_file,
         other_format,
         validation_file,
+        copy_from,
+        continue_lora,
     ]
     inputs += [widgets[name] for name in FORM_FIELDS]
     outputs = [current, status, chart, report, shown]

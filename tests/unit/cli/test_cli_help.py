@@ -86,6 +86,11 @@ def test_both_spellings_and_lone_true_false_flags_parse_alike():
         (["train", "--lora_r", "8"], "--rank (tuneforge's name for axolotl's lora_r)"),
         (["train", "--lr", "1e-3"], "--learning_rate"),
         (["estimate", "--lr", "1e-3"], "--learning_rate"),
+        # the other verbs' --adapter: train's is from_adapter
+        (
+            ["train", "--adapter", "runs/a/adapter"],
+            "--from_adapter (train a saved adapter further; --method picks lora, qlora or full)",
+        ),
     ],
 )
 def test_unknown_flags_name_the_closest_flag_of_their_verb(argv, hint, capsys):

@@ -1,0 +1,107 @@
+"""from_adapter: a new run trains a saved LoRA adapter further (seed 003's "resume a prior run" with edited
+parameters), keeping its shape; the learning rate and steps start over."""
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import tuneforge as tf
+from tests.unit.train.test_resume import losses, simulate_crash_after
+from tuneforge.errors import TuneforgeError
+
+SETTINGS = dict(
+    learning_rate=1e-2,
+    batch_size=4,
+    micro_batch_size=2,
+    lr_scheduler="linear",
+    lora_dropout=0.1,
+    precision="fp32",
+    recipe="textgen",  # fixed settings: no validation split or packing chosen from the data
+    seed=3,
+    show_progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tiny_model_dir, tmp_path_factory):
+    """A finished 8-step LoRA run (rank 4, all linear layers) on the cheese lines."""
+    from tests.conftest import SHARED_DATA
+    from tuneforge.data.spintax import expand
+
+    folder = tmp_path_factory.mktemp("earlier")
+    data = folder / "cheese.txt"
+    data.write_text("\n".join(expand((SHARED_DATA / "cheese_instructions.txt").read_text(), 60)))
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data,
+        output_dir=str(folder / "run"),
+        rank=4,
+        alpha=8,
+        target_modules=["all-linear"],
+        max_steps=8,
+        **SETTINGS,
+    )
+    return folder / "run", data
+
+
+def test_a_run_from_a_saved_adapter_starts_where_it_ended_and_keeps_its_shape(
+    tiny_model_dir, earlier_run, tmp_path
+):
+    run_dir, data = earlier_run
+    further, fresh = tmp_path / "further", tmp_path / "fresh"
+    # the run folder is enough: its adapter/ is the one trained further
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data, output_dir=str(further), from_adapter=str(run_dir), max_steps=3, **SETTINGS
+    )
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data, output_dir=str(fresh), rank=4, alpha=8, target_modules=["all-linear"], max_steps=3, **SETTINGS
+    )
+    earlier = losses(run_dir)
+    # the same first batch: a fresh adapter starts at the base's loss, the earlier one's where it ended
+    assert losses(fresh)[0] == pytest.approx(earlier[0], rel=1e-5)
+    assert losses(further)[0] < earlier[-1] + 0.05 < earlier[0] - 0.3
+    saved = yaml.safe_load((further / "config.yaml").read_text())
+    assert (saved["rank"], saved["alpha"], saved["from_adapter"]) == (4, 8, str(run_dir))
+    # PEFT saved all-linear as each module's path; the config says it in module names
+    assert saved["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    before = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    after = load_file(str(further / "adapter" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_from_a_saved_adapter_resumes_as_the_uninterrupted_run(tiny_model_dir, earlier_run, tmp_path):
+    run_dir, data = earlier_run
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    settings = dict(SETTINGS, from_adapter=str(run_dir / "adapter"), max_steps=4, save_steps=2)
+    for folder in (whole, broken):
+        tf.load(str(tiny_model_dir), precision="fp32").train(data, output_dir=str(folder), **settings)
+    simulate_crash_after(broken, 2)
+    run = tf.load(str(tiny_model_dir), precision="fp32").train(
+        config=broken / "config.yaml", resume_from="latest", show_progress=False
+    )
+    assert run.resumed_from.name == "step-2"
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
+
+
+def test_what_from_adapter_cannot_train_is_refused_with_what_to_do(tiny_model_dir, earlier_run, tmp_path):
+    run_dir, data = earlier_run
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    cases = [
+        (
+            dict(rank=8),
+            "adapter in .*adapter has rank 4 but rank 8 was asked for; a LoRA's rank cannot change",
+        ),
+        (dict(method="full"), "from_adapter trains a LoRA adapter further, but method is full"),
+        (dict(from_adapter=str(tmp_path / "nowhere")), "from_adapter '.*nowhere' does not exist"),
+        (dict(from_adapter=str(tiny_model_dir)), "holds a whole model .*: load it as the model instead"),
+    ]
+    for extra, message in cases:
+        settings = {**SETTINGS, "from_adapter": str(run_dir), "max_steps": 1, **extra}
+        with pytest.raises(TuneforgeError, match=message):
+            llm.train(data, output_dir=str(tmp_path / "refused"), **settings)
+        assert not (tmp_path / "refused").exists()  # refused before the run folder
+    llm.load_adapter(run_dir / "adapter")
+    with pytest.raises(TuneforgeError, match="an adapter .* is already attached"):
+        llm.train(data, output_dir=str(tmp_path / "refused"), from_adapter=str(run_dir), max_steps=1)
