@@ -109,8 +109,7 @@ _FORM: list = []  # /start_training's defaults in input order, read once
 def start_values(url: str, **fields) -> list:
     """/start_training's inputs in order: the training tab's data choices and config fields by name, the
     rest as the form has them."""
-    from tuneforge.ui.form import FORM_FIELDS
-    from tuneforge.ui.training_tab import TrainingForm
+    from tuneforge.ui.form import FORM_FIELDS, TrainingForm
 
     names = TrainingForm.DATA_INPUTS + FORM_FIELDS
     if not _FORM:

@@ -237,3 +237,24 @@ def test_a_new_page_names_a_new_run_with_a_free_name(page, project):
     tab(page, "Training")
     name = page.locator("#run-name textarea, #run-name input").first
     wait_until(lambda: name.input_value() == "my-lora-3", 30, "the name field to show a free name")
+
+
+def test_copy_parameters_from_chooses_the_runs_data_too(page, project):
+    """Copy parameters from filled the settings only: Start then trained the data file the form last showed."""
+    (project / "datasets" / "notes.txt").write_text("first line\nsecond line\n")
+    run = project / "runs" / "earlier"
+    run.mkdir(parents=True)
+    data = project / "datasets" / "notes.txt"
+    (run / "config.yaml").write_text(f"data: {data}\nformat: lines\nrank: 8\n")
+    page.reload()
+    page.wait_for_selector("#load-model")
+    tab(page, "Training")
+    choose(page, "#copy-from", "earlier")
+    other = page.get_by_role("tab", name="Other data", exact=True)
+    wait_until(lambda: other.get_attribute("aria-selected") == "true", 30, "the Other data tab to be shown")
+    assert page.locator("#field-rank input, #field-rank textarea").first.input_value() == "8"
+    shape = page.get_by_label("Shape", exact=True)
+    assert (
+        shape.input_value() == "lines"
+        and page.get_by_label("Data file", exact=True).input_value() == "notes.txt"
+    )

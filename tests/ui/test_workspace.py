@@ -78,8 +78,7 @@ def test_train_its_lora_further_starts_the_run_from_the_copied_runs_adapter(
     """Seed 003: "resume a prior run — use Copy parameters from to select your LoRA, and edit parameters"."""
     from tests.ui.test_form import untouched_form
     from tuneforge.config import load_config
-    from tuneforge.ui.form import FORM_FIELDS
-    from tuneforge.ui.training_tab import TrainingForm
+    from tuneforge.ui.form import FORM_FIELDS, TrainingForm
 
     make_adapter(tiny_model_dir, project / "runs" / "earlier" / "adapter", 3)
     (project / "runs" / "full").mkdir()
@@ -111,3 +110,24 @@ def test_train_its_lora_further_starts_the_run_from_the_copied_runs_adapter(
         settings("full", True)
     with pytest.raises(TuneforgeError):
         settings("../loras/one", True)  # only runs/ folders
+
+
+def test_copied_data_chooses_the_runs_file_kind_and_format_where_datasets_lists_them(workspace, project):
+    from tuneforge.ui.form import TrainingForm
+
+    form, datasets = TrainingForm(workspace), project / "datasets"
+    (datasets / "formats").mkdir()
+    (datasets / "formats" / "mine.json").write_text('{"instruction,output": "%instruction%: %output%"}')
+    (datasets / "rp.json").write_text("[]")
+    raw = form.copied_data({"data": str(datasets / "data.txt"), "format": "raw"})
+    assert raw == {"dataset_mode": "Raw text file", "raw_file": "data.txt", "validation_file": ""}
+    formatted = {"data": str(datasets / "rp.json"), "format": "formatted", "format_file": "alpaca-format"}
+    assert form.copied_data(formatted)["format_file"] == "alpaca-format"
+    own = form.copied_data({**formatted, "format_file": str(datasets / "formats" / "mine.json")})
+    assert own["formatted_file"] == "rp.json" and own["format_file"] == "formats/mine.json"
+    other = form.copied_data(
+        {"data": str(datasets / "rp.json"), "validation_data": str(datasets / "data.txt")}
+    )
+    assert (other["other_format"], other["validation_file"]) == ("auto", "data.txt")  # format: auto, unsaid
+    assert form.copied_data({"data": "/elsewhere/notes.txt", "format": "raw"}) is None  # not in datasets/
+    assert form.copied_data({**formatted, "format_file": "/elsewhere/f.json"}) is None

@@ -13,11 +13,16 @@ from __future__ import annotations
 import functools
 import typing
 
-from tuneforge.config import LINE_LISTS, RunConfig, coerce, field_help
+from tuneforge.config import DATA_FORMATS, LINE_LISTS, RunConfig, coerce, field_help, from_dict
 from tuneforge.defaults import AUTO_CHOSEN
 from tuneforge.errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from tuneforge.ui.workspace import Workspace
+
 AUTO = "auto"
+DATASET_MODES = ("Raw text file", "Formatted dataset", "Other data")
+OTHER_FORMATS = tuple(f for f in DATA_FORMATS if f not in ("raw", "formatted"))
 AUTO_NOTE = (
     " Left empty (or 'auto'), the recipe chooses it (recipe auto: from the data, printed in the log and the"
     " report)."
@@ -204,3 +209,84 @@ def _is_default(name: str, value) -> bool:
         return coerce(name, value, _config_hints()[name]) == getattr(RunConfig(), name)
     except ConfigError:
         return False  # a wrong value: from_dict names it
+
+
+class TrainingForm:
+    """The choices that say which data to train on, plus the config widgets, in one fixed input order."""
+
+    DATA_INPUTS = (
+        "run_name",
+        "dataset_mode",
+        "raw_file",
+        "formatted_file",
+        "format_file",
+        "other_file",
+        "other_format",
+        "validation_file",
+        "copy_from",
+        "continue_lora",
+    )
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.project = workspace.project
+
+    def copied_data(self, saved: dict) -> dict | None:
+        """DATA_INPUTS values choosing a saved run's data (its kind, file, format file, validation file), or None
+        when datasets/ does not list its data file (or format file)."""
+        data, kind = self.project.listed_dataset(saved.get("data")), str(saved.get("format") or "auto")
+        mode = {"raw": DATASET_MODES[0], "formatted": DATASET_MODES[1]}.get(kind, DATASET_MODES[2])
+        chosen = {
+            "dataset_mode": mode,
+            "validation_file": self.project.listed_dataset(saved.get("validation_data")),
+        }
+        if mode == DATASET_MODES[1]:
+            chosen.update(
+                formatted_file=data, format_file=self.project.listed_format_file(saved.get("format_file"))
+            )
+        elif mode == DATASET_MODES[2]:
+            chosen.update(other_file=data, other_format=kind if kind in OTHER_FORMATS else None)
+        else:
+            chosen["raw_file"] = data
+        if data is None or None in (chosen.get("format_file", ""), chosen.get("other_format", "")):
+            return None
+        chosen["validation_file"] = chosen["validation_file"] or ""
+        return chosen
+
+    def config(self, values: tuple) -> tuple[str, dict]:
+        """(run name, config values) from the inputs in DATA_INPUTS + FORM_FIELDS order; paths checked here."""
+        data = dict(zip(self.DATA_INPUTS, values[: len(self.DATA_INPUTS)], strict=True))
+        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True)))
+        mode = data["dataset_mode"]
+        if mode == "Formatted dataset":
+            settings.update(
+                data=str(self.project.dataset(data["formatted_file"] or "")),
+                format="formatted",
+                format_file=self.project.format_file(data["format_file"] or ""),
+            )
+        elif mode == "Other data":
+            if data["other_format"] not in OTHER_FORMATS:
+                raise ConfigError(f"data format must be one of {', '.join(OTHER_FORMATS)}")
+            settings.update(
+                data=str(self.project.dataset(data["other_file"] or "")), format=data["other_format"]
+            )
+        elif mode == "Raw text file":
+            settings.update(data=str(self.project.dataset(data["raw_file"] or "")), format="raw")
+        else:
+            raise ConfigError(f"dataset kind must be one of {', '.join(DATASET_MODES)}")
+        if data["validation_file"]:
+            settings["validation_data"] = str(self.project.dataset(data["validation_file"]))
+        if data[
+            "continue_lora"
+        ]:  # seed 003's "resume a prior run" with edited parameters: its LoRA trains on
+            if not data["copy_from"]:
+                raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
+            from tuneforge.models.adapters import require_adapter_folder
+
+            earlier = self.project.run_dir(data["copy_from"])
+            settings["from_adapter"] = str(require_adapter_folder(earlier, "Copy parameters from"))
+        if self.workspace.model_name is None:
+            raise ConfigError("load the model to train in the Model tab first; the run trains that model")
+        settings["model"] = self.project.model(self.workspace.model_name)
+        from_dict(settings)  # a wrong value is named now, not in the job's log
+        return data["run_name"], settings

@@ -140,6 +140,25 @@ class Project:
             )
         return path
 
+    def listed_dataset(self, path: str | None) -> str | None:
+        """The datasets() name of a saved run's data path, or None when it is not one of them."""
+        if not path:
+            return None
+        root = self.folder("datasets").resolve()
+        try:
+            name = "/".join(Path(path).resolve().relative_to(root).parts)
+        except ValueError:
+            return None
+        return name if name in self.datasets() else None
+
+    def listed_format_file(self, value: str | None) -> str | None:
+        """The format_files() name of a saved run's format_file, or None when it is not one of them."""
+        if not value or value in SHIPPED_FORMATS:
+            return value or None
+        inside = Path(value).resolve().parent == (self.folder("datasets") / "formats").resolve()
+        name = f"formats/{Path(value).name}" if inside else None
+        return name if name in self.format_files() else None
+
     def format_file(self, name: str) -> str:
         """A shipped format name, or the checked path of datasets/formats/NAME.json."""
         if name in SHIPPED_FORMATS:

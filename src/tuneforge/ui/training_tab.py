@@ -12,87 +12,28 @@ from __future__ import annotations
 import yaml
 
 from tuneforge import jobs
-from tuneforge.config import DATA_FORMATS, field_help, from_dict
+from tuneforge.config import field_help, from_dict
 from tuneforge.errors import ConfigError
 from tuneforge.ui.form import (
     ADVANCED_FIELDS,
+    DATASET_MODES,
     FORM_FIELDS,
     FORMATTED_FIELDS,
     MAIN_FIELDS,
+    OTHER_FORMATS,
     QLORA_FIELDS,
     RAW_FIELDS,
     SCRATCH_FIELDS,
     VALIDATION_FIELDS,
+    TrainingForm,
     config_widget,
-    form_values,
     shown_value,
 )
 from tuneforge.ui.handlers import shows_errors
 from tuneforge.ui.project import DATA_SUFFIXES
 from tuneforge.ui.workspace import Workspace
 
-DATASET_MODES = ("Raw text file", "Formatted dataset", "Other data")
-OTHER_FORMATS = tuple(f for f in DATA_FORMATS if f not in ("raw", "formatted"))
 POLL_SECONDS = 1.0
-
-
-class TrainingForm:
-    """The choices that say which data to train on, plus the config widgets, in one fixed input order."""
-
-    DATA_INPUTS = (
-        "run_name",
-        "dataset_mode",
-        "raw_file",
-        "formatted_file",
-        "format_file",
-        "other_file",
-        "other_format",
-        "validation_file",
-        "copy_from",
-        "continue_lora",
-    )
-
-    def __init__(self, workspace: Workspace):
-        self.workspace = workspace
-        self.project = workspace.project
-
-    def config(self, values: tuple) -> tuple[str, dict]:
-        """(run name, config values) from the inputs in DATA_INPUTS + FORM_FIELDS order; paths checked here."""
-        data = dict(zip(self.DATA_INPUTS, values[: len(self.DATA_INPUTS)], strict=True))
-        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True)))
-        mode = data["dataset_mode"]
-        if mode == "Formatted dataset":
-            settings.update(
-                data=str(self.project.dataset(data["formatted_file"] or "")),
-                format="formatted",
-                format_file=self.project.format_file(data["format_file"] or ""),
-            )
-        elif mode == "Other data":
-            if data["other_format"] not in OTHER_FORMATS:
-                raise ConfigError(f"data format must be one of {', '.join(OTHER_FORMATS)}")
-            settings.update(
-                data=str(self.project.dataset(data["other_file"] or "")), format=data["other_format"]
-            )
-        elif mode == "Raw text file":
-            settings.update(data=str(self.project.dataset(data["raw_file"] or "")), format="raw")
-        else:
-            raise ConfigError(f"dataset kind must be one of {', '.join(DATASET_MODES)}")
-        if data["validation_file"]:
-            settings["validation_data"] = str(self.project.dataset(data["validation_file"]))
-        if data[
-            "continue_lora"
-        ]:  # seed 003's "resume a prior run" with edited parameters: its LoRA trains on
-            if not data["copy_from"]:
-                raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
-            from tuneforge.models.adapters import require_adapter_folder
-
-            earlier = self.project.run_dir(data["copy_from"])
-            settings["from_adapter"] = str(require_adapter_folder(earlier, "Copy parameters from"))
-        if self.workspace.model_name is None:
-            raise ConfigError("load the model to train in the Model tab first; the run trains that model")
-        settings["model"] = self.project.model(self.workspace.model_name)
-        from_dict(settings)  # a wrong value is named now, not in the job's log
-        return data["run_name"], settings
 
 
 def _plot_frame(metrics: list[dict]):
@@ -175,8 +116,8 @@ def training_tab(workspace: Workspace):
         with gr.Column(scale=2):
             # which dataset tab is chosen; a hidden radio (not a State) so scripts can choose it too
             mode = gr.Radio(list(DATASET_MODES), value=DATASET_MODES[0], label="Dataset kind", visible=False)
-            with gr.Tabs():
-                with gr.Tab(DATASET_MODES[0], elem_id="raw-tab") as raw_tab:
+            with gr.Tabs() as data_tabs:
+                with gr.Tab(DATASET_MODES[0], id=DATASET_MODES[0], elem_id="raw-tab") as raw_tab:
                     with gr.Row():
                         raw_file = gr.Dropdown(
                             label="Text file",
@@ -188,14 +129,14 @@ def training_tab(workspace: Workspace):
                         refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh-datasets")
                     for name in RAW_FIELDS:
                         widgets[name] = config_widget(name)
-                with gr.Tab(DATASET_MODES[1], elem_id="formatted-tab") as formatted_tab:
+                with gr.Tab(DATASET_MODES[1], id=DATASET_MODES[1], elem_id="formatted-tab") as formatted_tab:
                     formatted_file = gr.Dropdown(label="Dataset", choices=project.datasets(), value=None)
                     format_file = gr.Dropdown(
                         label="Data format", choices=project.format_files(), value=project.format_files()[0]
                     )
                     for name in FORMATTED_FIELDS:
                         widgets[name] = config_widget(name)
-                with gr.Tab(DATASET_MODES[2], elem_id="other-tab") as other_tab:
+                with gr.Tab(DATASET_MODES[2], id=DATASET_MODES[2], elem_id="other-tab") as other_tab:
                     other_file = gr.Dropdown(label="Data file", choices=project.datasets(), value=None)
                     other_format = gr.Dropdown(
                         label="Shape",
@@ -317,12 +258,38 @@ def training_tab(workspace: Workspace):
         inspection = inspect_data(plan.config.data, llm.tokenizer, plan.config, n_examples=2)
         return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
+    data_inputs = [
+        data_tabs,
+        mode,
+        raw_file,
+        formatted_file,
+        format_file,
+        other_file,
+        other_format,
+        validation_file,
+    ]
+
     @shows_errors
     def copy_parameters(name: str):
         if not name:
-            return [gr.skip()] * len(FORM_FIELDS)
+            return [gr.skip()] * (len(FORM_FIELDS) + len(data_inputs))
         saved = yaml.safe_load((project.run_dir(name) / "config.yaml").read_text()) or {}
-        return [shown_value(field, saved[field]) if field in saved else gr.skip() for field in FORM_FIELDS]
+        fields = [shown_value(field, saved[field]) if field in saved else gr.skip() for field in FORM_FIELDS]
+        return fields + copied_data(saved)
+
+    def copied_data(saved: dict) -> list:
+        """The run's data file, its kind and validation file, chosen where datasets/ lists them."""
+        chosen = form.copied_data(saved)
+        if chosen is None:
+            if saved.get("data"):
+                gr.Info(f"its data ({saved['data']}) is not a file in datasets/: choose the data to train on")
+            return [gr.skip()] * len(data_inputs)
+        names = ["dataset_mode", "raw_file", "formatted_file", "format_file", "other_file", "other_format"]
+        return [
+            gr.update(selected=chosen["dataset_mode"]),  # the tab whose file Start trains on, shown
+            *[chosen[name] if name in chosen else gr.skip() for name in names],
+            chosen["validation_file"],
+        ]
 
     @shows_errors
     def add_dataset(path: str | None):
@@ -353,7 +320,10 @@ def training_tab(workspace: Workspace):
     resume.click(resume_training, [current, resume_until, copy_from], outputs, api_name="resume_training")
     preview_button.click(preview_data, inputs, preview, api_name="preview_data")
     copy_from.change(
-        copy_parameters, copy_from, [widgets[name] for name in FORM_FIELDS], api_name="copy_parameters"
+        copy_parameters,
+        copy_from,
+        [widgets[name] for name in FORM_FIELDS] + data_inputs,
+        api_name="copy_parameters",
     )
     dataset_lists = [raw_file, formatted_file, other_file, validation_file]
     refresh.click(refresh_datasets, None, dataset_lists, api_name="refresh_datasets")
