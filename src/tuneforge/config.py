@@ -370,9 +370,9 @@ class RunConfig:
     )
     from_adapter: str | None = setting(
         None,
-        "Train further a saved LoRA adapter (a run's adapter/ folder, or a checkpoint's): its weights, rank, "
-        "alpha and target modules carry on; the learning rate and steps start over (resume_from continues a "
-        "stopped run exactly instead).",
+        "Train further a saved LoRA adapter (a run folder, its adapter/ folder, or a checkpoint's): its weights, "
+        "rank, alpha and target modules carry on; the learning rate and steps start over, in another output_dir "
+        "(resume_from continues a stopped run exactly instead).",
         group="lora",
     )
 

@@ -214,6 +214,11 @@ def ready_data(config, model, tokenizer, device: str, log=print):
     prepared = drop_examples_without_loss(prepared, config, log)
     config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
     config = with_adapter_from_folder(config)  # the same for the saved adapter from_adapter names
+    if config.from_adapter and not is_peft(model):
+        log(
+            f"from_adapter: {config.from_adapter} trains on (rank {config.rank}, alpha {config.alpha:g}, "
+            f"{', '.join(config.target_modules)}); the learning rate and steps start over"
+        )
     # the model in memory, else (no model yet, or scratch: a new one) what config names
     facts = ModelFacts.of_model(model) if model is not None and config.method != "scratch" else None
     config, reshaped = apply_defaults(config, prepared, tokenizer, device, log, model=facts)  # recipe auto
@@ -238,6 +243,7 @@ def check_before_loading(config) -> None:
     from tuneforge.hardware import pick_device
 
     pick_device(config.device)
+    with_adapter_from_folder(config)  # a missing or mismatched adapter, before the model loads
     run_dir = Path(config.output_dir) if config.output_dir else None
     if run_dir is None:
         return

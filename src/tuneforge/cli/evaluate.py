@@ -34,6 +34,21 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
     return resolve_settings(None, **given)
 
 
+def trained_weights(path: str) -> Path:
+    """The adapter or model folder `--adapter` names: the folder itself, or the adapter/ or model/ of a run or
+    checkpoint folder."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelError(f"adapter folder '{path}' does not exist")
+    for inner in (folder, folder / "adapter", folder / "model"):
+        if (inner / "adapter_config.json").is_file() or (inner / "config.json").is_file():
+            return inner
+    raise ModelError(
+        f"'{path}' is neither an adapter folder (adapter_config.json) nor a model folder (config.json), nor a run "
+        "folder holding one"
+    )
+
+
 def load_variants(config: RunConfig, adapters: list[str] | None, include_base: bool = True) -> list:
     """The base model and each adapter as comparison variants; adapters share one copy of the base."""
     import tuneforge as tf
@@ -42,24 +57,14 @@ def load_variants(config: RunConfig, adapters: list[str] | None, include_base: b
     load: dict[str, Any] = dict(
         device=config.device, precision=config.precision, trust_remote_code=config.trust_remote_code
     )
-    for path in adapters or []:  # named before the base model loads
-        folder = Path(path)
-        if not folder.exists():
-            raise ModelError(f"adapter folder '{path}' does not exist")
-        if not (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            run = next((folder / n for n in ("adapter", "model") if (folder / n).is_dir()), None)
-            raise ModelError(
-                f"'{path}' is neither an adapter folder (adapter_config.json) nor a model folder (config.json)"
-                + (f"; a run folder? its trained weights are in {run}" if run else "")
-            )
+    folders = [trained_weights(path) for path in adapters or []]  # named before the base model loads
     base = tf.load(config.model, **load)
     variants = [Variant(BASE, base, BASE)] if include_base or not adapters else []
-    for path in adapters or []:
-        folder = Path(path)
+    for folder in folders:
         if (folder / "adapter_config.json").is_file():
             name = base.load_adapter(folder, name=_unique_label(folder, variants))
             variants.append(Variant(name, base, name))
-        elif (folder / "config.json").is_file():
+        else:
             variants.append(Variant(_unique_label(folder, variants), tf.load(str(folder), **load), None))
     return variants
 
@@ -216,9 +221,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if len(args.adapter or []) > 1:
         raise TuneforgeError("give at most one --adapter to export")
     precision = "fp32" if config.precision == "auto" else config.precision
+    trained = trained_weights(args.adapter[0]) if args.adapter else None
+    whole = (
+        trained is not None and not (trained / "adapter_config.json").is_file()
+    )  # a full fine-tune's model
     llm = tf.load(
-        config.model,
-        adapter=(args.adapter or [None])[0],
+        str(trained) if whole else config.model,
+        adapter=None if whole else trained,
         device=config.device,
         precision=precision,
         trust_remote_code=config.trust_remote_code,
@@ -229,8 +238,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"loaded back with transformers: top-1 next token agrees on {check.agreement:.0%} of "
             f"{len(VERIFY_PROMPTS)} prompts, max logit difference "
-            f"{check.max_logit_difference:.4f}; chat template kept: {check.chat_template_kept}; "
-            f"EOS kept: {check.eos_kept}"
+            f"{check.max_logit_difference:.4f}; chat template kept: {'yes' if check.chat_template_kept else 'NO'}; "
+            f"EOS kept: {'yes' if check.eos_kept else 'NO'}"
         )
         for line in check.mismatches:
             print(f"  mismatch: {line}")
@@ -248,7 +257,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, adapters: bool = True, sev
             "--adapter",
             action="append",
             default=None,
-            help="LoRA adapter folder (a run's <run>/adapter), or a whole model folder (a checkpoint)"
+            help="LoRA adapter folder (a run's <run>/adapter), a whole model folder (a full fine-tune's "
+            "<run>/model), or a run or checkpoint folder holding one"
             + ("; repeat to compare several." if several else "."),
         )
     add_setting_flags(parser, RunConfig, MODEL_KEYS)

@@ -194,7 +194,7 @@ def unknown_option_hint(parser: argparse.ArgumentParser, option: str) -> str:
     known = {s.lstrip("-").replace("-", "_") for action in parser._actions for s in action.option_strings}
     name = option.lstrip("-").split("=")[0].replace("-", "_")
     if name == "adapter" and "from_adapter" in known:  # the other verbs' --adapter, not axolotl's method key
-        return "; did you mean --from_adapter (train a saved adapter further; --method picks lora, qlora or full)?"
+        return "; did you mean --from_adapter (train a saved adapter further; axolotl's adapter: lora is --method)?"
     suggestion = key_suggestion(name, sorted(known))
     if suggestion is None:
         return f"; see {parser.prog} --help"

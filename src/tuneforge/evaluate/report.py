@@ -46,6 +46,7 @@ def write_report(
     )
     adapter = (  # a full fine-tune or a new model has no rank: its config.yaml keeps the unused default
         f"rank {config.rank}, alpha {config.alpha}, target_modules {','.join(config.target_modules)}, "
+        + (f"trained further from `{config.from_adapter}`, " if config.from_adapter else "")
         if config.method in ("lora", "qlora")
         else ""
     )

@@ -138,16 +138,24 @@ def require_adapter_folder(path: str | Path, key: str | None = None) -> Path:
     path = Path(path)
     named = f"{key} '{path}'" if key else f"'{path}'"
     if not path.exists():
-        raise ModelError(f"{named} does not exist; pass a run's adapter folder, e.g. runs/NAME/adapter")
+        raise ModelError(f"{named} does not exist; pass a run folder or its adapter folder, e.g. runs/NAME")
     if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
         path = path / "adapter"  # a run folder or a checkpoint folder: the adapter it saved
     if not (path / "adapter_config.json").is_file():
         finished_full = (path / "model").is_dir() or (path / "config.json").is_file()
-        hint = (
-            "; it holds a whole model (a full fine-tune): load it as the model instead"
-            if finished_full
-            else "; pass the folder a training run saved as <run>/adapter"
+        steps = sorted(
+            (int(p.parent.name.removeprefix("step-")), p)
+            for p in path.glob("checkpoints/step-*/adapter")
+            if p.parent.name.removeprefix("step-").isdigit()
         )
+        if finished_full:
+            hint = "; it holds a whole model (a full fine-tune): load it as the model instead"
+        elif steps:  # a run that stopped before its end: its checkpoints hold adapters
+            hint = (
+                f"; the run did not finish: pass its newest checkpoint, {steps[-1][1].parent}, or resume it"
+            )
+        else:
+            hint = "; pass the folder a training run saved as <run>/adapter"
         raise ModelError(f"{named} is not an adapter folder (no adapter_config.json){hint}")
     require_safetensors_adapter(path)
     return path
@@ -159,6 +167,21 @@ def load_adapter(model, path: str | Path, trainable: bool = False):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(require_adapter_folder(path)), is_trainable=trainable)
+
+
+def set_lora_dropout(model, p: float) -> None:
+    """The active adapter's LoRA dropout set to `p` in every layer (PEFT keeps an Identity for 0), as a run
+    given another lora_dropout than the adapter was saved with trains it; saved with the adapter too."""
+    import torch
+
+    name = model.active_adapter
+    if model.peft_config[name].lora_dropout == p:
+        return
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict) and name in dropouts:
+            dropouts[name] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
+    model.peft_config[name].lora_dropout = p
 
 
 def count_parameters(model) -> tuple[int, int]:

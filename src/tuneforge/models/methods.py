@@ -9,8 +9,10 @@ and ends here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tuneforge.errors import ConfigError
-from tuneforge.models.adapters import attach_lora
+from tuneforge.models.adapters import attach_lora, load_adapter, require_adapter_folder, set_lora_dropout
 from tuneforge.models.kind import is_peft, is_quantized
 
 
@@ -38,10 +40,14 @@ def with_adapter_from_folder(config):
         return config
     from peft import PeftConfig
 
-    from tuneforge.models.adapters import require_adapter_folder
-
     folder = require_adapter_folder(config.from_adapter, "from_adapter")
-    return _with_adapter_shape(config, PeftConfig.from_pretrained(str(folder)), f"the adapter in {folder}")
+    if config.output_dir and Path(config.output_dir).resolve() in folder.resolve().parents:
+        raise ConfigError(
+            f"from_adapter {config.from_adapter} is the adapter of this run's own output_dir; a run training it "
+            "further writes into another output_dir"
+        )
+    shaped = _with_adapter_shape(config, PeftConfig.from_pretrained(str(folder)), f"the adapter in {folder}")
+    return shaped.replace(from_adapter=str(folder))  # one spelling, so a resume compares like with like
 
 
 def _short_names(targets, modules: list[str] | None) -> list[str]:
@@ -83,8 +89,20 @@ def _with_adapter_shape(config, adapter, label: str, modules: list[str] | None =
         if key in config.given_keys and asked != found[key]:
             raise ConfigError(
                 f"{label} has {key} {found[key]:g} but {key} {asked:g} was asked for; a "
-                f"LoRA's {key} cannot change: use {key}: {found[key]:g} or start from the base"
+                f"LoRA's {key} cannot change: leave {key} out (it is {found[key]:g}) or start from the base"
             )
+    for key in ("bias", "modules_to_save", "layers_to_transform", "layers_pattern"):  # its weights' shape too
+        asked = getattr(config, key)
+        asked = (
+            sorted(asked) if key == "modules_to_save" else list(asked) if isinstance(asked, list) else asked
+        )
+        if key in config.given_keys and asked != found[key]:
+            raise ConfigError(
+                f"{label} has {key} {found[key]!r} but {key} {asked!r} was asked for; an adapter's {key} "
+                f"cannot change: leave {key} out or start from the base"
+            )
+    if "lora_dropout" in config.given_keys:  # a training setting, not a shape: the one given trains
+        del found["lora_dropout"]
     named = "target_modules" in config.given_keys and config.target_modules != ["all-linear"]
     if named and sorted(config.target_modules) != found["target_modules"]:
         raise ConfigError(
@@ -104,12 +122,13 @@ def prepare_for_training(model, config):
             config = with_attached_adapter(model, config)  # refuses another rank or alpha
             for name, param in model.named_parameters():
                 param.requires_grad_("lora_" in name or "modules_to_save" in name)
+            set_lora_dropout(model, config.lora_dropout)
             return model
         model.requires_grad_(False)
         if config.from_adapter:  # its shape is already in config (with_adapter_from_folder)
-            from tuneforge.models.adapters import load_adapter
-
-            return load_adapter(model, config.from_adapter, trainable=True)
+            model = load_adapter(model, config.from_adapter, trainable=True)
+            set_lora_dropout(model, config.lora_dropout)
+            return model
         # QLoRA: the unquantized weights (embeddings, head, norms) stay frozen in the compute dtype, as LoRA's
         # base does. PEFT's prepare_model_for_kbit_training casts them to fp32: on an AMX CPU those casts took 15%
         # of a step (1.81 -> 1.53 s, benchmarks/step_profile.py --case qlora-4bit) and twice their memory; the

@@ -340,9 +340,28 @@ def resume_differences(files: dict, config, identity: dict) -> list[tuple[str, o
     return differences
 
 
+def check_started_from(checkpoint: Path, saved_config: dict | None, config) -> None:
+    """Refuse a resume whose from_adapter is not the one the run started from: the weights would come from
+    elsewhere (never allowed, mismatch or not); checked before the rank, which then differs too."""
+    old, new = (saved_config or {}).get("from_adapter"), config.from_adapter
+    if saved_config is None or old == new:
+        return
+    raise ConfigError(
+        f"cannot resume from {checkpoint}: "
+        + (
+            f"the run started from the adapter in {old}; give from_adapter {old} again, or resume with the "
+            f"run's own config.yaml (tuneforge train {checkpoint.parents[1] / 'config.yaml'} --resume_from latest)"
+            if old
+            else f"it trained its own adapter, so from_adapter {new} does not go with resume_from; to start a "
+            "new run from that adapter, give from_adapter alone and another output_dir"
+        )
+    )
+
+
 def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, log) -> None:
     """List every change since the checkpoint; refuse those that alter data order or the optimizer unless
     allow_resume_mismatch is set."""
+    check_started_from(checkpoint, files.get("config"), config)
     differences = resume_differences(files, config, identity)
     if not differences:
         return
@@ -381,6 +400,7 @@ def refuse_resume_early(run_dir: Path, config, identity: dict) -> None:
             }
         except (DamagedCheckpointError, OSError, ValueError):
             continue
+        check_started_from(path, files["config"], config)
         check_identity(path, identity)
         check_resume_config(path, files, config, identity, log=lambda line: None)
         return

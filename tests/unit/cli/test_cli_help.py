@@ -89,7 +89,7 @@ def test_both_spellings_and_lone_true_false_flags_parse_alike():
         # the other verbs' --adapter: train's is from_adapter
         (
             ["train", "--adapter", "runs/a/adapter"],
-            "--from_adapter (train a saved adapter further; --method picks lora, qlora or full)",
+            "--from_adapter (train a saved adapter further; axolotl's adapter: lora is --method)",
         ),
     ],
 )

@@ -50,7 +50,7 @@ def test_generate_streams_the_same_text_as_without_streaming(capsys, tiny_model_
     assert code == 0, err
 
 
-def test_a_run_folder_given_as_the_adapter_points_at_its_adapter_before_the_model_loads(
+def test_a_run_folder_given_as_the_adapter_means_its_adapter_and_a_missing_one_fails_before_the_model_loads(
     capsys, monkeypatch, tiny_model_dir, adapter_dirs, tmp_path
 ):
     import shutil
@@ -58,9 +58,14 @@ def test_a_run_folder_given_as_the_adapter_points_at_its_adapter_before_the_mode
     import tuneforge
 
     shutil.copytree(adapter_dirs[0], tmp_path / "run" / "adapter")
+    code, out, err = run(capsys, "logits", "--model", tiny_model_dir, "--adapter", tmp_path / "run", "hi")
+    assert code == 0 and "run" in out, err  # the variant named after its run
     monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded first"))
-    code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "run", "hi")
-    assert code == 2 and f"a run folder? its trained weights are in {tmp_path / 'run' / 'adapter'}" in err
+    code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "empty", "hi")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "empty", "hi")
+    assert code == 2 and "nor a run folder holding one" in err
     code, _, err = run(capsys, "generate", "--model", tiny_model_dir, "--adapter", tmp_path / "nope", "hi")
     assert code == 2 and "adapter folder" in err and "does not exist" in err
 
@@ -172,3 +177,25 @@ def test_perplexity_and_compare_read_a_file_in_the_encoding_given(capsys, tiny_m
         "--heldout", data, "--encoding", "latin-1", "hi",
     )  # fmt: skip
     assert code == 0 and "Perplexity on held-out data" in out
+
+
+def test_export_takes_a_full_fine_tunes_run_folder_as_its_model_and_a_lora_run_as_its_adapter(
+    capsys, tiny_model_dir, adapter_dirs, tmp_path
+):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "full" / "model")
+    code, out, err = run(capsys, "export", "--adapter", tmp_path / "full", "--gguf", tmp_path / "full.gguf")
+    assert code == 0 and "agrees on 100%" in out and "chat template kept: yes" in out, err
+    shutil.copytree(adapter_dirs[0], tmp_path / "lora" / "adapter")
+    code, out, err = run(
+        capsys,
+        "export",
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        tmp_path / "lora",
+        "--gguf",
+        tmp_path / "l.gguf",
+    )
+    assert code == 0 and "agrees on 100%" in out, err

@@ -1,6 +1,8 @@
 """from_adapter: a new run trains a saved LoRA adapter further (seed 003's "resume a prior run" with edited
 parameters), keeping its shape; the learning rate and steps start over."""
 
+import shutil
+
 import pytest
 import torch
 import yaml
@@ -61,7 +63,7 @@ def test_a_run_from_a_saved_adapter_starts_where_it_ended_and_keeps_its_shape(
     assert losses(fresh)[0] == pytest.approx(earlier[0], rel=1e-5)
     assert losses(further)[0] < earlier[-1] + 0.05 < earlier[0] - 0.3
     saved = yaml.safe_load((further / "config.yaml").read_text())
-    assert (saved["rank"], saved["alpha"], saved["from_adapter"]) == (4, 8, str(run_dir))
+    assert (saved["rank"], saved["alpha"], saved["from_adapter"]) == (4, 8, str(run_dir / "adapter"))
     # PEFT saved all-linear as each module's path; the config says it in module names
     assert saved["target_modules"] == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -96,12 +98,74 @@ def test_what_from_adapter_cannot_train_is_refused_with_what_to_do(tiny_model_di
         (dict(method="full"), "from_adapter trains a LoRA adapter further, but method is full"),
         (dict(from_adapter=str(tmp_path / "nowhere")), "from_adapter '.*nowhere' does not exist"),
         (dict(from_adapter=str(tiny_model_dir)), "holds a whole model .*: load it as the model instead"),
+        (dict(bias="lora_only"), "has bias 'none' but bias 'lora_only' was asked for"),
+        (dict(modules_to_save=["lm_head"]), r"has modules_to_save \[\] but modules_to_save \['lm_head'\]"),
+        (dict(output_dir=str(run_dir)), "is the adapter of this run's own output_dir"),
+        (
+            dict(from_adapter=str(run_dir.parent / "stopped")),
+            r"did not finish: pass its newest checkpoint, .*step-4",
+        ),
     ]
+    stopped = run_dir.parent / "stopped" / "checkpoints"
+    for step in (2, 4):
+        shutil.copytree(run_dir / "adapter", stopped / f"step-{step}" / "adapter", dirs_exist_ok=True)
     for extra, message in cases:
-        settings = {**SETTINGS, "from_adapter": str(run_dir), "max_steps": 1, **extra}
+        settings = {"output_dir": str(tmp_path / "refused"), **SETTINGS, "from_adapter": str(run_dir)}
         with pytest.raises(TuneforgeError, match=message):
-            llm.train(data, output_dir=str(tmp_path / "refused"), **settings)
+            llm.train(data, **{**settings, "max_steps": 1, **extra})
         assert not (tmp_path / "refused").exists()  # refused before the run folder
     llm.load_adapter(run_dir / "adapter")
     with pytest.raises(TuneforgeError, match="an adapter .* is already attached"):
         llm.train(data, output_dir=str(tmp_path / "refused"), from_adapter=str(run_dir), max_steps=1)
+
+
+def test_a_given_lora_dropout_trains_and_is_saved_with_the_adapter(tiny_model_dir, earlier_run, tmp_path):
+    """Training settings are the run's: only the adapter's shape carries over."""
+    import json
+
+    run_dir, data = earlier_run
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data,
+        output_dir=str(tmp_path / "run"),
+        from_adapter=str(run_dir),
+        max_steps=1,
+        **{**SETTINGS, "lora_dropout": 0.0},
+    )
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert (
+        saved["lora_dropout"] == 0.0
+        and yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["lora_dropout"] == 0.0
+    )
+
+
+def test_resuming_with_another_from_adapter_says_which_one_the_run_started_from(
+    tiny_model_dir, earlier_run, tmp_path
+):
+    run_dir, data = earlier_run
+    broken = tmp_path / "broken"
+    settings = dict(SETTINGS, max_steps=4, save_steps=2)
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data, output_dir=str(broken), from_adapter=str(run_dir), **settings
+    )
+    simulate_crash_after(broken, 2)
+    llm = tf.load(str(tiny_model_dir), precision="fp32")
+    with pytest.raises(
+        TuneforgeError, match=r"the run started from the adapter in .*earlier.*adapter; give from_adapter"
+    ):
+        llm.train(data, output_dir=str(broken), resume_from="latest", **settings)
+    # a run with an adapter of its own, resumed "from" another adapter: the checkpoint's weights would win
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        data, output_dir=str(tmp_path / "own"), rank=4, alpha=8, target_modules=["all-linear"], **settings
+    )
+    simulate_crash_after(tmp_path / "own", 2)
+    with pytest.raises(
+        TuneforgeError, match="does not go with resume_from; to start a new run from that adapter"
+    ):
+        llm.train(
+            data,
+            output_dir=str(tmp_path / "own"),
+            resume_from="latest",
+            from_adapter=str(run_dir),
+            allow_resume_mismatch=True,
+            **settings,
+        )
