@@ -50,6 +50,24 @@ def with_adapter_from_folder(config):
     return shaped.replace(from_adapter=str(folder))  # one spelling, so a resume compares like with like
 
 
+def warn_about_another_base(model, folder) -> None:
+    """Warn when the adapter in `folder` names another base model than `model` (by folder or hub name: the
+    same model converted on another machine has another path): its weights may not fit this model's."""
+    import json
+    import warnings
+
+    saved = json.loads((require_adapter_folder(folder) / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    here = getattr(model, "name_or_path", "") or ""
+    if saved and here and Path(str(saved)).name != Path(str(here)).name:
+        warnings.warn(
+            f"the adapter in {folder} was trained on {saved}, and this run's model is {here}: an adapter fits "
+            "only the base it was trained on (same layer shapes) and learnt its changes for that base's weights",
+            stacklevel=2,
+        )
+
+
 def _short_names(targets, modules: list[str] | None) -> list[str]:
     """PEFT saves all-linear as every module's full path ('model.layers.0.mlp.up_proj', ...): the short names
     (up_proj, ...) say the same where they pick out exactly those modules (always, for a folder's adapter,
@@ -126,6 +144,7 @@ def prepare_for_training(model, config):
             return model
         model.requires_grad_(False)
         if config.from_adapter:  # its shape is already in config (with_adapter_from_folder)
+            warn_about_another_base(model, config.from_adapter)
             model = load_adapter(model, config.from_adapter, trainable=True)
             set_lora_dropout(model, config.lora_dropout)
             return model

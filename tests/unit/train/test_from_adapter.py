@@ -169,3 +169,23 @@ def test_resuming_with_another_from_adapter_says_which_one_the_run_started_from(
             allow_resume_mismatch=True,
             **settings,
         )
+
+
+def test_an_adapter_of_another_base_gets_a_warning(tiny_model_dir, earlier_run, tmp_path):
+    import json
+
+    run_dir, data = earlier_run
+    shutil.copytree(run_dir / "adapter", tmp_path / "other")
+    saved = json.loads((tmp_path / "other" / "adapter_config.json").read_text())
+    json.dump(
+        {**saved, "base_model_name_or_path": "Qwen/Qwen2.5-0.5B"},
+        (tmp_path / "other" / "adapter_config.json").open("w"),
+    )
+    with pytest.warns(UserWarning, match="was trained on Qwen/Qwen2.5-0.5B, and this run's model is"):
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            data,
+            output_dir=str(tmp_path / "run"),
+            from_adapter=str(tmp_path / "other"),
+            max_steps=1,
+            **SETTINGS,
+        )
