@@ -368,6 +368,18 @@ class RunConfig:
         "Name of the layer list for layers_to_transform (e.g. 'layers', 'h') when PEFT cannot guess it.",
         group="lora",
     )
+    use_rslora: bool = setting(
+        False,
+        "Rank-stabilised LoRA: scale the update by alpha / sqrt(rank) instead of alpha / rank, so a high rank "
+        "learns as fast as a low one (Kalajdzievski, 2023).",
+        group="lora",
+    )
+    use_dora: bool = setting(
+        False,
+        "DoRA: learn each weight's magnitude apart from its direction (Liu et al., 2024), often better at low "
+        "rank; slower steps (PEFT's forward, without tuneforge's lean LoRA lever).",
+        group="lora",
+    )
     from_adapter: str | None = setting(
         None,
         "Train further a saved LoRA adapter (a run folder, its adapter/ folder, or a checkpoint's): its weights, "

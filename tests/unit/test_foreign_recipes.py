@@ -139,7 +139,7 @@ def test_a_mistyped_key_of_the_tool_is_ignored_with_a_hint(tmp_path):
             "trains supervised fine-tuning",
         ),
         ({"model_name_or_path": "m", "finetuning_type": "freeze"}, "finetuning_type: freeze is a method"),
-        ({"base_model": "m", "adapter": "lora", "peft_use_dora": True}, "peft_use_dora: true is DoRA"),
+        ({"base_model": "m", "adapter": "lora", "loraplus_lr_ratio": 16}, "loraplus_lr_ratio: 16 is LoRA+"),
         (
             {"base_model": "m", "load_in_4bit": True},
             "load_in_4bit: true quantizes a model that is not trained",
@@ -153,12 +153,12 @@ def test_what_tuneforge_cannot_train_is_refused_by_name(tmp_path, recipe, refusa
 
 
 def test_every_refused_key_is_named_in_one_error(tmp_path):
-    recipe = {"model_name_or_path": "m", "stage": "ppo", "use_dora": True, "dataset": "a,b"}
+    recipe = {"model_name_or_path": "m", "stage": "ppo", "pissa_init": True, "dataset": "a,b"}
     with pytest.raises(ConfigError) as refused:
         load_config(write_recipe(tmp_path, recipe))
     message = str(refused.value)
     assert "stage: ppo trains by reinforcement learning" in message
-    assert "use_dora: true is DoRA" in message
+    assert "pissa_init: true is PiSSA" in message
     assert "dataset: a,b names 2 datasets, but tuneforge trains on one data file or folder" in message
 
 
@@ -310,3 +310,11 @@ def test_an_existing_adapter_to_train_further_is_read_as_from_adapter(tmp_path):
     assert load_config(write_recipe(tmp_path, axolotl)).from_adapter == "runs/earlier/adapter"
     factory = {"model_name_or_path": "m", "finetuning_type": "lora", "adapter_name_or_path": "saves/lora"}
     assert load_config(write_recipe(tmp_path, factory)).from_adapter == "saves/lora"
+
+
+def test_dora_and_rslora_are_read_as_use_dora_and_use_rslora(tmp_path):
+    axolotl = {"base_model": "m", "adapter": "lora", "peft_use_dora": True, "peft_use_rslora": True}
+    config = load_config(write_recipe(tmp_path, axolotl))
+    assert (config.use_dora, config.use_rslora) == (True, True)
+    factory = {"model_name_or_path": "m", "finetuning_type": "lora", "use_dora": True}
+    assert load_config(write_recipe(tmp_path, factory)).use_dora

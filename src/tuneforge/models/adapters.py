@@ -67,6 +67,8 @@ def attach_lora(
     modules_to_save: list[str] | None = None,
     layers_to_transform: list[int] | None = None,
     layers_pattern: str | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
 ):
     """Wrap `model` in a PeftModel whose only trainable weights are the LoRA matrices (and modules_to_save)."""
     from peft import LoraConfig, get_peft_model
@@ -86,6 +88,8 @@ def attach_lora(
         layers_to_transform=layers_to_transform or None,
         layers_pattern=layers_pattern if layers_to_transform else None,
         exclude_modules=_linears_with_own_forward(model) or None if targets == "all-linear" else None,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
         task_type="CAUSAL_LM",
         # a tied embed_tokens/lm_head in the adapter must stay tied, or merging would untie them
         ensure_weight_tying=bool(getattr(model.config, "tie_word_embeddings", False))

@@ -101,6 +101,8 @@ def _with_adapter_shape(config, adapter, label: str, modules: list[str] | None =
         "modules_to_save": sorted(adapter.modules_to_save or []),
         "layers_to_transform": [layers] if isinstance(layers, int) else list(layers or []),
         "layers_pattern": adapter.layers_pattern if isinstance(adapter.layers_pattern, str) else None,
+        "use_rslora": bool(getattr(adapter, "use_rslora", False)),
+        "use_dora": bool(getattr(adapter, "use_dora", False)),
     }
     for key in ("rank", "alpha"):
         asked = getattr(config, key)
@@ -109,7 +111,8 @@ def _with_adapter_shape(config, adapter, label: str, modules: list[str] | None =
                 f"{label} has {key} {found[key]:g} but {key} {asked:g} was asked for; a "
                 f"LoRA's {key} cannot change: leave {key} out (it is {found[key]:g}) or start from the base"
             )
-    for key in ("bias", "modules_to_save", "layers_to_transform", "layers_pattern"):  # its weights' shape too
+    # its weights' shape, and how they scale, too
+    for key in ("bias", "modules_to_save", "layers_to_transform", "layers_pattern", "use_rslora", "use_dora"):
         asked = getattr(config, key)
         asked = (
             sorted(asked) if key == "modules_to_save" else list(asked) if isinstance(asked, list) else asked
@@ -167,6 +170,8 @@ def prepare_for_training(model, config):
             modules_to_save=config.modules_to_save,
             layers_to_transform=config.layers_to_transform,
             layers_pattern=config.layers_pattern,
+            use_rslora=config.use_rslora,
+            use_dora=config.use_dora,
         )
     if config.method in ("full", "scratch"):
         if is_peft(model):

@@ -73,6 +73,8 @@ RAW_FIELDS = ("overlap_len", "newline_favor_len", "hard_cut_string", "add_eos_to
 FORMATTED_FIELDS = ("train_on_source",)
 VALIDATION_FIELDS = ("validation_split", "eval_steps", "early_stopping_patience")
 ADVANCED_FIELDS = (
+    "use_rslora",
+    "use_dora",
     "optimizer",
     "precision",
     "device",
