@@ -380,6 +380,13 @@ class RunConfig:
         "rank; slower steps (PEFT's forward, without tuneforge's lean LoRA lever).",
         group="lora",
     )
+    loraplus_lr_ratio: float | None = setting(
+        None,
+        "LoRA+: train the B matrices of linear layers at this many times the learning rate (Hayou et al., 2024, "
+        "use 16), as PEFT's create_loraplus_optimizer does; empty: one rate for A and B.",
+        min=1.0,
+        group="lora",
+    )
     from_adapter: str | None = setting(
         None,
         "Train further a saved LoRA adapter (a run folder, its adapter/ folder, or a checkpoint's): its weights, "
@@ -650,6 +657,11 @@ class RunConfig:
             raise ConfigError(
                 "resume_from: latest needs the run to continue: pass its config.yaml (tuneforge train "
                 "runs/NAME/config.yaml --resume_from latest) or its folder as output_dir"
+            )
+        if self.loraplus_lr_ratio and self.method not in ("lora", "qlora"):
+            raise ConfigError(
+                f"loraplus_lr_ratio sets the learning rate of LoRA's B matrices, but method is {self.method}; "
+                "use method: lora (or qlora), or leave it out"
             )
         if self.from_adapter and self.method not in ("lora", "qlora"):
             raise ConfigError(

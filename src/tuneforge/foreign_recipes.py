@@ -53,7 +53,7 @@ RENAMES = {
               "train_on_inputs": "train_on_source", "sample_packing": "packing", "val_set_size": "validation_split",
               "early_stopping_patience": "early_stopping_patience", "load_best_model_at_end": "load_best_at_end",
               "dataset_processes": "num_proc", "lora_model_dir": "from_adapter", "peft_use_dora": "use_dora",
-              "peft_use_rslora": "use_rslora"},
+              "peft_use_rslora": "use_rslora", "loraplus_lr_ratio": "loraplus_lr_ratio"},
     LLAMA_FACTORY: {**{k: k for k in SHARED}, "model_name_or_path": "model", "cutoff_len": "cutoff_len",
                     "per_device_train_batch_size": "micro_batch_size", "num_train_epochs": "epochs",
                     "lr_scheduler_type": "lr_scheduler", "lora_rank": "rank", "lora_alpha": "alpha",
@@ -61,20 +61,21 @@ RENAMES = {
                     "preprocessing_num_workers": "num_proc", "packing": "packing", "neat_packing": "packing",
                     "train_on_prompt": "train_on_source", "load_best_model_at_end": "load_best_at_end",
                     "adapter_name_or_path": "from_adapter", "use_dora": "use_dora", "use_rslora": "use_rslora",
+                    "loraplus_lr_ratio": "loraplus_lr_ratio",
                     "quantization_type": "quant_type", "double_quantization": "double_quant"},
 }
 # Tool keys spelled like a tuneforge key but meaning something else: ignored, never passed through.
 HOMONYMS = {"device", "device_map", "max_length", "tokenizer", "compile", "format"}
 # Keys refused when switched on: they change the training in a way tuneforge does not do.
-PLAIN_LORA = "tuneforge trains LoRA (also rsLoRA and DoRA) or every weight: remove it"
+PLAIN_LORA = "tuneforge trains LoRA (also rsLoRA, DoRA and LoRA+) or every weight: remove it"
 REFUSED_WHEN_SET = {
-    AXOLOTL: {"loraplus_lr_ratio": f"is LoRA+; {PLAIN_LORA}", "relora_steps": f"is ReLoRA; {PLAIN_LORA}",
+    AXOLOTL: {"relora_steps": f"is ReLoRA; {PLAIN_LORA}",
               "unfrozen_parameters": "trains only some parameters; tuneforge trains LoRA or every weight",
               "lisa_n_layers": "is LISA (a few layers at a time); tuneforge trains LoRA or every weight",
               "reward_model": "trains a reward model; tuneforge trains language models on supervised data",
               "process_reward_model": "trains a reward model; tuneforge trains language models on supervised data",
               "resume_from_checkpoint": "names an axolotl checkpoint; tuneforge resumes its own (resume_from: latest)"},
-    LLAMA_FACTORY: {"pissa_init": f"is PiSSA; {PLAIN_LORA}", "loraplus_lr_ratio": f"is LoRA+; {PLAIN_LORA}",
+    LLAMA_FACTORY: {"pissa_init": f"is PiSSA; {PLAIN_LORA}",
                     "use_galore": "is GaLore; tuneforge's optimizers are listed under optimizer",
                     "use_apollo": "is APOLLO; tuneforge's optimizers are listed under optimizer",
                     "use_badam": "is BAdam; tuneforge's optimizers are listed under optimizer",

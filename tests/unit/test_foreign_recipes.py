@@ -139,7 +139,7 @@ def test_a_mistyped_key_of_the_tool_is_ignored_with_a_hint(tmp_path):
             "trains supervised fine-tuning",
         ),
         ({"model_name_or_path": "m", "finetuning_type": "freeze"}, "finetuning_type: freeze is a method"),
-        ({"base_model": "m", "adapter": "lora", "loraplus_lr_ratio": 16}, "loraplus_lr_ratio: 16 is LoRA+"),
+        ({"base_model": "m", "adapter": "lora", "relora_steps": 100}, "relora_steps: 100 is ReLoRA"),
         (
             {"base_model": "m", "load_in_4bit": True},
             "load_in_4bit: true quantizes a model that is not trained",
@@ -312,9 +312,15 @@ def test_an_existing_adapter_to_train_further_is_read_as_from_adapter(tmp_path):
     assert load_config(write_recipe(tmp_path, factory)).from_adapter == "saves/lora"
 
 
-def test_dora_and_rslora_are_read_as_use_dora_and_use_rslora(tmp_path):
-    axolotl = {"base_model": "m", "adapter": "lora", "peft_use_dora": True, "peft_use_rslora": True}
+def test_dora_rslora_and_loraplus_are_read_as_tuneforge_s_keys(tmp_path):
+    axolotl = {
+        "base_model": "m",
+        "adapter": "lora",
+        "peft_use_dora": True,
+        "peft_use_rslora": True,
+        "loraplus_lr_ratio": 16,
+    }
     config = load_config(write_recipe(tmp_path, axolotl))
-    assert (config.use_dora, config.use_rslora) == (True, True)
+    assert (config.use_dora, config.use_rslora, config.loraplus_lr_ratio) == (True, True, 16)
     factory = {"model_name_or_path": "m", "finetuning_type": "lora", "use_dora": True}
     assert load_config(write_recipe(tmp_path, factory)).use_dora

@@ -16,15 +16,27 @@ import math
 from tuneforge.errors import ConfigError
 
 
-def _parameter_groups(model, weight_decay: float) -> list[dict]:
-    """Biases and norm weights get no weight decay (the usual AdamW practice). An empty group is left out:
-    DeepSpeed drops it from the optimizer, and a schedule over the groups then counts one group too many."""
+def _parameter_groups(model, config) -> list[dict]:
+    """Biases and norm weights get no weight decay (the usual AdamW practice). With loraplus_lr_ratio, LoRA's B
+    matrices train at that many times the learning rate (LoRA+; the scheduler scales every group's rate alike).
+    An empty group is left out: DeepSpeed drops it from the optimizer, and a schedule over the groups then counts
+    one group too many."""
     decay: list = []
     no_decay: list = []
+    faster: list = []
+    ratio = getattr(config, "loraplus_lr_ratio", None)
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if not param.requires_grad:
+            continue
+        if ratio and "lora_B" in name:  # the linear layers' B (PEFT's LoRA+ leaves embedding LoRA apart too)
+            faster.append(param)
+        else:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": faster, "weight_decay": config.weight_decay, "lr": config.learning_rate * (ratio or 1)},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -32,7 +44,7 @@ def build_optimizer(model, config):
     """The optimizer named by `config.optimizer` over the trainable parameters."""
     import torch
 
-    groups = _parameter_groups(model, config.weight_decay)
+    groups = _parameter_groups(model, config)
     betas = (config.adam_beta1, config.adam_beta2)
     name = config.optimizer
     if name == "sgd":

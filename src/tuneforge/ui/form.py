@@ -75,6 +75,7 @@ VALIDATION_FIELDS = ("validation_split", "eval_steps", "early_stopping_patience"
 ADVANCED_FIELDS = (
     "use_rslora",
     "use_dora",
+    "loraplus_lr_ratio",
     "optimizer",
     "precision",
     "device",

@@ -68,3 +68,38 @@ def test_dora_trains_its_magnitudes_and_loads_back_with_the_same_logits(tiny_mod
             use_dora=False,
             max_steps=1,
         )
+
+
+def test_loraplus_trains_the_b_matrices_at_ratio_times_the_rate_all_through_the_schedule(
+    tiny_model_dir, lines_file, tmp_path
+):
+    from tuneforge.config import RunConfig
+    from tuneforge.models.methods import prepare_for_training
+    from tuneforge.train.optim import build_optimizer, build_scheduler
+
+    config = RunConfig(
+        rank=4, alpha=8, target_modules=["all-linear"], learning_rate=1e-3, loraplus_lr_ratio=16
+    )
+    model = prepare_for_training(tf.load(str(tiny_model_dir), precision="fp32").model, config)
+    optimizer = build_optimizer(model, config)
+    b_matrices = {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    faster = [g for g in optimizer.param_groups if {id(p) for p in g["params"]} == b_matrices]
+    assert len(faster) == 1 and faster[0]["lr"] == pytest.approx(16e-3)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in optimizer.param_groups if g is not faster[0])
+    scheduler = build_scheduler(
+        optimizer, config.replace(warmup_steps=2, lr_scheduler="linear"), total_steps=10
+    )
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        rates = [g["lr"] for g in optimizer.param_groups]
+        assert max(rates) == pytest.approx(16 * min(rates))
+    # a run with it moves B further from its start (zero) than one without, from the same first step
+    runs = {}
+    for ratio in (None, 16.0):
+        llm = tf.load(str(tiny_model_dir), precision="fp32")
+        llm.train(lines_file, output_dir=str(tmp_path / f"r{ratio}"), loraplus_lr_ratio=ratio, **SETTINGS)
+        norms = [p.norm() for n, p in llm.model.named_parameters() if "lora_B" in n]
+        runs[ratio] = (losses(tmp_path / f"r{ratio}"), float(torch.stack(norms).sum()))
+    assert runs[None][0][0] == pytest.approx(runs[16.0][0][0], rel=1e-6)  # the same first loss
+    assert runs[16.0][1] > 3 * runs[None][1]

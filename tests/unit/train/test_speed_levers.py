@@ -2,6 +2,7 @@
 dtype; and the decisions (threads on a busy machine, packing, torch.compile) from fake readings."""
 
 import shutil
+import types
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ def _adamw_weights_after_steps(model_dir, fused: bool) -> list[torch.Tensor]:
     else:  # torch's single-tensor path, the reference
         from tuneforge.train.optim import _parameter_groups
 
-        optimizer = torch.optim.AdamW(_parameter_groups(model, 0.01), lr=1e-3, foreach=False, fused=False)
+        settings = types.SimpleNamespace(weight_decay=0.01, learning_rate=1e-3)
+        optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=1e-3, foreach=False, fused=False)
     generator = torch.Generator().manual_seed(3)
     for _ in range(3):
         for param in model.parameters():
