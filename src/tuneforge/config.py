@@ -447,6 +447,13 @@ class RunConfig:
     adam_beta2: float = setting(0.999, "AdamW beta2.", min=0.0, max=0.99999)
     adam_epsilon: float = setting(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
     max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).", min=0.0)
+    neftune_noise_alpha: float | None = setting(
+        None,
+        "NEFTune: add uniform noise of this scale / sqrt(tokens x hidden size) to the input embeddings while "
+        "training, never when evaluating or generating (Jain et al., 2023, use 5); empty: none.",
+        min=0.0,
+        min_exclusive=True,
+    )
     stop_at_loss: float = setting(
         0.0,
         "Stop at loss: end training once the training loss falls to this value "

@@ -43,7 +43,8 @@ SIGNATURE = {
 }
 SHARED = ["gradient_accumulation_steps", "learning_rate", "max_steps", "warmup_steps", "warmup_ratio",
           "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "output_dir",
-          "logging_steps", "save_steps", "save_total_limit", "eval_steps", "trust_remote_code", "lora_dropout"]
+          "logging_steps", "save_steps", "save_total_limit", "eval_steps", "trust_remote_code", "lora_dropout",
+          "neftune_noise_alpha"]
 # Keys whose value carries over unchanged under another (or the same) name.
 RENAMES = {
     AXOLOTL: {**{k: k for k in SHARED}, "base_model": "model", "sequence_len": "cutoff_len",

@@ -15,7 +15,7 @@ train/step.py (one optimizer step), train/validation.py (evaluation and checkpoi
 from __future__ import annotations
 
 import warnings
-from contextlib import closing
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def train(
         seconds_before=state.train_seconds,
     )
     step_times = StepTimes()
-    with graceful_interrupts(stop), run.lean, closing(metrics):
+    with graceful_interrupts(stop), run.lean, noisy_embeddings(run, config), closing(metrics):
         while state.step < result.total_steps:  # max_time may re-plan the total after the first steps
             step = state.step + 1
             step_times.start()
@@ -169,6 +169,22 @@ def train(
     if result.stopped_because != "finished":
         progress.message(f"stopped: {result.stopped_because} (step {result.steps}/{result.total_steps})")
     return model, result
+
+
+@contextmanager
+def noisy_embeddings(run: TrainingSetup, config):
+    """NEFTune within the block (transformers' own hook): noise on the input embeddings in training mode only,
+    drawn from torch's RNG, which checkpoints keep, so a resumed run draws the same noise."""
+    if not config.neftune_noise_alpha:
+        yield
+        return
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+    handle = activate_neftune(run.model, config.neftune_noise_alpha, run.accelerator)
+    try:
+        yield
+    finally:
+        deactivate_neftune(run.model, handle, run.accelerator)
 
 
 def _optimizer_step(

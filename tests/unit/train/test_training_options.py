@@ -422,3 +422,37 @@ def test_a_4bit_base_is_not_compiled_on_a_cpu_where_bitsandbytes_repacks_its_wei
     assert (
         setup.why_not_compiled(llm.model, "cpu") is None and setup.why_not_compiled(llm.model, "cuda") is None
     )
+
+
+def test_neftune_noises_the_training_passes_and_a_resumed_run_draws_the_same_noise(
+    tiny_model_dir, lines_file, tmp_path
+):
+    from tests.unit.train.test_resume import losses, simulate_crash_after
+
+    settings = dict(BASE, validation_split=4, eval_steps=2, save_steps=2, seed=5)
+    runs = {}
+    for alpha in (None, 5.0):
+        llm = tf.load(str(tiny_model_dir), precision="fp32")
+        folder = tmp_path / f"alpha-{alpha}"
+        llm.train(
+            lines_file, output_dir=str(folder), neftune_noise_alpha=alpha, show_progress=False, **settings
+        )
+        runs[alpha] = (llm, folder)
+    plain, noisy = losses(runs[None][1]), losses(runs[5.0][1])
+    assert plain[0] != pytest.approx(noisy[0], rel=1e-6)  # step 1's forward pass already had the noise
+    # the hook is gone after the run: a model in training mode gives the same logits twice
+    model = runs[5.0][0].model.train()
+    ids = runs[5.0][0].tokenizer("you can make a sandwich", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+    # the noise comes from the RNG a checkpoint keeps: an interrupted run resumes to the same losses
+    whole = runs[5.0][1]
+    broken = tmp_path / "broken"
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        lines_file, output_dir=str(broken), neftune_noise_alpha=5.0, show_progress=False, **settings
+    )
+    simulate_crash_after(broken, 2)
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        config=broken / "config.yaml", resume_from="latest", show_progress=False
+    )
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-5)
