@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -665,10 +666,12 @@ class RunConfig:
                 "resume_from: latest needs the run to continue: pass its config.yaml (tuneforge train "
                 "runs/NAME/config.yaml --resume_from latest) or its folder as output_dir"
             )
-        if self.loraplus_lr_ratio and self.method not in ("lora", "qlora"):
+        lora_only = [key for key in ("loraplus_lr_ratio", "use_dora", "use_rslora") if getattr(self, key)]
+        if lora_only and self.method not in ("lora", "qlora"):
             raise ConfigError(
-                f"loraplus_lr_ratio sets the learning rate of LoRA's B matrices, but method is {self.method}; "
-                "use method: lora (or qlora), or leave it out"
+                f"{', '.join(lora_only)} {'shape' if len(lora_only) > 1 else 'shapes'} how a LoRA adapter trains, "
+                f"but method is {self.method}; use method: lora (or qlora), or leave "
+                f"{'them' if len(lora_only) > 1 else 'it'} out"
             )
         if self.from_adapter and self.method not in ("lora", "qlora"):
             raise ConfigError(
@@ -1027,6 +1030,10 @@ def check_range(f: dataclasses.Field, value: Any, error: type[Exception] = Confi
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise error(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got '{value}'{hint}")
     low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, float) and not math.isfinite(
+        value
+    ):  # nan passes every comparison; inf is no setting
+        raise error(f"{f.name} must be a finite number; got {value}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = low is not None and (value <= low if meta.get("min_exclusive") else value < low)
         too_high = high is not None and value > high

@@ -323,10 +323,28 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
         )
     elif lora:
         choose("learning_rate", 2e-4, "LoRA on all linear layers: the QLoRA paper's 2e-4")
+    ratio = getattr(config, "loraplus_lr_ratio", None)
+    if lora and ratio and choices and choices[-1].key == "learning_rate":
+        # LoRA+ trains B at ratio x the rate: at the plain rate, ratio 16 diverged in 2 steps (4.26 -> 6.60);
+        # A at rate / sqrt(ratio), B at rate x sqrt(ratio), trained as plain LoRA did (4.26 -> 3.78 -> 3.43)
+        plain = choices.pop()
+        choose(
+            "learning_rate",
+            float(f"{plain.value / ratio**0.5:.3g}"),
+            f"{plain.reason}, over sqrt(loraplus_lr_ratio {ratio:g}): LoRA+ trains B at {ratio:g}x",
+        )
     if lora:
         rank = 16 if data.tokens < 200_000 else 32
         choose("rank", rank, f"{data.tokens:,} tokens of data: rank {rank} has room enough")
-        choose("alpha", 2 * (rank if "rank" not in given else config.rank), "2 x rank (scale 2)")
+        rank = rank if "rank" not in given else config.rank
+        if getattr(config, "use_rslora", False):  # rsLoRA scales by alpha / sqrt(rank): the same scale 2
+            choose(
+                "alpha",
+                float(f"{2 * rank**0.5:.4g}"),
+                "2 x sqrt(rank): scale 2 under rsLoRA's alpha / sqrt(rank)",
+            )
+        else:
+            choose("alpha", 2 * rank, "2 x rank (scale 2)")
         choose(
             "target_modules",
             ["all-linear"],

@@ -5,7 +5,7 @@
     print("\\n".join(config.recipe_notes))  # base_model: HuggingFaceTB/SmolLM2-135M -> model, ...
 
 Every key of the recipe is mapped (one line each), ignored (all listed in one warning) or refused (all in one
-ConfigError) when it would change what is trained in a way tuneforge cannot honour (a DPO stage, DoRA, a hub
+ConfigError) when it would change what is trained in a way tuneforge cannot honour (a DPO stage, PiSSA, a hub
 dataset ...), naming what tuneforge trains instead. Keys the recipe leaves out get the tool's own default
 where it differs from tuneforge's (axolotl trains 1 epoch, LLaMA-Factory rank 8), so the run is the recipe's.
 The tables below, with the dataset readers of tuneforge.foreign_datasets, are the table in docs/data.md.

@@ -24,7 +24,7 @@ from tuneforge.data.examples import prepare_examples
 from tuneforge.data.prepared import PreparedData
 from tuneforge.defaults import ModelFacts, apply_defaults
 from tuneforge.errors import ConfigError
-from tuneforge.evaluate.report import write_report
+from tuneforge.evaluate.report import training_variants, write_report
 from tuneforge.generate import GenerationSettings, generate
 from tuneforge.models.adapters import check_module_names, count_parameters
 from tuneforge.models.kind import is_peft
@@ -144,7 +144,8 @@ def run_training(
         samples_before = {p: generate(model, tokenizer, p, SAMPLE_SETTINGS) for p in prompts}
     trainable, total = count_parameters(model)
     log(
-        f"method: {config.method}, precision: {precision}, device: {device}, trainable parameters: "
+        f"method: {' + '.join([config.method, *training_variants(config)])}, precision: {precision}, "
+        f"device: {device}, trainable parameters: "
         f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%), run folder: {run_dir}"
     )
     if main_process:  # the estimate before step 1: memory by part, and whether it fits

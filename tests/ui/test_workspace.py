@@ -106,8 +106,13 @@ def test_train_its_lora_further_starts_the_run_from_the_copied_runs_adapter(
     assert load_config(None, chosen).learning_rate == 1e-4
     with pytest.raises(TuneforgeError, match="pick the run whose LoRA to train further in Copy parameters"):
         settings("", True)
-    with pytest.raises(TuneforgeError, match="Copy parameters from '.*full' is not an adapter folder"):
+    with pytest.raises(TuneforgeError, match="run 'full' has no LoRA adapter to train further"):
         settings("full", True)
+    # a shape the adapter does not have is refused before a job starts, an unticked box included
+    with pytest.raises(TuneforgeError, match="has rank 4 but rank 8 was asked for"):
+        settings("earlier", True, rank="8")
+    with pytest.raises(TuneforgeError, match="has use_dora False but use_dora True was asked for"):
+        settings("earlier", True, use_dora=True)
     with pytest.raises(TuneforgeError):
         settings("../loras/one", True)  # only runs/ folders
 

@@ -209,3 +209,16 @@ def test_a_value_refused_in_a_config_file_names_the_file_and_line(tmp_path):
         load_config(config)
     with pytest.raises(ConfigError, match=r"^rank must be >= 1"):  # given on the command line: no file named
         load_config(config, {"rank": 0})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused_by_name(value):
+    with pytest.raises(ConfigError, match=f"neftune_noise_alpha must be a finite number; got {value}"):
+        load_config(None, {"data": "x.txt", "neftune_noise_alpha": value})
+
+
+def test_lora_only_settings_are_refused_for_a_full_fine_tune():
+    with pytest.raises(
+        ConfigError, match="use_dora, use_rslora shape how a LoRA adapter trains, but method is full"
+    ):
+        load_config(None, {"data": "x.txt", "method": "full", "use_dora": True, "use_rslora": True})

@@ -419,3 +419,19 @@ def test_raw_texts_held_out_chunks_and_their_overlapping_neighbours_leave_the_co
     new, choices = chosen(RunConfig(recipe="auto", cutoff_len=256), short_sections)  # the split takes all
     assert new.validation_split == 0 and "batch_size" in choices
     assert "would take all 30: the report cannot see overfitting" in choices["validation_split"].reason
+
+
+def test_rslora_and_loraplus_get_a_scale_and_rate_that_train_as_plain_lora_does():
+    """At recipe auto's plain-LoRA alpha and rate, rsLoRA (scale alpha / sqrt(rank)) and LoRA+ 16 (B at 16x)
+    diverged within 3 steps on the default model (4.26 -> 5.93, 4.26 -> 6.60)."""
+    plain = {c.key: c.value for c in choose_defaults(RunConfig(data="x"), SMALL_PROSE, CPU)[1]}
+    rs = {c.key: c for c in choose_defaults(RunConfig(data="x", use_rslora=True), SMALL_PROSE, CPU)[1]}
+    assert rs["alpha"].value / rs["rank"].value ** 0.5 == pytest.approx(plain["alpha"] / plain["rank"])
+    assert "rsLoRA" in rs["alpha"].reason
+    plus = {c.key: c for c in choose_defaults(RunConfig(data="x", loraplus_lr_ratio=16), SMALL_PROSE, CPU)[1]}
+    assert plus["learning_rate"].value == pytest.approx(plain["learning_rate"] / 4)
+    assert "LoRA+ trains B at 16x" in plus["learning_rate"].reason
+    given = choose_defaults(RunConfig(data="x", loraplus_lr_ratio=16, learning_rate=1e-4), SMALL_PROSE, CPU)[
+        1
+    ]
+    assert "learning_rate" not in {c.key for c in given}  # a given rate always wins

@@ -13,6 +13,18 @@ from pathlib import Path
 from tuneforge.evaluate.curves import diagnose_fit, plot_loss_curve
 
 
+def training_variants(config) -> list[str]:
+    """What the run trains beyond plain LoRA: 'DoRA', 'rsLoRA', 'LoRA+ x16', 'NEFTune alpha 5'."""
+    parts = [
+        name for key, name in (("use_dora", "DoRA"), ("use_rslora", "rsLoRA")) if getattr(config, key, False)
+    ]
+    if getattr(config, "loraplus_lr_ratio", None):
+        parts.append(f"LoRA+ x{config.loraplus_lr_ratio:g}")
+    if getattr(config, "neftune_noise_alpha", None):
+        parts.append(f"NEFTune alpha {config.neftune_noise_alpha:g}")
+    return parts
+
+
 def write_report(
     run_dir: Path,
     config,
@@ -55,7 +67,8 @@ def write_report(
         "",
         f"- model: `{config.model}`, method: `{config.method}`, precision: `{precision}`, device: `{device}`",
         f"- data: `{config.data}` — {data_summary}",
-        f"- settings: {adapter}learning_rate {config.learning_rate} ({config.lr_scheduler}), "
+        f"- settings: {adapter}{''.join(f'{part}, ' for part in training_variants(config))}"
+        f"learning_rate {config.learning_rate} ({config.lr_scheduler}), "
         f"{batch}, "
         f"cutoff_len {config.cutoff_len}, packing {'on' if config.packing else 'off'}, compile "
         f"{compile_state}; full list in config.yaml",

@@ -376,7 +376,8 @@ def check_resume_config(checkpoint: Path, files: dict, config, identity: dict, l
     if refusing and not config.allow_resume_mismatch:
         raise ConfigError(
             f"cannot resume from {checkpoint}: changed since it was saved: {listed}; "
-            f"{', '.join(refusing)} change the data order or the optimizer, so put them back, "
+            f"{', '.join(refusing)} {'change' if len(refusing) > 1 else 'changes'} what the run trains or how "
+            f"(data, weights, optimizer), so put {'them' if len(refusing) > 1 else 'it'} back, "
             "or pass --allow_resume_mismatch true to resume anyway"
         )
     log(f"resuming from {checkpoint} with changed settings: {listed}")

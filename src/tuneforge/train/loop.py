@@ -173,18 +173,28 @@ def train(
 
 @contextmanager
 def noisy_embeddings(run: TrainingSetup, config):
-    """NEFTune within the block (transformers' own hook): noise on the input embeddings in training mode only,
-    drawn from torch's RNG, which checkpoints keep, so a resumed run draws the same noise."""
-    if not config.neftune_noise_alpha:
+    """NEFTune within the block: uniform noise of alpha / sqrt(tokens x hidden size) on the input embeddings, in
+    training mode only, as transformers' neftune_post_forward_hook adds it (not imported: transformers.integrations
+    probes DeepSpeed's accelerator on import and logs a line in every run). Drawn from torch's RNG, which
+    checkpoints keep, so a resumed run draws the same noise."""
+    alpha = config.neftune_noise_alpha
+    if not alpha:
         yield
         return
-    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+    import torch
 
-    handle = activate_neftune(run.model, config.neftune_noise_alpha, run.accelerator)
+    def add_noise(module, inputs, output):
+        if not module.training:
+            return output
+        bound = alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-bound, bound)
+
+    embeddings = unwrap_model(run.accelerator, run.model).get_input_embeddings()
+    handle = embeddings.register_forward_hook(add_noise)
     try:
         yield
     finally:
-        deactivate_neftune(run.model, handle, run.accelerator)
+        handle.remove()
 
 
 def _optimizer_step(

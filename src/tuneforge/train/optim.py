@@ -18,26 +18,27 @@ from tuneforge.errors import ConfigError
 
 def _parameter_groups(model, config) -> list[dict]:
     """Biases and norm weights get no weight decay (the usual AdamW practice). With loraplus_lr_ratio, LoRA's B
-    matrices train at that many times the learning rate (LoRA+; the scheduler scales every group's rate alike).
-    An empty group is left out: DeepSpeed drops it from the optimizer, and a schedule over the groups then counts
-    one group too many."""
-    decay: list = []
-    no_decay: list = []
-    faster: list = []
+    matrices and the 1-D weights (biases, DoRA's magnitudes) train at that many times the learning rate, as PEFT's
+    create_loraplus_optimizer groups them (LoRA+; the scheduler scales every group's rate alike). An empty group
+    is left out: DeepSpeed drops it from the optimizer, and a schedule over the groups then counts one too many."""
     ratio = getattr(config, "loraplus_lr_ratio", None)
+    groups: dict[tuple[bool, bool], list] = {
+        (fast, decay): [] for fast in (False, True) for decay in (True, False)
+    }
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if ratio and "lora_B" in name:  # the linear layers' B (PEFT's LoRA+ leaves embedding LoRA apart too)
-            faster.append(param)
-        else:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": faster, "weight_decay": config.weight_decay, "lr": config.learning_rate * (ratio or 1)},
+        if param.requires_grad:
+            fast = bool(ratio) and ("lora_B" in name or param.ndim == 1)
+            decay = not (param.ndim < 2 or "norm" in name.lower())
+            groups[fast, decay].append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            **({"lr": config.learning_rate * ratio} if fast else {}),
+        }
+        for (fast, decay), params in groups.items()
+        if params
     ]
-    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(model, config):

@@ -48,6 +48,10 @@ LABELS = {
     "warmup_steps": "Warmup Steps",
     "target_modules": "Target modules",
     "max_steps": "Max steps",
+    "use_rslora": "rsLoRA",
+    "use_dora": "DoRA",
+    "loraplus_lr_ratio": "LoRA+ ratio",
+    "neftune_noise_alpha": "NEFTune noise alpha",
 }
 MAIN_FIELDS = (
     "method",
@@ -76,6 +80,7 @@ ADVANCED_FIELDS = (
     "use_rslora",
     "use_dora",
     "loraplus_lr_ratio",
+    "neftune_noise_alpha",
     "optimizer",
     "precision",
     "device",
@@ -284,10 +289,31 @@ class TrainingForm:
         ]:  # seed 003's "resume a prior run" with edited parameters: its LoRA trains on
             if not data["copy_from"]:
                 raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
+            from tuneforge.errors import ModelError
             from tuneforge.models.adapters import require_adapter_folder
 
-            earlier = self.project.run_dir(data["copy_from"])
-            settings["from_adapter"] = str(require_adapter_folder(earlier, "Copy parameters from"))
+            try:
+                adapter = require_adapter_folder(
+                    self.project.run_dir(data["copy_from"]), "Copy parameters from"
+                )
+            except ModelError:
+                raise ConfigError(
+                    f"run '{data['copy_from']}' has no LoRA adapter to train further (a full fine-tune, or a run "
+                    "that did not finish); untick Train its LoRA further to start a new LoRA with its settings"
+                ) from None
+            settings["from_adapter"] = str(adapter)
+            raw = dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True))
+            for key in ("use_dora", "use_rslora"):  # a box shown unticked is a choice here, not "not given"
+                settings[key] = bool(raw.get(key))
+        if self.workspace.model_name is None:
+            raise ConfigError("load the model to train in the Model tab first; the run trains that model")
+        settings["model"] = self.project.model(self.workspace.model_name)
+        config = from_dict(settings)  # a wrong value is named now, not in the job's log
+        if config.from_adapter:  # and an adapter of another shape than asked for, before a job starts
+            from tuneforge.models.methods import with_adapter_from_folder
+
+            with_adapter_from_folder(config)
+        return data["run_name"], settings
         if self.workspace.model_name is None:
             raise ConfigError("load the model to train in the Model tab first; the run trains that model")
         settings["model"] = self.project.model(self.workspace.model_name)

@@ -110,9 +110,13 @@ def training_tab(workspace: Workspace):
             with gr.Accordion("From scratch: model size", open=False), gr.Row():
                 for name in SCRATCH_FIELDS:
                     widgets[name] = config_widget(name)
-            with gr.Accordion("Advanced", open=False), gr.Row():
-                for name in ADVANCED_FIELDS:
-                    widgets[name] = config_widget(name)
+            with gr.Accordion("Advanced", open=False):
+                for start in range(
+                    0, len(ADVANCED_FIELDS), 4
+                ):  # rows of 4: a checkbox keeps room for its label
+                    with gr.Row():
+                        for name in ADVANCED_FIELDS[start : start + 4]:
+                            widgets[name] = config_widget(name)
         with gr.Column(scale=2):
             # which dataset tab is chosen; a hidden radio (not a State) so scripts can choose it too
             mode = gr.Radio(list(DATASET_MODES), value=DATASET_MODES[0], label="Dataset kind", visible=False)

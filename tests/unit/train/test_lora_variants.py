@@ -56,6 +56,7 @@ def test_dora_trains_its_magnitudes_and_loads_back_with_the_same_logits(tiny_mod
     assert any("lora_magnitude_vector" in n for n in trained)
     saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert saved["use_dora"] and not saved["use_rslora"]
+    assert "target_modules all-linear, DoRA, learning_rate" in (run_dir / "report.md").read_text()
     reloaded = tf.load(str(tiny_model_dir), precision="fp32", adapter=run_dir)
     assert torch.allclose(logits(reloaded), logits(llm), atol=1e-5)
     # the adapter's kind is its shape: a run training it further keeps it, and another is refused
