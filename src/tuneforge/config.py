@@ -383,8 +383,8 @@ class RunConfig:
     )
     loraplus_lr_ratio: float | None = setting(
         None,
-        "LoRA+: train the B matrices of linear layers at this many times the learning rate (Hayou et al., 2024, "
-        "use 16), as PEFT's create_loraplus_optimizer does; empty: one rate for A and B.",
+        "LoRA+: train the B matrices (and 1-D weights: biases, DoRA's magnitudes) at this many times the learning "
+        "rate (Hayou et al., 2024, use 16), as PEFT's create_loraplus_optimizer groups them; empty: one rate.",
         min=1.0,
         group="lora",
     )

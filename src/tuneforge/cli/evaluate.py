@@ -222,9 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise TuneforgeError("give at most one --adapter to export")
     precision = "fp32" if config.precision == "auto" else config.precision
     trained = trained_weights(args.adapter[0]) if args.adapter else None
-    whole = (
-        trained is not None and not (trained / "adapter_config.json").is_file()
-    )  # a full fine-tune's model
+    # a full fine-tune's model folder is the model itself, not an adapter on the base
+    whole = trained is not None and not (trained / "adapter_config.json").is_file()
     llm = tf.load(
         str(trained) if whole else config.model,
         adapter=None if whole else trained,

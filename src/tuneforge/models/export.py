@@ -209,13 +209,7 @@ LLAMA_CPP_PRE_TOKENIZERS = {
 
 def llama_cpp_pre_tokenizer(tokenizer) -> str | None:
     """llama.cpp's tokenizer.ggml.pre for this tokenizer, or None when it has none that splits text the same."""
-    import json
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    try:
-        described = json.loads(backend.to_str()) if backend is not None else None
-    except Exception:  # a custom Python pre-tokenizer cannot be serialised
-        return None
+    described = tokenizer_json(tokenizer)
     return LLAMA_CPP_PRE_TOKENIZERS.get(_describe_pre_tokenizer(described)) if described else None
 
 
@@ -274,20 +268,20 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
         writer.add_value_length(head_dim)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
 
-    if is_sentencepiece_bpe(tokenizer_json(tokenizer)):
-        pieces = sentencepiece_vocab(tokenizer, config.vocab_size)
+    tokens, types = _vocab(tokenizer, config.vocab_size)
+    described = tokenizer_json(tokenizer)
+    pieces = (
+        sentencepiece_vocab(described, tokens, types, tokenizer.unk_token_id)
+        if described is not None and is_sentencepiece_bpe(described)
+        else None
+    )
+    if pieces is not None:
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")  # SentencePiece splits nothing before merging
-        writer.add_token_list(pieces.tokens)
         writer.add_token_scores(pieces.scores)
-        writer.add_token_types(pieces.types)
         writer.add_add_space_prefix(pieces.add_space_prefix)
-        n_tokens, merges = (
-            len(pieces.tokens),
-            False,
-        )  # llama.cpp merges by score; the reader derives merges back
+        types = pieces.types
     else:
-        tokens, types = _vocab(tokenizer, config.vocab_size)
         writer.add_tokenizer_model("gpt2")
         pre = llama_cpp_pre_tokenizer(tokenizer)
         if pre is None:
@@ -298,12 +292,12 @@ def export_gguf(model, tokenizer, path: str | Path, *, dtype: str = "f16", name:
                 stacklevel=2,
             )
         writer.add_tokenizer_pre(pre or "default")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        n_tokens, merges = len(tokens), True
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as folder:  # SpecialVocab reads merges, special ids and chat template
         tokenizer.save_pretrained(folder)
-        special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_tokens)
+        # llama.cpp merges a SentencePiece vocabulary by score; transformers' reader derives the merges back
+        special = gguf.SpecialVocab(folder, load_merges=pieces is None, n_vocab=len(tokens))
         special.add_special_token.update(_adds_bos_and_eos(tokenizer))
         special.add_to_gguf(writer, quiet=True)
 

@@ -21,7 +21,6 @@ UNREACHABLE = -1e9  # a piece no merge builds: transformers never makes it, so l
 
 @dataclass
 class SentencePieceVocab:
-    tokens: list[str]
     scores: list[float]
     types: list[int]  # gguf.TokenType values
     add_space_prefix: (
@@ -69,38 +68,26 @@ def _adds_space_prefix(described: dict) -> bool:
     return any(step.get("type") == "Prepend" for step in _steps(described.get("normalizer")))
 
 
-def sentencepiece_vocab(tokenizer, vocab_size: int) -> SentencePieceVocab:
-    """Token strings, scores and GGUF types by id, padded to the model's `vocab_size` as llama.cpp needs."""
+def sentencepiece_vocab(described: dict, tokens: list[str], types: list[int], unk_id: int | None):
+    """Scores and GGUF types for `tokens` (by id, as export's byte-level writer lists them, with `types`: added
+    tokens CONTROL or USER_DEFINED, padding UNUSED): byte pieces become BYTE and <unk> UNKNOWN."""
     import gguf
 
-    described = tokenizer_json(tokenizer)
-    assert described is not None and is_sentencepiece_bpe(described)
     score: dict[str, float] = {}
     for rank, merge in enumerate(described["model"].get("merges") or []):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         score.setdefault(left + right, -float(rank + 1))
-    vocab = tokenizer.get_vocab()
-    by_id = {i: piece for piece, i in vocab.items()}
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    size = max(vocab_size, max(by_id) + 1)
-    tokens, scores, types = [], [], []
-    for i in range(size):
-        piece = by_id.get(i)
-        if piece is None:
-            tokens.append(f"[PAD{i}]")
-            kind, value = gguf.TokenType.UNUSED, UNREACHABLE
-        elif i == tokenizer.unk_token_id:
-            kind, value = gguf.TokenType.UNKNOWN, 0.0
-        elif i in added:
-            kind = gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
-            value = 0.0
-        elif BYTE_PIECE.fullmatch(piece):
-            kind, value = gguf.TokenType.BYTE, 0.0
-        else:
-            kind = gguf.TokenType.NORMAL
+    scores, kinds = [], []
+    for i, (piece, kind) in enumerate(zip(tokens, types, strict=True)):
+        value = 0.0
+        if kind == gguf.TokenType.UNUSED:
+            value = UNREACHABLE
+        elif i == unk_id:
+            kind = gguf.TokenType.UNKNOWN
+        elif kind == gguf.TokenType.NORMAL and BYTE_PIECE.fullmatch(piece):
+            kind = gguf.TokenType.BYTE
+        elif kind == gguf.TokenType.NORMAL:
             value = score.get(piece, 0.0 if len(piece) == 1 else UNREACHABLE)
-        if piece is not None:
-            tokens.append(piece)
         scores.append(value)
-        types.append(int(kind))
-    return SentencePieceVocab(tokens, scores, types, _adds_space_prefix(described))
+        kinds.append(int(kind))
+    return SentencePieceVocab(scores, kinds, _adds_space_prefix(described))

@@ -264,7 +264,8 @@ class TrainingForm:
     def config(self, values: tuple) -> tuple[str, dict]:
         """(run name, config values) from the inputs in DATA_INPUTS + FORM_FIELDS order; paths checked here."""
         data = dict(zip(self.DATA_INPUTS, values[: len(self.DATA_INPUTS)], strict=True))
-        settings = form_values(dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True)))
+        fields = dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True))
+        settings = form_values(fields)
         mode = data["dataset_mode"]
         if mode == "Formatted dataset":
             settings.update(
@@ -287,24 +288,9 @@ class TrainingForm:
         if data[
             "continue_lora"
         ]:  # seed 003's "resume a prior run" with edited parameters: its LoRA trains on
-            if not data["copy_from"]:
-                raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
-            from tuneforge.errors import ModelError
-            from tuneforge.models.adapters import require_adapter_folder
-
-            try:
-                adapter = require_adapter_folder(
-                    self.project.run_dir(data["copy_from"]), "Copy parameters from"
-                )
-            except ModelError:
-                raise ConfigError(
-                    f"run '{data['copy_from']}' has no LoRA adapter to train further (a full fine-tune, or a run "
-                    "that did not finish); untick Train its LoRA further to start a new LoRA with its settings"
-                ) from None
-            settings["from_adapter"] = str(adapter)
-            raw = dict(zip(FORM_FIELDS, values[len(self.DATA_INPUTS) :], strict=True))
+            settings["from_adapter"] = self._copied_adapter(data["copy_from"])
             for key in ("use_dora", "use_rslora"):  # a box shown unticked is a choice here, not "not given"
-                settings[key] = bool(raw.get(key))
+                settings[key] = bool(fields.get(key))
         if self.workspace.model_name is None:
             raise ConfigError("load the model to train in the Model tab first; the run trains that model")
         settings["model"] = self.project.model(self.workspace.model_name)
@@ -314,8 +300,18 @@ class TrainingForm:
 
             with_adapter_from_folder(config)
         return data["run_name"], settings
-        if self.workspace.model_name is None:
-            raise ConfigError("load the model to train in the Model tab first; the run trains that model")
-        settings["model"] = self.project.model(self.workspace.model_name)
-        from_dict(settings)  # a wrong value is named now, not in the job's log
-        return data["run_name"], settings
+
+    def _copied_adapter(self, run: str | None) -> str:
+        """The adapter folder of the run picked in Copy parameters from."""
+        from tuneforge.errors import ModelError
+        from tuneforge.models.adapters import require_adapter_folder
+
+        if not run:
+            raise ConfigError("pick the run whose LoRA to train further in Copy parameters from")
+        try:
+            return str(require_adapter_folder(self.project.run_dir(run), "Copy parameters from"))
+        except ModelError:
+            raise ConfigError(
+                f"run '{run}' has no LoRA adapter to train further (a full fine-tune, or a run that did not "
+                "finish); untick Train its LoRA further to start a new LoRA with its settings"
+            ) from None

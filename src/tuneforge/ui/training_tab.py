@@ -190,19 +190,9 @@ def training_tab(workspace: Workspace):
     shown = gr.State("")  # what the chart shows now, so an unchanged chart is not resent
     timer = gr.Timer(POLL_SECONDS)
 
-    inputs = [
-        run_name,
-        mode,
-        raw_file,
-        formatted_file,
-        format_file,
-        other_file,
-        other_format,
-        validation_file,
-        copy_from,
-        continue_lora,
-    ]
-    inputs += [widgets[name] for name in FORM_FIELDS]
+    # which data to train on: Start reads them (TrainingForm.DATA_INPUTS), Copy parameters from sets them
+    data_choices = [mode, raw_file, formatted_file, format_file, other_file, other_format, validation_file]
+    inputs = [run_name, *data_choices, copy_from, continue_lora, *[widgets[name] for name in FORM_FIELDS]]
     outputs = [current, status, chart, report, shown]
 
     def poll(name: str, last: str):
@@ -262,16 +252,7 @@ def training_tab(workspace: Workspace):
         inspection = inspect_data(plan.config.data, llm.tokenizer, plan.config, n_examples=2)
         return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
-    data_inputs = [
-        data_tabs,
-        mode,
-        raw_file,
-        formatted_file,
-        format_file,
-        other_file,
-        other_format,
-        validation_file,
-    ]
+    data_inputs = [data_tabs, *data_choices]
 
     @shows_errors
     def copy_parameters(name: str):
