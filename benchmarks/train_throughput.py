@@ -277,6 +277,11 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
     import tuneforge as tf
     from tuneforge.hardware import pick_precision
 
+    extra = dict(extra)
+    if not extra.pop("recast", True):  # the A/B of --without-recast: autocast keeps its bf16 weight copies
+        import tuneforge.train.recast
+
+        tuneforge.train.recast.RECAST = False
     llm = tf.load("default", precision=precision, device=device)
     run, records, held_out = train_tuneforge(llm, case, precision, steps + WARMUP, extra)
     timed = records[WARMUP:]
@@ -354,6 +359,11 @@ def main() -> None:
         type=int,
         default=1,
         help="make every run N times, interleaved, and keep each one's fastest",
+    )
+    parser.add_argument(
+        "--without-recast",
+        action="store_true",
+        help="also run the full fine-tunes with autocast's bf16 weight copies kept (train/recast.py off)",
     )
     parser.add_argument(
         "--packed-micro-batch",
@@ -439,6 +449,8 @@ def case_runs(case: str, args) -> dict:
     if CASES[case][3] == "full":
         plan["hf-fp32-fused-adamw"] = ("hf", "fp32", {"optim": "adamw_torch_fused"})
     plan["tuneforge"] = ("tuneforge", "auto", None)
+    if CASES[case][3] == "full" and args.without_recast:  # the lever's A/B, interleaved with --repeats
+        plan["tuneforge-without-recast"] = ("tuneforge", "auto", {"recast": False})
     if case in ("lora-qv-raw", "lora-all-linear", "full", "qlora-4bit") and not args.no_compile:
         plan["tuneforge-compile"] = ("tuneforge", "auto", {"compile": True})
     if case in ("lines", "full-lines"):

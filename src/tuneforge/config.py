@@ -478,7 +478,8 @@ class RunConfig:
     )
     lean_layers: bool = setting(
         True,
-        "Lean forwards: SwiGLU MLPs and LoRA layers that keep fewer activations, and on "
+        "Lean forwards: SwiGLU MLPs and LoRA layers that keep fewer activations, a full "
+        "fine-tune's layers that keep no bf16 copy of their weights, and on "
         "a CPU attention of short sequences as two matmuls, faster there than flash "
         "attention (same losses and gradients as the stock ones). Off: the stock "
         "transformers/PEFT forwards.",

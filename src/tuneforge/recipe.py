@@ -213,9 +213,11 @@ def ready_data(config, model, tokenizer, device: str, log=print):
     prepared = prepare_examples(config.data, tokenizer, config)
     warn_about_cut_examples(prepared.counts, config, log, prepared.report)
     prepared = drop_examples_without_loss(prepared, config, log)
-    config = with_attached_adapter(model, config)  # continuing an adapter: its rank, alpha and targets
-    config = with_adapter_from_folder(config)  # the same for the saved adapter from_adapter names
-    if config.from_adapter and not is_peft(model):
+    if is_peft(model):  # continuing the attached adapter: its rank, alpha, targets and where it came from
+        config = with_attached_adapter(model, config)
+    else:  # the same for the saved adapter from_adapter names
+        config = with_adapter_from_folder(config)
+    if config.from_adapter and config.method in ("lora", "qlora"):
         log(
             f"from_adapter: {config.from_adapter} trains on (rank {config.rank}, alpha {config.alpha:g}, "
             f"{', '.join(config.target_modules)}); the learning rate and steps start over"

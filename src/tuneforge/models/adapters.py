@@ -170,7 +170,24 @@ def load_adapter(model, path: str | Path, trainable: bool = False):
     transformers model)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(require_adapter_folder(path)), is_trainable=trainable)
+    folder = require_adapter_folder(path)
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    record_adapter_source(model, model.active_adapter, folder)
+    return model
+
+
+def record_adapter_source(model, name: str, folder: str | Path | None) -> None:
+    """Note that adapter `name` holds the weights saved in `folder` (None: weights of its own, trained in memory
+    since), so a run training it further records where it started (from_adapter) and can be made again."""
+    sources = model.__dict__.setdefault("_tuneforge_adapter_sources", {})
+    sources[name] = None if folder is None else str(folder)
+
+
+def adapter_source(model) -> str | None:
+    """The folder whose saved weights the active adapter holds, or None (none loaded, or trained since)."""
+    if not is_peft(model):
+        return None
+    return model.__dict__.get("_tuneforge_adapter_sources", {}).get(model.active_adapter)
 
 
 def set_lora_dropout(model, p: float) -> None:
@@ -234,6 +251,7 @@ def add_adapter(model, path: str | Path, name: str | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    record_adapter_source(model, name, path)
     model.set_adapter(name, inference_mode=True)
     model.eval()
     return model, name

@@ -12,7 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.errors import ConfigError
-from tuneforge.models.adapters import attach_lora, load_adapter, require_adapter_folder, set_lora_dropout
+from tuneforge.models.adapters import (
+    adapter_source,
+    attach_lora,
+    load_adapter,
+    require_adapter_folder,
+    set_lora_dropout,
+)
 from tuneforge.models.kind import is_peft, is_quantized
 
 
@@ -20,17 +26,20 @@ def with_attached_adapter(model, config):
     """`config` describing the attached adapter, which a run continuing it trains: its rank, alpha, target
     modules, dropout, bias, modules_to_save and layers, all counted as given (recipe auto chooses none of them,
     and a resume from the saved config.yaml rebuilds this adapter). A different rank, alpha or target modules
-    given by the user is refused."""
+    given by the user is refused. An adapter loaded from a folder (and not trained in memory since) is recorded
+    as from_adapter: the run's config.yaml then says where its weights started."""
     if config.method not in ("lora", "qlora") or not is_peft(model):
         return config
-    if config.from_adapter:
+    source = adapter_source(model)
+    if config.from_adapter and config.from_adapter != source:
         raise ConfigError(
             f"from_adapter names {config.from_adapter}, but an adapter ('{model.active_adapter}') is already "
             "attached to this model; train it without from_adapter, or unload it first (llm.unload_adapter())"
         )
     name = model.active_adapter  # named after its folder when loaded, not "default"
     modules = [module_name for module_name, _ in model.named_modules()]
-    return _with_adapter_shape(config, model.peft_config[name], f"the loaded adapter '{name}'", modules)
+    shaped = _with_adapter_shape(config, model.peft_config[name], f"the loaded adapter '{name}'", modules)
+    return shaped.replace(from_adapter=source) if source else shaped
 
 
 def with_adapter_from_folder(config):
@@ -148,7 +157,11 @@ def prepare_for_training(model, config):
         model.requires_grad_(False)
         if config.from_adapter:  # its shape is already in config (with_adapter_from_folder)
             warn_about_another_base(model, config.from_adapter)
-            model = load_adapter(model, config.from_adapter, trainable=True)
+            # PEFT draws initial weights it then overwrites: those draws must not move the run's random stream,
+            # so the run's dropout draws are those of the same adapter attached before the run (llm.train)
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                model = load_adapter(model, config.from_adapter, trainable=True)
             set_lora_dropout(model, config.lora_dropout)
             return model
         # QLoRA: the unquantized weights (embeddings, head, norms) stay frozen in the compute dtype, as LoRA's

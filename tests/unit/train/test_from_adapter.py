@@ -189,3 +189,26 @@ def test_an_adapter_of_another_base_gets_a_warning(tiny_model_dir, earlier_run, 
             max_steps=1,
             **SETTINGS,
         )
+
+
+def test_training_a_loaded_adapter_records_where_it_started_and_reruns_the_same(
+    tiny_model_dir, earlier_run, tmp_path
+):
+    run_dir, data = earlier_run
+    llm = tf.load(str(tiny_model_dir), adapter=str(run_dir), precision="fp32")
+    llm.train(data, output_dir=str(tmp_path / "loaded"), max_steps=3, **SETTINGS)
+    saved = yaml.safe_load((tmp_path / "loaded" / "config.yaml").read_text())
+    assert saved["from_adapter"] == str(run_dir / "adapter")
+    # the saved config makes the same run again: the same losses from the same starting weights
+    tf.load(str(tiny_model_dir), precision="fp32").train(
+        config=str(tmp_path / "loaded" / "config.yaml"),
+        output_dir=str(tmp_path / "again"),
+        show_progress=False,
+    )
+    assert losses(tmp_path / "again") == pytest.approx(losses(tmp_path / "loaded"), rel=1e-5)
+    # a second train() continues the adapter the first one saved
+    llm.train(data, output_dir=str(tmp_path / "second"), max_steps=2, **SETTINGS)
+    second = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
+    assert second["from_adapter"] == str(tmp_path / "loaded" / "adapter")
+    with pytest.raises(TuneforgeError, match="already attached"):
+        llm.train(data, output_dir=str(tmp_path / "other"), from_adapter=str(run_dir), **SETTINGS)

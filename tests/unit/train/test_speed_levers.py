@@ -3,6 +3,7 @@ dtype; and the decisions (threads on a busy machine, packing, torch.compile) fro
 
 import shutil
 import types
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -360,3 +361,48 @@ def test_a_compiled_lora_run_with_dropout_gives_the_eager_losses(tiny_model_dir,
         )
         losses[compiled] = run.losses
     assert losses[True] == pytest.approx(losses[False], rel=2e-3)
+
+
+def _full_loss_and_grads(model, batch, recast: bool, dtype=torch.bfloat16):
+    from tuneforge.train.loss import batch_loss_sum
+    from tuneforge.train.recast import recast_linears
+
+    model.zero_grad()
+    saved = []
+
+    def keep(tensor):  # what the forward pass keeps for the backward pass
+        saved.append((tensor.untyped_storage().data_ptr(), tensor.dtype, tensor.untyped_storage().nbytes()))
+        return tensor
+
+    with (
+        recast_linears(model) if recast else nullcontext(),
+        torch.autocast("cpu", dtype=dtype),
+        torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t),
+    ):
+        loss = batch_loss_sum(model, batch)
+    loss.backward()
+    low = sum({ptr: size for ptr, kind, size in saved if kind == dtype}.values())
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}, low
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_full_fine_tune_recasts_its_weights_in_the_backward_pass_with_the_same_gradients(
+    tiny_model_dir, tokenizer, dtype
+):
+    from tuneforge.train.recast import trainable_linears
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
+    model.train()
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
+    kept_loss, kept_grads, kept_low = _full_loss_and_grads(model, batch, recast=False, dtype=dtype)
+    recast_loss, recast_grads, recast_low = _full_loss_and_grads(model, batch, recast=True, dtype=dtype)
+    assert recast_loss == kept_loss
+    for name, want in kept_grads.items():
+        assert torch.equal(recast_grads[name], want), name
+    # autocast kept a low-precision copy of each decoder layer's linear weight; the recast keeps none (the
+    # head's own loss function casts it: train/loss.py)
+    head = model.get_output_embeddings()
+    cast_weights = sum(layer.weight.numel() * 2 for layer in trainable_linears(model) if layer is not head)
+    assert kept_low - recast_low >= cast_weights > 0
+    assert all("forward" not in vars(layer) for layer in trainable_linears(model))  # own forwards back
