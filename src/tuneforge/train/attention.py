@@ -46,6 +46,10 @@ def _masked_softmax_class():
         @staticmethod
         @torch.amp.custom_fwd(device_type="cpu")  # the backward runs under the forward's autocast state
         def forward(ctx, grouped, key, allowed):
+            if torch.is_autocast_enabled("cpu"):  # fp32 queries and keys (a full fine-tune's rotary output):
+                # the matmul casts them anyway, so the cast copies are what is kept, at half the size
+                dtype = torch.get_autocast_dtype("cpu")
+                grouped, key = grouped.to(dtype), key.to(dtype)
             scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv_heads, rows, length)
             if (
                 allowed is not None

@@ -57,11 +57,16 @@ def _recast_linear_class():
     return RecastLinear
 
 
-def recast_linear(x, weight, bias, dtype):
-    """linear(x, weight, bias) computed in `dtype`, keeping x and the weight as they are for the backward pass."""
+def _build_function() -> None:
+    # built before a forward pass runs, not inside one: torch.compile cannot trace a class definition
     global _RECAST_LINEAR
     if _RECAST_LINEAR is None:
         _RECAST_LINEAR = _recast_linear_class()
+
+
+def recast_linear(x, weight, bias, dtype):
+    """linear(x, weight, bias) computed in `dtype`, keeping x and the weight as they are for the backward pass."""
+    _build_function()
     return _RECAST_LINEAR.apply(x, weight, bias, dtype)
 
 
@@ -76,16 +81,18 @@ def _recast_forward(self, x):
 
 
 def trainable_linears(model) -> list:
-    """The plain torch Linear layers of `model` whose weight trains (a full fine-tune's)."""
+    """The plain torch Linear layers of `model` whose weight trains: a full fine-tune's, or a LoRA run's
+    modules_to_save; not LoRA's own A and B matrices (small: lean LoRA, train/fused.py, runs those)."""
     import torch
 
     return [
         module
-        for module in model.modules()
-        if type(module) is torch.nn.Linear and module.weight.requires_grad
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and module.weight.requires_grad and ".lora_" not in f".{name}"
     ]
 
 
 def recast_linears(model):
     """Within the block, the trainable Linear layers of `model` keep no cast weight for the backward pass."""
+    _build_function()
     return forward_swapped(trainable_linears(model) if RECAST else [], _recast_forward)

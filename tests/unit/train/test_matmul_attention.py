@@ -111,3 +111,33 @@ def test_the_block_restores_sdpa_after_an_error_and_skips_other_implementations(
     eager.set_attn_implementation("eager")
     with matmul_attention(eager):
         assert eager.config._attn_implementation == "eager"  # not switched: it was not SDPA
+
+
+def test_fp32_queries_under_autocast_keep_bf16_copies_and_give_autograd_s_bits():
+    """A full fine-tune's queries and keys are fp32 (rotary in fp32): the bf16 copies the matmul makes are what
+    the backward pass keeps, and the results are autograd's own bit for bit."""
+    attention.register()
+    generator = torch.Generator().manual_seed(0)
+    grouped, key = (torch.randn(2, 2, 48, 16, generator=generator, requires_grad=True) for _ in range(2))
+    key = key[:, :, :24].detach().requires_grad_()
+    allowed = torch.ones(24, 24, dtype=torch.bool).tril().repeat(2, 1)
+    upstream = torch.randn(2, 2, 48, 24, generator=generator)
+
+    def run(function):
+        saved = []
+        hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = function(grouped, key)
+        grads = torch.autograd.grad(out, (grouped, key), upstream)
+        return out, grads, saved
+
+    def reference(g, k):
+        scores = torch.matmul(g, k.transpose(-1, -2)).masked_fill(~allowed, torch.finfo(torch.bfloat16).min)
+        return torch.softmax(scores, dim=-1)
+
+    out, grads, saved = run(lambda g, k: attention._MASKED_SOFTMAX.apply(g, k, allowed))
+    want_out, want_grads, _ = run(reference)
+    assert torch.equal(out, want_out)
+    for got, want in zip(grads, want_grads, strict=True):
+        assert torch.equal(got, want)
+    assert {t.dtype for t in saved} == {torch.bfloat16}

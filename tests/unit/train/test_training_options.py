@@ -291,7 +291,7 @@ def test_gallery_records_each_checkpoint(tiny_model_dir, lines_file, tmp_path):
     assert "step 2" in gallery and "step 4" in gallery and "you can" in gallery
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_model_dir, tmp_path, method):
     import torch._dynamo
 
@@ -316,7 +316,8 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
         rank=4,
         alpha=8,
         lora_dropout=0.0,
-        precision="fp32",
+        # full: under bf16 autocast, so the compiled blocks run train/recast.py's linear layers
+        precision="bf16" if method == "full" else "fp32",
         validation_split=0,
         method=method,  # qlora: bitsandbytes' 4-bit matmuls inside the compiled blocks
     )
@@ -325,9 +326,10 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
     )
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # graphs earlier tests compiled stay counted otherwise
-    from tuneforge.train import fused
+    from tuneforge.train import fused, recast
 
     fused._SILU_MUL = fused._DROPOUT_LINEAR = None  # as in a fresh process, where compile meets them first
+    recast._RECAST_LINEAR = None
     graphs = []
 
     def count_graphs_before_the_first_block(module, args):  # QLoRA trains a model it loads quantized itself
