@@ -31,7 +31,6 @@ from tuneforge.models.adapters import (
     add_adapter,
     load_adapter,
     merge_active_adapter,
-    record_adapter_source,
     remove_adapter,
     set_active_adapter,
 )
@@ -357,8 +356,6 @@ class LLM:
             on_prepared=lambda model: setattr(self, "model", model),
         )
         self.precision = required_weight_dtype(run_config, precision)
-        if is_peft(self.model):  # a further train() records this run's saved adapter as where it started
-            record_adapter_source(self.model, self.model.active_adapter, result.saved_to)
         if result.tokenizer is not None:  # scratch with tokenizer: train brings its own
             self.tokenizer = result.tokenizer
         self.last_run = result

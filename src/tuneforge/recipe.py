@@ -26,7 +26,7 @@ from tuneforge.defaults import ModelFacts, apply_defaults
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.report import training_variants, write_report
 from tuneforge.generate import GenerationSettings, generate
-from tuneforge.models.adapters import check_module_names, count_parameters
+from tuneforge.models.adapters import check_module_names, count_parameters, record_adapter_source
 from tuneforge.models.kind import is_peft
 from tuneforge.models.loading import ModelSource
 from tuneforge.models.methods import with_adapter_from_folder, with_attached_adapter
@@ -190,6 +190,8 @@ def run_training(
     if not main_process:
         return model, result
     result.saved_to = save_trained(model, tokenizer, run_dir, state_dict=result.gathered_state)
+    if is_peft(model):  # a further run of this model in memory records the saved adapter as where it started
+        record_adapter_source(model, model.active_adapter, result.saved_to)
     result.gathered_state = None  # saved; not kept in memory beside the model
     with fork_rng():
         samples_after = {p: generate(model, tokenizer, p, SAMPLE_SETTINGS) for p in prompts}

@@ -184,10 +184,12 @@ def record_adapter_source(model, name: str, folder: str | Path | None) -> None:
 
 
 def adapter_source(model) -> str | None:
-    """The folder whose saved weights the active adapter holds, or None (none loaded, or trained since)."""
+    """The folder whose saved weights the active adapter holds, or None (none loaded, trained since, or the
+    folder deleted since, as HappyTransformer's temporary run folders are)."""
     if not is_peft(model):
         return None
-    return model.__dict__.get("_tuneforge_adapter_sources", {}).get(model.active_adapter)
+    source = model.__dict__.get("_tuneforge_adapter_sources", {}).get(model.active_adapter)
+    return source if source and (Path(source) / "adapter_config.json").is_file() else None
 
 
 def set_lora_dropout(model, p: float) -> None:

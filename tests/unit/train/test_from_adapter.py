@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import tuneforge as tf
 from tests.unit.train.test_resume import losses, simulate_crash_after
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.adapters import adapter_source
 
 SETTINGS = dict(
     learning_rate=1e-2,
@@ -212,3 +213,6 @@ def test_training_a_loaded_adapter_records_where_it_started_and_reruns_the_same(
     assert second["from_adapter"] == str(tmp_path / "loaded" / "adapter")
     with pytest.raises(TuneforgeError, match="already attached"):
         llm.train(data, output_dir=str(tmp_path / "other"), from_adapter=str(run_dir), **SETTINGS)
+    # a saved adapter deleted since (HappyTransformer's temporary run folder) is not named as where a run started
+    shutil.rmtree(tmp_path / "second")
+    assert adapter_source(llm.model) is None
