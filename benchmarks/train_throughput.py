@@ -282,6 +282,10 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         import tuneforge.train.recast
 
         tuneforge.train.recast.RECAST = False
+    if not extra.pop("lean_norms", True):  # the A/B of --without-lean-norms: autograd's own RMSNorm graph
+        import tuneforge.train.norms
+
+        tuneforge.train.norms.LEAN_NORMS = False
     llm = tf.load("default", precision=precision, device=device)
     run, records, held_out = train_tuneforge(llm, case, precision, steps + WARMUP, extra)
     timed = records[WARMUP:]
@@ -364,6 +368,11 @@ def main() -> None:
         "--without-recast",
         action="store_true",
         help="also run the full fine-tunes with autocast's bf16 weight copies kept (train/recast.py off)",
+    )
+    parser.add_argument(
+        "--without-lean-norms",
+        action="store_true",
+        help="also run tuneforge (and its packed rows) with autograd's own RMSNorm (train/norms.py off)",
     )
     parser.add_argument(
         "--packed-micro-batch",
@@ -460,6 +469,10 @@ def case_runs(case: str, args) -> dict:
         if args.packed_micro_batch:  # fewer blocks per forward pass: less activation memory, more passes
             micro = {"packing": True, "micro_batch_size": args.packed_micro_batch}
             plan[f"tuneforge-packed-micro{args.packed_micro_batch}"] = ("tuneforge", "auto", micro)
+    if args.without_lean_norms:  # the lever's A/B, interleaved with --repeats
+        for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
+            impl, precision, extra = plan[name]
+            plan[f"{name}-without-lean-norms"] = (impl, precision, {**(extra or {}), "lean_norms": False})
     runs: dict = {}
     for _ in range(max(1, args.repeats)):
         for name, (impl, precision, extra) in plan.items():

@@ -478,7 +478,7 @@ class RunConfig:
     )
     lean_layers: bool = setting(
         True,
-        "Lean forwards: SwiGLU MLPs and LoRA layers that keep fewer activations, a full "
+        "Lean forwards: SwiGLU MLPs, RMSNorms and LoRA layers that keep fewer activations, a full "
         "fine-tune's layers that keep no bf16 copy of their weights, and on "
         "a CPU attention of short sequences as two matmuls, faster there than flash "
         "attention (same losses and gradients as the stock ones). Off: the stock "

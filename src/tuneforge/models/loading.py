@@ -405,6 +405,10 @@ def load_model(
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             local_files_only=local_only,
+            # transformers 5 otherwise fetches layer code from the hub on a GPU ("kernels": Liger's RMSNorm, rotary)
+            # and on any device resets RMSNorm's forward at every train()/eval(), dropping the lean forwards a run
+            # sets (train/norms.py): no code from the network, the same numerics everywhere
+            use_kernels=False,
             **extra,
         )
     except OSError as error:

@@ -152,8 +152,8 @@ def forward_swapped(modules: list, forward):
     try:
         yield len(modules)
     finally:
-        for module in modules:
-            del module.forward
+        for module in modules:  # a model's own kernelize (transformers 5) may have dropped it already
+            vars(module).pop("forward", None)
 
 
 def lean_mlp(model):
@@ -215,13 +215,15 @@ def lean_lora(model):
 
 @contextmanager
 def lean_forwards(model, lora: bool = True, fused: bool | None = None, attention: bool = False):
-    """lean_mlp and, with `lora`, lean_lora and recast_linears together: the block a training run's steps run in.
+    """lean_mlp and, with `lora`, lean_lora, recast_linears and lean_norms together: the block a training run's
+    steps run in.
 
     With `lora` and `fused` (default FUSED_PROJECTIONS), the frozen q/k/v and gate/up projections also run as
     one matmul each (fused_projections); with `lora` false (sharded weights) they stay separate. With
     `attention` (a CPU run), short sequences' attention runs as matmuls (train/attention.py).
     """
     from tuneforge.train.attention import matmul_attention
+    from tuneforge.train.norms import lean_norms
     from tuneforge.train.recast import recast_linears
 
     with ExitStack() as stack:
@@ -229,6 +231,7 @@ def lean_forwards(model, lora: bool = True, fused: bool | None = None, attention
         if lora:
             stack.enter_context(lean_lora(model))
             stack.enter_context(recast_linears(model))  # a full fine-tune's layers
+            stack.enter_context(lean_norms(model))
             if FUSED_PROJECTIONS if fused is None else fused:
                 stack.enter_context(fused_projections(model))
         if attention:
