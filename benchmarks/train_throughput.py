@@ -278,6 +278,7 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
     from tuneforge.hardware import pick_precision
 
     extra = dict(extra)
+    extra.pop("allocator", None)  # launch() set it up
     if not extra.pop("recast", True):  # the A/B of --without-recast: autocast keeps its bf16 weight copies
         import tuneforge.train.recast
 
@@ -315,6 +316,17 @@ def run_worker(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
+def allocator_env(impl: str, extra: dict | None) -> dict:
+    """tuneforge's runs on jemalloc where it is installed, as `tuneforge train` starts itself
+    (train/host_memory.py); extra {"allocator": "glibc"} (--without-jemalloc) and the HF recipes keep glibc's."""
+    from tuneforge.train.host_memory import find_jemalloc, jemalloc_environment
+
+    if impl != "tuneforge" or (extra or {}).get("allocator") == "glibc":
+        return {}
+    env = jemalloc_environment(os.environ, find_jemalloc())
+    return {"LD_PRELOAD": env["LD_PRELOAD"]} if env else {}
+
+
 def launch(
     case: str,
     impl: str,
@@ -342,7 +354,10 @@ def launch(
         json.dumps(extra or {}),
     ]
     done = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1", **allocator_env(impl, extra), **(env or {})},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -375,6 +390,11 @@ def main() -> None:
         help="also run tuneforge (and its packed rows) with autograd's own RMSNorm (train/norms.py off)",
     )
     parser.add_argument(
+        "--without-jemalloc",
+        action="store_true",
+        help="also run tuneforge (and its packed rows) on glibc's allocator, where jemalloc is installed",
+    )
+    parser.add_argument(
         "--packed-micro-batch",
         type=int,
         metavar="N",
@@ -399,7 +419,8 @@ def main() -> None:
     print(
         f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
         f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
-        f"steps, best of {args.repeats}; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time)"
+        f"steps, best of {args.repeats}; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time); "
+        f"tuneforge's runs on {'jemalloc' if allocator_env('tuneforge', None) else 'glibc'}, as `tuneforge train` here, HF's on glibc"
     )
     args.skip_bf16 = args.device == "cpu" and peaks["bf16"] < SLOW_PRECISION * peaks["fp32"]
     # on a CPU without bf16 instructions a bf16 step takes minutes and can never be the fastest
@@ -473,6 +494,10 @@ def case_runs(case: str, args) -> dict:
         for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
             impl, precision, extra = plan[name]
             plan[f"{name}-without-lean-norms"] = (impl, precision, {**(extra or {}), "lean_norms": False})
+    if args.without_jemalloc:  # the allocator's A/B (train/host_memory.py), interleaved with --repeats
+        for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
+            impl, precision, extra = plan[name]
+            plan[f"{name}-glibc"] = (impl, precision, {**(extra or {}), "allocator": "glibc"})
     runs: dict = {}
     for _ in range(max(1, args.repeats)):
         for name, (impl, precision, extra) in plan.items():

@@ -37,6 +37,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# jemalloc: `tuneforge train` starts itself on it where installed (lower peak memory on a CPU, as fast or faster;
+# train/host_memory.py). Optional: without it training runs on glibc's allocator.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
+    echo "installing libjemalloc2 ..."
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 || \
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2; }; } >/dev/null 2>&1 \
+        || echo "could not install libjemalloc2; training runs on glibc's allocator" >&2
+fi
+
 # The browser tests drive Debian's headless Chromium through Playwright (no `playwright install` download).
 # As root (CI) a failed install stops here, so the browser tests never skip silently; TUNEFORGE_SKIP_BROWSER=1
 # skips the install (the tests then skip with the reason).

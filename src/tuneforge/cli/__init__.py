@@ -111,10 +111,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # run as a program (not called from Python): train and demo may start it again on jemalloc
+    args_from_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     args.argv = list(argv)  # `train --nproc N` hands the same command line to every process
+    args.from_program = args_from_program
     if not args.debug:
         warnings.showwarning = _show_warning
     try:

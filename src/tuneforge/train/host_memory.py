@@ -12,9 +12,18 @@ leaving, the defaults come back and malloc_trim returns what is free. Intel's Py
 by preloading jemalloc or tcmalloc, which needs the process started under LD_PRELOAD; glibc's own switches
 need nothing installed. Only the allocator changes, so results are bit for bit the same (tested).
 
+Where jemalloc is installed (Debian/Ubuntu: libjemalloc2; scripts/setup.sh installs it as root), `tuneforge
+train` starts itself again with it preloaded (`with_jemalloc`), as Intel's guide and torch's own CPU launcher
+(`python -m torch.backends.xeon.run_cpu --enable_jemalloc`) do: glibc's heap keeps about as much freed memory as
+a step's live tensors, jemalloc's size classes reuse it (measured below). A Python process cannot change its
+allocator once started, so the Python API keeps glibc's; TUNEFORGE_ALLOCATOR=glibc turns the switch off.
+
 Measured with benchmarks/train_throughput.py's runs on 2 cores of an AMD EPYC (fp32, SmolLM2-135M): a full
 fine-tune step on short lines 1.38 -> 1.00 s, on 256-token raw text 7.75 -> 6.53 s, LoRA q,v 5.33 -> 4.94 s;
-LoRA on short lines unchanged within noise; peak RSS +1-3%.
+LoRA on short lines unchanged within noise; peak RSS +1-3%. jemalloc against these settings, the benchmark's
+worker on 2 cores of an AMD EPYC with AVX512-BF16 (bf16, 5 steps): peak RSS of a full fine-tune on 256-token
+text 4057 -> 3366 MB, on packed short lines 3951 -> 3360 MB, LoRA q,v 1716 -> 1529 MB, LoRA on packed lines
+1757 -> 1496 MB, with steps as fast or faster (docs/training.md).
 """
 
 from __future__ import annotations
@@ -22,9 +31,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
+import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 # glibc's mallopt parameters (malloc.h) and their defaults
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -52,12 +64,72 @@ def available() -> bool:
     return _glibc() is not None
 
 
+JEMALLOC_FOLDERS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+JEMALLOC_FILE = "libjemalloc.so.2"
+ALLOCATOR_SETTING = "TUNEFORGE_ALLOCATOR"  # glibc: keep the C library's allocator
+
+
+def find_jemalloc(folders=JEMALLOC_FOLDERS) -> str | None:
+    """The path of an installed jemalloc shared library, or None."""
+    for folder in folders:
+        path = Path(folder) / JEMALLOC_FILE
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def jemalloc_environment(environ, library: str | None, system: str = sys.platform) -> dict | None:
+    """The environment to start this command again with `library` preloaded; None where that would not
+    happen: no library, not Linux, switched off by TUNEFORGE_ALLOCATOR=glibc, or already preloaded."""
+    if library is None or not system.startswith("linux") or environ.get(ALLOCATOR_SETTING) == "glibc":
+        return None
+    preloaded = environ.get("LD_PRELOAD", "")
+    if "jemalloc" in preloaded:
+        return None
+    return {**environ, "LD_PRELOAD": f"{library} {preloaded}".strip()}
+
+
+def with_jemalloc(argv: list[str]) -> None:
+    """Start this process again as `argv` (the command line as run) with jemalloc preloaded, where it is
+    installed and not yet loaded; returns without doing anything otherwise. The pid stays the same (exec)."""
+    env = jemalloc_environment(os.environ, find_jemalloc())
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def allocator_in_use() -> str:
+    """'jemalloc' when this process runs on it (preloaded), else 'glibc' (Linux) or the platform's own."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "the platform's"
+    return "jemalloc" if JEMALLOC_FILE in maps else "glibc"
+
+
+def allocator_note() -> str:
+    """One line for a CPU run's start: the allocator it runs on, and how to get jemalloc where it does not."""
+    if allocator_in_use() == "jemalloc":
+        return "host memory: jemalloc"
+    library = find_jemalloc()
+    if library is None:
+        return (
+            "host memory: glibc's allocator; with jemalloc installed (Debian/Ubuntu: libjemalloc2) "
+            "`tuneforge train` runs on it: lower peak memory"
+        )
+    return (
+        f"host memory: glibc's allocator; LD_PRELOAD={library} lowers peak memory (`tuneforge train` does it)"
+    )
+
+
 @contextmanager
 def reuse_freed_memory(enabled: bool = True):
     """Within the block, large allocations come from glibc's heap and freed memory stays resident for reuse.
     Yields whether the allocator was switched (False off glibc or when not `enabled`)."""
     global _depth
-    libc = _glibc() if enabled else None
+    # under jemalloc glibc's settings would change an allocator nothing uses
+    libc = _glibc() if enabled and allocator_in_use() == "glibc" else None
     if libc is None:
         yield False
         return

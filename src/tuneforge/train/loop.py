@@ -24,6 +24,7 @@ from tuneforge.models.kind import is_peft
 from tuneforge.models.saving import save_active_adapter, save_pretrained
 from tuneforge.train.checkpoint import list_checkpoints, save_checkpoint
 from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
+from tuneforge.train.host_memory import allocator_note
 from tuneforge.train.levers import (
     AUTO_COMPILE_AFTER,
     COMPILE_SPEEDUP,
@@ -77,6 +78,8 @@ def train(
     run = set_up_training(model, tokenizer, data, config, run_dir, precision, device)
     progress = TrainingProgress(run.total_steps, enabled=show_progress and run.accelerator.is_main_process)
     _note(progress, run.threads_note)
+    if run.accelerator.device.type == "cpu" and run.accelerator.is_main_process:
+        _note(progress, allocator_note())
     result = starting_result(run, data, config, run_dir, progress, precision)
     state = result.state
     stop: dict = {}  # graceful_interrupts puts the signal's name here

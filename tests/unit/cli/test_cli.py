@@ -85,6 +85,15 @@ def test_train_and_generate_from_the_command_line(tiny_model_dir, lines_file, tm
     result = run_cli("train", str(config), "--output_dir", str(run_dir), "--learning_rate", "1e-2")
     assert result.returncode == 0, result.stderr
     assert "step 2/2" in result.stderr and "loss" in result.stderr
+    # run as a program, train starts again on jemalloc where it is installed (train/host_memory.py)
+    from tuneforge.train.host_memory import find_jemalloc
+
+    on = (
+        "host memory: jemalloc"
+        if find_jemalloc()
+        else "host memory: glibc's allocator; with jemalloc installed"
+    )
+    assert on in result.stdout + result.stderr
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert "learning_rate: 0.01" in (run_dir / "config.yaml").read_text()
     generated = run_cli(
