@@ -23,7 +23,8 @@ fine-tune step on short lines 1.38 -> 1.00 s, on 256-token raw text 7.75 -> 6.53
 LoRA on short lines unchanged within noise; peak RSS +1-3%. jemalloc against these settings, the benchmark's
 worker on 2 cores of an AMD EPYC with AVX512-BF16 (bf16, 5 steps): peak RSS of a full fine-tune on 256-token
 text 4057 -> 3366 MB, on packed short lines 3951 -> 3360 MB, LoRA q,v 1716 -> 1529 MB, LoRA on packed lines
-1757 -> 1496 MB, with steps as fast or faster (docs/training.md).
+1757 -> 1496 MB; steps of full-length or packed sequences as fast or faster, steps of a few unpacked short lines
+10-25% slower (jemalloc's decay hands freed memory back to the OS; docs/training.md).
 """
 
 from __future__ import annotations
