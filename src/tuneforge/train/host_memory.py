@@ -100,6 +100,7 @@ def with_jemalloc(argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, *argv], env)
 
 
+@functools.lru_cache(maxsize=1)  # a process keeps the allocator it started with
 def allocator_in_use() -> str:
     """'jemalloc' when this process runs on it (preloaded), else 'glibc' (Linux) or the platform's own."""
     try:
