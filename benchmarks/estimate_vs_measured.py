@@ -3,14 +3,18 @@
     python benchmarks/estimate_vs_measured.py            # lora, qlora, full on the default model, micro batch 1 and 4
 
 Each case trains 2 steps in a fresh process (so its peak is its own) on full-length raw-text chunks of
-tinyshakespeare (cutoff_len 256) and reports its peak RSS (CPU) or peak allocated memory (CUDA). The estimate is
-made before, from the config alone (the model built on the meta device). Every total should be within 25%.
+tinyshakespeare (cutoff_len 256) and reports its peak RSS (CPU) or peak allocated memory (CUDA). On a CPU the
+process runs on jemalloc where it is installed, as `tuneforge train` does (train/host_memory.py; the Python API
+keeps its process's allocator, and on glibc a run's RSS is higher: freed memory is kept for the next step). The
+estimate is made before, from the config alone (the model built on the meta device). Every total should be
+within 25%.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +58,15 @@ def main() -> None:
     parser.add_argument("--micro", type=int, nargs=2, default=[1, 4])
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "estimate"))
     args = parser.parse_args()
+    import os
+
     from tuneforge.config import RunConfig
     from tuneforge.train.estimate import GIB, estimate_run
+    from tuneforge.train.host_memory import find_jemalloc, jemalloc_environment
 
+    # as `tuneforge train` starts itself (cli/train.py): on jemalloc where installed
+    environment = jemalloc_environment(os.environ, find_jemalloc()) if args.device == "cpu" else None
+    print(f"allocator: {'jemalloc' if environment else 'the default (glibc)'}")
     rows = []
     print(
         f"{'method':6} {'micro':>5} {'estimate GiB':>12} {'measured GiB':>12} {'ratio':>6}  (weights/grad/optim/act)"
@@ -66,8 +76,13 @@ def main() -> None:
             case = settings(method, micro, args.device, Path(args.output))
             config = RunConfig(model="default", **{k: v for k, v in case.items() if k != "data"})
             estimate = estimate_run(config, device=args.device)
+            # this benchmark's own run of the case, from before
+            shutil.rmtree(case["output_dir"], ignore_errors=True)
             done = subprocess.run(
-                [sys.executable, "-c", CASE, json.dumps(case)], capture_output=True, text=True
+                [sys.executable, "-c", CASE, json.dumps(case)],
+                capture_output=True,
+                text=True,
+                env=environment,
             )
             if done.returncode != 0:
                 print(f"{method:6} {micro:>5} failed: {done.stderr[-400:]}")

@@ -287,6 +287,10 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         import tuneforge.train.norms
 
         tuneforge.train.norms.LEAN_NORMS = False
+    if extra.pop("keep_probabilities", False):  # the A/B of --keep-probabilities
+        import tuneforge.train.attention
+
+        tuneforge.train.attention.KEEP_PROBABILITIES = True
     llm = tf.load("default", precision=precision, device=device)
     run, records, held_out = train_tuneforge(llm, case, precision, steps + WARMUP, extra)
     timed = records[WARMUP:]
@@ -388,6 +392,12 @@ def main() -> None:
         "--without-lean-norms",
         action="store_true",
         help="also run tuneforge (and its packed rows) with autograd's own RMSNorm (train/norms.py off)",
+    )
+    parser.add_argument(
+        "--keep-probabilities",
+        action="store_true",
+        help="also run tuneforge (and its packed rows) keeping the attention probabilities for the backward "
+        "pass (train/attention.py's KEEP_PROBABILITIES)",
     )
     parser.add_argument(
         "--without-jemalloc",
@@ -494,6 +504,15 @@ def case_runs(case: str, args) -> dict:
         for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
             impl, precision, extra = plan[name]
             plan[f"{name}-without-lean-norms"] = (impl, precision, {**(extra or {}), "lean_norms": False})
+    # the A/B of making the attention probabilities again (train/attention.py), interleaved with --repeats
+    if args.keep_probabilities:
+        for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
+            impl, precision, extra = plan[name]
+            plan[f"{name}-keep-probabilities"] = (
+                impl,
+                precision,
+                {**(extra or {}), "keep_probabilities": True},
+            )
     if args.without_jemalloc:  # the allocator's A/B (train/host_memory.py), interleaved with --repeats
         for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
             impl, precision, extra = plan[name]

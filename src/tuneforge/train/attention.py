@@ -10,9 +10,10 @@ head dim 64, bf16, 2 cores with AMX), forward and backward of one layer: batch 4
 flash, 5.2-8.3 ms here; 8 x 128 tokens 11.8 vs 2.5-3.6 ms; 2 x 512 about even (12 vs 10-13 ms); a whole
 LoRA q,v step 1.84-1.89 -> 1.25-1.28 s (benchmarks/step_profile.py). So the matmul path runs for queries of at
 most MAX_SEQUENCE tokens whose scores fit SCORE_ELEMENTS; anything else (longer sequences, attention dropout,
-soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA function unchanged. The
-probabilities are kept for the backward pass (batch x heads x seq x seq values, 4.7 MB a layer at 4 x 256 in
-bf16), where flash attention keeps one value a row; train/memory.py's estimate already counts them.
+soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA function unchanged. Like
+flash attention, it does not keep the probabilities for the backward pass (batch x heads x seq x seq values,
+4.7 MB a layer at 4 x 256 in bf16, 135 MB over SmolLM2's 30 layers) but makes them again there from the kept
+queries and keys: one more (query x key) matmul and softmax a layer.
 
 It is exact up to rounding: query heads are grouped by the key/value head they share (no repeated keys), the
 causal or packed mask is applied before the softmax, and torch's CPU softmax accumulates in fp32 whatever the
@@ -26,51 +27,70 @@ from contextlib import contextmanager
 
 NAME = "tuneforge_matmul"  # the attention implementation registered with transformers
 MAX_SEQUENCE = 384  # longest query run by matmuls: about where flash attention's blocks catch up (measured)
-SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer may keep: 16 MB in bf16
+SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer may make: 16 MB in bf16
+# Off by default: keeping them saves about 3 ms a layer of 4 x 256 tokens in the backward pass (2 cores with
+# AMX: a full fine-tune's step 4-10% quicker, LoRA on packed lines the same) for 4.5 MB a layer (docs/training.md)
+KEEP_PROBABILITIES = False
 
 _REGISTERED = False
-_MASKED_SOFTMAX = None  # the autograd Function, built on first use (torch is imported lazily)
+_ATTENTION = None  # the autograd Function, built on first use (torch is imported lazily)
 
 
-def _masked_softmax_class():
+def _matmul_attention_class():
     import torch
 
-    class MaskedScoresSoftmax(torch.autograd.Function):
-        """softmax(grouped @ key.T, with the scores where `allowed` is False set to the lowest value).
+    class MatmulAttention(torch.autograd.Function):
+        """softmax(grouped @ key.T, with the scores where `allowed` is False set to the lowest value) @ value.
 
-        The mask is applied in place on the fresh scores, and the backward pass is the softmax's and the
-        matmul's alone: the probabilities are exactly 0 where masked, so the softmax's gradient is 0 there
-        already, and autograd's masked_fill backward (another pass over the scores) is not needed.
+        The mask is applied in place on the fresh scores. The probabilities are not kept: the backward pass makes
+        them again from the kept queries and keys with the same ops (so the same bits) and runs the matmuls' and
+        the softmax's own backward formulas; the probabilities are exactly 0 where masked, so the softmax's
+        gradient is 0 there already and autograd's masked_fill backward (another pass over the scores) is not
+        needed. With KEEP_PROBABILITIES they are kept instead (the A/B of the lever).
         """
 
         @staticmethod
         @torch.amp.custom_fwd(device_type="cpu")  # the backward runs under the forward's autocast state
-        def forward(ctx, grouped, key, allowed):
-            if torch.is_autocast_enabled("cpu"):  # fp32 queries and keys (a full fine-tune's rotary output):
-                # the matmul casts them anyway, so the cast copies are what is kept, at half the size
+        def forward(ctx, grouped, key, value, allowed):
+            if torch.is_autocast_enabled("cpu"):  # fp32 queries, keys or values (a full fine-tune's rotary
+                # output): the matmuls cast them anyway, so the cast copies are what is kept, at half the size
                 dtype = torch.get_autocast_dtype("cpu")
-                grouped, key = grouped.to(dtype), key.to(dtype)
-            scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv_heads, rows, length)
-            if (
-                allowed is not None
-            ):  # the lowest value, not -inf: a row with nothing to attend to gives no NaN
-                scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
-            probabilities = torch.softmax(scores, dim=-1)  # a CPU softmax accumulates in fp32 for bf16 input
-            ctx.save_for_backward(grouped, key, probabilities)
-            return probabilities
+                grouped, key, value = grouped.to(dtype), key.to(dtype), value.to(dtype)
+            probabilities = _probabilities(grouped, key, allowed)
+            ctx.save_for_backward(grouped, key, value, allowed, probabilities if KEEP_PROBABILITIES else None)
+            return torch.matmul(probabilities, value)
 
         @staticmethod
         @torch.amp.custom_bwd(device_type="cpu")
         def backward(ctx, grad):
-            grouped, key, probabilities = ctx.saved_tensors
-            grad_scores = torch._softmax_backward_data(grad, probabilities, -1, probabilities.dtype)
+            grouped, key, value, allowed, probabilities = ctx.saved_tensors
+            if probabilities is None:
+                probabilities = _probabilities(grouped, key, allowed)
+            grad_value = (
+                torch.matmul(probabilities.transpose(-1, -2), grad) if ctx.needs_input_grad[2] else None
+            )
+            grad_probabilities = torch.matmul(grad, value.transpose(-1, -2))
+            grad_scores = torch._softmax_backward_data(
+                grad_probabilities, probabilities, -1, probabilities.dtype
+            )
+            del probabilities, grad_probabilities
             grad_grouped = torch.matmul(grad_scores, key) if ctx.needs_input_grad[0] else None
             grad_key = None
             if ctx.needs_input_grad[1]:
                 grad_key = torch.matmul(grad_scores.transpose(-1, -2), grouped)
-            return grad_grouped, grad_key, None
+            return grad_grouped, grad_key, grad_value, None
 
-    return MaskedScoresSoftmax
+    return MatmulAttention
+
+
+def _probabilities(grouped, key, allowed):
+    """The masked softmax of the scores (a CPU softmax accumulates in fp32 for bf16 input)."""
+    import torch
+
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv_heads, rows, length)
+    if allowed is not None:  # the lowest value, not -inf: a row with nothing to attend to gives no NaN
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
 
 
 def _matmul_attention_forward(
@@ -115,18 +135,17 @@ def _matmul_attention_forward(
             allowed = causal.repeat(groups, 1)
     else:  # sdpa_mask's format: (batch or 1, 1, length, length)
         allowed = attention_mask[:, :, -length:, -length:].repeat(1, 1, groups, 1)
-    probabilities = _MASKED_SOFTMAX.apply(grouped, key, allowed)
-    output = torch.matmul(probabilities, value)
+    output = _ATTENTION.apply(grouped, key, value, allowed)
     return output.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
 def register() -> None:
     """Make NAME an attention implementation transformers models can switch to (masks as SDPA's)."""
-    global _REGISTERED, _MASKED_SOFTMAX
+    global _REGISTERED, _ATTENTION
     if _REGISTERED:
         return
     # built before any forward pass: torch.compile cannot trace a class definition
-    _MASKED_SOFTMAX = _masked_softmax_class()
+    _ATTENTION = _matmul_attention_class()
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

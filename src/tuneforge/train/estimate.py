@@ -338,12 +338,18 @@ def _arithmetic(model, config, precision, micro, seq_len, world_size, sharding, 
 
 def _attention_kept(model_config, device: str, micro: int, seq_len: int) -> bool:
     """Whether the run keeps attention probabilities: train/attention.py's matmul path on a CPU does, for
-    short sequences; SDPA's flash and memory-efficient kernels (GPUs, long sequences) keep one value a row."""
-    from tuneforge.train.attention import MAX_SEQUENCE, SCORE_ELEMENTS
+    short sequences, only with KEEP_PROBABILITIES (by default it makes them again in the backward pass, as
+    SDPA's flash and memory-efficient kernels do: those keep one value a row)."""
+    from tuneforge.train.attention import KEEP_PROBABILITIES, MAX_SEQUENCE, SCORE_ELEMENTS
     from tuneforge.train.memory import _dims
 
     heads = _dims(model_config)[2]
-    return device == "cpu" and seq_len <= MAX_SEQUENCE and micro * heads * seq_len**2 <= SCORE_ELEMENTS
+    return (
+        device == "cpu"
+        and KEEP_PROBABILITIES
+        and seq_len <= MAX_SEQUENCE
+        and micro * heads * seq_len**2 <= SCORE_ELEMENTS
+    )
 
 
 def _optimizer_bytes(optimizer: str, model) -> int:

@@ -43,12 +43,19 @@ def _silu_mul_class():
         @staticmethod
         def backward(ctx, grad):
             gate, up = ctx.saved_tensors
-            grad_up = grad * torch.nn.functional.silu(gate) if ctx.needs_input_grad[1] else None
-            # aten's fused SiLU derivative: one pass instead of five elementwise ops
-            grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
-            return grad_gate, grad_up
+            return silu_mul_backward(grad, gate, up, ctx.needs_input_grad)
 
     return SiluMul
+
+
+def silu_mul_backward(grad, gate, up, needs: tuple) -> tuple:
+    """The gradients of silu(gate) * up with respect to gate and up (each only where `needs` says so)."""
+    import torch
+
+    grad_up = grad * torch.nn.functional.silu(gate) if needs[1] else None
+    # aten's fused SiLU derivative: one pass instead of five elementwise ops
+    grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if needs[0] else None
+    return grad_gate, grad_up
 
 
 def _build_functions() -> None:
@@ -125,7 +132,13 @@ def dropout_linear(x, weight, p: float, dtype):
 
 
 def _lean_forward(self, x):
-    return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+    from tuneforge.train.recast import recast_dtype, silu_mul_linear
+
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    dtype = recast_dtype(self.down_proj, gate)
+    if dtype is not None:  # a full fine-tune's down projection: its input is made again in the backward pass
+        return silu_mul_linear(gate, up, self.down_proj, dtype)
+    return self.down_proj(silu_mul(gate, up))
 
 
 def swiglu_mlps(model) -> list:

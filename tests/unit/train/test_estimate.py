@@ -164,24 +164,28 @@ def test_optimizer_states_are_the_optimizers_own(tiny_model_dir, tiny_llm):
     assert 0 < adafactor < parameters  # a row and a column a matrix, not two moments a weight
 
 
-def test_attention_probabilities_count_only_where_the_run_keeps_them(tiny_model_dir):
-    from tuneforge.train.attention import MAX_SEQUENCE
+@pytest.mark.parametrize("keep", [False, True])
+def test_attention_probabilities_count_only_where_the_run_keeps_them(tiny_model_dir, monkeypatch, keep):
+    from tuneforge.train import attention
 
-    def per_token(
-        seq_len: int,
-    ) -> float:  # one more sequence in the micro batch, per token (the head cancels)
+    monkeypatch.setattr(attention, "KEEP_PROBABILITIES", keep)
+
+    # one more sequence in the micro batch, per token (the head cancels)
+    def per_token(seq_len: int) -> float:
         one, two = (
             estimate_run(config(tiny_model_dir, cutoff_len=seq_len, micro_batch_size=micro), device="cpu")
             for micro in (1, 2)
         )
         return (two.activations - one.activations) / seq_len
 
-    # CPU matmul attention keeps heads x seq probabilities a token; SDPA's flash kernels (past MAX_SEQUENCE)
-    # keep none, so a longer sequence then costs no more a token
-    assert per_token(64) < per_token(MAX_SEQUENCE)
-    assert per_token(2 * MAX_SEQUENCE) < per_token(MAX_SEQUENCE) and per_token(2 * MAX_SEQUENCE) < per_token(
-        64
-    )
+    # CPU matmul attention makes heads x seq probabilities a token and by default makes them again in the
+    # backward pass, as SDPA's flash kernels (past MAX_SEQUENCE) do: then a longer sequence costs no more a
+    # token. With KEEP_PROBABILITIES it keeps them, up to MAX_SEQUENCE.
+    short, longest, long = (per_token(n) for n in (64, attention.MAX_SEQUENCE, 2 * attention.MAX_SEQUENCE))
+    if keep:
+        assert short < longest and long < longest and long < short
+    else:
+        assert short == longest == long
 
 
 def test_with_data_sequences_are_as_long_as_its_longest_example_and_auto_picks_as_the_run(

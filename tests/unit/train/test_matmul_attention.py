@@ -53,13 +53,13 @@ def test_matmul_attention_gives_sdpa_losses_and_gradients_in_fp32(model, shape, 
     calls = []
 
     class Counting:  # proves that the matmul path, not SDPA, ran
-        inner = attention._MASKED_SOFTMAX
+        inner = attention._ATTENTION
 
         def apply(self, *args):
             calls.append(1)
             return self.inner.apply(*args)
 
-    monkeypatch.setattr(attention, "_MASKED_SOFTMAX", Counting())
+    monkeypatch.setattr(attention, "_ATTENTION", Counting())
     got_loss, got = _loss_and_grads(model, batch, use_matmul=True)
     assert len(calls) == model.config.num_hidden_layers
     assert got_loss == pytest.approx(want_loss, rel=1e-5)
@@ -113,31 +113,39 @@ def test_the_block_restores_sdpa_after_an_error_and_skips_other_implementations(
         assert eager.config._attn_implementation == "eager"  # not switched: it was not SDPA
 
 
-def test_fp32_queries_under_autocast_keep_bf16_copies_and_give_autograd_s_bits():
-    """A full fine-tune's queries and keys are fp32 (rotary in fp32): the bf16 copies the matmul makes are what
-    the backward pass keeps, and the results are autograd's own bit for bit."""
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabilities(
+    monkeypatch, dtype, keep
+):
+    """Against autograd's own matmuls and softmax under bf16 autocast: the same outputs and gradients bit for
+    bit; a full fine-tune's fp32 queries and keys (rotary in fp32) are kept as the bf16 copies the matmuls
+    make, and the probabilities are made again in the backward pass, not kept (unless KEEP_PROBABILITIES)."""
     attention.register()
+    monkeypatch.setattr(attention, "KEEP_PROBABILITIES", keep)
     generator = torch.Generator().manual_seed(0)
-    grouped, key = (torch.randn(2, 2, 48, 16, generator=generator, requires_grad=True) for _ in range(2))
-    key = key[:, :, :24].detach().requires_grad_()
+    grouped = torch.randn(2, 2, 48, 16, generator=generator).to(dtype).requires_grad_()
+    key, value = (torch.randn(2, 2, 24, 16, generator=generator).to(dtype).requires_grad_() for _ in range(2))
     allowed = torch.ones(24, 24, dtype=torch.bool).tril().repeat(2, 1)
-    upstream = torch.randn(2, 2, 48, 24, generator=generator)
+    upstream = torch.randn(2, 2, 48, 16, generator=generator)
 
     def run(function):
         saved = []
         hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
         with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
-            out = function(grouped, key)
-        grads = torch.autograd.grad(out, (grouped, key), upstream)
+            out = function(grouped, key, value)
+        grads = torch.autograd.grad(out, (grouped, key, value), upstream.to(out.dtype))
         return out, grads, saved
 
-    def reference(g, k):
+    def reference(g, k, v):
         scores = torch.matmul(g, k.transpose(-1, -2)).masked_fill(~allowed, torch.finfo(torch.bfloat16).min)
-        return torch.softmax(scores, dim=-1)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
 
-    out, grads, saved = run(lambda g, k: attention._MASKED_SOFTMAX.apply(g, k, allowed))
+    out, grads, saved = run(lambda g, k, v: attention._ATTENTION.apply(g, k, v, allowed))
     want_out, want_grads, _ = run(reference)
     assert torch.equal(out, want_out)
     for got, want in zip(grads, want_grads, strict=True):
         assert torch.equal(got, want)
-    assert {t.dtype for t in saved} == {torch.bfloat16}
+    assert {t.dtype for t in saved if t.is_floating_point()} == {torch.bfloat16}
+    kept_probabilities = [t for t in saved if t.shape == (2, 2, 48, 24)]
+    assert len(kept_probabilities) == (1 if keep else 0)

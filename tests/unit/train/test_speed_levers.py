@@ -406,3 +406,48 @@ def test_a_full_fine_tune_recasts_its_weights_in_the_backward_pass_with_the_same
     cast_weights = sum(layer.weight.numel() * 2 for layer in trainable_linears(model) if layer is not head)
     assert kept_low - recast_low >= cast_weights > 0
     assert all("forward" not in vars(layer) for layer in trainable_linears(model))  # own forwards back
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_full_fine_tune_s_lean_block_keeps_no_mlp_product_nor_fp32_layer_inputs_with_the_same_gradients(
+    tiny_model_dir, tokenizer, dtype
+):
+    """The lean forwards of a run on one process (lean_mlp with recast_linears and lean_norms): the down
+    projection makes silu(gate) * up again in the backward pass, and the q/k/v and gate/up projections keep one
+    shared low-precision copy of their input, not the fp32 input."""
+    from tuneforge.train.fused import lean_forwards
+    from tuneforge.train.loss import batch_loss_sum
+
+    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
+    model.train()
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
+    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
+    results = []
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        kept = {}
+
+        def keep(tensor, kept=kept):
+            kept[tensor.untyped_storage().data_ptr()] = (tuple(tensor.shape), tensor.dtype)
+            return tensor
+
+        with (
+            lean_forwards(model) if lean else nullcontext(),
+            torch.autocast("cpu", dtype=dtype),
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t),
+        ):
+            loss = batch_loss_sum(model, batch)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results.append((loss.item(), grads, list(kept.values())))
+    (want_loss, want, _), (loss, grads, kept) = results
+    assert loss == want_loss
+    for name, grad in want.items():
+        assert torch.equal(grads[name], grad), name
+    config = model.config
+    tokens = tuple(batch["input_ids"].shape)
+    layers = config.num_hidden_layers
+    # gate(x) and up(x) a layer, no product; the fp32 residual stream into each RMSNorm (two a layer and the
+    # final one), no fp32 norm output
+    assert kept.count((tokens + (config.intermediate_size,), dtype)) == 2 * layers
+    assert kept.count((tokens + (config.hidden_size,), torch.float32)) == 2 * layers + 1
