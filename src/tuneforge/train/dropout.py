@@ -21,6 +21,8 @@ from typing import Any
 LEVELS = 1 << 16  # a value's random draw: 16 bits of a 64-bit word
 _KEEP_MASK: Any = None  # the custom op, registered on first use (torch is imported lazily)
 _DRAWS: Any = None  # how many masks the op drew: a tensor it mutates
+_PACK_BITS: Any = None  # boolean masks to bits and back (custom ops)
+_UNPACK_BITS: Any = None
 
 
 def _keep_mask_op():
@@ -46,13 +48,54 @@ def _keep_mask_op():
     return keep_mask
 
 
+def _bit_ops():
+    import numpy
+    import torch
+
+    # numpy's packbits: 0.03 ms to pack a (1024 x 576) mask and 0.05 to unpack it on 2 cores, where the same in
+    # torch ops (shifts and a sum) took 0.4 and 0.3 ms; custom ops, so torch.compile calls them as they are
+    @torch.library.custom_op("tuneforge::pack_bits", mutates_args=())
+    def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(numpy.packbits(mask.contiguous().numpy().reshape(-1)))
+
+    @pack_bits.register_fake
+    def _(mask):
+        return torch.empty((mask.numel() + 7) // 8, dtype=torch.uint8, device=mask.device)
+
+    @torch.library.custom_op("tuneforge::unpack_bits", mutates_args=())
+    def unpack_bits(bits: torch.Tensor, count: int) -> torch.Tensor:
+        return torch.from_numpy(numpy.unpackbits(bits.numpy(), count=count).view(numpy.bool_))
+
+    @unpack_bits.register_fake
+    def _(bits, count):
+        return torch.empty(count, dtype=torch.bool, device=bits.device)
+
+    return pack_bits, unpack_bits
+
+
 def build_keep_mask() -> None:
     # before a forward pass runs, not inside one: torch.compile cannot trace the op's registration
-    global _KEEP_MASK, _DRAWS
+    global _KEEP_MASK, _DRAWS, _PACK_BITS, _UNPACK_BITS
     if _KEEP_MASK is None:
         import torch
 
         _KEEP_MASK, _DRAWS = _keep_mask_op(), torch.zeros((), dtype=torch.int64)
+        _PACK_BITS, _UNPACK_BITS = _bit_ops()
+
+
+def pack_mask(mask):
+    """A CPU boolean mask as bits, 8 values a byte (unpack_mask gives it back): what a dropout keeps for the
+    backward pass, at an eighth of a bool tensor's size."""
+    build_keep_mask()
+    return _PACK_BITS(mask)
+
+
+def unpack_mask(bits, shape):
+    """The boolean mask of `shape` that pack_mask packed into `bits`."""
+    import math
+
+    build_keep_mask()
+    return _UNPACK_BITS(bits, math.prod(shape)).view(shape)
 
 
 def keep_mask(x, p: float):

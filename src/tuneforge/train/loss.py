@@ -36,6 +36,11 @@ PLAIN_HEAD_MODELS = {
     "starcoder2",
 }
 CHUNK_TOKENS = 256  # positions per head+loss chunk: (256 x 49152) fp32 logits = 50 MB at a time
+# A frozen head (LoRA, QLoRA) has no gradient to sum, so half the chunk costs nothing: measured on 2 cores with
+# AMX, 1,024 tokens of the default model's head 181-188 ms at 128 against 187-200 ms at 256 (64: 229-238 ms),
+# and its buffers take 38 MB less. A trainable head's sum is quicker in 256-token chunks (323-335 against
+# 419-432 ms at 128).
+FROZEN_HEAD_CHUNK_TOKENS = 128
 HEAD_GRAD_CHUNKS = 4  # chunks whose head gradient is summed in the compute dtype before the fp32 total
 
 
@@ -217,7 +222,9 @@ def linear_cross_entropy_sum(hidden, weight, bias, targets, chunk: int = 0):
     global _LINEAR_CROSS_ENTROPY
     if _LINEAR_CROSS_ENTROPY is None:
         _LINEAR_CROSS_ENTROPY = _linear_cross_entropy_class()
-    return _LINEAR_CROSS_ENTROPY.apply(hidden, weight, bias, targets, chunk or CHUNK_TOKENS)
+    if not chunk:
+        chunk = CHUNK_TOKENS if weight.requires_grad else FROZEN_HEAD_CHUNK_TOKENS
+    return _LINEAR_CROSS_ENTROPY.apply(hidden, weight, bias, targets, chunk)
 
 
 def batch_loss_sum(model, batch, direct: bool = True):

@@ -84,3 +84,26 @@ def test_quick_dropout_serves_peft_s_lora_dropouts_in_training_only(tiny_model_d
         assert torch.equal(got, drop_out(x, 0.3))
         assert torch.equal(module.eval()(x), x)
     assert all("forward" not in vars(module) for module in dropouts)  # torch's own forward is back
+
+
+def test_a_lean_lora_layer_keeps_its_cpu_dropout_mask_as_bits_and_gets_it_back():
+    from tuneforge.train.dropout import pack_mask, unpack_mask
+    from tuneforge.train.fused import dropout_linear
+
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.rand(3, 5, 7, generator=generator) > 0.3  # 105 values: not a whole number of bytes
+    bits = pack_mask(mask)
+    assert bits.dtype == torch.uint8 and bits.numel() == 14
+    assert torch.equal(unpack_mask(bits, mask.shape), mask)
+
+    x = torch.randn(2, 16, 64, requires_grad=True)
+    weight = torch.randn(8, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = dropout_linear(x, weight, 0.25, torch.float32)
+    out.sum().backward()
+    masks = [t for t in saved if t.dtype in (torch.bool, torch.uint8)]
+    assert [(t.dtype, t.numel()) for t in masks] == [(torch.uint8, x.numel() // 8)]
+    # the gradient is zero exactly where the forward pass dropped a value
+    dropped = x.grad == 0
+    assert 0.15 < dropped.float().mean() < 0.35

@@ -126,7 +126,7 @@ def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabil
     generator = torch.Generator().manual_seed(0)
     grouped = torch.randn(2, 2, 48, 16, generator=generator).to(dtype).requires_grad_()
     key, value = (torch.randn(2, 2, 24, 16, generator=generator).to(dtype).requires_grad_() for _ in range(2))
-    allowed = torch.ones(24, 24, dtype=torch.bool).tril().repeat(2, 1)
+    allowed = torch.ones(24, 24, dtype=torch.bool).tril()  # broadcast over the 2 query heads of a group
     upstream = torch.randn(2, 2, 48, 16, generator=generator)
 
     def run(function):
@@ -138,7 +138,8 @@ def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabil
         return out, grads, saved
 
     def reference(g, k, v):
-        scores = torch.matmul(g, k.transpose(-1, -2)).masked_fill(~allowed, torch.finfo(torch.bfloat16).min)
+        blocked = ~allowed.repeat(2, 1)
+        scores = torch.matmul(g, k.transpose(-1, -2)).masked_fill(blocked, torch.finfo(torch.bfloat16).min)
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
     out, grads, saved = run(lambda g, k, v: attention._ATTENTION.apply(g, k, v, allowed))
