@@ -106,8 +106,8 @@ def _linear_backward(ctx, grad, cast, weight, bias, needs):
 
 
 # The last input cast (a weak reference to the input, its version, the cast copy): sibling projections called
-# with the same input share one copy. Not under torch.compile, which traces no weak references (there the
-# copies are compiled ops, and each kept).
+# with the same input share one copy. Not under torch.compile, which traces no weak references: there the casts
+# are ops of the compiled graph.
 _LAST_CAST: Any = None
 
 
