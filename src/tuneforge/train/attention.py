@@ -29,7 +29,7 @@ NAME = "tuneforge_matmul"  # the attention implementation registered with transf
 MAX_SEQUENCE = 384  # longest query run by matmuls: about where flash attention's blocks catch up (measured)
 SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer may make: 16 MB in bf16
 # Off by default: keeping them saves about 3 ms a layer of 4 x 256 tokens in the backward pass (2 cores with
-# AMX: a full fine-tune's step 4-10% quicker, LoRA on packed lines the same) for 4.5 MB a layer (docs/training.md)
+# AMX: a full fine-tune's step 8-11% quicker, LoRA within noise) for 4.5 MB a layer (docs/training.md)
 KEEP_PROBABILITIES = False
 
 _REGISTERED = False

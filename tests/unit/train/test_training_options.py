@@ -342,7 +342,7 @@ def test_compile_gives_the_eager_losses_without_recompiling_after_warm_up(tiny_m
     )
     hook.remove()
     # under bf16 autocast (full) inductor runs a chain of elementwise ops in fp32 and rounds once, where eager
-    # rounds to bf16 after each: on an AMD EPYC with AVX512-BF16 step 3's loss moved by 1.3e-4
+    # rounds to bf16 after each: on an Intel Xeon with AMX step 3's loss moved by 1.3e-4
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4 if method != "full" else 5e-4)
     assert graphs[-1] > 0  # it did compile
     # one graph for the first block (its input needs no gradient), one shared by the others: no graph breaks
