@@ -97,6 +97,8 @@ def profile_run(case: str, steps: int, extra: dict) -> dict:
         "ops": dict(sorted(ops.items(), key=lambda item: -item[1])[:TOP_OPS]),
         "head_s": head,
         "tokens": sum(r["tokens"] for r in timed),
+        # wall time of the profiled steps (the profiler's own cost included)
+        "wall_s": records[last - 1]["elapsed_s"] - records[first - 2]["elapsed_s"],
         "params": sum(p.numel() for p in llm.model.parameters()),
         "method": method,
         "precision": pick_precision("auto", "cpu"),  # compute precision (full: fp32 weights, bf16 autocast)
@@ -117,7 +119,8 @@ def main() -> None:
         f"machine: {bench.machine_name('cpu')}; CPU flags: {bench.cpu_flags()}; matmul peak fp32 "
         f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s\ncase {args.case}"
         f"{' (compiled)' if args.compile else ''}, {result['precision']}: {args.steps} steps, "
-        f"{total / args.steps:.2f} s a step (profiled; the profiler adds a little)"
+        f"{total / args.steps:.2f} s of the ops' own time a step, {result['wall_s'] / args.steps:.2f} s of wall "
+        "time (the rest falls between ops: Python, the autograd engine; the profiler adds a little)"
     )
     print("| where the time goes | s per step | share |\n|---|---|---|")
     for label, value in sorted(seconds.items(), key=lambda item: -item[1]):
@@ -131,7 +134,8 @@ def main() -> None:
     peak = peaks["bf16" if result["precision"] == "bf16" else "fp32"] * 1e9
     mfu = flops / total / peak
     print(
-        f"MFU {mfu:.1%} of the {result['precision']} peak; with no time outside matmuls it would be "
+        f"MFU {mfu:.1%} of the {result['precision']} peak over the ops' time "
+        f"({flops / result['wall_s'] / peak:.1%} over wall time); with no time outside matmuls it would be "
         f"{flops / seconds.get('matmul', total) / peak:.1%}"
     )
     print("JSON " + json.dumps({"case": args.case, "compile": args.compile, "peaks": peaks, **result}))
