@@ -16,6 +16,7 @@ generator is parallel).
 """
 
 # no `from __future__ import annotations`: torch.library reads the op's annotations as types
+import math
 from typing import Any
 
 LEVELS = 1 << 16  # a value's random draw: 16 bits of a 64-bit word
@@ -92,8 +93,6 @@ def pack_mask(mask):
 
 def unpack_mask(bits, shape):
     """The boolean mask of `shape` that pack_mask packed into `bits`."""
-    import math
-
     build_keep_mask()
     return _UNPACK_BITS(bits, math.prod(shape)).view(shape)
 

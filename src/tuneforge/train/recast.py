@@ -50,7 +50,9 @@ def _recast_linear_class():
         @staticmethod
         def backward(ctx, grad):
             cast, weight, bias = ctx.saved_tensors
-            grad_x, grad_weight, grad_bias = _linear_backward(ctx, grad, cast, weight, bias, (0, 1, 2))
+            grad_x, grad_weight, grad_bias = _linear_backward(
+                ctx, grad, cast, weight, bias, ctx.needs_input_grad[:3]
+            )
             return grad_x, grad_weight, grad_bias, None
 
     class SiluMulLinear(torch.autograd.Function):
@@ -77,7 +79,7 @@ def _recast_linear_class():
             product = (torch.nn.functional.silu(gate) * up).to(ctx.dtype) if ctx.needs_input_grad[2] else None
             needs_product_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
             grad_product, grad_weight, grad_bias = _linear_backward(
-                ctx, grad, product, weight, bias, (needs_product_grad, 2, 3)
+                ctx, grad, product, weight, bias, (needs_product_grad, *ctx.needs_input_grad[2:4])
             )
             del product
             grad_gate = grad_up = None
@@ -88,10 +90,9 @@ def _recast_linear_class():
     return RecastLinear, SiluMulLinear
 
 
-def _linear_backward(ctx, grad, cast, weight, bias, needs):
-    """The input, weight and bias gradients of linear(cast, weight.to(dtype), bias) as autograd computes them;
-    `needs`: for each, whether it is needed (a bool) or the index of the Function input to ask about."""
-    need = [flag if isinstance(flag, bool) else ctx.needs_input_grad[flag] for flag in needs]
+def _linear_backward(ctx, grad, cast, weight, bias, need):
+    """The input, weight and bias gradients of linear(cast, weight.to(dtype), bias) as autograd computes them,
+    each only where `need` (three bools) says so."""
     dtype = ctx.dtype
     grad = grad.to(dtype)
     grad_x = grad_weight = grad_bias = None
@@ -139,12 +140,21 @@ def recast_linear(x, weight, bias, dtype):
     return _RECAST_LINEAR.apply(x, weight, bias, dtype)
 
 
-def _recast_forward(self, x):
+def _cast_dtype(module, x):
+    """The autocast dtype `module`'s weight is cast to for `x` in a pass that keeps tensors for the backward
+    pass, or None (no autocast, nothing to cast, or no backward pass)."""
     import torch
 
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    if dtype is None or self.weight.dtype == dtype or not torch.is_grad_enabled():
+    if dtype is None or module.weight.dtype == dtype or not torch.is_grad_enabled():
+        return None
+    return dtype
+
+
+def _recast_forward(self, x):
+    dtype = _cast_dtype(self, x)
+    if dtype is None:
         return type(self).forward(self, x)  # nothing would be cast, or nothing kept for a backward pass
     return recast_linear(x, self.weight, self.bias, dtype)
 
@@ -175,16 +185,10 @@ def recast_linears(model):
 
 def recast_dtype(module, x):
     """The dtype `module` (a Linear) computes `x` in through recast_linear here, or None where it does not."""
-    import torch
-
     forward = vars(module).get("forward")
     if getattr(forward, "__func__", None) is not _recast_forward:
         return None
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    if dtype is None or module.weight.dtype == dtype or not torch.is_grad_enabled():
-        return None
-    return dtype
+    return _cast_dtype(module, x)
 
 
 def silu_mul_linear(gate, up, module, dtype):

@@ -363,40 +363,51 @@ def test_a_compiled_lora_run_with_dropout_gives_the_eager_losses(tiny_model_dir,
     assert losses[True] == pytest.approx(losses[False], rel=2e-3)
 
 
-def _full_loss_and_grads(model, batch, recast: bool, dtype=torch.bfloat16):
+def _full_loss_and_grads(model, batch, context, dtype=torch.bfloat16):
+    """Loss, gradients and what the forward pass keeps for the backward pass (storage address -> shape, dtype,
+    bytes) of a full fine-tune under `dtype` autocast inside `context`."""
     from tuneforge.train.loss import batch_loss_sum
-    from tuneforge.train.recast import recast_linears
 
-    model.zero_grad()
-    saved = []
+    model.zero_grad(set_to_none=True)
+    kept = {}
 
-    def keep(tensor):  # what the forward pass keeps for the backward pass
-        saved.append((tensor.untyped_storage().data_ptr(), tensor.dtype, tensor.untyped_storage().nbytes()))
+    def keep(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = (
+            tuple(tensor.shape),
+            tensor.dtype,
+            tensor.untyped_storage().nbytes(),
+        )
         return tensor
 
     with (
-        recast_linears(model) if recast else nullcontext(),
+        context,
         torch.autocast("cpu", dtype=dtype),
         torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t),
     ):
         loss = batch_loss_sum(model, batch)
     loss.backward()
-    low = sum({ptr: size for ptr, kind, size in saved if kind == dtype}.values())
-    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}, low
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}, kept
+
+
+def _full_model_and_batch(model_dir, tokenizer):
+    model, _, _ = load_model(str(model_dir), precision="fp32")
+    model.train()
+    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
+    return model, collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_full_fine_tune_recasts_its_weights_in_the_backward_pass_with_the_same_gradients(
     tiny_model_dir, tokenizer, dtype
 ):
-    from tuneforge.train.recast import trainable_linears
+    from tuneforge.train.recast import recast_linears, trainable_linears
 
-    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
-    model.train()
-    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
-    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
-    kept_loss, kept_grads, kept_low = _full_loss_and_grads(model, batch, recast=False, dtype=dtype)
-    recast_loss, recast_grads, recast_low = _full_loss_and_grads(model, batch, recast=True, dtype=dtype)
+    model, batch = _full_model_and_batch(tiny_model_dir, tokenizer)
+    kept_loss, kept_grads, kept = _full_loss_and_grads(model, batch, nullcontext(), dtype=dtype)
+    recast_loss, recast_grads, recast = _full_loss_and_grads(model, batch, recast_linears(model), dtype=dtype)
+    kept_low, recast_low = (
+        sum(size for _, kind, size in saved.values() if kind == dtype) for saved in (kept, recast)
+    )
     assert recast_loss == kept_loss
     for name, want in kept_grads.items():
         assert torch.equal(recast_grads[name], want), name
@@ -416,34 +427,14 @@ def test_a_full_fine_tune_s_lean_block_keeps_no_mlp_product_nor_fp32_layer_input
     projection makes silu(gate) * up again in the backward pass, and the q/k/v and gate/up projections keep one
     shared low-precision copy of their input, not the fp32 input."""
     from tuneforge.train.fused import lean_forwards
-    from tuneforge.train.loss import batch_loss_sum
 
-    model, _, _ = load_model(str(tiny_model_dir), precision="fp32")
-    model.train()
-    ids = tokenizer(["a sandwich with cheese and bread, grilled in a pan until golden"])["input_ids"][0]
-    batch = collate([{"input_ids": ids, "labels": ids}] * 2, tokenizer.pad_token_id)
-    results = []
-    for lean in (False, True):
-        model.zero_grad(set_to_none=True)
-        kept = {}
-
-        def keep(tensor, kept=kept):
-            kept[tensor.untyped_storage().data_ptr()] = (tuple(tensor.shape), tensor.dtype)
-            return tensor
-
-        with (
-            lean_forwards(model) if lean else nullcontext(),
-            torch.autocast("cpu", dtype=dtype),
-            torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t),
-        ):
-            loss = batch_loss_sum(model, batch)
-        loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-        results.append((loss.item(), grads, list(kept.values())))
-    (want_loss, want, _), (loss, grads, kept) = results
+    model, batch = _full_model_and_batch(tiny_model_dir, tokenizer)
+    want_loss, want, _ = _full_loss_and_grads(model, batch, nullcontext(), dtype=dtype)
+    loss, grads, saved = _full_loss_and_grads(model, batch, lean_forwards(model), dtype=dtype)
     assert loss == want_loss
     for name, grad in want.items():
         assert torch.equal(grads[name], grad), name
+    kept = [(shape, kind) for shape, kind, _ in saved.values()]
     config = model.config
     tokens = tuple(batch["input_ids"].shape)
     layers = config.num_hidden_layers
