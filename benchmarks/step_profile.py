@@ -5,12 +5,12 @@ dropout's random masks and the optimizer — the per-op profile behind benchmark
     python benchmarks/step_profile.py --case lines --steps 4  # any case of train_throughput.py
     python benchmarks/step_profile.py --compile               # the same with torch.compile'd blocks
 
-The run is train_throughput.py's tuneforge run (same model, data, settings); torch.profiler records the timed
-steps only (after 2 warm-up steps), forward, backward and optimizer update included. Each aten op's self time
-is put in one category; the loss head's share is the total time of its fused function (its matmuls, softmax
-and casts, which also appear in their own categories). The last line says what MFU the step would reach if
-every non-matmul category took no time, so the gap between the measured MFU and that bound is the time spent
-outside matmuls.
+The run is train_throughput.py's tuneforge run (same model, data and settings, on jemalloc where it is
+installed, as `tuneforge train` runs); torch.profiler records the timed steps only (after 2 warm-up steps),
+forward, backward and optimizer update included. Each aten op's self time is put in one category; the loss
+head's share is the total time of its fused function (its matmuls, softmax and casts, which also appear in their
+own categories). The last line says what MFU the step would reach if every non-matmul category took no time, so
+the gap between the measured MFU and that bound is the time spent outside matmuls.
 """
 
 from __future__ import annotations
@@ -111,13 +111,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after 2 warm-up steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks (compile: true)")
     args = parser.parse_args()
+    from tuneforge.train.host_memory import allocator_in_use, with_jemalloc
+
+    with_jemalloc(sys.orig_argv[1:])  # as `tuneforge train` starts itself: on jemalloc where it is installed
     extra = {"compile": True} if args.compile else {}
     peaks = {p: bench.matmul_peak_gflops(p, "cpu") for p in ("fp32", "bf16")}
     result = profile_run(args.case, args.steps, extra)
     seconds, total = result["seconds"], sum(result["seconds"].values())
     print(
         f"machine: {bench.machine_name('cpu')}; CPU flags: {bench.cpu_flags()}; matmul peak fp32 "
-        f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s\ncase {args.case}"
+        f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; allocator {allocator_in_use()}\ncase {args.case}"
         f"{' (compiled)' if args.compile else ''}, {result['precision']}: {args.steps} steps, "
         f"{total / args.steps:.2f} s of the ops' own time a step, {result['wall_s'] / args.steps:.2f} s of wall "
         "time (the rest falls between ops: Python, the autograd engine; the profiler adds a little)"

@@ -14,10 +14,11 @@ Every run trains on the same examples in the same order (the Trainer is given tu
 each is a fresh subprocess, so its peak memory is its own. Reported per run: tokens/s over all tokens (padding
 included) and over useful (loss-carrying) tokens, peak RSS of loading and training (and peak GPU memory on
 CUDA; taken before the held-out loss, which scores every model in fp32 and so copies a bf16 one), model FLOPs
-utilisation against the matmul peak (measured here) of the precision the run computed in, loss of the last step,
-and held-out loss (fp32, the same 16 held-out examples and the same evaluation code for every run). The `busy`
-case times tuneforge's step with a second process burning every core: torch's default threads, then the thread
-count hardware.choose_threads() picks with OpenMP's passive wait policy. Prints a table, then one JSON line.
+utilisation against the matmul peak of the precision the run computed in (measured again in its process right
+after it), loss of the last step, and held-out loss (fp32, the same 16 held-out examples and the same evaluation
+code for every run). The `busy` case times tuneforge's step with a second process burning every core: torch's
+default threads, then the thread count hardware.choose_threads() picks with OpenMP's passive wait policy.
+Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -317,6 +318,10 @@ def run_worker(args) -> None:
         result = worker_hf(args.case, args.precision, args.steps, args.device, **json.loads(args.extra))
     else:
         result = worker_tuneforge(args.case, args.precision, args.steps, json.loads(args.extra), args.device)
+    # this precision's matmul peak again, in the run's own process right after it: a shared machine's speed moves
+    # by 20% between runs (1255 at a benchmark's start, 1033-1077 GFLOP/s bf16 minutes later), so each row's MFU
+    # is against the peak of its own time
+    result["peak_gflops"] = matmul_peak_gflops(result["precision"], args.device)
     print("RESULT " + json.dumps(result))
 
 
@@ -452,7 +457,10 @@ def main() -> None:
             if "error" not in result:
                 method = CASES[case][3]
                 flops_per_token = (6 if method == "full" else 4) * result["params"]  # LoRA: no weight grads
-                peak = peaks["bf16" if result.get("precision") == "bf16" else "fp32"]
+                peak = (
+                    result.get("peak_gflops")
+                    or peaks["bf16" if result.get("precision") == "bf16" else "fp32"]
+                )
                 # a 4-bit base counts its packed bytes as parameters, so no utilisation for QLoRA
                 row["mfu"] = (
                     None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
@@ -602,7 +610,8 @@ def format_row(row: dict) -> str:
     return (
         f"{row['case']:11} {row['run']:22} {row['step_s']:6.2f} s/step  {row['tokens_per_s']:6.0f} tok/s  "
         f"useful {row['useful_tokens_per_s']:6.0f} {row['precision']}"
-        f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}  loss {row['final_loss']:.3f}  held-out "
+        f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}"
+        f" (peak {row.get('peak_gflops', 0):4.0f})  loss {row['final_loss']:.3f}  held-out "
         f"{row['held_out_loss']:.4f}  {ratios}"
     )
 

@@ -25,6 +25,13 @@ worker on 2 cores of an AMD EPYC with AVX512-BF16 (bf16, 5 steps): peak RSS of a
 text 4057 -> 3366 MB, on packed short lines 3951 -> 3360 MB, LoRA q,v 1716 -> 1529 MB, LoRA on packed lines
 1757 -> 1496 MB; steps of full-length or packed sequences as fast or faster, steps of a few unpacked short lines
 10-25% slower (jemalloc's decay hands freed memory back to the OS; docs/training.md).
+
+So on jemalloc the block also stops every arena's purging where only adapters train (LoRA, QLoRA): measured on
+2 cores of an Intel Xeon with AMX (bf16, the worker of benchmarks/train_throughput.py, interleaved runs), page
+faults of a LoRA q,v step ~115,000 -> ~1,000, its steps 1.26-1.41 against 1.39-1.59 s eager and 1.00-1.15
+against 1.24-1.35 s compiled, peak RSS +15-65 MB; QLoRA and packed LoRA lines as fast or faster at +3-30 MB.
+A full fine-tune keeps jemalloc's purging: never purging made its steps 5-11% quicker but raised its peak
+250-540 MB (packed short lines 3050-3080 -> 3300-3600 MB: pages kept for the model-sized gradients fragment).
 """
 
 from __future__ import annotations
@@ -126,10 +133,15 @@ def allocator_note() -> str:
 
 
 @contextmanager
-def reuse_freed_memory(enabled: bool = True):
-    """Within the block, large allocations come from glibc's heap and freed memory stays resident for reuse.
-    Yields whether the allocator was switched (False off glibc or when not `enabled`)."""
+def reuse_freed_memory(enabled: bool = True, on_jemalloc: bool = True):
+    """Within the block, freed memory stays resident for reuse: on glibc large allocations come from its heap; on
+    jemalloc (`on_jemalloc`) its arenas stop handing freed pages back to the OS. Yields whether the allocator
+    was switched (False where it was not: off, or neither allocator)."""
     global _depth
+    if enabled and on_jemalloc and allocator_in_use() == "jemalloc":
+        with _jemalloc_keeps_freed_pages() as switched:
+            yield switched
+        return
     # under jemalloc glibc's settings would change an allocator nothing uses
     libc = _glibc() if enabled and allocator_in_use() == "glibc" else None
     if libc is None:
@@ -149,3 +161,80 @@ def reuse_freed_memory(enabled: bool = True):
                 libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
                 libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)  # what the run freed goes back to the OS now
+
+
+# jemalloc's mallctl names (man 3 jemalloc): every arena's purge delays, the default of arenas made later, and
+# "all arenas" as an index
+DECAY_SETTINGS = ("dirty_decay_ms", "muzzy_decay_ms")
+ALL_ARENAS = 4096  # MALLCTL_ARENAS_ALL
+
+
+def _mallctl():
+    """jemalloc's mallctl in this process (preloaded), or None."""
+    try:
+        function = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _decay_names(mallctl) -> list[str]:
+    """The purge-delay settings of every arena made so far (an arena index not yet in use reads as an error and
+    is skipped), then the defaults of arenas made later (a thread's first allocation makes its arena)."""
+    count, size = ctypes.c_uint(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
+    if mallctl(b"arenas.narenas", ctypes.byref(count), ctypes.byref(size), None, 0):
+        return []
+    names = [f"arena.{index}.{setting}" for index in range(count.value) for setting in DECAY_SETTINGS]
+    return [name for name in names if _read_decay(mallctl, name) is not None] + [
+        f"arenas.{setting}" for setting in DECAY_SETTINGS
+    ]
+
+
+def _read_decay(mallctl, name: str) -> int | None:
+    value, size = ctypes.c_ssize_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+    failed = mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0)
+    return None if failed else value.value
+
+
+def _write_decay(mallctl, name: str, milliseconds: int) -> None:
+    value = ctypes.c_ssize_t(milliseconds)
+    mallctl(name.encode(), None, None, ctypes.byref(value), ctypes.sizeof(value))
+
+
+@contextmanager
+def _jemalloc_keeps_freed_pages():
+    """Within the block no jemalloc arena purges: its purge delay is -1 ("never"), and the huge-allocation
+    arena's 0 ("at once", jemalloc's choice for blocks over 8 MB) too. With its defaults a LoRA step of the
+    default model page-faulted ~115,000 pages (450 MB) in again, 1,000 in the block (benchmarks/
+    train_throughput.py's worker on 2 AMX cores). On leaving, every setting comes back and all arenas purge
+    what is free. Yields whether it switched."""
+    global _depth
+    mallctl = _mallctl()
+    if mallctl is None:
+        yield False
+        return
+    with _lock:
+        if _depth == 0:
+            _jemalloc_defaults.clear()
+            _jemalloc_defaults.update({name: _read_decay(mallctl, name) for name in _decay_names(mallctl)})
+            for name in _jemalloc_defaults:
+                _write_decay(mallctl, name, -1)
+        _depth += 1
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                arenas_made_since = [n for n in _decay_names(mallctl) if n not in _jemalloc_defaults]
+                for name, milliseconds in _jemalloc_defaults.items():
+                    _write_decay(mallctl, name, milliseconds)
+                default = {s: _jemalloc_defaults[f"arenas.{s}"] for s in DECAY_SETTINGS}
+                for name in arenas_made_since:  # made inside the block: the default they would have had
+                    _write_decay(mallctl, name, default[name.rsplit(".", 1)[1]])
+                mallctl(f"arena.{ALL_ARENAS}.purge".encode(), None, None, None, 0)
+
+
+_jemalloc_defaults: dict[str, int | None] = {}

@@ -123,7 +123,14 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         trainable=[p for p in model.parameters() if p.requires_grad],
         # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
         direct_head=accelerator.num_processes == 1,
-        lean=step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
+        lean=step_forwards(
+            bare_model,
+            config.lean_layers,
+            lean_lora_layers,
+            accelerator.device.type,
+            # jemalloc keeping every freed page raised a full fine-tune's peak 250-540 MB (train/host_memory.py)
+            adapters_only=config.method in ("lora", "qlora"),
+        ),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
@@ -134,14 +141,14 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
 
 
 @contextmanager
-def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
+def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str, adapters_only: bool = True):
     """What a run's steps run in: on a CPU quick LoRA dropout masks (train/dropout.py; lean_layers or not, so
-    the losses do not depend on it) and freed memory kept for the next step (train/host_memory.py), and the
-    lean forwards of train/fused.py unless lean_layers is off."""
+    the losses do not depend on it) and freed memory kept for the next step (train/host_memory.py; on jemalloc
+    only where only adapters train), and the lean forwards of train/fused.py unless lean_layers is off."""
     with ExitStack() as stack:
         if device == "cpu":
             stack.enter_context(quick_dropout(model))
-            stack.enter_context(reuse_freed_memory())
+            stack.enter_context(reuse_freed_memory(on_jemalloc=adapters_only))
         if lean_layers:
             stack.enter_context(lean_forwards(model, lora=lean_lora_layers, attention=device == "cpu"))
         yield

@@ -97,3 +97,64 @@ def test_a_program_restarted_on_jemalloc_runs_on_it_with_the_same_pid():
         env={**env, "TUNEFORGE_ALLOCATOR": "glibc"},
     )
     assert off.stdout.split("\n")[-2].endswith("glibc")
+
+
+# In a fresh process on jemalloc: minor page faults of a step-like churn of tensors (over and under jemalloc's
+# 8 MB huge-allocation size) outside the block, inside it, and after it; the arenas' purge delays before, inside
+# and after the block.
+JEMALLOC_FAULTS = """
+import json, resource, time
+import torch
+from tuneforge.train.host_memory import _decay_names, _mallctl, _read_decay, reuse_freed_memory
+
+def churn():
+    tensors = [torch.empty(n).fill_(1.0) for n in (3_000_000, 500_000, 6_000_000, 12_000_000)]
+    del tensors
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        churn()
+        time.sleep(0.05)  # jemalloc's decay purges as time passes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+mallctl = _mallctl()
+def delays():
+    return {name: _read_decay(mallctl, name) for name in _decay_names(mallctl)}
+
+churn()
+result = {"before": delays(), "faults": {"outside": faults()}}
+with reuse_freed_memory() as switched:
+    churn()
+    result["faults"]["inside"] = faults()
+    result["inside"] = delays()
+with reuse_freed_memory(on_jemalloc=False) as off:
+    result["off"] = off
+result["after"] = delays()
+result["switched"] = switched
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(find_jemalloc() is None, reason="jemalloc is not installed (Debian: libjemalloc2)")
+def test_on_jemalloc_no_arena_purges_inside_the_block_and_its_settings_return_after():
+    import json
+    import os
+
+    env = {**os.environ, "LD_PRELOAD": find_jemalloc()}
+    done = subprocess.run(
+        [sys.executable, "-c", JEMALLOC_FAULTS],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["switched"] and not result["off"]
+    faults = result["faults"]
+    assert faults["outside"] > 20_000, faults  # jemalloc's defaults hand the freed pages back: fresh ones
+    assert faults["inside"] < faults["outside"] / 20, faults
+    assert set(result["inside"].values()) == {-1}, result["inside"]
+    assert {k: v for k, v in result["after"].items() if k in result["before"]} == result["before"]
+    assert result["before"]["arenas.dirty_decay_ms"] > 0  # the defaults were not "never" to begin with

@@ -85,7 +85,9 @@ def test_a_full_fine_tune_computes_the_same_bits_with_memory_reused(
 
     results = {}
     for reuse in (True, False):
-        monkeypatch.setattr(setup, "reuse_freed_memory", lambda on=reuse: reuse_freed_memory(enabled=on))
+        monkeypatch.setattr(
+            setup, "reuse_freed_memory", lambda on=reuse, **kept: reuse_freed_memory(enabled=on, **kept)
+        )
         llm = tf.load(str(tiny_model_dir), precision="fp32")
         run = llm.train(
             lines_file,
