@@ -187,9 +187,8 @@ def _decay_names(mallctl) -> list[str]:
     if mallctl(b"arenas.narenas", ctypes.byref(count), ctypes.byref(size), None, 0):
         return []
     names = [f"arena.{index}.{setting}" for index in range(count.value) for setting in DECAY_SETTINGS]
-    return [name for name in names if _read_decay(mallctl, name) is not None] + [
-        f"arenas.{setting}" for setting in DECAY_SETTINGS
-    ]
+    names += [f"arenas.{setting}" for setting in DECAY_SETTINGS]
+    return [name for name in names if _read_decay(mallctl, name) is not None]
 
 
 def _read_decay(mallctl, name: str) -> int | None:
@@ -218,7 +217,8 @@ def _jemalloc_keeps_freed_pages():
     with _lock:
         if _depth == 0:
             _jemalloc_defaults.clear()
-            _jemalloc_defaults.update({name: _read_decay(mallctl, name) for name in _decay_names(mallctl)})
+            for name in _decay_names(mallctl):
+                _jemalloc_defaults[name] = _read_decay(mallctl, name) or 0
             for name in _jemalloc_defaults:
                 _write_decay(mallctl, name, -1)
         _depth += 1
@@ -231,10 +231,11 @@ def _jemalloc_keeps_freed_pages():
                 arenas_made_since = [n for n in _decay_names(mallctl) if n not in _jemalloc_defaults]
                 for name, milliseconds in _jemalloc_defaults.items():
                     _write_decay(mallctl, name, milliseconds)
-                default = {s: _jemalloc_defaults[f"arenas.{s}"] for s in DECAY_SETTINGS}
                 for name in arenas_made_since:  # made inside the block: the default they would have had
-                    _write_decay(mallctl, name, default[name.rsplit(".", 1)[1]])
+                    default = _jemalloc_defaults.get(f"arenas.{name.rsplit('.', 1)[1]}")
+                    if default is not None:
+                        _write_decay(mallctl, name, default)
                 mallctl(f"arena.{ALL_ARENAS}.purge".encode(), None, None, None, 0)
 
 
-_jemalloc_defaults: dict[str, int | None] = {}
+_jemalloc_defaults: dict[str, int] = {}
