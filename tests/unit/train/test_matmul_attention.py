@@ -150,3 +150,41 @@ def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabil
     assert {t.dtype for t in saved if t.is_floating_point()} == {torch.bfloat16}
     kept_probabilities = [t for t in saved if t.shape == (2, 2, 48, 24)]
     assert len(kept_probabilities) == (1 if keep else 0)
+
+
+def test_compiled_blocks_make_the_probabilities_again_instead_of_keeping_them(model):
+    """Traced by torch.compile, the matmul attention runs as a checkpointed region: the partitioner would otherwise
+    keep the probabilities (it merged the Function's recomputation with its forward); the losses and gradients
+    stay eager's within compile's rounding."""
+    from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
+
+    batch = BATCHES["packed"]()
+    length = batch["input_ids"].shape[1]
+
+    def run():
+        saved = []
+        model.zero_grad(set_to_none=True)
+        hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
+        with matmul_attention(model), hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = batch_loss_sum(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        # (batch, key/value heads, query heads of a group x length, length): 4 query heads on 2 here
+        probabilities = [
+            t.shape for t in saved if t.is_floating_point() and t.shape[1:] == (2, 2 * length, length)
+        ]
+        return float(loss), grads, probabilities
+
+    want_loss, want, eager_kept = run()
+    torch._dynamo.reset()
+    compile_decoder_layers(model)
+    try:
+        loss, grads, compiled_kept = run()
+    finally:
+        uncompile_decoder_layers(model)
+        torch._dynamo.reset()
+    assert eager_kept == [] and compiled_kept == [], (eager_kept, compiled_kept)
+    assert loss == pytest.approx(want_loss, rel=5e-3)
+    for name, grad in want.items():
+        # bf16 autocast: inductor rounds a fused chain once where eager rounds each op
+        assert (grads[name] - grad).norm() <= 0.02 * grad.norm(), name
