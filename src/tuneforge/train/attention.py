@@ -54,10 +54,9 @@ def _matmul_attention_class():
         @staticmethod
         @torch.amp.custom_fwd(device_type="cpu")  # the backward runs under the forward's autocast state
         def forward(ctx, grouped, key, value, allowed):
-            if torch.is_autocast_enabled("cpu"):  # fp32 queries, keys or values (a full fine-tune's rotary
-                # output): the matmuls cast them anyway, so the cast copies are what is kept, at half the size
-                dtype = torch.get_autocast_dtype("cpu")
-                grouped, key, value = grouped.to(dtype), key.to(dtype), value.to(dtype)
+            # fp32 queries, keys or values (a full fine-tune's rotary output): the matmuls cast them anyway, so
+            # the cast copies are what is kept, at half the size
+            grouped, key, value = _autocast_inputs(grouped, key, value)
             probabilities = _probabilities(grouped, key, allowed)
             ctx.save_for_backward(grouped, key, value, allowed, probabilities if KEEP_PROBABILITIES else None)
             return torch.matmul(probabilities, value)
@@ -154,10 +153,18 @@ def _attend(grouped, key, value, allowed):
     """What MatmulAttention computes, as plain ops (for torch.compile's checkpointed region)."""
     import torch
 
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        grouped, key, value = grouped.to(dtype), key.to(dtype), value.to(dtype)
+    grouped, key, value = _autocast_inputs(grouped, key, value)
     return torch.matmul(_probabilities(grouped, key, allowed), value)
+
+
+def _autocast_inputs(*tensors):
+    """`tensors` in CPU autocast's dtype where it is on (what the matmuls would cast them to), else as they are."""
+    import torch
+
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def register() -> None:

@@ -445,11 +445,7 @@ def _measure_step(model, micro, seq_len, config, world_size, steps, precision) -
     if config.gradient_checkpointing:  # as set_up_training does: the passes recompute, and keep less
         enable_gradient_checkpointing(model)
     timings = []
-    adapters_only = config.method in ("lora", "qlora")
-    with (
-        torch.random.fork_rng(devices=[]),
-        step_forwards(model, config.lean_layers, True, device.type, adapters_only),
-    ):
+    with torch.random.fork_rng(devices=[]), step_forwards(model, config.lean_layers, True, device.type):
         for _ in range(steps + 1):  # the first pass warms caches and kernels: not timed
             start = time.perf_counter()
             with autocast:

@@ -137,36 +137,55 @@ def reuse_freed_memory(enabled: bool = True, on_jemalloc: bool = True):
     """Within the block, freed memory stays resident for reuse: on glibc large allocations come from its heap; on
     jemalloc (`on_jemalloc`) its arenas stop handing freed pages back to the OS. Yields whether the allocator
     was switched (False where it was not: off, or neither allocator)."""
-    global _depth
-    if enabled and on_jemalloc and allocator_in_use() == "jemalloc":
-        with _jemalloc_keeps_freed_pages() as switched:
-            yield switched
-        return
-    # under jemalloc glibc's settings would change an allocator nothing uses
-    libc = _glibc() if enabled and allocator_in_use() == "glibc" else None
-    if libc is None:
+    allocator = allocator_in_use() if enabled else None
+    if allocator == "jemalloc" and on_jemalloc and (mallctl := _mallctl()) is not None:
+        switch = (
+            functools.partial(_jemalloc_stop_purging, mallctl),
+            functools.partial(_jemalloc_restore, mallctl),
+        )
+    elif allocator == "glibc" and (libc := _glibc()) is not None:  # not under jemalloc: nothing uses glibc's
+        switch = (functools.partial(_glibc_keep_freed, libc), functools.partial(_glibc_restore, libc))
+    else:
         yield False
         return
+    with _while_outermost(*switch):
+        yield True
+
+
+@contextmanager
+def _while_outermost(switch_on, switch_off):
+    """switch_on on entering the outermost of nested or concurrent blocks (two runs in one process), switch_off
+    on leaving it."""
+    global _depth
     with _lock:
         if _depth == 0:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO)
+            switch_on()
         _depth += 1
     try:
-        yield True
+        yield
     finally:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                libc.malloc_trim(0)  # what the run freed goes back to the OS now
+                switch_off()
+
+
+def _glibc_keep_freed(libc) -> None:
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO)
+
+
+def _glibc_restore(libc) -> None:
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)  # what the run freed goes back to the OS now
 
 
 # jemalloc's mallctl names (man 3 jemalloc): every arena's purge delays, the default of arenas made later, and
 # "all arenas" as an index
 DECAY_SETTINGS = ("dirty_decay_ms", "muzzy_decay_ms")
 ALL_ARENAS = 4096  # MALLCTL_ARENAS_ALL
+_jemalloc_defaults: dict[str, int] = {}  # the purge delays the outermost block found, put back when it ends
 
 
 def _mallctl():
@@ -180,15 +199,15 @@ def _mallctl():
     return function
 
 
-def _decay_names(mallctl) -> list[str]:
-    """The purge-delay settings of every arena made so far (an arena index not yet in use reads as an error and
-    is skipped), then the defaults of arenas made later (a thread's first allocation makes its arena)."""
+def _decay_settings(mallctl) -> dict[str, int]:
+    """The purge delays of every arena made so far (an arena index not yet in use reads as an error and is
+    skipped), and the defaults of arenas made later (a thread's first allocation makes its arena)."""
     count, size = ctypes.c_uint(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
     if mallctl(b"arenas.narenas", ctypes.byref(count), ctypes.byref(size), None, 0):
-        return []
+        return {}
     names = [f"arena.{index}.{setting}" for index in range(count.value) for setting in DECAY_SETTINGS]
-    names += [f"arenas.{setting}" for setting in DECAY_SETTINGS]
-    return [name for name in names if _read_decay(mallctl, name) is not None]
+    settings = {name: _read_decay(mallctl, name) for name in names + [f"arenas.{s}" for s in DECAY_SETTINGS]}
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 def _read_decay(mallctl, name: str) -> int | None:
@@ -202,40 +221,21 @@ def _write_decay(mallctl, name: str, milliseconds: int) -> None:
     mallctl(name.encode(), None, None, ctypes.byref(value), ctypes.sizeof(value))
 
 
-@contextmanager
-def _jemalloc_keeps_freed_pages():
-    """Within the block no jemalloc arena purges: its purge delay is -1 ("never"), and the huge-allocation
-    arena's 0 ("at once", jemalloc's choice for blocks over 8 MB) too. With its defaults a LoRA step of the
-    default model page-faulted ~115,000 pages (450 MB) in again, 1,000 in the block (benchmarks/
-    train_throughput.py's worker on 2 AMX cores). On leaving, every setting comes back and all arenas purge
-    what is free. Yields whether it switched."""
-    global _depth
-    mallctl = _mallctl()
-    if mallctl is None:
-        yield False
-        return
-    with _lock:
-        if _depth == 0:
-            _jemalloc_defaults.clear()
-            for name in _decay_names(mallctl):
-                _jemalloc_defaults[name] = _read_decay(mallctl, name) or 0
-            for name in _jemalloc_defaults:
-                _write_decay(mallctl, name, -1)
-        _depth += 1
-    try:
-        yield True
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                arenas_made_since = [n for n in _decay_names(mallctl) if n not in _jemalloc_defaults]
-                for name, milliseconds in _jemalloc_defaults.items():
-                    _write_decay(mallctl, name, milliseconds)
-                for name in arenas_made_since:  # made inside the block: the default they would have had
-                    default = _jemalloc_defaults.get(f"arenas.{name.rsplit('.', 1)[1]}")
-                    if default is not None:
-                        _write_decay(mallctl, name, default)
-                mallctl(f"arena.{ALL_ARENAS}.purge".encode(), None, None, None, 0)
+def _jemalloc_stop_purging(mallctl) -> None:
+    """No arena purges: every purge delay -1 ("never"), the huge-allocation arena's 0 ("at once", jemalloc's
+    choice for blocks over 8 MB) too. With its defaults a LoRA step of the default model page-faulted ~115,000
+    pages (450 MB) in again, ~1,000 without purging (benchmarks/train_throughput.py's worker on 2 AMX cores)."""
+    _jemalloc_defaults.clear()
+    _jemalloc_defaults.update(_decay_settings(mallctl))
+    for name in _jemalloc_defaults:
+        _write_decay(mallctl, name, -1)
 
 
-_jemalloc_defaults: dict[str, int] = {}
+def _jemalloc_restore(mallctl) -> None:
+    """Every purge delay back as it was (arenas made meanwhile: the default they would have had), then every
+    arena purges what is free."""
+    for name in _decay_settings(mallctl):
+        default = _jemalloc_defaults.get(name, _jemalloc_defaults.get(f"arenas.{name.rsplit('.', 1)[1]}"))
+        if default is not None:
+            _write_decay(mallctl, name, default)
+    mallctl(f"arena.{ALL_ARENAS}.purge".encode(), None, None, None, 0)

@@ -24,7 +24,7 @@ from typing import Any
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.hardware import choose_threads, cpu_threads_words, usable_cores
-from tuneforge.models.kind import is_quantized
+from tuneforge.models.kind import is_peft, is_quantized
 from tuneforge.models.saving import deepspeed_not_imported
 from tuneforge.train.batches import StepOrder, planned_steps
 from tuneforge.train.checkpoint import (
@@ -123,14 +123,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         trainable=[p for p in model.parameters() if p.requires_grad],
         # the wrapper's forward is what DDP/FSDP need for gradient sync, so only one process skips it
         direct_head=accelerator.num_processes == 1,
-        lean=step_forwards(
-            bare_model,
-            config.lean_layers,
-            lean_lora_layers,
-            accelerator.device.type,
-            # jemalloc keeping every freed page raised a full fine-tune's peak 250-540 MB (train/host_memory.py)
-            adapters_only=config.method in ("lora", "qlora"),
-        ),
+        lean=step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
         run_dir=run_dir,
@@ -141,14 +134,15 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
 
 
 @contextmanager
-def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str, adapters_only: bool = True):
+def step_forwards(model, lean_layers: bool, lean_lora_layers: bool, device: str):
     """What a run's steps run in: on a CPU quick LoRA dropout masks (train/dropout.py; lean_layers or not, so
     the losses do not depend on it) and freed memory kept for the next step (train/host_memory.py; on jemalloc
-    only where only adapters train), and the lean forwards of train/fused.py unless lean_layers is off."""
+    only where adapters train: never purging raised a full fine-tune's peak 250-540 MB), and the lean forwards
+    of train/fused.py unless lean_layers is off."""
     with ExitStack() as stack:
         if device == "cpu":
             stack.enter_context(quick_dropout(model))
-            stack.enter_context(reuse_freed_memory(on_jemalloc=adapters_only))
+            stack.enter_context(reuse_freed_memory(on_jemalloc=is_peft(model)))
         if lean_layers:
             stack.enter_context(lean_forwards(model, lora=lean_lora_layers, attention=device == "cpu"))
         yield

@@ -105,7 +105,7 @@ def test_a_program_restarted_on_jemalloc_runs_on_it_with_the_same_pid():
 JEMALLOC_FAULTS = """
 import json, resource, time
 import torch
-from tuneforge.train.host_memory import _decay_names, _mallctl, _read_decay, reuse_freed_memory
+from tuneforge.train.host_memory import _decay_settings, _mallctl, reuse_freed_memory
 
 def churn():
     tensors = [torch.empty(n).fill_(1.0) for n in (3_000_000, 500_000, 6_000_000, 12_000_000)]
@@ -120,7 +120,7 @@ def faults():
 
 mallctl = _mallctl()
 def delays():
-    return {name: _read_decay(mallctl, name) for name in _decay_names(mallctl)}
+    return _decay_settings(mallctl)
 
 churn()
 result = {"before": delays(), "faults": {"outside": faults()}}
