@@ -15,7 +15,8 @@ each is a fresh subprocess, so its peak memory is its own. Reported per run: tok
 included) and over useful (loss-carrying) tokens, peak RSS of loading and training (and peak GPU memory on
 CUDA; taken before the held-out loss, which scores every model in fp32 and so copies a bf16 one), model FLOPs
 utilisation against the matmul peak of the precision the run computed in (measured again in its process right
-after it), loss of the last step, and held-out loss (fp32, the same 16 held-out examples and the same evaluation
+after it; 4 x parameters a token for adapters, 6 x for a full fine-tune, and for raw text also with PaLM's
+attention FLOPs), loss of the last step, and held-out loss (fp32, the same 16 held-out examples and the same evaluation
 code for every run). The `busy` case times tuneforge's step with a second process burning every core: torch's
 default threads, then the thread count hardware.choose_threads() picks with OpenMP's passive wait policy.
 Prints a table, then one JSON line.
@@ -130,6 +131,18 @@ def held_out_loss(model, held_out, pad_id) -> float:
     return evaluate_loss(model, held_out, 4, pad_id, next(model.parameters()).device)
 
 
+def attention_flops_per_token(model, case: str) -> int | None:
+    """The attention's matmuls (query x key scores, probabilities x values), forward and backward, per token:
+    PaLM's 12 x layers x heads x head dim x sequence (its appendix B, as nanoGPT's estimate_mfu; the full
+    sequence, masked half included). Only for cases whose every sequence is SEQ tokens long (raw text)."""
+    if CASES[case][1] != "raw":
+        return None
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 12 * config.num_hidden_layers * heads * head_dim * SEQ
+
+
 def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "adamw_torch") -> dict:
     import torch
     from datasets import Dataset
@@ -231,6 +244,7 @@ def worker_hf(case: str, precision: str, steps: int, device: str, optim: str = "
         "precision": precision,
         "held_out_loss": held_out_loss(model, held_out, tokenizer.pad_token_id),
         "params": sum(p.numel() for p in model.parameters()),
+        "attention_flops_per_token": attention_flops_per_token(model, case),
     }
 
 
@@ -308,6 +322,7 @@ def worker_tuneforge(case: str, precision: str, steps: int, extra: dict, device:
         "final_loss": run.final_loss,
         "held_out_loss": held_out_loss(llm.model, held_out, llm.tokenizer.pad_token_id),
         "params": sum(p.numel() for p in llm.model.parameters()),
+        "attention_flops_per_token": attention_flops_per_token(llm.model, case),
         # the compute precision (a full fine-tune keeps fp32 weights under bf16 autocast: llm.precision is theirs)
         "precision": pick_precision(precision, llm.device),
     }
@@ -465,6 +480,9 @@ def main() -> None:
                 row["mfu"] = (
                     None if method == "qlora" else result["tokens_per_s"] * flops_per_token / (peak * 1e9)
                 )
+                attention = result.get("attention_flops_per_token")
+                if row["mfu"] is not None and attention:  # the same with the attention's matmuls counted
+                    row["mfu_with_attention"] = row["mfu"] * (flops_per_token + attention) / flops_per_token
                 if fastest is not None and name.startswith("tuneforge"):
                     row["x_fastest_hf"] = result["useful_tokens_per_s"] / fastest["useful_tokens_per_s"]
                 if case == "busy" and "error" not in runs["tuneforge-idle"]:
@@ -611,7 +629,9 @@ def format_row(row: dict) -> str:
         f"{row['case']:11} {row['run']:22} {row['step_s']:6.2f} s/step  {row['tokens_per_s']:6.0f} tok/s  "
         f"useful {row['useful_tokens_per_s']:6.0f} {row['precision']}"
         f"  rss {row['peak_rss_mb']:6.0f} MB{gpu}  mfu {format(row['mfu'], '5.1%') if row['mfu'] is not None else '  n/a'}"
-        f" (peak {row.get('peak_gflops', 0):4.0f})  loss {row['final_loss']:.3f}  held-out "
+        f" (peak {row.get('peak_gflops', 0):4.0f}"
+        + (f"; {row['mfu_with_attention']:.1%} with attention" if row.get("mfu_with_attention") else "")
+        + f")  loss {row['final_loss']:.3f}  held-out "
         f"{row['held_out_loss']:.4f}  {ratios}"
     )
 

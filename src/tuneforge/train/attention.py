@@ -13,8 +13,11 @@ most MAX_SEQUENCE tokens whose scores fit SCORE_ELEMENTS; anything else (longer 
 soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own SDPA function unchanged. Like
 flash attention, it does not keep the probabilities for the backward pass (batch x heads x seq x seq values,
 4.7 MB a layer at 4 x 256 in bf16, 135 MB over SmolLM2's 30 layers) but makes them again there from the kept
-queries and keys: one more (query x key) matmul and softmax a layer. Under torch.compile it runs as a
-checkpointed region instead, which the partitioner recomputes by rule (it kept the Function's probabilities).
+queries and keys: one more (query x key) matmul and softmax a layer. It is a torch custom op, so a compiled
+block calls the same kernels (2026-12-07, interleaved runs of the benchmark's worker on 2 AMX cores: compiled
+LoRA q,v steps 1.21-1.34 s against 1.27-1.39 as a checkpointed region that inductor fused; in the same session
+transformers' SDPA, which repeats the key/value heads under a mask, took 1.37-1.53 s compiled and 1.87-1.95 s
+eager against 1.72-1.83 here, at 50-120 MB more).
 
 It is exact up to rounding: query heads are grouped by the key/value head they share (no repeated keys), the
 causal or packed mask is applied before the softmax, and torch's CPU softmax accumulates in fp32 whatever the
@@ -32,56 +35,81 @@ SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer ma
 # Off by default: keeping them saves about 3 ms a layer of 4 x 256 tokens in the backward pass (2 cores with
 # AMX: a full fine-tune's step 8-11% quicker, LoRA within noise) for 4.5 MB a layer (docs/training.md)
 KEEP_PROBABILITIES = False
-
 _REGISTERED = False
-_ATTENTION = None  # the autograd Function, built on first use (torch is imported lazily)
+_ATTENTION = None  # the custom op, defined on first use (torch is imported lazily)
 
 
-def _matmul_attention_class():
+def _define_ops():
+    """softmax(grouped @ key.T, with the scores where `allowed` is False set to the lowest value) @ value, as a
+    torch custom op with its own backward; `allowed` broadcasts over (batch, kv_heads, groups, length, length),
+    the scores' rows by query head.
+
+    A custom op, not an autograd.Function, so that torch.compile calls these kernels as they are: traced, the
+    Function's recomputation was merged with its forward and the partitioner kept the probabilities (141 MB at
+    4 x 256 tokens), and as a checkpointed region inductor's softmax took 3.3 ms a layer against aten's 1 ms
+    (its own profile, 2 cores with AMX). The probabilities are not kept (unless `keep`, KEEP_PROBABILITIES'
+    A/B): the backward pass makes them again from the kept queries and keys with the same ops (so the same
+    bits); they are exactly 0 where masked, so the softmax's gradient is 0 there already and no masked_fill
+    backward pass is needed.
+    """
     import torch
 
-    class MatmulAttention(torch.autograd.Function):
-        """softmax(grouped @ key.T, with the scores where `allowed` is False set to the lowest value) @ value;
-        `allowed` broadcasts over (batch, kv_heads, groups, length, length), the scores' rows by query head.
-
-        The mask is applied in place on the fresh scores. The probabilities are not kept: the backward pass makes
-        them again from the kept queries and keys with the same ops (so the same bits) and runs the matmuls' and
-        the softmax's own backward formulas; the probabilities are exactly 0 where masked, so the softmax's
-        gradient is 0 there already and autograd's masked_fill backward (another pass over the scores) is not
-        needed. With KEEP_PROBABILITIES they are kept instead (the A/B of the lever).
-        """
-
-        @staticmethod
-        @torch.amp.custom_fwd(device_type="cpu")  # the backward runs under the forward's autocast state
-        def forward(ctx, grouped, key, value, allowed):
-            # fp32 queries, keys or values (a full fine-tune's rotary output): the matmuls cast them anyway, so
-            # the cast copies are what is kept, at half the size
-            grouped, key, value = _autocast_inputs(grouped, key, value)
+    # schemas spelled out: this module's annotations are strings (from __future__), which custom_op cannot read
+    @torch.library.custom_op(
+        "tuneforge::matmul_attention",
+        mutates_args=(),
+        schema="(Tensor grouped, Tensor key, Tensor value, Tensor? allowed, bool keep) -> (Tensor, Tensor)",
+    )
+    def attend(grouped, key, value, allowed, keep):
+        """The output, and the probabilities if `keep` (else an empty tensor)."""
+        with torch.autocast("cpu", enabled=False):  # the inputs come in the dtype the matmuls use
             probabilities = _probabilities(grouped, key, allowed)
-            ctx.save_for_backward(grouped, key, value, allowed, probabilities if KEEP_PROBABILITIES else None)
-            return torch.matmul(probabilities, value)
+            output = torch.matmul(probabilities, value)
+        return output, probabilities if keep else probabilities.new_empty(0)
 
-        @staticmethod
-        @torch.amp.custom_bwd(device_type="cpu")
-        def backward(ctx, grad):
-            grouped, key, value, allowed, probabilities = ctx.saved_tensors
+    @attend.register_fake
+    def _(grouped, key, value, allowed, keep):
+        scores = (*grouped.shape[:-1], key.shape[-2])
+        return grouped.new_empty((*grouped.shape[:-1], value.shape[-1])), grouped.new_empty(
+            scores if keep else 0
+        )
+
+    @torch.library.custom_op(
+        "tuneforge::matmul_attention_backward",
+        mutates_args=(),
+        schema="(Tensor grad, Tensor grouped, Tensor key, Tensor value, Tensor? allowed, Tensor? probabilities)"
+        " -> (Tensor, Tensor, Tensor)",
+    )
+    def attend_backward(grad, grouped, key, value, allowed, probabilities):
+        with torch.autocast("cpu", enabled=False):
             if probabilities is None:
                 probabilities = _probabilities(grouped, key, allowed)
-            grad_value = (
-                torch.matmul(probabilities.transpose(-1, -2), grad) if ctx.needs_input_grad[2] else None
-            )
+            grad_value = torch.matmul(probabilities.transpose(-1, -2), grad)
             grad_probabilities = torch.matmul(grad, value.transpose(-1, -2))
             grad_scores = torch._softmax_backward_data(
                 grad_probabilities, probabilities, -1, probabilities.dtype
             )
             del probabilities, grad_probabilities
-            grad_grouped = torch.matmul(grad_scores, key) if ctx.needs_input_grad[0] else None
-            grad_key = None
-            if ctx.needs_input_grad[1]:
-                grad_key = torch.matmul(grad_scores.transpose(-1, -2), grouped)
-            return grad_grouped, grad_key, grad_value, None
+            return (
+                torch.matmul(grad_scores, key),
+                torch.matmul(grad_scores.transpose(-1, -2), grouped),
+                grad_value,
+            )
 
-    return MatmulAttention
+    @attend_backward.register_fake
+    def _(grad, grouped, key, value, allowed, probabilities):
+        # contiguous, as matmul's
+        return grouped.new_empty(grouped.shape), key.new_empty(key.shape), value.new_empty(value.shape)
+
+    def setup_context(ctx, inputs, output):
+        grouped, key, value, allowed, keep = inputs
+        ctx.save_for_backward(grouped, key, value, allowed, output[1] if keep else None)
+
+    def backward(ctx, grad, _):
+        return *attend_backward(grad, *ctx.saved_tensors), None, None
+
+    attend.register_autograd(backward, setup_context=setup_context)
+    return attend
 
 
 def _probabilities(grouped, key, allowed):
@@ -89,10 +117,15 @@ def _probabilities(grouped, key, allowed):
     import torch
 
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv_heads, groups x length, length)
-    if allowed is not None:  # the lowest value, not -inf: a row with nothing to attend to gives no NaN
+    if allowed is not None:
         batch, kv_heads, rows, length = scores.shape
-        by_group = scores.view(batch, kv_heads, rows // length, length, length)
-        by_group.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+        # a bias of 0, or the lowest value (not -inf: a row with nothing to attend to gives no NaN) where masked,
+        # added in one pass: masked_fill_ with the mask broadcast over the heads took twice as long (0.7 against
+        # 0.35 ms a layer at 4 x 256 tokens, 2 cores with AMX)
+        bias = torch.zeros(allowed.shape, dtype=scores.dtype).masked_fill_(
+            ~allowed, torch.finfo(scores.dtype).min
+        )
+        scores.view(batch, kv_heads, rows // length, length, length).add_(bias)
     return torch.softmax(scores, dim=-1)
 
 
@@ -139,22 +172,10 @@ def _matmul_attention_forward(
             allowed = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
     else:  # sdpa_mask's format: (batch or 1, 1, length, length)
         allowed = attention_mask[:, :, None, -length:, -length:]
-    if torch.compiler.is_compiling() and not KEEP_PROBABILITIES:
-        # traced, the Function's backward recomputation is merged with its forward's same ops, and the partitioner
-        # keeps the probabilities (it never recomputes a matmul): 141 MB more kept at 4 x 256 tokens (measured
-        # with saved-tensor hooks). A checkpointed region is recomputed by rule, its softmax fused by inductor.
-        output = torch.utils.checkpoint.checkpoint(_attend, grouped, key, value, allowed, use_reentrant=False)
-    else:
-        output = _ATTENTION.apply(grouped, key, value, allowed)
+    # fp32 queries, keys or values (a full fine-tune's rotary output): the matmuls would cast them anyway, so
+    # the cast copies are what is kept, at half the size
+    output, _ = _ATTENTION(*_autocast_inputs(grouped, key, value), allowed, KEEP_PROBABILITIES)
     return output.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
-
-
-def _attend(grouped, key, value, allowed):
-    """What MatmulAttention computes, as plain ops (for torch.compile's checkpointed region)."""
-    import torch
-
-    grouped, key, value = _autocast_inputs(grouped, key, value)
-    return torch.matmul(_probabilities(grouped, key, allowed), value)
 
 
 def _autocast_inputs(*tensors):
@@ -172,8 +193,7 @@ def register() -> None:
     global _REGISTERED, _ATTENTION
     if _REGISTERED:
         return
-    # built before any forward pass: torch.compile cannot trace a class definition
-    _ATTENTION = _matmul_attention_class()
+    _ATTENTION = _define_ops()  # defined once, before any forward pass
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

@@ -52,14 +52,8 @@ def test_matmul_attention_gives_sdpa_losses_and_gradients_in_fp32(model, shape, 
     attention.register()
     calls = []
 
-    class Counting:  # proves that the matmul path, not SDPA, ran
-        inner = attention._ATTENTION
-
-        def apply(self, *args):
-            calls.append(1)
-            return self.inner.apply(*args)
-
-    monkeypatch.setattr(attention, "_ATTENTION", Counting())
+    inner = attention._ATTENTION  # counted: proves that the matmul path, not SDPA, ran
+    monkeypatch.setattr(attention, "_ATTENTION", lambda *args: calls.append(1) or inner(*args))
     got_loss, got = _loss_and_grads(model, batch, use_matmul=True)
     assert len(calls) == model.config.num_hidden_layers
     assert got_loss == pytest.approx(want_loss, rel=1e-5)
@@ -115,14 +109,12 @@ def test_the_block_restores_sdpa_after_an_error_and_skips_other_implementations(
 
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabilities(
-    monkeypatch, dtype, keep
-):
-    """Against autograd's own matmuls and softmax under bf16 autocast: the same outputs and gradients bit for
-    bit; a full fine-tune's fp32 queries and keys (rotary in fp32) are kept as the bf16 copies the matmuls
-    make, and the probabilities are made again in the backward pass, not kept (unless KEEP_PROBABILITIES)."""
+def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabilities(dtype, keep):
+    """Against autograd's own matmuls, masked_fill and softmax under bf16 autocast: the same outputs and
+    gradients bit for bit (the mask's bias of the lowest value gives masked_fill's scores); a full fine-tune's
+    fp32 queries and keys (rotary in fp32) are kept as the bf16 copies the matmuls make, and the probabilities
+    are made again in the backward pass, not kept (unless KEEP_PROBABILITIES: `keep`)."""
     attention.register()
-    monkeypatch.setattr(attention, "KEEP_PROBABILITIES", keep)
     generator = torch.Generator().manual_seed(0)
     grouped = torch.randn(2, 2, 48, 16, generator=generator).to(dtype).requires_grad_()
     key, value = (torch.randn(2, 2, 24, 16, generator=generator).to(dtype).requires_grad_() for _ in range(2))
@@ -142,7 +134,10 @@ def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabil
         scores = torch.matmul(g, k.transpose(-1, -2)).masked_fill(blocked, torch.finfo(torch.bfloat16).min)
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
-    out, grads, saved = run(lambda g, k, v: attention._ATTENTION.apply(g, k, v, allowed))
+    def matmul_attention(g, k, v):
+        return attention._ATTENTION(*attention._autocast_inputs(g, k, v), allowed, keep)[0]
+
+    out, grads, saved = run(matmul_attention)
     want_out, want_grads, _ = run(reference)
     assert torch.equal(out, want_out)
     for got, want in zip(grads, want_grads, strict=True):
@@ -153,9 +148,9 @@ def test_the_attention_gives_autograd_s_bits_keeping_bf16_copies_and_no_probabil
 
 
 def test_compiled_blocks_make_the_probabilities_again_instead_of_keeping_them(model):
-    """Traced by torch.compile, the matmul attention runs as a checkpointed region: the partitioner would otherwise
-    keep the probabilities (it merged the Function's recomputation with its forward); the losses and gradients
-    stay eager's within compile's rounding."""
+    """Traced by torch.compile, the matmul attention stays one custom op with its own backward: the partitioner
+    keeps no probabilities (it did when it traced an autograd.Function, whose recomputation it merged with the
+    forward); the losses and gradients stay eager's within compile's rounding."""
     from tuneforge.train.fused import compile_decoder_layers, uncompile_decoder_layers
 
     batch = BATCHES["packed"]()
