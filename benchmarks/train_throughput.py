@@ -441,6 +441,9 @@ def main() -> None:
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = [case for case in args.cases.split(",") if case not in CASES]
+    if unknown:
+        parser.error(f"unknown case {', '.join(unknown)}; choose from {', '.join(CASES)}")
     args.device = device_name(args.device)
     if args.worker:
         return run_worker(args)

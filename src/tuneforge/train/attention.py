@@ -14,11 +14,7 @@ soft-capping, sinks, a float mask, a KV cache, a GPU) goes to transformers' own 
 flash attention, it does not keep the probabilities for the backward pass (batch x heads x seq x seq values,
 4.7 MB a layer at 4 x 256 in bf16, 135 MB over SmolLM2's 30 layers) but makes them again there from the kept
 queries and keys: one more (query x key) matmul and softmax a layer. It is a torch custom op, so a compiled
-block calls the same kernels (2026-12-07, interleaved runs of the benchmark's worker on 2 AMX cores: compiled
-LoRA q,v steps 1.21-1.34 s against 1.27-1.39 as a checkpointed region that inductor fused. Against that region
-in the same rounds, transformers' SDPA, which repeats the key/value heads under a mask, took 1.36-1.43 s against
-1.41-1.47 compiled and 1.77-1.95 against 1.71-1.81 eager, at 110-130 MB more; torch's flash kernel called
-directly 1.37-1.53 against 1.40-1.44 compiled and 1.87-1.90 against 1.72-1.83 eager).
+block calls the same kernels (measured against the alternatives in docs/training.md).
 
 It is exact up to rounding: query heads are grouped by the key/value head they share (no repeated keys), the
 causal or packed mask is applied before the softmax, and torch's CPU softmax accumulates in fp32 whatever the
@@ -36,6 +32,7 @@ SCORE_ELEMENTS = 1 << 23  # most (batch x heads x seq x seq) scores one layer ma
 # Off by default: keeping them saves about 3 ms a layer of 4 x 256 tokens in the backward pass (2 cores with
 # AMX: a full fine-tune's step 8-11% quicker, LoRA within noise) for 4.5 MB a layer (docs/training.md)
 KEEP_PROBABILITIES = False
+
 _REGISTERED = False
 _ATTENTION = None  # the custom op, defined on first use (torch is imported lazily)
 
