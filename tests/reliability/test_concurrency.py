@@ -27,7 +27,7 @@ import yaml
 
 from tests.reliability.conftest import RUN
 from tuneforge import jobs
-from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints, read_checkpoint
+from tuneforge.train.checkpoint import find_checkpoint, read_checkpoint
 
 
 def job_settings(model_dir: Path, data: Path, **keys) -> dict:
@@ -180,8 +180,9 @@ def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resume
     checkpoints = run_dir / "checkpoints"
 
     def saving_after_step_2():
+        # by the partial folder's own step (a glob, then a listing, can straddle step 2's rename)
         partial = list(checkpoints.glob(".step-*.tmp-*")) if checkpoints.is_dir() else []
-        return partial if partial and len(list_checkpoints(run_dir)) >= 2 else None
+        return [p for p in partial if int(p.name.split(".")[1].removeprefix("step-")) > 2] or None
 
     partial = wait_until(saving_after_step_2, run_dir, poll=0.0005)
     stopped = jobs.stop(run_dir, wait=120)
