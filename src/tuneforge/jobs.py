@@ -223,11 +223,13 @@ def _take_lock(run_dir: Path) -> int:
 
 def _reap(process: subprocess.Popen, run_dir: Path) -> None:
     """Wait for a child this process started (so it leaves no zombie) and record its exit code."""
-    code = process.wait()
-    job = read_job(run_dir)
-    if job.get("pid") == process.pid:
-        _write_job(run_dir, {**job, "exit_code": code, "ended": time.time()})
-    _children.pop(process.pid, None)
+    try:
+        code = process.wait()
+        job = read_job(run_dir)
+        if job.get("pid") == process.pid:
+            _write_job(run_dir, {**job, "exit_code": code, "ended": time.time()})
+    finally:
+        _children.pop(process.pid, None)
 
 
 # ---------------------------------------------------------------------- watching
@@ -269,14 +271,14 @@ def is_alive(job: dict) -> bool:
     pid = job.get("pid")
     if not pid or "exit_code" in job:
         return False
+    if pid in _children:  # ours: running until the reaper has written its exit code (then it is popped)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    if pid in _children:
-        return _children[pid].poll() is None
     stat = Path(f"/proc/{pid}/stat")
     if stat.exists():
         with contextlib.suppress(OSError):

@@ -2,6 +2,9 @@
 
     python tests/reliability/record_examples.py steps.jsonl train run.yaml --resume_from latest
 
+PAUSE_BEFORE_STEP=N holds the run before it trains step N; PAUSE_INSIDE_SAVES_AFTER_STEP=N holds each save
+after step N inside its temporary folder (until a SIGINT arrives) — so a test's signal lands where it must.
+
 Observation only (the reliability tests read it to prove none is repeated or skipped across a kill -9): it
 wraps the loop's `accumulate_gradients` and writes {"step", "examples": [input_ids, ...]} before each step runs.
 """
@@ -10,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 
-def record_steps_to(path: Path):
-    """Install the recorder in this process; returns a function that removes it."""
+def record_steps_to(path: Path, pause_at: int | None = None, seconds: float = 600.0):
+    """Install the recorder in this process; returns a function that removes it. With `pause_at`, the run
+    holds for `seconds` once that step is recorded, before it trains it (its previous step is saved)."""
     from tuneforge.train import loop
 
     real = loop.accumulate_gradients
@@ -25,6 +31,8 @@ def record_steps_to(path: Path):
             file.write(
                 json.dumps({"step": step, "examples": [list(e["input_ids"]) for e in examples]}) + "\n"
             )
+        if step == pause_at:
+            time.sleep(seconds)  # a kill -9 test kills here, however fast the run is
         return real(model, examples, *args, step=step, **kwargs)
 
     loop.accumulate_gradients = recording
@@ -38,9 +46,8 @@ def steps_trained(path: Path) -> dict[int, list]:
 
 def pause_inside_saves_after(step: int, seconds: float = 120.0) -> None:
     """Hold every checkpoint save after `step` for `seconds` once its weights file is written, still inside
-    its temporary folder: a kill -9 test then kills mid-save every time, however fast the disk is."""
-    import time
-
+    its temporary folder, or until a SIGINT arrives (the run's own handler is called too): a kill -9 or an
+    Interrupt then lands mid-save every time, however fast the disk is."""
     import safetensors.torch
 
     real = safetensors.torch.save_file
@@ -48,14 +55,29 @@ def pause_inside_saves_after(step: int, seconds: float = 120.0) -> None:
     def pausing(tensors, filename, *args, **kwargs):
         real(tensors, filename, *args, **kwargs)
         folder = Path(filename).parent.name  # .step-N.tmp-XXXX while a checkpoint is being written
-        if folder.startswith(".step-") and int(folder.split(".")[1].split("-")[1]) > step:
-            time.sleep(seconds)
+        if not (folder.startswith(".step-") and int(folder.split(".")[1].split("-")[1]) > step):
+            return
+        interrupted: list[int] = []
+        previous = signal.getsignal(signal.SIGINT)
+
+        def note(signum, frame):
+            interrupted.append(signum)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGINT, note)
+        try:
+            end = time.monotonic() + seconds
+            while not interrupted and time.monotonic() < end:
+                time.sleep(0.01)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     safetensors.torch.save_file = pausing
 
 
 if __name__ == "__main__":
-    record_steps_to(Path(sys.argv[1]))
+    record_steps_to(Path(sys.argv[1]), pause_at=int(os.environ.get("PAUSE_BEFORE_STEP", 0)) or None)
     if os.environ.get("PAUSE_INSIDE_SAVES_AFTER_STEP"):
         pause_inside_saves_after(int(os.environ["PAUSE_INSIDE_SAVES_AFTER_STEP"]))
     from tuneforge.cli import main

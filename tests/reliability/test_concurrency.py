@@ -29,6 +29,8 @@ from tests.reliability.conftest import RUN
 from tuneforge import jobs
 from tuneforge.train.checkpoint import find_checkpoint, read_checkpoint
 
+RECORDER = Path(__file__).with_name("record_examples.py")
+
 
 def job_settings(model_dir: Path, data: Path, **keys) -> dict:
     return dict(RUN, model=str(model_dir), data=str(data), max_steps=100_000, **keys)
@@ -171,10 +173,27 @@ def test_one_job_at_a_time_while_the_notebook_generates_and_a_reload_sees_it(pro
     assert seen["state"] == "interrupted" and seen["attached"] == str(first.resolve()), seen
 
 
-def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resumes(project, lines28):
+def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resumes(
+    project, lines28, tmp_path, monkeypatch
+):
     """Interrupt (jobs.stop, the UI's button) while a checkpoint's temporary folder is being written: the save
     completes, the job checkpoints that step and exits 0, no process of it remains, and Resume continues from
     that checkpoint to the end (every step logged once); a fresh interpreter then sees it finished."""
+    # The job runs through the reliability recorder, which holds step 3's save open until the Interrupt
+    # arrives: a save takes ~30 ms, a window a poll on a busy machine could miss.
+    plain_command = jobs.train_command
+    monkeypatch.setattr(
+        jobs,
+        "train_command",
+        lambda config, resume=False: [
+            sys.executable,
+            str(RECORDER),
+            str(tmp_path / "steps.jsonl"),
+            *plain_command(config, resume)[3:],
+        ],
+    )
+    monkeypatch.setenv("PAUSE_INSIDE_SAVES_AFTER_STEP", "2")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     run_dir = project / "runs" / "saving"
     started = jobs.start(job_settings(project / "models" / "tiny", lines28, save_steps=1), run_dir)
     checkpoints = run_dir / "checkpoints"
@@ -184,9 +203,11 @@ def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resume
         partial = list(checkpoints.glob(".step-*.tmp-*")) if checkpoints.is_dir() else []
         return [p for p in partial if int(p.name.split(".")[1].removeprefix("step-")) > 2] or None
 
-    partial = wait_until(saving_after_step_2, run_dir, poll=0.0005)
+    partial = wait_until(saving_after_step_2, run_dir, poll=0.02)
     stopped = jobs.stop(run_dir, wait=120)
     saving = int(partial[0].name.split(".")[1].removeprefix("step-"))
+    monkeypatch.delenv("PAUSE_INSIDE_SAVES_AFTER_STEP")  # the resume's saves run freely
+    assert (tmp_path / "steps.jsonl").is_file()  # the job ran through the recorder, which held the save
 
     assert stopped.state == "interrupted", stopped.log_tail
     assert jobs.read_job(run_dir)["exit_code"] == 0

@@ -58,20 +58,22 @@ def run_recorded(record: Path, *args) -> int:
 
 
 def test_kill_9_mid_epoch_of_a_shuffled_3_epoch_run_resumes_exactly(tiny_model_dir, lines28, tmp_path):
-    """21 steps (3 epochs x 7, shuffled). Killed during step 10 (mid epoch 2): after `--resume_from latest`
+    """21 steps (3 epochs x 7, shuffled). Killed as step 10 begins (mid epoch 2): after `--resume_from latest`
     every step's loss and learning rate, the final weights and the examples of every step equal the
     uninterrupted run's; every epoch trains each example exactly once."""
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole_config = write_config(tmp_path / "whole.yaml", tiny_model_dir, lines28, whole, epochs=3)
     broken_config = write_config(tmp_path / "broken.yaml", tiny_model_dir, lines28, broken, epochs=3)
-    child = start_child(broken_config, tmp_path / "broken-steps.jsonl")
+    record = tmp_path / "broken-steps.jsonl"
+    # the child holds before training step 10 (step 9 saved), so the kill lands there however fast it runs
+    child = start_child(broken_config, record, PAUSE_BEFORE_STEP="10")
     assert run_recorded(tmp_path / "whole-steps.jsonl", "train", whole_config) == 0  # meanwhile, in-process
-    wait_for(lambda: logged_steps(broken) >= 9, child)
-    os.kill(child.pid, signal.SIGKILL)  # step 9 is logged: the child is saving it or inside step 10
+    wait_for(lambda: record.exists() and '"step": 10,' in record.read_text(), child)
+    os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     resumed_at = int(find_checkpoint(broken, "latest").name.split("-")[1])
-    assert 8 <= resumed_at <= 10 and not (broken / "adapter").exists()
+    assert resumed_at == 9 and logged_steps(broken) == 9 and not (broken / "adapter").exists()
 
     assert (
         run_recorded(tmp_path / "broken-steps.jsonl", "train", broken_config, "--resume_from", "latest") == 0

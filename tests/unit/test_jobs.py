@@ -92,7 +92,8 @@ def test_a_job_chooses_the_keys_it_was_not_given_as_tuneforge_train_does(
 
 def test_interrupt_checkpoints_and_exits_cleanly_then_resume_finishes(tiny_model_dir, lines_file, tmp_path):
     run_dir = tmp_path / "runs" / "interrupted"
-    started = jobs.start(tiny_run(tiny_model_dir, lines_file, max_steps=100_000), run_dir)
+    # compile off: recipe auto would compile a run this long right where the Interrupt lands
+    started = jobs.start(tiny_run(tiny_model_dir, lines_file, max_steps=100_000, compile=False), run_dir)
     assert started.state == "running" and started.pid
 
     with pytest.raises(jobs.JobError, match="already running \\(interrupted\\)"):

@@ -283,6 +283,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_with_the_resume_command(
     config.write_text(
         f"model: {tiny_model_dir}\ndata: {lines_file}\nmax_steps: 100000\nrank: 4\nalpha: 8\n"
         f"batch_size: 4\nmicro_batch_size: 4\nprecision: fp32\noutput_dir: {run_dir}\n"
+        "compile: false\n"  # recipe auto would compile a run this long right where SIGTERM lands
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneforge.cli", "train", str(config)],
