@@ -17,8 +17,9 @@ CUDA; taken before the held-out loss, which scores every model in fp32 and so co
 utilisation against the matmul peak of the precision the run computed in (measured again in its process right
 after it; 4 x parameters a token for adapters, 6 x for a full fine-tune, and for raw text also with PaLM's
 attention FLOPs), loss of the last step, and held-out loss (fp32, the same 16 held-out examples and the same evaluation
-code for every run). The `busy` case times tuneforge's step with a second process burning every core: torch's
-default threads, then the thread count hardware.choose_threads() picks with OpenMP's passive wait policy.
+code for every run). The `busy` case times tuneforge's step idle and with a second process burning every core: with the
+threads hardware.choose_threads() picks (the default) and with one per core, each also with OpenMP's passive
+waits (`--passive-waits` adds that A/B to the other cases).
 Prints a table, then one JSON line.
 """
 
@@ -59,6 +60,7 @@ BURNER = (
     "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"  # another torch job on every core
 )
 SEQ, BATCH, RANK, WARMUP, HELD_OUT = 256, 4, 8, 2, 16
+PASSIVE_WAITS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}  # idle OpenMP threads sleep at once
 SLOW_PRECISION = 0.5  # a CPU whose bf16 matmul peak is below this share of fp32's skips the HF bf16 recipe
 
 
@@ -420,6 +422,11 @@ def main() -> None:
         "pass (train/attention.py's KEEP_PROBABILITIES)",
     )
     parser.add_argument(
+        "--passive-waits",
+        action="store_true",
+        help="also run tuneforge's rows with OpenMP's passive waits (OMP_WAIT_POLICY=PASSIVE, the old default)",
+    )
+    parser.add_argument(
         "--without-jemalloc",
         action="store_true",
         help="also run tuneforge (and its packed rows) on glibc's allocator, where jemalloc is installed",
@@ -546,10 +553,15 @@ def case_runs(case: str, args) -> dict:
         for name in [n for n in plan if n in ("tuneforge", "tuneforge-packed")]:
             impl, precision, extra = plan[name]
             plan[f"{name}-glibc"] = (impl, precision, {**(extra or {}), "allocator": "glibc"})
+    envs = {}
+    if args.passive_waits:  # the OpenMP wait policy's A/B (hardware.bounded_openmp_waits), with --repeats
+        for name in [n for n in plan if n.startswith("tuneforge")]:
+            plan[f"{name}-passive-waits"] = plan[name]
+            envs[f"{name}-passive-waits"] = PASSIVE_WAITS
     runs: dict = {}
     for _ in range(max(1, args.repeats)):
         for name, (impl, precision, extra) in plan.items():
-            result = launch(case, impl, precision, args.steps, args.device, extra)
+            result = launch(case, impl, precision, args.steps, args.device, extra, env=envs.get(name))
             done = result.get("error") or f"{result['step_s']:.2f} s a step"
             print(f"  ({case} {name}: {done})", file=sys.stderr, flush=True)
             kept = runs.get(name)
@@ -561,22 +573,32 @@ def case_runs(case: str, args) -> dict:
 
 
 def busy_runs(args) -> dict:
-    """tuneforge's step idle, then beside a process burning every core: default threads, then the chosen ones."""
-    from tuneforge.hardware import choose_threads
+    """tuneforge's step idle, then beside a process burning every core: threads chosen from the free cores
+    (the default), every core's thread kept (as when the load comes after the run chose), and both with the
+    passive OpenMP waits tuneforge set before (hardware.bounded_openmp_waits)."""
+    from tuneforge.hardware import choose_threads, usable_cores
 
-    runs = {"tuneforge-idle": launch("busy", "tuneforge", "auto", args.steps, args.device)}
+    every = {"num_threads": len(usable_cores())}
+    runs = {
+        "tuneforge-idle": launch("busy", "tuneforge", "auto", args.steps, args.device),
+        "tuneforge-idle-passive-waits": launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, env=PASSIVE_WAITS
+        ),
+    }
     burner = subprocess.Popen([sys.executable, "-c", BURNER])
     try:
         time.sleep(3)  # let it take the cores
         threads, why = choose_threads()
         print(f"busy: {why}", flush=True)
         runs["tuneforge-busy"] = launch("busy", "tuneforge", "auto", args.steps, args.device)
-        passive = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-        runs["tuneforge-busy-passive"] = launch(
-            "busy", "tuneforge", "auto", args.steps, args.device, env=passive
+        runs["tuneforge-busy-every-core"] = launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, every
         )
-        runs["tuneforge-busy-chosen"] = launch(
-            "busy", "tuneforge", "auto", args.steps, args.device, {"num_threads": threads}, env=passive
+        runs["tuneforge-busy-passive-waits"] = launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, env=PASSIVE_WAITS
+        )
+        runs["tuneforge-busy-every-core-passive-waits"] = launch(
+            "busy", "tuneforge", "auto", args.steps, args.device, every, env=PASSIVE_WAITS
         )
     finally:
         burner.kill()

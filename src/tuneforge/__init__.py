@@ -9,14 +9,14 @@ print(llm.generate("My notes say "))
 import logging
 import warnings
 
-from tuneforge.hardware import quiet_openmp_waits
+from tuneforge.hardware import bounded_openmp_waits
 
-# before torch loads its OpenMP runtime: idle threads sleep instead of spinning, so a busy machine degrades
-# gracefully (measured: a step 23.7x slower than idle with spinning threads, 2.1x with these)
-quiet_openmp_waits()
+# before torch loads its OpenMP runtime: idle threads spin a moment, not 200 ms (Intel OpenMP) nor not at all
+# (hardware.bounded_openmp_waits says what each cost); busy cores are left by hardware.RunThreads
+bounded_openmp_waits()
 
 # the public door re-exports the LLM face: the one package file allowed to import a face (test_architecture)
-from tuneforge.api import LLM, load  # noqa: E402  (after quiet_openmp_waits, on purpose)
+from tuneforge.api import LLM, load  # noqa: E402  (after bounded_openmp_waits, on purpose)
 from tuneforge.config import RunConfig, load_config  # noqa: E402
 from tuneforge.errors import TuneforgeError  # noqa: E402
 

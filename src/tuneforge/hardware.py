@@ -9,8 +9,9 @@ On a CPU, flags do not settle whether bf16 is fast (AMX: ~5x fp32; AVX512-BF16 a
 $TUNEFORGE_HOME/machine.json, keyed by the CPU model, its flags, torch's version and the thread count.
 
 On a shared machine, torch's default of one thread per core makes every thread wait on the slowest, whose core
-another process holds; `choose_threads()` counts the cores that are free now, and `quiet_openmp_waits()`
-(before torch is imported) makes waiting OpenMP threads sleep instead of spinning on cores others need.
+another process holds; `choose_threads()` counts the cores that are free now, and `RunThreads` drops threads
+during a run when other processes take cores (and takes them back when they are free). Waiting OpenMP threads
+spin a moment before they sleep (`bounded_openmp_waits()`, before torch is imported): quicker steps when idle.
 """
 
 from __future__ import annotations
@@ -217,12 +218,71 @@ def choose_threads(requested: int | None = None, load: float | None = None) -> t
     )
 
 
-def quiet_openmp_waits() -> bool:
-    """Make idle OpenMP threads sleep at once rather than spin (unless the user chose): on a shared machine a
-    spinning thread takes the core the thread it waits for needs. Only works before torch is imported (the
-    OpenMP runtime reads these once, when loaded); returns whether it was in time."""
+def bounded_openmp_waits() -> bool:
+    """Let idle OpenMP threads spin a moment before they sleep (unless the user chose a policy). Between two
+    of a step's ops a sleeping thread must be woken, which PASSIVE waits did for every op: on 2 cores with AMX a
+    LoRA q,v step on raw text took 1.85-2.07 s with them against 1.53-1.66 s spinning, one on short lines
+    0.71 against 0.37 s. GNU OpenMP (torch's wheels) spins 300,000 times by default before sleeping, so it is
+    left as it is; Intel's spins 200 ms by default, cut to 1 ms here. On a shared machine RunThreads below
+    drops the threads that would wait on busy cores. Only works before torch is imported (the OpenMP runtime
+    reads these once, when loaded); returns whether it was in time."""
     import sys
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # GNU and LLVM OpenMP
-    os.environ.setdefault("KMP_BLOCKTIME", "0")  # Intel OpenMP (torch builds linked with libiomp)
+    os.environ.setdefault("KMP_BLOCKTIME", "1")  # Intel OpenMP (torch builds linked with libiomp)
     return "torch" not in sys.modules
+
+
+RECHECK_SECONDS = 60.0  # while a run has fewer threads than it chose, how often it looks for freed cores
+
+
+class RunThreads:
+    """Torch's CPU threads while a run trains. `mode` "follow" (threads chosen from the free cores): a step much
+    slower than the usual (the loop's slow-step warning) measures the other processes' load again and drops to
+    the cores still free, since threads spinning at a barrier wait for one whose core another process holds;
+    while below the chosen count it looks again every RECHECK_SECONDS and goes back up once the cores are free.
+    "given" (num_threads set): the count is kept, and a slow step that finds fewer free cores says how to
+    avoid the waits. "off" (a GPU, one of several processes): nothing. `measure` (busy_cores) and `set_threads`
+    (torch.set_num_threads) are arguments so tests can fake them.
+    """
+
+    def __init__(self, chosen: int, mode: str, measure=None, set_threads=None, clock=time.monotonic):
+        self.chosen = self.current = chosen
+        self.mode = mode
+        self.measure = measure or busy_cores
+        self.set_threads = set_threads
+        self.clock = clock
+        self.checked_at = clock()
+
+    def after_step(self, slow: bool) -> str | None:
+        """A message when the thread count changed after this step (or, given, should), else None."""
+        if self.mode == "off" or (self.mode == "given" and not slow):
+            return None
+        now = self.clock()
+        if not slow and (self.current >= self.chosen or now - self.checked_at < RECHECK_SECONDS):
+            return None
+        self.checked_at = now
+        free, _ = choose_threads(load=self.measure())
+        if self.mode == "given":
+            if free >= self.current:
+                return None
+            return (
+                f"other processes keep cores busy: {free} of this machine's cores are free for num_threads "
+                f"{self.current}; fewer threads (or OMP_WAIT_POLICY=PASSIVE when starting) keep the run from "
+                "waiting on them"
+            )
+        free = min(free, self.chosen)
+        if free == self.current:
+            return None
+        before, self.current = self.current, free
+        if self.set_threads is None:
+            import torch
+
+            torch.set_num_threads(free)
+        else:
+            self.set_threads(free)
+        if free < before:
+            return (
+                f"{cpu_threads_words(free)} from now on: other processes keep {self.chosen - free} of the "
+                f"run's {self.chosen} cores busy (set num_threads to choose)"
+            )
+        return f"back to {cpu_threads_words(free)}: the cores other processes used are free again"

@@ -129,7 +129,9 @@ def train(
                 result.stopped_because = f"interrupted by {stop['signal']} during step {step}"
                 checkpoint(state)
                 break
-            _note(progress, step_times.stop(step))
+            slow = step_times.stop(step)
+            _note(progress, slow)
+            _note(progress, run.threads.after_step(slow=slow is not None))
             if _compile_if_it_repays(run, step, result.total_steps, step_times.seconds, progress):
                 result.compiled_after = step
             elif result.compiled_after and _undo_compile_if_no_faster(

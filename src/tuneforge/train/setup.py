@@ -23,7 +23,7 @@ from typing import Any
 
 from tuneforge.data.examples import PreparedData
 from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.hardware import choose_threads, cpu_threads_words, usable_cores
+from tuneforge.hardware import RunThreads, choose_threads, cpu_threads_words, usable_cores
 from tuneforge.models.kind import is_peft, is_quantized
 from tuneforge.models.saving import deepspeed_not_imported
 from tuneforge.train.batches import StepOrder, planned_steps
@@ -63,6 +63,7 @@ class TrainingSetup:
     lean: AbstractContextManager  # what the steps run in: lean forwards, CPU dropout masks and memory reuse
     pad_token_id: int
     threads_note: str | None  # the CPU thread choice, when it is not one per core
+    threads: RunThreads  # fewer while other processes hold cores, when chosen from the free cores
     run_dir: Path
     # recipe auto, compile not given: the loop compiles after timing its first steps if the run repays it
     compile_kind: str | None = None  # levers.COMPILE_SPEEDUP's row for this machine; None: never auto
@@ -126,6 +127,7 @@ def set_up_training(model, tokenizer, data: PreparedData, config, run_dir: Path,
         lean=step_forwards(bare_model, config.lean_layers, lean_lora_layers, accelerator.device.type),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         threads_note=threads_note if threads != len(usable_cores()) else None,
+        threads=RunThreads(threads, _thread_mode(config, accelerator)),
         run_dir=run_dir,
         compile_kind=compile_kind(accelerator.device.type, precision)
         if _may_auto_compile(config, accelerator) and not uncompilable
@@ -174,12 +176,24 @@ def _may_auto_compile(config, accelerator) -> bool:
     )
 
 
+def _thread_mode(config, accelerator) -> str:
+    """hardware.RunThreads' mode: threads chosen from the free cores follow them, given ones are kept."""
+    if accelerator.device.type != "cpu" or accelerator.num_processes > 1:
+        return "off"
+    return "given" if config.num_threads or _launcher_threads() else "follow"
+
+
+def _launcher_threads() -> int | None:
+    launcher = os.environ.get("OMP_NUM_THREADS", "")
+    return int(launcher) if launcher.isdigit() and int(launcher) > 0 else None
+
+
 def cpu_threads(num_threads: int | None) -> tuple[int, str]:
     """Torch's CPU threads and why: num_threads, else OMP_NUM_THREADS (torchrun sets 1 per process), else one
     per free core (hardware.choose_threads)."""
-    launcher = os.environ.get("OMP_NUM_THREADS", "")
-    if not num_threads and launcher.isdigit() and int(launcher) > 0:
-        return int(launcher), f"{cpu_threads_words(int(launcher))} (OMP_NUM_THREADS)"
+    launcher = _launcher_threads()
+    if not num_threads and launcher:
+        return launcher, f"{cpu_threads_words(launcher)} (OMP_NUM_THREADS)"
     return choose_threads(num_threads)
 
 

@@ -1,6 +1,7 @@
 """Speed levers equal their references on the tiny model: fused AdamW, fused projections, QLoRA in the compute
 dtype; and the decisions (threads on a busy machine, packing, torch.compile) from fake readings."""
 
+import os
 import shutil
 import types
 from contextlib import nullcontext
@@ -139,6 +140,52 @@ def test_threads_asked_for_are_kept_and_a_real_reading_is_in_range(monkeypatch):
     monkeypatch.undo()
     threads, _ = choose_threads()  # a real /proc/stat sample
     assert 1 <= threads <= len(usable_cores())
+
+
+def test_a_run_drops_threads_while_other_processes_hold_cores_and_takes_them_back(monkeypatch):
+    """RunThreads (fake load readings, fake clock): a slow step measures the load and drops to the free
+    cores; fast steps change nothing until RECHECK_SECONDS passed, then the freed cores are taken back; a run
+    whose threads were given keeps them and is told how to avoid the waits; a GPU run is left alone."""
+    from tuneforge.hardware import RECHECK_SECONDS, RunThreads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    loads, now, set_to = [3.0, 0.0, 0.2], [0.0], []
+    threads = RunThreads(
+        4, "follow", measure=lambda: loads.pop(0), set_threads=set_to.append, clock=lambda: now[0]
+    )
+    assert threads.after_step(slow=False) is None and loads == [3.0, 0.0, 0.2]  # nothing measured
+    said = threads.after_step(slow=True)  # 3 of 4 cores busy
+    assert set_to == [1] and said.startswith("1 CPU thread from now on") and "3 of the run's 4 cores" in said
+    now[0] = RECHECK_SECONDS - 1
+    assert threads.after_step(slow=False) is None and set_to == [1]  # not yet looked again
+    now[0] = RECHECK_SECONDS + 1
+    said = threads.after_step(slow=False)
+    assert set_to == [1, 4] and said.startswith("back to 4 CPU threads")
+    now[0] = 10 * RECHECK_SECONDS
+    assert threads.after_step(slow=False) is None and loads == [0.2]  # at the chosen count: no more looks
+
+    given = RunThreads(4, "given", measure=lambda: 2.0, set_threads=set_to.append)
+    assert given.after_step(slow=False) is None
+    said = given.after_step(slow=True)  # kept, with the way out said
+    assert set_to == [1, 4] and "2 of this machine's cores are free for num_threads 4" in said
+    assert "OMP_WAIT_POLICY=PASSIVE" in said
+    off = RunThreads(4, "off", measure=lambda: 4.0, set_threads=set_to.append)
+    assert off.after_step(slow=True) is None and set_to == [1, 4]
+
+
+def test_openmp_threads_spin_a_moment_unless_the_user_chose():
+    """Intel OpenMP's 200 ms spin is cut to 1 ms; GNU OpenMP's bounded default is left alone, and a policy
+    the user set is kept (checked in a fresh interpreter: the runtime reads these when torch loads)."""
+    import subprocess
+    import sys
+
+    show = "import os, tuneforge; print(os.environ.get('KMP_BLOCKTIME'), os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY")}
+    plain = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split() == ["1", "None"]
+    env.update(KMP_BLOCKTIME="0", OMP_WAIT_POLICY="PASSIVE")
+    chosen = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["0", "PASSIVE"]
 
 
 def test_compile_is_chosen_when_the_run_repays_it(monkeypatch):

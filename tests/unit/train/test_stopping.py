@@ -124,6 +124,38 @@ def test_a_sudden_slow_step_is_pointed_out_once_in_a_while():
     assert slow_step_warning(5, [5.0, 3.0, 2.0, 1.0, 9.0], None) is None  # too few usual steps to judge
 
 
+def test_a_slow_step_on_a_machine_that_got_busy_drops_a_thread_for_the_rest_of_the_run(
+    tiny_model_dir, lines_file, tmp_path, monkeypatch, capsys
+):
+    """Threads chosen from the free cores (num_threads unset): idle at the start (2 threads), then step 5 is
+    slow and the load reading says another process holds a core, so the run goes on with 1 thread and says so."""
+    import torch
+
+    from tuneforge.train import progress
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    readings = iter([0.0])  # idle when the run starts, a core busy after that
+    monkeypatch.setattr("tuneforge.hardware.busy_cores", lambda seconds=0.2: next(readings, 1.0))
+    real = progress.slow_step_warning
+    monkeypatch.setattr(
+        progress,
+        "slow_step_warning",
+        lambda step, *a, **k: "step 5 was slow" if step == 5 else real(step, *a, **k),
+    )
+    before = torch.get_num_threads()
+    try:
+        tf.load(str(tiny_model_dir), precision="fp32").train(
+            lines_file, output_dir=str(tmp_path / "run"), **{**SETTINGS, "max_steps": 7, "num_threads": None}
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    shown = capsys.readouterr()
+    assert (
+        "1 CPU thread from now on: other processes keep 1 of the run's 2 cores busy" in shown.out + shown.err
+    )
+
+
 def test_a_resumed_runs_eta_counts_the_speed_of_its_own_steps_and_elapsed_goes_on(monkeypatch):
     import io
 
