@@ -266,7 +266,7 @@ class RunThreads:
             if free >= self.current:
                 return None
             return (
-                f"other processes keep cores busy: {free} of this machine's cores are free for num_threads "
+                f"other processes keep cores busy: {free} of {len(usable_cores())} free for num_threads "
                 f"{self.current}; fewer threads (or OMP_WAIT_POLICY=PASSIVE when starting) keep the run from "
                 "waiting on them"
             )
