@@ -524,7 +524,10 @@ class RunConfig:
         "tensorboard, wandb (WANDB_MODE=offline works), mlflow, trackio, ...",
     )
     num_threads: int | None = setting(
-        None, "CPU threads for torch (default: one per core that other processes leave free).", min=1
+        None,
+        "CPU threads for torch (default: one per core that other processes leave free, looked at again when "
+        "a step slows down).",
+        min=1,
     )
 
     # --- output ---
