@@ -588,7 +588,7 @@ def busy_runs(args) -> dict:
     burner = subprocess.Popen([sys.executable, "-c", BURNER])
     try:
         time.sleep(3)  # let it take the cores
-        threads, why = choose_threads()
+        _, why = choose_threads()
         print(f"busy: {why}", flush=True)
         runs["tuneforge-busy"] = launch("busy", "tuneforge", "auto", args.steps, args.device)
         runs["tuneforge-busy-every-core"] = launch(

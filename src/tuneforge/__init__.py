@@ -11,8 +11,8 @@ import warnings
 
 from tuneforge.hardware import bounded_openmp_waits
 
-# before torch loads its OpenMP runtime: idle threads spin a moment, not 200 ms (Intel OpenMP) nor not at all
-# (hardware.bounded_openmp_waits says what each cost); busy cores are left by hardware.RunThreads
+# before torch loads its OpenMP runtime: idle threads spin a moment before they sleep, neither Intel OpenMP's
+# 200 ms nor not at all (hardware.bounded_openmp_waits says what each cost); hardware.RunThreads leaves busy cores
 bounded_openmp_waits()
 
 # the public door re-exports the LLM face: the one package file allowed to import a face (test_architecture)

@@ -232,6 +232,12 @@ def bounded_openmp_waits() -> bool:
     return "torch" not in sys.modules
 
 
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
 RECHECK_SECONDS = 60.0  # while a run has fewer threads than it chose, how often it looks for freed cores
 
 
@@ -249,7 +255,7 @@ class RunThreads:
         self.chosen = self.current = chosen
         self.mode = mode
         self.measure = measure or busy_cores
-        self.set_threads = set_threads
+        self.set_threads = set_threads or _set_torch_threads
         self.clock = clock
         self.checked_at = clock()
 
@@ -274,12 +280,7 @@ class RunThreads:
         if free == self.current:
             return None
         before, self.current = self.current, free
-        if self.set_threads is None:
-            import torch
-
-            torch.set_num_threads(free)
-        else:
-            self.set_threads(free)
+        self.set_threads(free)
         if free < before:
             return (
                 f"{cpu_threads_words(free)} from now on: other processes keep {self.chosen - free} of the "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -44,6 +45,12 @@ def steps_trained(path: Path) -> dict[int, list]:
     return {r["step"]: r["examples"] for r in map(json.loads, path.read_text().splitlines())}
 
 
+def saving_step(folder: Path) -> int | None:
+    """The step of a checkpoint being written (its temporary folder .step-N.tmp-XXXX), else None."""
+    match = re.fullmatch(r"\.step-(\d+)\.tmp-.*", folder.name)
+    return int(match.group(1)) if match else None
+
+
 def pause_inside_saves_after(step: int, seconds: float = 120.0) -> None:
     """Hold every checkpoint save after `step` for `seconds` once its weights file is written, still inside
     its temporary folder, or until a SIGINT arrives (the run's own handler is called too): a kill -9 or an
@@ -54,8 +61,8 @@ def pause_inside_saves_after(step: int, seconds: float = 120.0) -> None:
 
     def pausing(tensors, filename, *args, **kwargs):
         real(tensors, filename, *args, **kwargs)
-        folder = Path(filename).parent.name  # .step-N.tmp-XXXX while a checkpoint is being written
-        if not (folder.startswith(".step-") and int(folder.split(".")[1].split("-")[1]) > step):
+        saving = saving_step(Path(filename).parent)
+        if saving is None or saving <= step:
             return
         interrupted: list[int] = []
         previous = signal.getsignal(signal.SIGINT)

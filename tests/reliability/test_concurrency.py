@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.reliability.conftest import RUN
+from tests.reliability.record_examples import saving_step
 from tuneforge import jobs
 from tuneforge.train.checkpoint import find_checkpoint, read_checkpoint
 
@@ -201,11 +202,11 @@ def test_interrupt_during_a_save_leaves_a_complete_checkpoint_and_the_run_resume
     def saving_after_step_2():
         # by the partial folder's own step (a glob, then a listing, can straddle step 2's rename)
         partial = list(checkpoints.glob(".step-*.tmp-*")) if checkpoints.is_dir() else []
-        return [p for p in partial if int(p.name.split(".")[1].removeprefix("step-")) > 2] or None
+        return [p for p in partial if saving_step(p) > 2] or None
 
     partial = wait_until(saving_after_step_2, run_dir, poll=0.02)
     stopped = jobs.stop(run_dir, wait=120)
-    saving = int(partial[0].name.split(".")[1].removeprefix("step-"))
+    saving = saving_step(partial[0])
     monkeypatch.delenv("PAUSE_INSIDE_SAVES_AFTER_STEP")  # the resume's saves run freely
     assert (tmp_path / "steps.jsonl").is_file()  # the job ran through the recorder, which held the save
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.reliability.conftest import assert_same_run, cli, folder_digest, metrics, write_config
-from tests.reliability.record_examples import record_steps_to, steps_trained
+from tests.reliability.record_examples import record_steps_to, saving_step, steps_trained
 from tuneforge.train.checkpoint import find_checkpoint, list_checkpoints
 
 RECORDER = Path(__file__).with_name("record_examples.py")
@@ -115,7 +115,7 @@ def test_kill_9_during_a_checkpoint_save_keeps_earlier_checkpoints_and_resumes(
         # of its rename and kill after it finished
         folder = broken / "checkpoints"
         partial = [p for p in folder.glob(".step-*.tmp-*")] if folder.is_dir() else []
-        return [p for p in partial if int(p.name.split(".")[1].split("-")[1]) > 3] or None
+        return [p for p in partial if saving_step(p) > 3] or None
 
     wait_for(saving_after_step_3, child, poll=0.05)
     os.kill(child.pid, signal.SIGKILL)
