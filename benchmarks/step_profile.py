@@ -115,12 +115,14 @@ def main() -> None:
 
     with_jemalloc(sys.orig_argv[1:])  # as `tuneforge train` starts itself: on jemalloc where it is installed
     extra = {"compile": True} if args.compile else {}
-    peaks = {p: bench.matmul_peak_gflops(p, "cpu") for p in ("fp32", "bf16")}
+    measured = {p: bench.matmul_peak(p, "cpu") for p in ("fp32", "bf16")}
+    peaks = {p: rate for p, (rate, _) in measured.items()}
     result = profile_run(args.case, args.steps, extra)
     seconds, total = result["seconds"], sum(result["seconds"].values())
     print(
         f"machine: {bench.machine_name('cpu')}; CPU flags: {bench.cpu_flags()}; matmul peak fp32 "
-        f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; allocator {allocator_in_use()}\ncase {args.case}"
+        f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s (best of {len(bench.CPU_PEAK_SHAPES)} shapes: "
+        f"{bench.shape_name(measured['fp32'][1])} and {bench.shape_name(measured['bf16'][1])}); allocator {allocator_in_use()}\ncase {args.case}"
         f"{' (compiled)' if args.compile else ''}, {result['precision']}: {args.steps} steps, "
         f"{total / args.steps:.2f} s of the ops' own time a step, {result['wall_s'] / args.steps:.2f} s of wall "
         "time (the rest falls between ops: Python, the autograd engine; the profiler adds a little)"

@@ -14,8 +14,8 @@ Every run trains on the same examples in the same order (the Trainer is given tu
 each is a fresh subprocess, so its peak memory is its own. Reported per run: tokens/s over all tokens (padding
 included) and over useful (loss-carrying) tokens, peak RSS of loading and training (and peak GPU memory on
 CUDA; taken before the held-out loss, which scores every model in fp32 and so copies a bf16 one), model FLOPs
-utilisation against the matmul peak of the precision the run computed in (measured again in its process right
-after it; 4 x parameters a token for adapters, 6 x for a full fine-tune, and for raw text also with PaLM's
+utilisation against the matmul peak of the precision the run computed in (the best rate of a few matmul shapes,
+measured again in its process right after it; 4 x parameters a token for adapters, 6 x for a full fine-tune, and for raw text also with PaLM's
 attention FLOPs), loss of the last step, and held-out loss (fp32, the same 16 held-out examples and the same evaluation
 code for every run). The `busy` case times tuneforge's step idle and with a second process burning every core: with the
 threads hardware.choose_threads() picks (the default) and with one per core, each also with OpenMP's passive
@@ -101,21 +101,49 @@ def peak_memory_mb() -> dict:
     return peaks
 
 
-def matmul_peak_gflops(dtype_name: str, device: str) -> float:
+# (m, k, n) shapes a CPU's matmul peak is the best of. One square is not enough: on 2 cores with AMX, oneDNN's
+# bf16 matmul ran 1024x1024x1024 at 1.1-1.2 TFLOP/s but 1536^3, 2048x1024x1536 and SmolLM2's own 1024x576x1536
+# at 2.0-2.4 in the same minute (fp32 held 255-304 GFLOP/s on all of them), so the 1024^3 peak this benchmark
+# used until 2026-12-07 was half the machine's and every MFU it printed was twice the true one.
+CPU_PEAK_SHAPES = (
+    (1024, 1024, 1024),
+    (1536, 1536, 1536),
+    (2048, 1024, 1536),
+    (1024, 576, 1536),
+    (2048, 2048, 2048),
+)
+GPU_PEAK_SHAPES = ((8192, 8192, 8192),)
+
+
+def matmul_peak(dtype_name: str, device: str) -> tuple[float, tuple[int, int, int]]:
+    """The best GFLOP/s a matmul of this precision reached here (the median of 10 timed calls, best over the
+    shapes), and the shape that reached it."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    size = 1024 if device == "cpu" else 8192
-    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    start = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    sync()
-    return 20 * 2 * size**3 / (time.perf_counter() - start) / 1e9
+    best = (0.0, (0, 0, 0))
+    for m, k, n in CPU_PEAK_SHAPES if device == "cpu" else GPU_PEAK_SHAPES:
+        a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(10):
+            sync()
+            start = time.perf_counter()
+            a @ b
+            sync()
+            times.append(time.perf_counter() - start)
+        best = max(best, (2 * m * k * n / sorted(times)[len(times) // 2] / 1e9, (m, k, n)))
+    return best
+
+
+def matmul_peak_gflops(dtype_name: str, device: str) -> float:
+    return matmul_peak(dtype_name, device)[0]
+
+
+def shape_name(shape: tuple[int, int, int]) -> str:
+    return "x".join(map(str, shape))
 
 
 def held_out_loss(model, held_out, pad_id) -> float:
@@ -455,10 +483,13 @@ def main() -> None:
     if args.worker:
         return run_worker(args)
 
-    peaks = {p: matmul_peak_gflops(p, args.device) for p in ("fp32", "bf16")}
+    measured = {p: matmul_peak(p, args.device) for p in ("fp32", "bf16")}
+    peaks = {p: rate for p, (rate, _) in measured.items()}
     print(
         f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
-        f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
+        f"GFLOP/s ({shape_name(measured['fp32'][1])}), bf16 {peaks['bf16']:.0f} GFLOP/s "
+        f"({shape_name(measured['bf16'][1])}; the best of {len(CPU_PEAK_SHAPES) if args.device == 'cpu' else 1} "
+        f"shapes); seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
         f"steps, best of {args.repeats}; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time); "
         f"tuneforge's runs on {'jemalloc' if allocator_env('tuneforge', None) else 'glibc'}, as `tuneforge train` here, HF's on glibc"
     )
