@@ -145,19 +145,19 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as work:
         wheels = download(dependencies(CARRIED, args.python), Path(work), args.python)
-        data = sorted(SHARED_DATA.glob("*"))
+        data = sorted(path for path in SHARED_DATA.glob("*") if path.is_file())
         files = [(path, f"shared-data/{path.name}") for path in data]
         files += [(path, path.name) for path in sorted(wheels, key=lambda p: -p.stat().st_size)]
         folders = deal(files, args.out, args.budget * MiB)
-    for folder in folders:
+    shown = [folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder for folder in folders]
+    for folder, name in zip(folders, shown, strict=True):
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        print(f"{folder.relative_to(ROOT)}: {size / MiB:.1f} MiB")
+        print(f"{name}: {size / MiB:.1f} MiB")
     print("\nOn the GPU machine, one command per folder, back to back (carry names the folder):")
-    for index, folder in enumerate(folders, 1):
-        copy = f"mkdir -p /tmp/carry && cp -r {folder.relative_to(ROOT)}/. /tmp/carry/"
-        last = index == len(folders)
+    for index, name in enumerate(shown, 1):
+        last = index == len(shown)
         print(
-            f"  carry {folder.relative_to(ROOT)}: {copy}"
+            f"  carry {name}: mkdir -p /tmp/carry && cp -r {name}/. /tmp/carry/"
             + (" && CARRIED=/tmp/carry bash benchmarks/gpu_check.sh" if last else "")
         )
 
