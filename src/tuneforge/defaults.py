@@ -247,14 +247,16 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
                 ),
             )
 
+    # packed blocks are counted from the tokens before packing makes them: "about"
     unit = "packed blocks" if packing else "examples"
+    count = f"about {examples}" if packing else str(examples)
     epochs = config.epochs
     if "epochs" not in given and "max_steps" not in given:
         epochs = (
             3.0 if examples < LARGE_DATA_EXAMPLES else 1.0 if examples >= 10 * LARGE_DATA_EXAMPLES else 2.0
         )
         size = "small" if epochs == 3 else "large" if epochs == 1 else "medium-sized"
-        reason = f"{examples} training {unit} is {size} data"
+        reason = f"{count} training {unit} is {size} data"
         overlap = config.effective_overlap_len if data.shape == "raw" else 0
         # neighbouring raw chunks share `overlap` tokens: one epoch already trains those tokens twice
         repeats = config.cutoff_len / max(1, config.cutoff_len - overlap)
@@ -304,7 +306,7 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
         over = (
             f"over {epochs:g} epoch{'' if epochs == 1 else 's'}" if "max_steps" not in given else "per epoch"
         )
-        choose("batch_size", batch, f"{examples} {unit} → {math.ceil(steps)} steps {over}{capped}")
+        choose("batch_size", batch, f"{count} {unit} → {math.ceil(steps)} steps {over}{capped}")
         if micro == config.micro_batch_size and "micro_batch_size" not in given and isinstance(micro, int):
             micro = min(batch, 8 if machine.device != "cpu" else 4)
             if micro != config.micro_batch_size:
@@ -319,7 +321,7 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
         choose(
             "learning_rate",
             SMALL_DATA_LORA_LR,
-            f"LoRA on small data ({examples} {unit}): a short run needs larger steps than QLoRA's 2e-4",
+            f"LoRA on small data ({count} {unit}): a short run needs larger steps than QLoRA's 2e-4",
         )
     elif lora:
         choose("learning_rate", 2e-4, "LoRA on all linear layers: the QLoRA paper's 2e-4")
@@ -360,7 +362,8 @@ def choose_defaults(config, data: DataStats, machine: Machine, model: ModelFacts
         steps = planned_steps(_applied(config, choices)[0], examples)
         # a linear warm-up's first step trains at rate 0: in a run this short that step is all of it
         if ratio_warmup_steps(WARMUP_RATIO, steps) <= 1:
-            choose("warmup_ratio", 0.0, f"{steps} steps are too few to warm up: step 1 would train at rate 0")
+            short_run = "1 step is" if steps == 1 else f"{steps} steps are"
+            choose("warmup_ratio", 0.0, f"{short_run} too few to warm up: step 1 would train at rate 0")
         else:
             choose("warmup_ratio", WARMUP_RATIO, "the first 5% of steps warm the learning rate up from 0")
     return _applied(config, choices)

@@ -77,13 +77,15 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
         remove_run_outputs(folder)
     else:
         refuse_earlier_run(folder)  # another run's folder: refused now, not after loading the model
+    settings: dict[str, Any] = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
+    if max_steps is not None:
+        settings["max_steps"] = max_steps
+    # a bad setting stops the demo now, before the model loads
+    tf.load_config(None, {"data": str(data), **settings})
     print("loading the default model (the first run converts its GGUF file once, ~20 s) ...", flush=True)
     llm = tf.load("default")
     print(f"loaded {llm}")
     before = _show(llm, "before training")
-    settings: dict[str, Any] = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
-    if max_steps:
-        settings["max_steps"] = max_steps
     print("\n--- training ---", flush=True)
     run = llm.train(str(data), **settings)
     after = _show(llm, "after training")

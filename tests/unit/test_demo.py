@@ -14,3 +14,16 @@ def test_only_an_earlier_demos_folder_makes_way_for_the_demo(tmp_path):
     assert not _earlier_demo(empty, sample_data_path()) and not _earlier_demo(
         tmp_path / "none", sample_data_path()
     )
+
+
+def test_a_bad_demo_setting_stops_it_before_the_model_loads(monkeypatch, tmp_path):
+    import pytest
+
+    import tuneforge
+    from tuneforge.demo import run_demo
+    from tuneforge.errors import TuneforgeError
+
+    monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded first"))
+    for steps in (-1, 0):  # 0 was taken for "not given" and trained the demo's 30 steps
+        with pytest.raises(TuneforgeError, match="max_steps must be >= 1"):
+            run_demo(output_dir=str(tmp_path / "demo"), max_steps=steps)

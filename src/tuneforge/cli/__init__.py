@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if "--debug" in unknown:  # given after the verb (`tuneforge train --debug ...`): the same switch
+        unknown.remove("--debug")
+        args.debug = True
     args.argv = list(argv)  # `train --nproc N` hands the same command line to every process
     args.from_program = args_from_program
     if not args.debug:

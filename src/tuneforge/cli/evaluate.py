@@ -79,11 +79,12 @@ def _unique_label(folder: Path, variants: list) -> str:
     return candidate
 
 
-def _evaluation_format(config: RunConfig) -> str:
+def _evaluation_format(config: RunConfig, given: str | None = None) -> str:
     if config.format not in EVALUATION_FORMATS:
+        # an alias names what it was given as: `--format alpaca` is the 'formatted' format
+        named = f"'{given}' ('{config.format}')" if given and given != config.format else f"'{config.format}'"
         raise TuneforgeError(
-            f"format '{config.format}' cannot be scored as plain text; use one of "
-            f"{', '.join(EVALUATION_FORMATS)}"
+            f"format {named} cannot be scored as plain text; use one of {', '.join(EVALUATION_FORMATS)}"
         )
     return config.format
 
@@ -148,7 +149,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         raise TuneforgeError(f"'{config.data}' is a folder; give the text file to evaluate")
     if not Path(config.data).is_file():
         raise TuneforgeError(f"data file '{config.data}' does not exist")
-    shape = _evaluation_format(config)
+    shape = _evaluation_format(config, getattr(args, "format", None))
     results = []
     for variant in load_variants(config, args.adapter):
         with variant.active():
@@ -189,7 +190,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         heldout=args.heldout,
         max_length=args.max_length,
         stride=args.stride,
-        shape=_evaluation_format(config),
+        shape=_evaluation_format(config, getattr(args, "format", None)),
         encoding=config.encoding,
     )
     print(result.to_markdown())

@@ -20,6 +20,7 @@ import sys
 
 from tuneforge.cli.flags import add_setting_flags, add_verb, run_config_from
 from tuneforge.config import RunConfig
+from tuneforge.errors import TuneforgeError
 
 
 def on_jemalloc(args: argparse.Namespace) -> None:
@@ -32,6 +33,8 @@ def on_jemalloc(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise TuneforgeError(f"nproc must be >= 1 (processes to train on); got {args.nproc}")
     on_jemalloc(args)  # first: the processes `--nproc` starts inherit it
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet inside a launcher: become one
         return launch_processes(args.nproc, args.argv)

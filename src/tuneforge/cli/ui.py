@@ -10,6 +10,7 @@ checks it again for callers of the Python API).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tuneforge.cli.flags import add_setting_flags, add_verb, run_config_from
 from tuneforge.config import RunConfig
@@ -45,6 +46,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if (error.name or "").split(".")[0] == "gradio":
             raise TuneforgeError("the web UI needs: pip install 'tuneforge[ui]'") from None
         raise
+    project = Path(args.project).expanduser()
+    if not project.exists():  # a new project, or a mistyped path: either way, say where it goes
+        print(
+            f"new project folder: {project.resolve()} (datasets/, models/, loras/ and runs/ are made in it)"
+        )
     launch(
         host=args.listen,
         port=args.port,

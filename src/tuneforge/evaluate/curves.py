@@ -28,7 +28,7 @@ def diagnose_fit(train_losses: list[float], validation_losses: list[tuple[int, f
     """
     n = len(train_losses)
     if n < 4:
-        return "undetermined", f"only {n} steps: too few to read a learning curve"
+        return "undetermined", f"only {n} step{'' if n == 1 else 's'}: too few to read a learning curve"
     smooth = _smooth(train_losses, max(1, n // 10))
     first, last = smooth[0], smooth[-1]
     if len(validation_losses) >= 3:

@@ -162,8 +162,8 @@ def perplexity(
                 if inner_suffix(Path(data)) in RECORD_SUFFIXES:
                     raise EvaluationError(
                         f"{data} holds records, not plain text: its JSON or table syntax would be scored; "
-                        "score records as training renders them (`tuneforge evaluate`: response loss and task "
-                        "scores), or give a text file"
+                        "score records by their answers (task scores: LLM.evaluate(file) in Python) or by a "
+                        "run's validation loss (validation_split), or give a text file"
                     )
                 name, texts = data_label or str(data), [read_text(data, encoding)]
             elif isinstance(data, str):

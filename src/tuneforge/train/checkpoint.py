@@ -481,11 +481,17 @@ def find_checkpoint(run_dir: Path, resume_from: str) -> Path:
             )
         finished = finished_results(run_dir)
         if finished:
+            further = (
+                f"; to train its adapter further, start a new run into another output_dir with from_adapter: "
+                f"{run_dir} (--from_adapter {run_dir})"
+                if "adapter/" in finished
+                else f"; to train its model further, start a new run with model: {run_dir / 'model'}"
+                if "model/" in finished
+                else ""
+            )
             raise ConfigError(
                 f"resume_from: latest, but the run in {run_dir} finished ({', '.join(finished)}) and kept no "
-                "step checkpoint to resume from (save_steps keeps them); a new run into another output_dir "
-                "trains from the base model again (from Python, tf.load(model, adapter=...).train(...) goes on "
-                "training a saved adapter)"
+                f"step checkpoint to resume from (save_steps keeps them){further}"
             )
         raise ConfigError(
             f"resume_from: latest, but {run_dir}/checkpoints holds no complete checkpoint; "

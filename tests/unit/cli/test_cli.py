@@ -261,6 +261,8 @@ def test_a_run_folder_or_device_it_cannot_use_stops_train_before_the_model_loads
     for argv, said in [
         (["--output_dir", str(finished)], "holds a finished run (report.md, adapter/)"),
         (["--output_dir", str(finished), "--resume_from", "latest"], "finished (report.md, adapter/)"),
+        (["--output_dir", str(finished), "--resume_from", "latest"], f"--from_adapter {finished}"),
+        (["--nproc", "0"], "nproc must be >= 1"),
         (["--output_dir", str(tmp_path / "none"), "--resume_from", "latest"], "none does not exist"),
         (["--device", "cuda"], "no CUDA GPU is visible"),
     ]:
@@ -294,3 +296,34 @@ def test_modules_names_the_linear_layers_and_the_embedding_and_head(capsys, tiny
         in out
     )
     assert "usable as modules_to_save): embed_tokens, lm_head\n" in out
+
+
+def test_debug_after_the_verb_is_the_same_switch(tmp_path):
+    """`tuneforge train --debug ...` shows the traceback as `tuneforge --debug train ...` does (it was refused as
+    an unknown option, with a hint at --dedup)."""
+    from tuneforge.errors import TuneforgeError
+
+    missing = ["--data", str(tmp_path / "missing.txt")]
+    with pytest.raises(TuneforgeError, match="does not exist"):
+        main(["train", *missing, "--debug"])
+    assert main(["train", *missing]) == 2
+
+
+def test_an_alias_format_that_cannot_be_scored_is_named_as_given(capsys, tmp_path):
+    records = tmp_path / "a.json"
+    records.write_text('[{"instruction": "Say hi", "output": "Hi"}]')
+    assert main(["perplexity", str(records), "--format", "alpaca", "--model", "no/such-model"]) == 2
+    error = capsys.readouterr().err
+    assert "format 'alpaca' ('formatted') cannot be scored as plain text" in error, error
+
+
+def test_ui_says_when_its_project_folder_is_new(capsys, monkeypatch, tmp_path):
+    import tuneforge.ui
+
+    started = []
+    monkeypatch.setattr(tuneforge.ui, "launch", lambda **kwargs: started.append(kwargs["project_dir"]))
+    new = tmp_path / "typo"
+    assert main(["ui", "--project", str(new)]) == 0
+    assert f"new project folder: {new}" in capsys.readouterr().out
+    assert main(["ui", "--project", str(tmp_path)]) == 0  # an existing folder: nothing said
+    assert "new project folder" not in capsys.readouterr().out and started == [str(new), str(tmp_path)]

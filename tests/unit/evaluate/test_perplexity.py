@@ -139,5 +139,5 @@ def test_bad_window_sizes_are_explained(tiny_llm):
 
 def test_a_file_of_records_is_refused_not_scored_as_json_text(tiny_llm, tmp_path):
     (tmp_path / "alpaca.json").write_text('[{"instruction": "Say hi", "output": "Hi"}]')
-    with pytest.raises(EvaluationError, match="holds records, not plain text.*tuneforge evaluate"):
+    with pytest.raises(EvaluationError, match="holds records, not plain text.*LLM.evaluate"):
         perplexity(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "alpaca.json")
