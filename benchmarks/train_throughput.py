@@ -118,6 +118,10 @@ CPU_PEAK_SHAPES = (
 GPU_PEAK_SHAPES = ((8192, 8192, 8192),)
 
 
+def peak_shapes(device: str) -> tuple[tuple[int, int, int], ...]:
+    return CPU_PEAK_SHAPES if device == "cpu" else GPU_PEAK_SHAPES
+
+
 def matmul_peak(dtype_name: str, device: str) -> tuple[float, tuple[int, int, int]]:
     """The best GFLOP/s a matmul of this precision reached here (the median of 10 timed calls, best over the
     shapes), and the shape that reached it."""
@@ -126,7 +130,7 @@ def matmul_peak(dtype_name: str, device: str) -> tuple[float, tuple[int, int, in
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best = (0.0, (0, 0, 0))
-    for m, k, n in CPU_PEAK_SHAPES if device == "cpu" else GPU_PEAK_SHAPES:
+    for m, k, n in peak_shapes(device):
         a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
         for _ in range(3):
             a @ b
@@ -139,10 +143,6 @@ def matmul_peak(dtype_name: str, device: str) -> tuple[float, tuple[int, int, in
             times.append(time.perf_counter() - start)
         best = max(best, (2 * m * k * n / sorted(times)[len(times) // 2] / 1e9, (m, k, n)))
     return best
-
-
-def matmul_peak_gflops(dtype_name: str, device: str) -> float:
-    return matmul_peak(dtype_name, device)[0]
 
 
 def shape_name(shape: tuple[int, int, int]) -> str:
@@ -369,7 +369,7 @@ def run_worker(args) -> None:
     # this precision's matmul peak again, in the run's own process right after it: a shared machine's speed moves
     # by 20% between runs (1255 at a benchmark's start, 1033-1077 GFLOP/s bf16 minutes later), so each row's MFU
     # is against the peak of its own time
-    result["peak_gflops"] = matmul_peak_gflops(result["precision"], args.device)
+    result["peak_gflops"] = matmul_peak(result["precision"], args.device)[0]
     print("RESULT " + json.dumps(result))
 
 
@@ -491,7 +491,7 @@ def main() -> None:
     print(
         f"machine: {machine_name(args.device)}; CPU flags: {cpu_flags()}; matmul peak fp32 {peaks['fp32']:.0f} "
         f"GFLOP/s ({shape_name(measured['fp32'][1])}), bf16 {peaks['bf16']:.0f} GFLOP/s "
-        f"({shape_name(measured['bf16'][1])}; the best of {len(CPU_PEAK_SHAPES) if args.device == 'cpu' else 1} "
+        f"({shape_name(measured['bf16'][1])}; the best of {len(peak_shapes(args.device))} "
         f"shapes); seq {SEQ}, batch {BATCH}, LoRA r{RANK}, {args.steps} timed "
         f"steps, best of {args.repeats}; load average now {os.getloadavg()[0]:.1f} (other work on this machine skews every time); "
         f"tuneforge's runs on {'jemalloc' if allocator_env('tuneforge', None) else 'glibc'}, as `tuneforge train` here, HF's on glibc"

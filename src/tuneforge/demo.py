@@ -71,17 +71,17 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int | None = None) -> Pat
     start = time.perf_counter()
     data = sample_data_path()
     print(f"tuneforge demo: LoRA fine-tune of the default model (SmolLM2-135M-Instruct) on {data.name}")
+    settings: dict[str, Any] = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
+    if max_steps is not None:
+        settings["max_steps"] = max_steps
+    # a bad setting stops the demo now: before an earlier demo's run makes way, and before the model loads
+    tf.load_config(None, {"data": str(data), **settings})
     folder = Path(output_dir)
     if _earlier_demo(folder, data):  # an earlier (finished or interrupted) demo's run makes way for this one
         print(f"replacing the earlier demo's run in {folder}")
         remove_run_outputs(folder)
     else:
         refuse_earlier_run(folder)  # another run's folder: refused now, not after loading the model
-    settings: dict[str, Any] = dict(DEMO_SETTINGS, output_dir=output_dir, sample_prompts=PROMPTS)
-    if max_steps is not None:
-        settings["max_steps"] = max_steps
-    # a bad setting stops the demo now, before the model loads
-    tf.load_config(None, {"data": str(data), **settings})
     print("loading the default model (the first run converts its GGUF file once, ~20 s) ...", flush=True)
     llm = tf.load("default")
     print(f"loaded {llm}")

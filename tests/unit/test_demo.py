@@ -24,6 +24,10 @@ def test_a_bad_demo_setting_stops_it_before_the_model_loads(monkeypatch, tmp_pat
     from tuneforge.errors import TuneforgeError
 
     monkeypatch.setattr(tuneforge, "load", lambda *a, **k: pytest.fail("the model loaded first"))
+    earlier = tmp_path / "demo"  # an earlier demo's run: it makes way only for a demo that will run
+    earlier.mkdir()
+    (earlier / "config.yaml").write_text(f"data: {sample_data_path()}\nmethod: lora\n")
     for steps in (-1, 0):  # 0 was taken for "not given" and trained the demo's 30 steps
         with pytest.raises(TuneforgeError, match="max_steps must be >= 1"):
-            run_demo(output_dir=str(tmp_path / "demo"), max_steps=steps)
+            run_demo(output_dir=str(earlier), max_steps=steps)
+    assert (earlier / "config.yaml").is_file()

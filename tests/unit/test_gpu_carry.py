@@ -40,7 +40,8 @@ def test_dealt_folders_stay_within_budget_and_join_back_to_the_same_files(tmp_pa
         subprocess.run(["cp", "-r", f"{folder}/.", str(joined)], check=True)
     # gpu_check.sh's own joining loop, run as it is written there
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
-    loop = script[script.index('  for first in "$CARRIED"') : script.index("  done\n") + len("  done\n")]
+    start = script.index('  for first in "$CARRIED"')
+    loop = script[start : script.index("  done\n", start) + len("  done\n")]
     subprocess.run(["bash", "-c", f"set -euo pipefail\nCARRIED={joined}\n{loop}"], check=True)
     assert sorted(p.name for p in joined.glob("*.whl")) == sorted(n for n in sizes if n.endswith(".whl"))
     assert not list(joined.glob("*.part-*"))
