@@ -58,27 +58,31 @@ def pause_inside_saves_after(step: int, seconds: float = 120.0) -> None:
     import safetensors.torch
 
     real = safetensors.torch.save_file
+    # every SIGINT this process gets, also those before a pause began (between the temporary folder's creation,
+    # which a test waits for, and the weights' write): such a pause must not wait for another one
+    interrupted: list[int] = []
+    install = signal.signal
+
+    def installing(signum, handler):
+        if signum != signal.SIGINT or not callable(handler):
+            return install(signum, handler)
+
+        def noted(received, frame):
+            interrupted.append(received)
+            handler(received, frame)
+
+        return install(signum, noted)
+
+    signal.signal = installing
 
     def pausing(tensors, filename, *args, **kwargs):
         real(tensors, filename, *args, **kwargs)
         saving = saving_step(Path(filename).parent)
         if saving is None or saving <= step:
             return
-        interrupted: list[int] = []
-        previous = signal.getsignal(signal.SIGINT)
-
-        def note(signum, frame):
-            interrupted.append(signum)
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGINT, note)
-        try:
-            end = time.monotonic() + seconds
-            while not interrupted and time.monotonic() < end:
-                time.sleep(0.01)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        end = time.monotonic() + seconds  # the run's SIGINT handler (train/step.py) notes it in `interrupted`
+        while not interrupted and time.monotonic() < end:
+            time.sleep(0.01)
 
     safetensors.torch.save_file = pausing
 
