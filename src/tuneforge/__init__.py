@@ -19,11 +19,24 @@ bounded_openmp_waits()
 from tuneforge.api import LLM, load  # noqa: E402  (after bounded_openmp_waits, on purpose)
 from tuneforge.config import RunConfig, load_config  # noqa: E402
 from tuneforge.errors import TuneforgeError  # noqa: E402
+from tuneforge.generate import GenerationSettings  # noqa: E402
+from tuneforge.train.loop import TrainResult  # noqa: E402
 
 # bitsandbytes warns on every CPU import that an optional hub-downloaded kernel is missing; it is not needed.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# ... and looking for it offline, `kernels` says on every LoRA run that it skipped a hub trust check.
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 # PEFT still calls a transformers API renamed in v5; the warning is about their code, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "RunConfig", "TuneforgeError", "__version__", "load", "load_config"]
+__all__ = [
+    "LLM",
+    "GenerationSettings",
+    "RunConfig",
+    "TrainResult",
+    "TuneforgeError",
+    "__version__",
+    "load",
+    "load_config",
+]

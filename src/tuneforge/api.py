@@ -12,7 +12,7 @@ print(llm2.perplexity("heldout.txt", adapters=["base", "default"]))   # before/a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.compare import BASE, Comparison, Variant, compare
 from tuneforge.evaluate.perplexity import PerplexityResult, append_history, perplexity
-from tuneforge.evaluate.tasks import TaskScores, read_records, score_task
+from tuneforge.evaluate.tasks import TaskScores, is_alpaca, read_records, score_task
 from tuneforge.generate import GenerationSettings, generate, next_token_probs, resolve_settings, stream
 from tuneforge.hardware import pick_device, pick_precision
 from tuneforge.models.adapters import (
@@ -35,7 +35,7 @@ from tuneforge.models.adapters import (
     set_active_adapter,
 )
 from tuneforge.models.kind import is_peft, is_quantized
-from tuneforge.models.loading import ModelSource, load_model
+from tuneforge.models.loading import ModelSource, adapter_base, load_model
 from tuneforge.models.methods import required_weight_dtype
 from tuneforge.models.saving import save_active_adapter, save_pretrained
 from tuneforge.recipe import run_training
@@ -76,10 +76,20 @@ class LLM:
         precision: str = "auto",
         trust_remote_code: bool = False,
     ) -> LLM:
-        """Load `model` ('default', a folder, a .gguf file or a hub id), with an optional LoRA adapter folder.
+        """Load `model` ('default', a folder, a .gguf file or a hub id), with an optional LoRA adapter folder;
+        an adapter folder given as `model` loads the base it names with that adapter (as transformers does).
 
         >>> llm = LLM.load("default", precision="fp32")
+        >>> llm = LLM.load("runs/cheese/adapter")          # its base (adapter_config.json says which) + it
         """
+        if not isinstance(model, str | Path):
+            raise ConfigError(
+                f"model must be 'default', a folder, a .gguf file or a hub id (a string), not {model!r}"
+            )
+        model = str(model)
+        base_of_adapter = adapter_base(model) if adapter is None and Path(model).is_dir() else None
+        if base_of_adapter is not None:
+            model, adapter = base_of_adapter, model
         device = pick_device(device)
         precision = pick_precision(precision, device)
         base, tokenizer, source = load_model(
@@ -134,9 +144,11 @@ class LLM:
         history: str | Path | None = None,
         shape: str = "auto",
         encoding: str = "utf-8",
+        progress: Callable[[int, int], None] | None = None,
     ):
         """Sliding-window perplexity on a text file, string, list of strings or prepared examples; with
         `adapters`, a list with one result per adapter ("base" for none). `history` appends to a JSONL file.
+        `progress(done, total)` hears how many of the data's tokens each evaluation has read.
 
         >>> LLM.load().perplexity("To be or not to be, that is the question.", max_length=8, stride=4).perplexity
         """
@@ -151,6 +163,7 @@ class LLM:
                 label=label,
                 shape=shape,
                 encoding=encoding,
+                progress=progress,
             )
 
         if adapters is None:
@@ -174,14 +187,24 @@ class LLM:
         output_key: str | None = None,
         adapters: list[str] | None = None,
         settings: GenerationSettings | None = None,
+        format_file: str | None = "auto",
         **overrides: Any,
     ):
         """Task scores: generate an output per input of a JSON/JSONL file (or (input, reference) pairs) and
         score it (exact match, ROUGE-L, numeric answer). Greedy, one line, unless settings say otherwise.
+        Alpaca records (instruction, output) are prompted as training renders them, through `format_file`
+        ('auto': alpaca-format, training's default for them; None: through `template` like other records).
 
         >>> LLM.load().evaluate([("2 + 2 =", "4")], max_new_tokens=5).means
         """
-        records = read_records(data, input_key, output_key) if isinstance(data, str | Path) else list(data)
+        if isinstance(data, str | Path):
+            if format_file == "auto":
+                format_file = "alpaca-format" if input_key is None and is_alpaca(data) else None
+            records = read_records(data, input_key, output_key, format_file)
+            if format_file is not None:
+                template = "{input}"  # the format's own prompt, as trained
+        else:
+            records = list(data)
         overrides = {"do_sample": False, "stop": ["\n"], **overrides}
 
         def one(label: str) -> TaskScores:
@@ -313,7 +336,7 @@ class LLM:
         self,
         data: str | Path | None = None,
         *,
-        config: str | Path | RunConfig | None = None,
+        config: str | Path | RunConfig | dict | None = None,
         show_progress: bool = True,
         **settings: Any,
     ) -> TrainResult:
@@ -322,9 +345,16 @@ class LLM:
         >>> run = llm.train("cheese.txt", method="lora", epochs=1, learning_rate=1e-3)
         >>> run.final_loss, run.saved_to
         """
+        if isinstance(config, dict):  # the keys as a dict: the same as keyword arguments (these win)
+            settings, config = {**config, **settings}, None
         self._refuse_load_settings(settings)
         overrides = dict(settings)
         if data is not None:
+            if not isinstance(data, str | Path):
+                raise ConfigError(
+                    f"train() reads its data from a file or folder, not a {type(data).__name__}: write the "
+                    "texts to a .txt file (one per line) or a .jsonl file and pass its path"
+                )
             overrides["data"] = str(data)
         if isinstance(config, RunConfig):
             run_config = config.replace(**overrides)
@@ -340,8 +370,11 @@ class LLM:
                 named, "the RunConfig" if isinstance(config, RunConfig) else str(config)
             )
         run_config = run_config.replace(model=self.source.spec)
-        # the precision this model is in (as loaded; fp32 after a full fine-tune or a merge) unless one is given
-        given = "precision" in run_config.given_keys
+        # the precision this model is in (as loaded; fp32 after a full fine-tune or a merge) unless one is given;
+        # a run's saved config.yaml says 'auto' when its loader chose, which must not re-choose on resume
+        given = "precision" in settings or (
+            "precision" in run_config.given_keys and run_config.precision != "auto"
+        )
         precision = pick_precision(run_config.precision, self.device) if given else self.precision
         self.model, result = run_training(
             self.model,
@@ -433,6 +466,19 @@ def _device_key(device: str) -> tuple[str, str]:
     return kind, index or "0"
 
 
-def load(model: str = "default", adapter: str | Path | None = None, **kwargs: Any) -> LLM:
-    """Shorthand for `LLM.load`."""
-    return LLM.load(model, adapter, **kwargs)
+def load(
+    model: str = "default",
+    adapter: str | Path | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+) -> LLM:
+    """Load `model` ('default': the embedded SmolLM2-135M-Instruct; a folder, a .gguf file or a hub id), with
+    an optional LoRA adapter folder (an adapter folder as `model` brings its base). `device`: auto, cpu, cuda,
+    mps; `precision`: auto, fp32, bf16, fp16. Then `.train(data, **keys)` (`tuneforge train --help` lists the
+    keys), `.generate(prompt)`, `.perplexity(file)`, `.next_token_probs(text)`, `.merge()`, `.save(folder)`.
+
+    >>> llm = tf.load()                                   # or tf.load("runs/cheese/adapter")
+    """
+    return LLM.load(model, adapter, device=device, precision=precision, trust_remote_code=trust_remote_code)

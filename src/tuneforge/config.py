@@ -1030,7 +1030,10 @@ def check_range(f: dataclasses.Field, value: Any, error: type[Exception] = Confi
     if value is None:
         return
     if meta.get("choices") and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        choices = [str(c) for c in meta["choices"]]
+        close = [c for c in choices if c.lower() == str(value).lower()] or difflib.get_close_matches(
+            str(value), choices, n=1
+        )
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise error(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got '{value}'{hint}")
     low, high = meta.get("min"), meta.get("max")

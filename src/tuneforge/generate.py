@@ -155,6 +155,13 @@ def resolve_settings(settings: GenerationSettings | None = None, **overrides) ->
 
 def encode_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> dict:
     """Token ids (and attention mask) for `prompt`; chat mode renders messages with the chat template."""
+    if not isinstance(prompt, str) and not (
+        isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)
+    ):
+        raise GenerationError(
+            f"the prompt must be a string, or chat messages [{{'role': 'user', 'content': ...}}], "
+            f"not {type(prompt).__name__}"
+        )
     if chat or isinstance(prompt, list):
         if not tokenizer.chat_template:
             raise GenerationError("this model's tokenizer has no chat template; generate without chat mode")

@@ -17,6 +17,7 @@ stay accepted; `GENTrainArgsV2`/`GENEvalArgsV2` keep 2.x's defaults (3 epochs, n
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ DICT_TRAIN_ARGS = (
 DICT_EVAL_ARGS = (
     "Dictionary evaluating arguments are no longer supported as of Happy Transformer version 3.0.0."
 )
+DICT_SETTINGS = "Dictionary generation settings are not supported"  # tuneforge's words
 V3_PROJECT_NAME, V3_RUN_NAME, V3_OUTPUT_DIR = "happy-transformer", "test", "happy_transformer/"
 
 
@@ -191,6 +193,9 @@ class HappyGeneration:
 
         self.model_type = model_type
         self.model_name = model_name
+        self.logger = logging.getLogger(
+            "happytransformer"
+        )  # HappyTransformer's attribute, for code that sets levels
         with _hub_token(use_auth_token):
             if load_path and (Path(load_path) / "adapter_config.json").is_file():
                 self.llm = tf.load(
@@ -220,7 +225,13 @@ class HappyGeneration:
         return self.llm.model.device
 
     def generate_text(self, text: str, args: GENSettings | None = None) -> GenerationResult:
-        args = args or GENSettings()
+        """Continue `text` with the settings in `args` (GENSettings; greedy by default): `.text` is the
+        continuation only, as in HappyTransformer."""
+        if not isinstance(text, str):
+            raise ConfigError(f"The text input must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise ConfigError("The text input must have at least one character that is not a space")
+        args = args_of(args, GENSettings, "generate_text", DICT_SETTINGS)
         with gen_settings_names():
             output = self._generate(text, args)
         return GenerationResult(text=output)
@@ -252,9 +263,7 @@ class HappyGeneration:
         from tuneforge.config import load_config
         from tuneforge.data import prepare_examples
 
-        if isinstance(args, dict):
-            raise ConfigError(f"{DICT_TRAIN_ARGS}; pass GENTrainArgs(learning_rate=..., ...) instead")
-        args = args or GENTrainArgs()
+        args = args_of(args, GENTrainArgs, "train", DICT_TRAIN_ARGS)
         refuse_deepspeed(args.deepspeed)
         warn_unmapped_tracker_names(args)
         data = self._data_path(input_filepath, args)
@@ -278,7 +287,9 @@ class HappyGeneration:
             rank=args.rank,
             alpha=args.alpha,
             lora_dropout=args.lora_dropout,
-            target_modules=list(args.target_modules),
+            target_modules=[args.target_modules]
+            if isinstance(args.target_modules, str)
+            else args.target_modules,
             max_steps=args.max_steps,
             seed=args.seed,
             keep_best=False,  # HF Trainer keeps no best copy unless load_best_model_at_end
@@ -287,7 +298,7 @@ class HappyGeneration:
             data=data,
             model=self.llm.source.spec,
         )
-        if args.max_length:
+        if args.max_length is not None:
             settings["cutoff_len"] = args.max_length
         if eval_filepath:
             settings["validation_data"] = eval_filepath
@@ -321,13 +332,11 @@ class HappyGeneration:
         from tuneforge.config import load_config
         from tuneforge.data import prepare_examples
 
-        if isinstance(args, dict):
-            raise ConfigError(f"{DICT_EVAL_ARGS} Pass GENEvalArgs(...) instead.")
-        args = args or GENEvalArgs()
+        args = args_of(args, GENEvalArgs, "eval", DICT_EVAL_ARGS)
         refuse_deepspeed(args.deepspeed)
         data = self._data_path(input_filepath, args)
         settings = {"num_proc": args.preprocessing_processes, "data": data}
-        if args.max_length:
+        if args.max_length is not None:
             settings["cutoff_len"] = args.max_length
         config = load_config(None, settings)
         prepared = prepare_examples(data, self.tokenizer, config)
@@ -336,6 +345,18 @@ class HappyGeneration:
             save_prepared_data(prepared, save_target)
         result = self.llm.perplexity(prepared, max_length=config.cutoff_len, stride=config.cutoff_len)
         return EvalResult(loss=result.loss)
+
+    def test(self, *args, **kwargs):
+        """Not offered, as in HappyTransformer 3.x (its test() raised NotImplementedError too)."""
+        raise NotImplementedError(
+            "HappyGeneration has no test(); use generate_text() for outputs, eval() for loss"
+        )
+
+    def push(self, repo_name: str, private: bool = True):
+        """Not offered: tuneforge does not upload anywhere; `save()` writes a folder the hub's tools take."""
+        raise NotImplementedError(
+            f"tuneforge does not upload models; save('folder') and then run `hf upload {repo_name} folder`"
+        )
 
     def save(self, path: str) -> None:
         """Save the model and tokenizer (or, after LoRA training, the adapter) to a folder."""
@@ -363,6 +384,22 @@ class HappyGeneration:
             warnings.warn("fp16 needs a CUDA GPU (as in HappyTransformer); training in fp32", stacklevel=3)
             return "fp32"
         return "fp16"
+
+
+def args_of(args, kind: type, verb: str, dict_message: str):
+    """`args` checked: None gives `kind`'s defaults; a dict or another class is refused, saying what to pass."""
+    if args is None:
+        return kind()
+    if isinstance(args, dict):
+        raise ConfigError(f"{dict_message.rstrip('. ;')}; pass {kind.__name__}(...) instead")
+    if not isinstance(args, kind):
+        hint = ""
+        if kind is GENTrainArgs and isinstance(args, str | Path):
+            hint = (
+                f"; an evaluation file goes to eval_filepath=, e.g. train(file, eval_filepath={str(args)!r})"
+            )
+        raise ConfigError(f"{verb}() takes args={kind.__name__}(...), not {type(args).__name__}{hint}")
+    return args
 
 
 def refuse_deepspeed(deepspeed: str | bool) -> None:

@@ -33,10 +33,15 @@ MACHINE_FILE = "machine.json"
 def pick_device(device: str = "auto") -> str:
     import torch
 
+    from tuneforge.config import DEVICES
+
+    cuda_index = isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit()
+    if device not in DEVICES and not cuda_index:
+        raise ModelError(f"device {device!r} is not one of {', '.join(DEVICES)} (or cuda:N for one GPU)")
     if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelError(
-                "device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu"
+                f"device '{device}' was asked for but no CUDA GPU is visible; use device: auto or cpu"
             )
         return device
     if torch.cuda.is_available():
@@ -133,6 +138,12 @@ def measure_bf16_speedup() -> float:
 
 def pick_precision(precision: str, device: str) -> str:
     """Resolve 'auto' to bf16 where the hardware computes it fast, fp16 on older GPUs, else fp32."""
+    from tuneforge.config import PRECISIONS
+
+    if precision not in PRECISIONS:
+        spelled = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "half": "fp16", "float": "fp32"}
+        hint = f" (did you mean '{spelled[precision]}'?)" if precision in spelled else ""
+        raise ModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}{hint}")
     if precision != "auto":
         if precision == "bf16" and device == "cuda" and not bf16_supported(device):
             raise ModelError("this GPU has no bf16 support; use precision: fp16 or auto")

@@ -15,7 +15,11 @@ GenerationSettings', built by cli/flags.py; the handlers only parse, call the co
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from tuneforge.cli.flags import MODEL_KEYS, add_setting_flags, add_verb, given_settings, run_config_from
@@ -123,6 +127,31 @@ def cmd_logits(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def reading_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback for perplexity's tokens: a bar on a terminal, else a line every 15 s."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(file=sys.stderr, highlight=False)
+    if console.is_terminal:
+        columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"))
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    last = monotonic()
+
+    def print_line(done: int, total: int) -> None:
+        nonlocal last
+        now = monotonic()
+        if now - last >= 15 and done < total:
+            last = now
+            print(f"{label}: {done:,}/{total:,} tokens read", file=sys.stderr, flush=True)
+
+    yield print_line
+
+
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from tuneforge.evaluate.perplexity import (
         append_history,
@@ -152,7 +181,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     shape = _evaluation_format(config, getattr(args, "format", None))
     results = []
     for variant in load_variants(config, args.adapter):
-        with variant.active():
+        with variant.active(), reading_progress(f"perplexity of {variant.label}") as progress:
             results.append(
                 perplexity(
                     variant.llm.model,
@@ -163,6 +192,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                     label=variant.label,
                     shape=shape,
                     encoding=config.encoding,
+                    progress=progress,
                 )
             )
     print(format_table(results, baseline=results[0].label if len(results) > 1 else None))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tuneforge.errors import TuneforgeError
 IGNORE_INDEX = -100  # labels that carry no loss (as in tuneforge.data)
 SHAPES = ("auto", "raw", "lines")
 RECORD_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".sql")  # files of records, not text
+BATCH_TOKENS = 2048  # padded tokens a forward when short sequences are scored together (fp32 logits ~400 MB)
 
 
 class EvaluationError(TuneforgeError, ValueError):
@@ -44,11 +45,17 @@ class PerplexityResult:
 
 
 def window_nll(
-    model, input_ids: Sequence[int], max_length: int, stride: int, labels: Sequence[int] | None = None
+    model,
+    input_ids: Sequence[int],
+    max_length: int,
+    stride: int,
+    labels: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[float, int]:
     """(summed negative log-likelihood, tokens scored) of one token sequence, window by window.
 
-    `labels` (same length, IGNORE_INDEX = not scored) lets prepared examples exclude prompt tokens.
+    `labels` (same length, IGNORE_INDEX = not scored) lets prepared examples exclude prompt tokens;
+    `progress(n)` hears of each window's n newly read tokens.
     """
     import torch
     import torch.nn.functional as F
@@ -74,9 +81,62 @@ def window_nll(
                 F.cross_entropy(logits[:-1].float(), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
             )
             count += int((shifted != IGNORE_INDEX).sum())
+            if progress is not None:
+                progress(end - (scored_until if scored_until > 1 else 0))
             scored_until = end
             end = min(end + step, n)
             begin = max(0, end - max_length)
+    return total, count
+
+
+def sequences_nll(
+    model,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int] | None]],
+    max_length: int,
+    stride: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, int]:
+    """(summed negative log-likelihood, tokens scored) of many (input_ids, labels or None) sequences, each
+    scored on its own: those that fit one window go through the model together, right-padded under an
+    attention mask (a file of short lines scores several times faster than line by line); longer ones by window_nll."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    short = [s for s in sequences if 2 <= len(s[0]) <= max_length]  # one token alone has nothing to score
+    for ids, labels in sequences:
+        if len(ids) > max_length:
+            nll, n = window_nll(model, ids, max_length, stride, labels, progress)
+            total, count = total + nll, count + n
+    device = next(model.parameters()).device
+    short.sort(key=lambda s: len(s[0]))  # similar lengths share a batch: little padding
+    start = 0
+    while start < len(short):
+        end = start + 1
+        while end < len(short) and (end - start + 1) * len(short[end][0]) <= BATCH_TOKENS:
+            end += 1
+        batch, width = short[start:end], len(short[end - 1][0])
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        targets = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (input_ids, labels) in enumerate(batch):
+            n = len(input_ids)
+            tokens[row, :n] = torch.as_tensor(list(input_ids))
+            targets[row, :n] = torch.as_tensor(list(labels if labels is not None else input_ids))
+            mask[row, :n] = 1
+        tokens, targets, mask = tokens.to(device), targets.to(device), mask.to(device)
+        with torch.no_grad():
+            logits = model(input_ids=tokens, attention_mask=mask).logits[:, :-1].float()
+            shifted = targets[:, 1:]
+            total += float(
+                F.cross_entropy(
+                    logits.flatten(0, 1), shifted.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+            )
+        count += int((shifted != IGNORE_INDEX).sum())
+        if progress is not None:
+            progress(int(mask.sum()))
+        start = end
     return total, count
 
 
@@ -110,10 +170,23 @@ def _is_file(data) -> bool:
         if not data.is_file():
             raise EvaluationError(f"data file '{data}' does not exist")
         return True
+    if not isinstance(data, str) or "\n" in data:
+        return False
     try:
-        return isinstance(data, str) and "\n" not in data and Path(data).is_file()
+        if Path(data).is_file():
+            return True
     except OSError:  # a long text is not a valid file name
         return False
+    from tuneforge.data.sources import TEXT_SUFFIXES, inner_suffix
+
+    # one word ending in a file suffix is a mistyped path, not a text to score
+    if not any(c.isspace() for c in data) and inner_suffix(Path(data)) in TEXT_SUFFIXES | set(
+        RECORD_SUFFIXES
+    ):
+        raise EvaluationError(
+            f"data file '{data}' does not exist (to score those characters as text, pass them in a list: [{data!r}])"
+        )
+    return False
 
 
 def perplexity(
@@ -127,6 +200,7 @@ def perplexity(
     data_label: str | None = None,
     shape: str = "auto",
     encoding: str = "utf-8",
+    progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     """Perplexity of `model` on `data`: a text file path, a string, a list of strings (each scored on its
     own), or prepared examples (a PreparedData or a list of {"input_ids", "labels"} dicts).
@@ -135,6 +209,7 @@ def perplexity(
     that shape is trained, so a line-trained model is not judged on line joins it never saw), 'auto' picks
     like training does (tuneforge.data's detect_shape): prose, one sentence per line or not, is measured as
     written; only lines that look like independent examples are scored one by one. `encoding` reads a file.
+    `progress(done, total)` hears how many of the data's tokens have been read.
     """
     if shape not in SHAPES:
         raise EvaluationError(f"shape '{shape}' is not one of {', '.join(SHAPES)}")
@@ -149,14 +224,12 @@ def perplexity(
         if hasattr(data, "train"):  # PreparedData: its held-out part when it has one
             data = data.validation or data.train
         if not isinstance(data, str | Path) and len(data) and isinstance(data[0], dict):
-            examples = data
-            name = data_label or f"{len(examples)} prepared examples"
-            total, count = 0.0, 0
-            for i in range(len(examples)):  # a list, or tuneforge.data's ExampleTable
-                for example in _unpacked(examples[i]):
-                    ids, labels = example["input_ids"], example.get("labels")
-                    nll, n = window_nll(model, ids, max_length, stride, labels)
-                    total, count = total + nll, count + n
+            name = data_label or f"{len(data)} prepared examples"
+            sequences = [  # a list, or tuneforge.data's ExampleTable
+                (example["input_ids"], example.get("labels"))
+                for i in range(len(data))
+                for example in _unpacked(data[i])
+            ]
         else:
             if _is_file(data):
                 if inner_suffix(Path(data)) in RECORD_SUFFIXES:
@@ -180,10 +253,16 @@ def perplexity(
             ):
                 texts = [line.strip() for line in texts[0].split("\n") if line.strip()]
                 name += " (per line)"
-            total, count = 0.0, 0
-            for ids in tokenizer(texts)["input_ids"]:
-                nll, n = window_nll(model, ids, max_length, stride)
-                total, count = total + nll, count + n
+            sequences = [(ids, None) for ids in tokenizer(texts)["input_ids"]]
+        tokens, done = sum(len(ids) for ids, _ in sequences), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(min(done, tokens), tokens)
+
+        total, count = sequences_nll(model, sequences, max_length, stride, advance)
     finally:
         model.train(was_training)
     if count == 0:

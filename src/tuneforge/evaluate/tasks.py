@@ -108,9 +108,14 @@ class TaskScores:
 
 
 def read_records(
-    path: str | Path, input_key: str | None = None, output_key: str | None = None
+    path: str | Path,
+    input_key: str | None = None,
+    output_key: str | None = None,
+    format_file: str | None = None,
 ) -> list[tuple]:
-    """(input, reference) pairs from a JSON list or JSON-lines file; alpaca's instruction + input are joined."""
+    """(input, reference) pairs from a JSON list or JSON-lines file; alpaca's instruction + input are joined,
+    or, with `format_file` ('alpaca-format', a path), each record's prompt is its template up to the answer,
+    as training renders it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"task data file '{path}' does not exist")
@@ -133,6 +138,16 @@ def read_records(
             f"{path}: could not tell the input and output fields among {sorted(keys)}; name them "
             "with input_key and output_key"
         )
+    if format_file is not None:
+        from tuneforge.data.formats import check_formatted, load_format, render_formatted
+
+        fmt = load_format(format_file)
+        check_formatted(records, fmt, f"records of {path}")
+        rendered = [render_formatted(record, fmt, train_on_source=False) for record in records]
+        return [
+            (segments[0][0] if len(segments) > 1 else "", str(record.get(output_key, "")))
+            for segments, record in zip(rendered, records, strict=True)
+        ]
     pairs = []
     for record in records:
         prompt = str(record.get(input_key, ""))
@@ -140,6 +155,16 @@ def read_records(
             prompt = f"{prompt}\n{record['input']}"
         pairs.append((prompt, str(record.get(output_key, ""))))
     return pairs
+
+
+def is_alpaca(path: str | Path) -> bool:
+    """Whether a JSON/JSONL file's first record has Alpaca's keys (instruction and output)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").lstrip()
+        first = json.loads(text)[0] if text.startswith("[") else json.loads(text.splitlines()[0])
+    except (OSError, ValueError, IndexError, KeyError):
+        return False  # read_records says what is wrong with the file
+    return isinstance(first, dict) and {"instruction", "output"} <= set(first)
 
 
 def score_task(

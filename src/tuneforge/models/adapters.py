@@ -284,6 +284,8 @@ def remove_adapter(model, name: str | None = None):
     """Remove adapter `name`, or every adapter when no name is given (or it is the last one); returns the
     model left: still PEFT-wrapped while adapters remain, else the plain base."""
     if not is_peft(model):
+        if name is not None:
+            raise ModelError(f"no adapter named '{name}' is loaded; loaded: none")
         return model
     loaded = adapter_names(model)
     if name is not None and name not in loaded:

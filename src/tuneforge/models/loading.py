@@ -189,6 +189,21 @@ def default_checkpoint() -> Path:
     return convert_gguf(default_gguf_path(), target)
 
 
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model an adapter-only folder (adapter_config.json, no config.json) names, as `resolve` reads
+    it ('default' for the embedded model's converted folder); None for any other folder."""
+    import json
+
+    folder = Path(folder).expanduser()
+    if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return None
+    saved = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    default = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
+    if not saved or Path(saved).expanduser() == default or Path(saved).name == DEFAULT_MODEL_NAME:
+        return "default"  # the same model converted on another machine has another path, but this name
+    return str(saved)
+
+
 def weights_folder(path: str, dtype) -> str:
     """Where `load_model` reads weights of `dtype` from: `path`, except for a GGUF file's fp32 conversion
     (tuneforge's own, under $TUNEFORGE_HOME/models) loaded in bf16, which gets a bf16 copy beside it on first use.
@@ -257,6 +272,12 @@ def resolve(spec: str) -> ModelSource:
             "hub id (a data file goes to --data)"
         )
     if path.is_dir():
+        base = adapter_base(path)
+        if base is not None:
+            raise ModelError(
+                f"folder '{spec}' is a LoRA adapter, not a model: load its base ({base}) with the adapter, "
+                f"e.g. tf.load({base!r}, adapter={spec!r}) in Python or --model {base} --adapter {spec}"
+            )
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"folder '{spec}' has no config.json; point model at a Hugging Face model folder "

@@ -31,6 +31,13 @@ def with_attached_adapter(model, config):
     if config.method not in ("lora", "qlora") or not is_peft(model):
         return config
     source = adapter_source(model)
+    run_dir = Path(config.output_dir).resolve() if config.output_dir else None
+    if config.resume_from and source and run_dir and run_dir in Path(source).resolve().parents:
+        raise ConfigError(
+            f"this model already holds the adapter that run {run_dir} saved (it finished), so there is nothing to resume; "
+            "to resume a run, load its base again (tf.load(...)) and resume there; to train this adapter "
+            "further, give another output_dir and no resume_from"
+        )
     if config.from_adapter and config.from_adapter != source:
         raise ConfigError(
             f"from_adapter names {config.from_adapter}, but an adapter ('{model.active_adapter}') is already "
@@ -188,6 +195,13 @@ def prepare_for_training(model, config):
         )
     if config.method in ("full", "scratch"):
         if is_peft(model):
+            import warnings
+
+            warnings.warn(
+                f"the model holds the adapter '{model.active_adapter}': a {config.method} run folds it into the "
+                "base weights first and trains the merged model (load the plain base to train without it)",
+                stacklevel=2,
+            )
             model = model.merge_and_unload()
         # full fine-tuning keeps fp32 master weights; bf16/fp16 run as autocast compute only
         model.to(torch.float32)

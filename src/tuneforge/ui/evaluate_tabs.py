@@ -62,7 +62,9 @@ def perplexity_tab(workspace: Workspace):
     )
 
     @shows_errors
-    def evaluate(chosen: list[str], names: list[str], stride_value: float, length: float):
+    def evaluate(
+        chosen: list[str], names: list[str], stride_value: float, length: float, progress=gr.Progress()
+    ):
         llm = workspace.require()
         if not chosen or not names:
             raise ConfigError("choose at least one model/LoRA and one text file")
@@ -76,6 +78,9 @@ def perplexity_tab(workspace: Workspace):
                     stride=min(int(stride_value), limit or 10**9),
                     max_length=limit,
                     history=project.root / HISTORY_FILE,
+                    progress=lambda done, total, name=path.name: progress(
+                        (done, total), desc=f"{name}", unit="tokens"
+                    ),
                 )
         return history_table(workspace)
 

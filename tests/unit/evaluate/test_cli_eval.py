@@ -113,6 +113,17 @@ def test_perplexity_prints_a_table_and_records_history(capsys, tiny_model_dir, a
     assert "2 past evaluations" in run(capsys, "perplexity", "--show-history", "--history", history)[1]
 
 
+def test_a_long_perplexity_says_how_far_it_has_read_when_not_on_a_terminal(capsys, monkeypatch):
+    from tuneforge.cli import evaluate
+
+    clock = iter([0.0, 5.0, 16.0, 17.0, 40.0])
+    monkeypatch.setattr(evaluate, "monotonic", lambda: next(clock))
+    with evaluate.reading_progress("perplexity of base") as progress:
+        for done in (100, 2_000, 2_500, 4_000):  # at 5 s, 16 s, 17 s and the end (40 s)
+            progress(done, 4_000)
+    assert capsys.readouterr().err == "perplexity of base: 2,000/4,000 tokens read\n"
+
+
 def test_compare_and_merge_write_their_files(capsys, tiny_model_dir, adapter_dirs, tmp_path):
     code, out, _ = run(
         capsys,

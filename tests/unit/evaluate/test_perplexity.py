@@ -69,9 +69,27 @@ def test_line_shaped_text_is_scored_line_by_line_like_training_reads_it(tiny_llm
     nll = sum(window_nll(tiny_llm.model, tiny_llm.tokenizer(line)["input_ids"], 64, 32)[0] for line in lines)
     tokens = sum(len(tiny_llm.tokenizer(line)["input_ids"]) - 1 for line in lines)
     assert auto.data.endswith("(per line)") and auto.tokens == tokens
-    assert auto.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-9)
+    assert auto.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-5)  # batched: rounding only
     raw = perplexity(tiny_llm.model, tiny_llm.tokenizer, TEXT, max_length=64, shape="raw")
     assert raw.tokens == len(tiny_llm.tokenizer(TEXT)["input_ids"]) - 1
+
+
+def test_short_sequences_scored_together_equal_each_scored_alone_and_progress_reaches_the_end(tiny_llm):
+    """Padding must not leak: a 3-token line batched with a 60-token one scores as it does alone."""
+    from tuneforge.evaluate.perplexity import sequences_nll
+
+    tokenize = tiny_llm.tokenizer
+    texts = ["cheese", "you can build a tasty cheese sandwich " * 8, "ham on rye", "a b c d e f g h i j k"]
+    sequences = [(ids, None) for ids in tokenize(texts)["input_ids"]]
+    sequences.append((sequences[1][0], [-100] * 10 + list(sequences[1][0][10:])))  # labels mask a prompt
+    heard = []
+    together = sequences_nll(tiny_llm.model, sequences, 64, 32, heard.append)
+    alone = [window_nll(tiny_llm.model, ids, 64, 32, labels) for ids, labels in sequences]
+    assert together[1] == sum(n for _, n in alone)
+    assert together[0] == pytest.approx(sum(nll for nll, _ in alone), rel=1e-5)
+    assert sum(heard) == sum(len(ids) for ids, _ in sequences)
+    windows = sequences_nll(tiny_llm.model, sequences, 16, 8)  # longer than a window: read window by window
+    assert windows[1] == together[1] and windows[0] != pytest.approx(together[0], rel=1e-6)
 
 
 PROSE = (
@@ -141,3 +159,12 @@ def test_a_file_of_records_is_refused_not_scored_as_json_text(tiny_llm, tmp_path
     (tmp_path / "alpaca.json").write_text('[{"instruction": "Say hi", "output": "Hi"}]')
     with pytest.raises(EvaluationError, match="holds records, not plain text.*LLM.evaluate"):
         perplexity(tiny_llm.model, tiny_llm.tokenizer, tmp_path / "alpaca.json")
+
+
+def test_a_mistyped_file_name_is_an_error_not_a_text_to_score(tiny_llm, tmp_path):
+    with pytest.raises(EvaluationError, match=r"data file 'cheese5O.txt' does not exist.*\['cheese5O.txt'\]"):
+        perplexity(tiny_llm.model, tiny_llm.tokenizer, "cheese5O.txt")
+    with pytest.raises(EvaluationError, match="does not exist"):
+        perplexity(tiny_llm.model, tiny_llm.tokenizer, str(tmp_path / "heldout.jsonl.gz"))
+    as_text = perplexity(tiny_llm.model, tiny_llm.tokenizer, ["cheese5O.txt"], max_length=8)
+    assert as_text.tokens > 0  # the same characters, asked for as text
