@@ -157,6 +157,10 @@ def test_seed_000_journey_in_the_browser(page, project):
     page.wait_for_function("document.querySelector('#train-status').innerText.includes('ui-lora')")
     assert "running" in page.locator("#train-status").inner_text()
     assert status_step(page) >= before_reload
+    # the form shows what the running job was set to, not its defaults
+    page.wait_for_function(
+        "document.querySelector('#field-rank input, #field-rank textarea').value === '4'", timeout=SLOW
+    )
     wait_until(lambda: status_step(page) > before_reload + 1, 60, "the re-attached job to keep progressing")
 
     page.locator("#interrupt").click()

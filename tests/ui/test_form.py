@@ -55,6 +55,17 @@ def test_a_value_equal_to_textgens_own_is_given_too():
     assert config.rank == 32 and config.packing is False and {"rank", "packing"} <= set(config.given_keys)
 
 
+def test_compile_can_be_left_to_the_run_or_turned_off():
+    """A checkbox could not say 'not given': unticked was compile's default, so the run compiled anyway."""
+    untouched = load_config(None, {**form_values(untouched_form()), "data": "notes.txt"})
+    assert "compile" not in untouched.given_keys  # the run decides after timing its first steps
+    form = untouched_form()
+    form.update(compile="false")
+    off = load_config(None, {**form_values(form), "data": "notes.txt"})
+    assert off.compile is False and "compile" in off.given_keys
+    assert shown_value("compile", True) == "true"  # copied parameters show it as given
+
+
 def test_copied_parameters_fill_the_form_as_given_values():
     saved = RunConfig(rank=16, packing=True, batch_size=8, target_modules=["all-linear"], overlap_len=0)
     form = untouched_form()

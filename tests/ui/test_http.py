@@ -211,3 +211,60 @@ def test_resume_until_a_step_the_run_has_passed_is_refused_not_finished(project)
         ui.close()
     assert "'long' is saved at step 4 already; give a later step" in str(refused.value)
     assert (run / "config.yaml").read_text() == "max_steps: 20\n" and not (run / "train.log").exists()
+
+
+@pytest.fixture()
+def bad_data_ui(project):
+    """The UI over a project whose datasets/ also holds an empty file, a one-token file and records."""
+    from tuneforge.ui import serve
+
+    from .conftest import free_port
+
+    (project / "datasets" / "empty.txt").write_text("")
+    (project / "datasets" / "one-token.txt").write_text("To")
+    (project / "datasets" / "notes.json").write_text('[{"instruction": "a", "output": "b"}]')
+    running = serve(port=free_port(), project_dir=project)  # the lists are filled as the page opens
+    yield running
+    running.close()
+
+
+def test_data_that_cannot_train_is_refused_before_a_run_folder_and_the_preview_says_why(bad_data_ui, project):
+    """Start made runs/bad for an empty file (Preview refused it), so the name was taken by a failed run; a
+    refused preview left the previous file's preview on the page under a passing toast."""
+    from gradio_client.exceptions import AppError
+
+    api = client(bad_data_ui)
+    api.predict("models/tiny", "cpu", "fp32", api_name="/load_model")
+    form = {"param_1": "Raw text file", "param_2": "empty.txt"}
+    with pytest.raises(AppError, match="is empty"):
+        call(api, "/start_training", param_0="bad", **form)
+    assert not (project / "runs" / "bad").exists()
+    assert call(api, "/preview_data", **form).startswith("**Cannot preview this data:** data file")
+
+
+def test_an_empty_upload_is_refused_and_a_perplexity_with_a_bad_file_records_nothing(bad_data_ui, project):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    api = client(bad_data_ui)
+    (project.parent / "blank.txt").write_text("\n \n")
+    with pytest.raises(AppError, match="blank.txt is empty"):
+        api.predict(handle_file(str(project.parent / "blank.txt")), api_name="/add_dataset")
+    assert not (project / "datasets" / "blank.txt").exists()
+    api.predict("models/tiny", "cpu", "fp32", api_name="/load_model")
+    with pytest.raises(AppError, match="fewer than 2 tokens"):
+        api.predict(["base"], ["data.txt", "one-token.txt"], 64, 0, api_name="/perplexity")
+    assert not (project / "perplexity-history.jsonl").exists()  # data.txt's result was not kept alone
+    assert Project(project).text_datasets() == ["data.txt", "empty.txt", "one-token.txt"]  # no records
+
+
+def test_resume_continues_the_run_picked_when_the_page_shows_a_finished_one(project):
+    from tuneforge.ui.training_tab import run_to_resume
+
+    for name in ("stopped", "finished"):
+        (project / "runs" / name).mkdir(parents=True)
+    (project / "runs" / "finished" / "report.md").write_text("# done\n")
+    runs = Project(project)
+    assert run_to_resume(runs, "finished", "stopped") == "stopped"  # the newest run is shown, and finished
+    assert run_to_resume(runs, "stopped", "finished") == "stopped"  # the shown run can still go on
+    assert run_to_resume(runs, "", "stopped") == "stopped" and run_to_resume(runs, "stopped", "") == "stopped"

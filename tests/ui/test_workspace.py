@@ -136,3 +136,17 @@ def test_copied_data_chooses_the_runs_file_kind_and_format_where_datasets_lists_
     assert (other["other_format"], other["validation_file"]) == ("auto", "data.txt")  # format: auto, unsaid
     assert form.copied_data({"data": "/elsewhere/notes.txt", "format": "raw"}) is None  # not in datasets/
     assert form.copied_data({**formatted, "format_file": "/elsewhere/f.json"}) is None
+
+
+def test_a_wrong_number_in_the_form_is_named_by_its_label_and_key(workspace):
+    """Gradio's own bounds said "Value 5 is greater than maximum value 0.99." without naming the field."""
+    from tests.ui.test_form import untouched_form
+    from tuneforge.ui.form import FORM_FIELDS, TrainingForm
+
+    data = dict(run_name="r", dataset_mode="Raw text file", raw_file="data.txt", other_format="auto")
+    values = [data.get(name) for name in TrainingForm.DATA_INPUTS]
+    fields = {**untouched_form(), "lora_dropout": 5}
+    with pytest.raises(
+        TuneforgeError, match=r"^LoRA Dropout: lora_dropout must be >= 0.0 and <= 0.99; got 5"
+    ):
+        TrainingForm(workspace).config(tuple(values + [fields[name] for name in FORM_FIELDS]))

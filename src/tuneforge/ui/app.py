@@ -70,6 +70,10 @@ def build_app(
     return demo
 
 
+# the data preview's long lines (the memory estimate) wrap instead of running out of the pane
+CSS = "#preview-text pre, #preview-text code { white-space: pre-wrap; word-break: break-word; }"
+
+
 def server_app(demo, *, host: str, port: int, auth: str | None, max_upload_mb: int = 50):
     """A FastAPI app serving `demo` behind the Host/Origin guard, with the login and the upload limit."""
     import gradio as gr
@@ -90,6 +94,7 @@ def server_app(demo, *, host: str, port: int, auth: str | None, max_upload_mb: i
         allowed_paths=[],
         ssr_mode=False,
         footer_links=[],
+        css=CSS,
         show_error=True,
     )
     # gradio checks that a file named in a request was really uploaded only once the Blocks "launched";

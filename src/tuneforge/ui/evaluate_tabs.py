@@ -42,7 +42,7 @@ def perplexity_tab(workspace: Workspace):
         )
         files = gr.Dropdown(
             label="Text files (datasets/)",
-            choices=project.datasets(),
+            choices=project.text_datasets(),
             value=[],
             multiselect=True,
             elem_id="ppl-files",
@@ -70,24 +70,27 @@ def perplexity_tab(workspace: Workspace):
             raise ConfigError("choose at least one model/LoRA and one text file")
         paths = [project.dataset(name) for name in names]
         limit = int(length) or None
+        results = []
         with workspace.evaluating(chosen) as adapters:
             for path in paths:
-                llm.perplexity(
+                results += llm.perplexity(
                     str(path),
                     adapters=adapters,
                     stride=min(int(stride_value), limit or 10**9),
                     max_length=limit,
-                    history=project.root / HISTORY_FILE,
                     progress=lambda done, total, name=path.name: progress(
                         (done, total), desc=f"{name}", unit="tokens"
                     ),
                 )
+        from tuneforge.evaluate.perplexity import append_history
+
+        append_history(project.root / HISTORY_FILE, results)  # all or none: a bad file's error leaves no row
         return history_table(workspace)
 
     run.click(evaluate, [models, files, stride, max_length], table, api_name="perplexity")
 
     def lists():
-        return gr.update(choices=["base"] + project.loras()), gr.update(choices=project.datasets())
+        return gr.update(choices=["base"] + project.loras()), gr.update(choices=project.text_datasets())
 
     refresh.click(lists, None, [models, files], api_name=False)
     # what a newly opened page shows (build_app refreshes these on each page load)
@@ -114,7 +117,7 @@ def compare_tab(workspace: Workspace):
     with gr.Row():
         seeds = gr.Textbox(label="Seeds", value="0,1")
         heldout = gr.Dropdown(
-            label="Held-out text for perplexity (optional)", choices=[""] + project.datasets(), value=""
+            label="Held-out text for perplexity (optional)", choices=[""] + project.text_datasets(), value=""
         )
         max_new_tokens = gr.Number(label="Max new tokens", value=20, precision=0, minimum=1, maximum=512)
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
@@ -156,7 +159,7 @@ def compare_tab(workspace: Workspace):
         return (
             gr.update(choices=["base"] + project.loras()),
             gr.update(choices=[""] + project.runs()),
-            gr.update(choices=[""] + project.datasets()),
+            gr.update(choices=[""] + project.text_datasets()),
         )
 
     refresh.click(lists, None, [variants, run_choice, heldout], api_name=False)

@@ -14,6 +14,7 @@ import functools
 import typing
 
 from tuneforge.config import DATA_FORMATS, LINE_LISTS, RunConfig, coerce, field_help, from_dict
+from tuneforge.data.preflight import preflight
 from tuneforge.defaults import AUTO_CHOSEN
 from tuneforge.errors import ConfigError
 
@@ -21,6 +22,9 @@ if typing.TYPE_CHECKING:
     from tuneforge.ui.workspace import Workspace
 
 AUTO = "auto"
+# shown as auto / a value: the recipe's choices, and compile, which a run left without it decides after timing
+# its first steps (a checkbox could not say "not given": unticked is compile's default, False, so never given)
+CHOSEN_FOR_THE_USER = (*AUTO_CHOSEN, "compile")
 DATASET_MODES = ("Raw text file", "Formatted dataset", "Other data")
 OTHER_FORMATS = tuple(f for f in DATA_FORMATS if f not in ("raw", "formatted"))
 AUTO_NOTE = (
@@ -139,9 +143,11 @@ def shown_value(name: str, value):
         return ("\n" if name in LINE_LISTS else ",").join(map(str, value or []))
     if name in ESCAPED:
         return value.encode("unicode_escape").decode("ascii")
-    if name in AUTO_CHOSEN and kind is bool:
+    if name in CHOSEN_FOR_THE_USER and kind is bool:
         return "true" if value else "false"
-    if name in AUTO_CHOSEN or kind in (int, float) and optional:  # a text box, empty for None
+    if name in CHOSEN_FOR_THE_USER or kind in (int, float) and optional:  # a text box, empty for None
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))  # alpha 8, not 8.0
         return "" if value is None else str(value)
     return value
 
@@ -154,11 +160,13 @@ def config_widget(name: str, value=None):
     meta = f.metadata
     default = getattr(RunConfig(), name) if value is None else value
     kind, optional = _kind(name)
-    info = meta["help"] + (AUTO_NOTE if name in AUTO_CHOSEN else "")
+    info = meta["help"] + (AUTO_NOTE if name in CHOSEN_FOR_THE_USER else "")
     common = dict(label=label(name), info=info, elem_id=f"field-{name}")
     if meta.get("choices"):
         return gr.Dropdown(choices=list(meta["choices"]), value=default, **common)
-    if name in AUTO_CHOSEN:  # shown empty (not given), so any value typed is given, even textgen's own
+    if (
+        name in CHOSEN_FOR_THE_USER
+    ):  # shown empty (not given), so any value typed is given, even textgen's own
         fixed = shown_value(name, getattr(RunConfig(), name))
         if kind is bool:
             return gr.Dropdown(choices=[AUTO, "true", "false"], value=AUTO, **common)
@@ -173,13 +181,9 @@ def config_widget(name: str, value=None):
             value=shown_value(name, default), placeholder="empty: the default (see above)", **common
         )
     if kind in (int, float):
-        return gr.Number(
-            value=default,
-            minimum=meta.get("min") if not meta.get("min_exclusive") else None,
-            maximum=meta.get("max"),
-            precision=0 if kind is int else None,
-            **common,
-        )
+        # no minimum/maximum here: Gradio's own refusal ("Value 5 is greater than maximum value 0.99.") names
+        # no field; the run config's check names it (form.config)
+        return gr.Number(value=default, precision=0 if kind is int else None, **common)
     if name in LINE_LISTS:  # items may hold commas: one a line
         return gr.Textbox(value=shown_value(name, default), lines=3, placeholder="one a line", **common)
     return gr.Textbox(value=shown_value(name, default) if default is not None else "", **common)
@@ -198,13 +202,17 @@ def form_values(raw: dict) -> dict:
             value = value.strip() if name not in ESCAPED else value
             if name in ESCAPED:
                 value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
-        if name in AUTO_CHOSEN and value in (None, "", AUTO) and not (name == "micro_batch_size" and value):
+        if (
+            name in CHOSEN_FOR_THE_USER
+            and value in (None, "", AUTO)
+            and not (name == "micro_batch_size" and value)
+        ):
             continue  # left to the recipe (a micro batch typed 'auto' is that setting's own auto)
         if optional and value in (None, ""):
             value = None
         elif kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
-        if name not in AUTO_CHOSEN and _is_default(name, value):
+        if name not in CHOSEN_FOR_THE_USER and _is_default(name, value):
             # not given: an empty max_steps or a warmup_steps of 0 given would stop the recipe choosing
             # epochs and the warm-up, unlike `tuneforge train --data FILE`
             continue
@@ -294,7 +302,13 @@ class TrainingForm:
         if self.workspace.model_name is None:
             raise ConfigError("load the model to train in the Model tab first; the run trains that model")
         settings["model"] = self.project.model(self.workspace.model_name)
-        config = from_dict(settings)  # a wrong value is named now, not in the job's log
+        try:
+            config = from_dict(settings)  # a wrong value is named now, not in the job's log
+        except ConfigError as error:  # by the label on the page, then the key the YAML and CLI use
+            named = [name for name in FORM_FIELDS if str(error).startswith(f"{name} ")]
+            raise (ConfigError(f"{label(named[0])}: {error}") if named else error) from None
+        # and data that cannot train (empty, binary, a missing format file), before a run folder is made
+        preflight(config)
         if config.from_adapter:  # and an adapter of another shape than asked for, before a job starts
             from tuneforge.models.methods import with_adapter_from_folder
 

@@ -52,6 +52,12 @@ class Project:
                 names.append("/".join(parts))
         return sorted(names)
 
+    def text_datasets(self) -> list[str]:
+        """The datasets that are plain text (what perplexity scores), not files of records."""
+        from tuneforge.data.sources import RECORD_SUFFIXES, inner_suffix
+
+        return [name for name in self.datasets() if inner_suffix(Path(name)) not in RECORD_SUFFIXES]
+
     def format_files(self) -> list[str]:
         """The shipped format files and the JSON files in datasets/formats/."""
         own = (

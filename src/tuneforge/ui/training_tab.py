@@ -13,7 +13,7 @@ import yaml
 
 from tuneforge import jobs
 from tuneforge.config import field_help, from_dict
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.ui.form import (
     ADVANCED_FIELDS,
     DATASET_MODES,
@@ -30,7 +30,7 @@ from tuneforge.ui.form import (
     shown_value,
 )
 from tuneforge.ui.handlers import shows_errors
-from tuneforge.ui.project import DATA_SUFFIXES
+from tuneforge.ui.project import DATA_SUFFIXES, Project
 from tuneforge.ui.workspace import Workspace
 
 POLL_SECONDS = 1.0
@@ -40,11 +40,13 @@ def _plot_frame(metrics: list[dict]):
     import pandas as pd
 
     rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if "loss" in m]
-    rows += [
+    validation = [
         {"step": m["step"], "loss": m["validation_loss"], "series": "validation"}
         for m in metrics
         if "validation_loss" in m
     ]
+    if len(validation) > 1:  # a line plot draws no single point (a run evaluated once, at its end): the
+        rows += validation  # status line above the chart says that loss; the legend would name a blank line
     if not rows:
         # no frame at all: gradio 6 draws every later line of a chart first given an empty frame with no
         # stroke (invisible), as the colour scale keeps the empty frame's domain (tests/ui/test_browser.py)
@@ -177,7 +179,6 @@ def training_tab(workspace: Workspace):
             label="Resume until step",
             value=0,
             precision=0,
-            minimum=0,
             elem_id="resume-until",
             info="0: the run's own end (its epochs or max steps); a step here becomes the run's max steps.",
         )
@@ -230,17 +231,26 @@ def training_tab(workspace: Workspace):
 
     @shows_errors
     def resume_training(name: str, until: float | None, copied: str):
-        name = name or copied  # a run picked in Copy parameters from, when this page shows none
+        name = run_to_resume(project, name, copied)
         if not name:
             raise ConfigError("no run is shown here to resume; pick it in Copy parameters from, or start one")
         if jobs.running_jobs(project.root):
             raise ConfigError("another training job is running; interrupt it first")
+        if until and until < 0:
+            raise ConfigError(
+                f"Resume until step: {until:g} is not a step; give 0 for the run's own end, or a step"
+            )
         overrides = {"max_steps": int(until)} if until and until > 0 else None
         jobs.resume(project.run_dir(name), overrides, cwd=project.root)
         return (name, *poll(name, "")[1:])
 
-    @shows_errors
     def preview_data(*values):
+        try:
+            return preview_text(values)
+        except TuneforgeError as error:  # in the pane, not only a toast: the last preview must not stay shown
+            return f"**Cannot preview this data:** {error}"
+
+    def preview_text(values: tuple) -> str:
         from tuneforge.data.inspection import inspect_data
         from tuneforge.recipe import plan_run
 
@@ -249,7 +259,7 @@ def training_tab(workspace: Workspace):
         # as Start runs it (a new process on the base model, no LoRA of the Model tab), defaults chosen,
         # and the data shown as that run prepares it (its chosen validation split and packing included)
         plan = plan_run(from_dict(settings), None, llm.tokenizer, llm.device)
-        inspection = inspect_data(plan.config.data, llm.tokenizer, plan.config, n_examples=2)
+        inspection = inspect_data(str(settings["data"]), llm.tokenizer, plan.config, n_examples=2)
         return f"```text\n{inspection.render()}\n```\n\n```text\n{plan.describe()}\n```"
 
     data_inputs = [data_tabs, *data_choices]
@@ -284,12 +294,17 @@ def training_tab(workspace: Workspace):
             return [gr.skip()] * 4
         source = Path(path)
         named = jobs_safe_name(source.name)
-        target = project.add_dataset(named, source.read_bytes())
+        content = source.read_bytes()
+        if not content.strip():
+            raise ConfigError(f"{source.name} is empty: there is nothing to train on, so it was not added")
+        target = project.add_dataset(named, content)
         if target.name != named:  # another file already holds the name: earlier runs read it
             gr.Info(f"datasets/{named} holds other data (earlier runs trained on it): added as {target.name}")
         else:
             gr.Info(f"added datasets/{target.name}")
-        return refresh_datasets()
+        raw_list, *others = refresh_datasets()
+        raw_list["value"] = target.name  # the new file chosen in the Text file list, where most uploads go
+        return raw_list, *others
 
     def refresh_datasets():
         names = project.datasets()
@@ -321,6 +336,12 @@ def training_tab(workspace: Workspace):
         attached = jobs.attach(project.root, stopped=True)
         return attached.name if attached else ""
 
+    def running_run() -> str:
+        """A run training now: a newly opened page copies its parameters into the form (copy_from.change),
+        so a reload mid-run shows what the job was set to, not the form's defaults."""
+        running = jobs.attach(project.root)
+        return running.name if running else ""
+
     # what a newly opened page shows (build_app refreshes these on each page load)
     def free_name() -> str:
         """my-lora, or my-lora-2, -3, ... when runs/ has it already: a new page's Start never meets an old run."""
@@ -334,8 +355,16 @@ def training_tab(workspace: Workspace):
         ([run_name], lambda: (gr.update(value=free_name()),)),
         (dataset_lists, refresh_datasets),
         ([format_file], lambda: (gr.update(choices=project.format_files()),)),
-        ([copy_from], lambda: (gr.update(choices=[""] + project.runs()),)),
+        ([copy_from], lambda: (gr.update(choices=[""] + project.runs(), value=running_run()),)),
     ]
+
+
+def run_to_resume(project: Project, shown: str, copied: str) -> str:
+    """The run Resume continues: the one the page shows, unless it finished (the newest run is shown) and
+    another is picked in Copy parameters from."""
+    if copied and (not shown or jobs.status(project.run_dir(shown)).state == "finished"):
+        return copied
+    return shown
 
 
 def jobs_safe_name(name: str) -> str:
