@@ -22,6 +22,8 @@ def test_out_of_range_value_states_the_allowed_range():
         RunConfig(rank=0)
     with pytest.raises(ConfigError, match="lr_scheduler must be one of .*did you mean 'cosine'"):
         RunConfig(lr_scheduler="cosin")
+    with pytest.raises(ConfigError, match="got 'LoRA' \\(did you mean 'lora'\\?\\)"):  # the case, first
+        RunConfig(method="LoRA")
 
 
 def test_command_line_strings_are_coerced_to_each_key_type():
