@@ -195,7 +195,7 @@ class HappyGeneration:
         self.model_name = model_name
         self.logger = logging.getLogger(
             "happytransformer"
-        )  # HappyTransformer's attribute, for code that sets levels
+        )  # HappyTransformer's attribute: code sets its level
         with _hub_token(use_auth_token):
             if load_path and (Path(load_path) / "adapter_config.json").is_file():
                 self.llm = tf.load(
@@ -267,6 +267,7 @@ class HappyGeneration:
         refuse_deepspeed(args.deepspeed)
         warn_unmapped_tracker_names(args)
         data = self._data_path(input_filepath, args)
+        modules = [args.target_modules] if isinstance(args.target_modules, str) else args.target_modules
         if eval_filepath and data != input_filepath:
             warnings.warn(
                 f"eval data comes from {data} and not {eval_filepath} (as in HappyTransformer)", stacklevel=2
@@ -287,9 +288,7 @@ class HappyGeneration:
             rank=args.rank,
             alpha=args.alpha,
             lora_dropout=args.lora_dropout,
-            target_modules=[args.target_modules]
-            if isinstance(args.target_modules, str)
-            else args.target_modules,
+            target_modules=modules,
             max_steps=args.max_steps,
             seed=args.seed,
             keep_best=False,  # HF Trainer keeps no best copy unless load_best_model_at_end

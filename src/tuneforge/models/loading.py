@@ -197,10 +197,14 @@ def adapter_base(folder: str | Path) -> str | None:
     folder = Path(folder).expanduser()
     if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
         return None
-    saved = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
-    default = tuneforge_home() / "models" / DEFAULT_MODEL_NAME
-    if not saved or Path(saved).expanduser() == default or Path(saved).name == DEFAULT_MODEL_NAME:
-        return "default"  # the same model converted on another machine has another path, but this name
+    saved = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not saved:
+        raise ModelError(
+            f"the adapter in '{folder}' names no base model (adapter_config.json has no base_model_name_or_path); "
+            "load the model it was trained on with it as the adapter: tf.load(BASE, adapter=FOLDER)"
+        )
+    if Path(saved).name == DEFAULT_MODEL_NAME:  # the embedded model: converted elsewhere, or its hub id
+        return "default"
     return str(saved)
 
 

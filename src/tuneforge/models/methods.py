@@ -34,9 +34,9 @@ def with_attached_adapter(model, config):
     run_dir = Path(config.output_dir).resolve() if config.output_dir else None
     if config.resume_from and source and run_dir and run_dir in Path(source).resolve().parents:
         raise ConfigError(
-            f"this model already holds the adapter that run {run_dir} saved (it finished), so there is nothing to resume; "
-            "to resume a run, load its base again (tf.load(...)) and resume there; to train this adapter "
-            "further, give another output_dir and no resume_from"
+            f"this model already holds the adapter that run {run_dir} saved (it finished), so there is "
+            "nothing to resume; to resume a run, load its base again (tf.load(...)) and resume there; to train "
+            "this adapter further, give another output_dir and no resume_from"
         )
     if config.from_adapter and config.from_adapter != source:
         raise ConfigError(

@@ -37,6 +37,16 @@ def test_an_adapter_folder_given_as_the_model_brings_its_base(tiny_model_dir, ad
         resolve(str(adapter_dirs[0]))  # the CLI's --model: says to use --adapter
 
 
+def test_an_adapter_that_names_no_base_says_to_give_one(adapter_dirs, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(adapter_dirs[0], tmp_path / "nameless")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(ModelError, match="names no base model.*tf.load\\(BASE, adapter=FOLDER\\)"):
+        tf.load(str(folder))
+
+
 def test_wrong_kinds_of_input_are_named(tiny_llm, lines_file, tmp_path):
     from tuneforge.generate import GenerationError
 
