@@ -76,8 +76,11 @@ class LLM:
         precision: str = "auto",
         trust_remote_code: bool = False,
     ) -> LLM:
-        """Load `model` ('default', a folder, a .gguf file or a hub id), with an optional LoRA adapter folder;
-        an adapter folder given as `model` loads the base it names with that adapter (as transformers does).
+        """Load `model` ('default': the embedded SmolLM2-135M-Instruct; a folder, a .gguf file or a hub id),
+        with an optional LoRA adapter folder; an adapter folder given as `model` loads the base it names with
+        it (as transformers does). `device`: auto, cpu, cuda, mps; `precision`: auto, fp32, bf16, fp16. Then
+        `.train(data, **keys)` (`tuneforge train --help` lists the keys), `.generate(prompt)`,
+        `.perplexity(file)`, `.next_token_probs(text)`, `.merge()`, `.save(folder)`.
 
         >>> llm = LLM.load("default", precision="fp32")
         >>> llm = LLM.load("runs/cheese/adapter")          # its base (adapter_config.json says which) + it
@@ -466,19 +469,4 @@ def _device_key(device: str) -> tuple[str, str]:
     return kind, index or "0"
 
 
-def load(
-    model: str = "default",
-    adapter: str | Path | None = None,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    trust_remote_code: bool = False,
-) -> LLM:
-    """Load `model` ('default': the embedded SmolLM2-135M-Instruct; a folder, a .gguf file or a hub id), with
-    an optional LoRA adapter folder (an adapter folder as `model` brings its base). `device`: auto, cpu, cuda,
-    mps; `precision`: auto, fp32, bf16, fp16. Then `.train(data, **keys)` (`tuneforge train --help` lists the
-    keys), `.generate(prompt)`, `.perplexity(file)`, `.next_token_probs(text)`, `.merge()`, `.save(folder)`.
-
-    >>> llm = tf.load()                                   # or tf.load("runs/cheese/adapter")
-    """
-    return LLM.load(model, adapter, device=device, precision=precision, trust_remote_code=trust_remote_code)
+load = LLM.load  # tf.load(...): the same signature and help

@@ -7,7 +7,8 @@
     tuneforge merge --adapter runs/demo/adapter --output merged/
     tuneforge export --adapter runs/demo/adapter --gguf cheese.gguf
 
-`--adapter` may be repeated and may also name a whole model folder (a checkpoint of a full fine-tune). The
+`--adapter` may be repeated and may also name a whole model folder (a checkpoint of a full fine-tune); an
+adapter folder given as `--model` is its base plus that adapter, as if given to `--adapter`. The
 model keys (--model, --precision, --device, --trust_remote_code) are RunConfig's and the sampling flags are
 GenerationSettings', built by cli/flags.py; the handlers only parse, call the core and print.
 """
@@ -57,12 +58,17 @@ def load_variants(config: RunConfig, adapters: list[str] | None, include_base: b
     """The base model and each adapter as comparison variants; adapters share one copy of the base."""
     import tuneforge as tf
     from tuneforge.evaluate.compare import BASE, Variant
+    from tuneforge.models.loading import adapter_base
 
     load: dict[str, Any] = dict(
         device=config.device, precision=config.precision, trust_remote_code=config.trust_remote_code
     )
-    folders = [trained_weights(path) for path in adapters or []]  # named before the base model loads
-    base = tf.load(config.model, **load)
+    model, adapters = config.model, list(adapters or [])
+    base_of_adapter = adapter_base(model) if Path(model).is_dir() else None
+    if base_of_adapter is not None:  # --model ADAPTER: its base, and it as the first adapter, named as such
+        model, adapters = base_of_adapter, [config.model, *adapters]
+    folders = [trained_weights(path) for path in adapters]  # named before the base model loads
+    base = tf.load(model, **load)
     variants = [Variant(BASE, base, BASE)] if include_base or not adapters else []
     for folder in folders:
         if (folder / "adapter_config.json").is_file():

@@ -280,7 +280,8 @@ def resolve(spec: str) -> ModelSource:
         if base is not None:
             raise ModelError(
                 f"folder '{spec}' is a LoRA adapter, not a model: load its base ({base}) with the adapter, "
-                f"e.g. tf.load({base!r}, adapter={spec!r}) in Python or --model {base} --adapter {spec}"
+                f"e.g. tf.load({base!r}, adapter={spec!r}) in Python; on the command line --model {base} with "
+                f"--from_adapter {spec} to train it further"
             )
         if not (path / "config.json").is_file():
             raise ModelError(

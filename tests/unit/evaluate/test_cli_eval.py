@@ -1,6 +1,7 @@
 """The CLI verbs generate, logits, perplexity, compare, merge and export on the tiny model, in-process."""
 
 import argparse
+import json
 
 import pytest
 
@@ -111,6 +112,30 @@ def test_perplexity_prints_a_table_and_records_history(capsys, tiny_model_dir, a
     )
     assert code == 0 and "| base |" in out and "| one |" in out and "vs base" in out
     assert "2 past evaluations" in run(capsys, "perplexity", "--show-history", "--history", history)[1]
+
+
+def test_an_adapter_given_as_the_model_is_scored_as_that_adapter_beside_its_base(
+    capsys, adapter_dirs, tmp_path
+):
+    """tf.load(ADAPTER) brings its base; the CLI had then shown the plain base, labelled base, for it."""
+    data = tmp_path / "heldout.txt"
+    data.write_text("you can make a tasty cheese sandwich\n" * 4)
+    code, out, _ = run(
+        capsys, "perplexity", data, "--model", adapter_dirs[0], "--no-history", "--device", "cpu"
+    )
+    _, named, _ = run(
+        capsys,
+        "perplexity",
+        data,
+        "--adapter",
+        adapter_dirs[0],
+        "--no-history",
+        "--device",
+        "cpu",
+        "--model",
+        json.loads((adapter_dirs[0] / "adapter_config.json").read_text())["base_model_name_or_path"],
+    )
+    assert code == 0 and "| base |" in out and "| one |" in out and out == named
 
 
 def test_a_long_perplexity_says_how_far_it_has_read_when_not_on_a_terminal(capsys, monkeypatch):
